@@ -1,0 +1,32 @@
+# Two entry points for a fresh machine:
+#   make demo   - create .venv if missing, install, run the example campaign end to end
+#   make test   - create .venv if missing, install (with test tools), run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export OMP_NUM_THREADS := 1
+export DP_INTRA_OP_PARALLELISM_THREADS := 1
+export DP_INTER_OP_PARALLELISM_THREADS := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test install clean-demo
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[endpoint,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/remote-al run examples/linio2.toml --report
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra
+
+clean-demo:
+	rm -rf campaigns/linio2

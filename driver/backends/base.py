@@ -1,0 +1,67 @@
+"""The backend seam: submit ``fn(request)`` to a pool, get a Future of a JSON dict.
+
+A backend knows functions by name (``FUNCTIONS``) and partitions by pool name
+("gpu", "cpu"). The steering loop writes a task row *before* calling ``submit`` and
+stores the returned ``backend_id`` right after; on restart it calls ``reattach`` for
+tasks in flight, which returns a Future, or ``None`` when the backend has no record of
+the task (then, and only then, the loop resubmits).
+
+Futures resolve to the function's JSON-serializable result (a ``dict``) or raise
+``driver.errors.TaskFailed``. ``submit`` raises ``BackendUnavailable`` when the
+endpoint cannot take work now, and ``PayloadTooLarge`` before sending an oversized task.
+"""
+
+from __future__ import annotations
+
+import abc
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+# Registered function names -> import path of the function on the endpoint.
+FUNCTIONS: dict[str, str] = {
+    "md": "remote_al.functions:run_md",
+    "uq": "remote_al.functions:evaluate_uncertainty",
+    "label": "remote_al.functions:label_structures",
+    "train": "remote_al.functions:train_member",
+    "probe": "remote_al.functions:probe_environment",
+}
+
+# Globus Compute rejects task payloads and results over 10 MB.
+MAX_PAYLOAD_BYTES = 10 * 1000 * 1000
+
+
+@dataclass(frozen=True)
+class Submission:
+    backend_id: str  # task id in the backend (Globus task UUID, local task id)
+    future: Future
+
+
+class Backend(abc.ABC):
+    name: str = "abstract"
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Start pools / executors. Idempotent."""
+
+    @abc.abstractmethod
+    def submit(self, pool: str, function: str, request, task_key: str) -> Submission:
+        """Submit ``function(request)`` to ``pool``; ``task_key`` is the driver's unique key."""
+
+    @abc.abstractmethod
+    def reattach(self, pool: str, function: str, backend_id: str, task_key: str) -> Future | None:
+        """Future of a task submitted by an earlier driver, or None if the backend lost it."""
+
+    @abc.abstractmethod
+    def shutdown(self) -> None:
+        """Stop without waiting for tasks: remote ones keep running and can be reattached."""
+
+    def slots(self, pool: str) -> int:
+        """How many tasks the pool runs at once (used to keep it busy, not overfilled)."""
+        return 1
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()

@@ -1,0 +1,224 @@
+"""The local backend: the real Globus Compute code path without the cloud.
+
+Each task is packed exactly as the cloud path packs it — the function serialized with
+``ComputeSerializer`` (by reference to its importable module, ``DillCode``), the request
+serialized and packed with ``pack_buffers``, wrapped in a ``messagepack`` ``Task`` — and
+handed to a ``globus_compute_endpoint`` engine (``ProcessPoolEngine`` by default,
+``GlobusComputeEngine`` with parsl's ``LocalProvider`` as the HPC-faithful option). The
+packed ``Result`` is unpacked and its JSON data deserialized by a serializer that only
+allows JSON. So what passes locally is what the cloud path serializes and executes.
+
+Two pools, "gpu" (MD, UQ, training) and "cpu" (labeling), each its own engine with its
+own number of worker processes. Results are spooled to ``spool_dir/<task_key>.json``
+(atomic rename) the moment they arrive, so a driver killed before recording a finished
+result collects it on restart instead of recomputing it (``reattach``). Tasks that were
+still running when the driver died are gone with its worker processes: ``reattach``
+returns None for them and the loop resubmits.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import sys
+import threading
+import uuid
+from concurrent.futures import Future
+from pathlib import Path
+
+from driver.backends.base import FUNCTIONS, MAX_PAYLOAD_BYTES, Backend, Submission
+from driver.errors import BackendUnavailable, PayloadTooLarge, TaskFailed
+
+log = logging.getLogger(__name__)
+
+JSON_RESULT = "globus_compute_sdk.serialize.JSONData"
+
+
+def _load_function(name: str):
+    module, attr = FUNCTIONS[name].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def make_serializer():
+    """The serializer for tasks: functions by reference to their module (``DillCode``)."""
+    from globus_compute_sdk.serialize import ComputeSerializer, DillCode
+
+    return ComputeSerializer(strategy_code=DillCode())
+
+
+def deserialize_json_result(data: str):
+    """Deserialize a result only if it was serialized as JSON: never unpickle remote data."""
+    from globus_compute_sdk.serialize import JSONData
+
+    strategy = JSONData()
+    if not data.startswith(strategy.identifier):
+        raise TaskFailed(
+            "result is not JSON-serialized; refusing to deserialize it "
+            "(the endpoint must run tasks with result_serializers=[JSONData])",
+            code="UnsafeResult",
+            retryable=False,
+        )
+    return strategy.deserialize(data)
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        gpu_slots: int = 2,
+        cpu_slots: int = 2,
+        engine: str = "process",
+        spool_dir: str | os.PathLike | None = None,
+    ):
+        self.run_dir = Path(run_dir)
+        self.spool_dir = Path(spool_dir) if spool_dir else self.run_dir / "spool"
+        self._slots = {"gpu": int(gpu_slots), "cpu": int(cpu_slots)}
+        if engine not in ("process", "gce"):
+            raise ValueError(f"unknown local engine {engine!r}: use 'process' or 'gce'")
+        self.engine_kind = engine
+        self._engines: dict = {}
+        self._fn_buffers: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._serde = None  # driver side: serializes tasks
+
+    # ---------------------------------------------------------------- engines
+    def _make_engine(self, pool: str):
+        n = self._slots[pool]
+        if self.engine_kind == "process":
+            from globus_compute_endpoint.engines import ProcessPoolEngine
+
+            return ProcessPoolEngine(max_workers=n, mp_context=multiprocessing.get_context("spawn"))
+        from globus_compute_endpoint.engines import GlobusComputeEngine
+        from parsl.providers import LocalProvider
+
+        # The engine starts `globus-compute-endpoint python-exec` workers: the venv's bin on PATH.
+        bindir = str(Path(sys.executable).parent)
+        if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+            os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+        return GlobusComputeEngine(
+            address="127.0.0.1",
+            encrypted=False,
+            max_workers_per_node=n,
+            heartbeat_period=2,
+            heartbeat_threshold=30,
+            provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
+            label=f"remote-al-{pool}",
+        )
+
+    def start(self) -> None:
+        if self._engines:
+            return
+        self._serde = make_serializer()
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        for pool in self._slots:
+            engine = self._make_engine(pool)
+            pool_dir = self.run_dir / f"engine-{pool}"
+            pool_dir.mkdir(parents=True, exist_ok=True)
+            engine.start(endpoint_id=uuid.uuid4(), run_dir=str(pool_dir))
+            self._engines[pool] = engine
+
+    def slots(self, pool: str) -> int:
+        return self._slots[pool]
+
+    def shutdown(self) -> None:
+        for engine in self._engines.values():
+            try:
+                engine.shutdown(block=False)
+            except TypeError:
+                engine.shutdown()
+            except Exception as exc:  # shutting down must not raise over the real error
+                log.warning("engine shutdown: %s", exc)
+        self._engines.clear()
+
+    # ------------------------------------------------------------------- tasks
+    def _function_buffer(self, function: str) -> str:
+        if function not in self._fn_buffers:
+            fn = _load_function(function)
+            self._fn_buffers[function] = self._serde.pack_buffers([self._serde.serialize(fn)])
+        return self._fn_buffers[function]
+
+    def pack(self, function: str, request) -> bytes:
+        """The endpoint-bound message body, exactly as the cloud delivers it."""
+        from globus_compute_common import messagepack
+        from globus_compute_common.messagepack.message_types import Task
+
+        if self._serde is None:
+            self._serde = make_serializer()
+        payload = self._serde.pack_buffers([self._serde.serialize((request,)), self._serde.serialize({})])
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            raise PayloadTooLarge(
+                f"{function} request is {len(payload) / 1e6:.1f} MB, over the 10 MB task limit: "
+                "pass paths to data on the endpoint's filesystem instead of the data"
+            )
+        task = Task(task_id=uuid.uuid4(), task_buffer=self._function_buffer(function) + payload)
+        return messagepack.pack(task), task.task_id
+
+    def _spool_path(self, task_key: str) -> Path:
+        safe = task_key.replace("/", "_")
+        return self.spool_dir / f"{safe}.json"
+
+    def _resolve(self, packed: bytes) -> dict:
+        from globus_compute_common import messagepack
+
+        result = messagepack.unpack(packed)
+        if result.is_error:
+            code = result.error_details.code if result.error_details else "RemoteExecutionError"
+            raise TaskFailed(str(result.data), code=code)
+        return deserialize_json_result(result.data)
+
+    def submit(self, pool: str, function: str, request, task_key: str) -> Submission:
+        from globus_compute_endpoint.engines.base import GCFuture
+
+        if pool not in self._slots:
+            raise ValueError(f"unknown pool {pool!r}: the local backend has 'gpu' and 'cpu'")
+        if not self._engines:
+            raise BackendUnavailable("local backend is not started")
+        body, task_id = self.pack(function, request)
+        gcf = GCFuture(task_id)
+        out: Future = Future()
+        spool = self._spool_path(task_key)
+
+        def _done(f: Future) -> None:
+            try:
+                value = self._resolve(f.result())
+            except TaskFailed as exc:
+                out.set_exception(exc)
+                return
+            except Exception as exc:  # engine-level failure
+                out.set_exception(TaskFailed(f"{type(exc).__name__}: {exc}", code="EngineError"))
+                return
+            tmp = spool.with_suffix(".tmp")
+            tmp.write_text(json.dumps(value))
+            os.replace(tmp, spool)
+            out.set_result(value)
+
+        gcf.add_done_callback(_done)
+        try:
+            self._engines[pool].submit(gcf, body, resource_specification={}, result_serializers=[JSON_RESULT])
+        except Exception as exc:
+            raise BackendUnavailable(f"local {pool} engine refused the task: {exc}") from exc
+        return Submission(backend_id=str(task_id), future=out)
+
+    def reattach(self, pool: str, function: str, backend_id: str, task_key: str) -> Future | None:
+        spool = self._spool_path(task_key)
+        if not spool.exists():
+            return None  # the worker died with the previous driver: resubmit
+        f: Future = Future()
+        f.set_result(json.loads(spool.read_text()))
+        return f
+
+    def forget(self, task_key: str) -> None:
+        """Drop a spooled result once the driver has recorded it."""
+        try:
+            self._spool_path(task_key).unlink()
+        except FileNotFoundError:
+            pass
+
+    def clean(self) -> None:
+        shutil.rmtree(self.spool_dir, ignore_errors=True)

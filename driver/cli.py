@@ -1,0 +1,157 @@
+"""The ``remote-al`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from driver.errors import ConfigError, RemoteALError
+
+
+def _backend_for(cfg, args):
+    from driver.backends import make_backend
+
+    kind = args.backend or cfg.backend.kind
+    if kind == "local":
+        return make_backend(
+            "local",
+            run_dir=cfg.directory / "engine",
+            gpu_slots=cfg.backend.gpu_slots,
+            cpu_slots=cfg.backend.cpu_slots,
+            engine=args.engine or cfg.backend.engine,
+        )
+    team = args.team or cfg.backend.team
+    if not team:
+        raise ConfigError("backend.team", "the globus backend needs a team file", "pass --team team.toml")
+    from driver.state import State
+
+    state = State(cfg.directory / "state.sqlite")
+    return make_backend("globus", team=team, meta=StateMeta(state))
+
+
+class StateMeta:
+    """A dict-like view of the campaign state's meta table (for backends that persist ids)."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def __getitem__(self, key):
+        v = self.state.get_meta(key)
+        if v is None:
+            raise KeyError(key)
+        return v
+
+    def __setitem__(self, key, value):
+        self.state.set_meta(key, str(value))
+
+    def __contains__(self, key):
+        return self.state.get_meta(key) is not None
+
+    def get(self, key, default=None):
+        return self.state.get_meta(key, default)
+
+
+def cmd_run(args) -> int:
+    from driver.config import load_config
+    from driver.loop import Campaign, preflight
+
+    cfg = load_config(args.campaign)
+    preflight(cfg)
+    if args.rounds:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, campaign=dataclasses.replace(cfg.campaign, max_rounds=args.rounds))
+    backend = _backend_for(cfg, args)
+    t0 = time.time()
+    reason = Campaign(cfg, backend, status_every_s=args.status_every).run()
+    print(f"wall time of this run: {time.time() - t0:.0f} s; campaign directory: {cfg.directory}")
+    if args.report:
+        from driver.status import print_status
+
+        print_status(cfg.directory)
+    return 0 if not reason.startswith("training of generation") else 1
+
+
+def _campaign_dir(target: str) -> Path:
+    p = Path(target)
+    if p.is_file() and p.suffix == ".toml":
+        from driver.config import load_config
+
+        return load_config(p).directory
+    return p
+
+
+def cmd_status(args) -> int:
+    from driver.status import list_campaigns, print_status
+
+    if args.campaign:
+        d = _campaign_dir(args.campaign)
+        if (d / "state.sqlite").exists():
+            print_status(d, as_json=args.json)
+            return 0
+        if d.is_dir():
+            list_campaigns(d)
+            return 0
+        print(f"no campaign at {d}", file=sys.stderr)
+        return 2
+    list_campaigns(Path("campaigns"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="remote-al",
+        description="Active learning of DeePMD-kit force fields for battery cathodes, across partitions.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run or resume a campaign until it stops")
+    p.add_argument("campaign", help="campaign TOML file")
+    p.add_argument("--backend", choices=["local", "globus"], help="override [backend].kind")
+    p.add_argument("--engine", choices=["process", "gce"], help="local engine (override [backend].engine)")
+    p.add_argument("--team", help="team file for the globus backend")
+    p.add_argument("--rounds", type=int, help="override campaign.max_rounds")
+    p.add_argument("--status-every", type=float, default=20.0, help="seconds between progress lines")
+    p.add_argument("--report", action="store_true", help="print the status table at the end")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="show one campaign, or list the campaigns in a directory")
+    p.add_argument("campaign", nargs="?", help="campaign TOML, campaign directory, or a directory of campaigns")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    try:
+        from driver.endpoint_cli import add_subcommands
+    except ImportError:
+        add_subcommands = None
+    if add_subcommands:
+        add_subcommands(sub)
+    try:
+        from driver.report import add_subcommands as add_report
+    except ImportError:
+        add_report = None
+    if add_report:
+        add_report(sub)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"error in campaign configuration: {exc}", file=sys.stderr)
+        return 2
+    except RemoteALError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: state is saved; `remote-al run` again resumes", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,342 @@
+"""Campaign configuration: a TOML file, validated before any work.
+
+Every problem raises ``ConfigError`` naming the field (``section.key``), the problem and
+the fix. Unknown keys are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from driver.errors import ConfigError
+
+KNOWN_ELEMENTS = {
+    "H", "He", "Li", "Be", "B", "C", "N", "O", "F", "Ne", "Na", "Mg", "Al", "Si", "P", "S",
+    "Cl", "Ar", "K", "Ca", "Sc", "Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Zn", "Ga",
+    "Ge", "As", "Se", "Br", "Kr", "Rb", "Sr", "Y", "Zr", "Nb", "Mo", "Tc", "Ru", "Rh", "Pd",
+    "Ag", "Cd", "In", "Sn", "Sb", "Te", "I", "Xe", "Cs", "Ba", "La", "Ce", "Pr", "Nd", "Sm",
+    "Eu", "Gd", "Tb", "Dy", "Ho", "Er", "Tm", "Yb", "Lu", "Hf", "Ta", "W", "Re", "Os", "Ir",
+    "Pt", "Au", "Hg", "Tl", "Pb", "Bi",
+}
+
+
+@dataclass(frozen=True)
+class CampaignSection:
+    name: str
+    type_map: tuple[str, ...]
+    seed: int = 0
+    workdir: str = ""  # default: next to the campaign file, named after the campaign
+    max_rounds: int = 2
+    max_label_calls: int = 0  # 0: no budget
+    max_wall_hours: float = 0.0  # 0: no budget
+
+
+@dataclass(frozen=True)
+class BackendSection:
+    kind: str = "local"  # "local" or "globus"
+    engine: str = "process"  # local only: "process" (ProcessPoolEngine) or "gce" (GlobusComputeEngine)
+    gpu_slots: int = 2
+    cpu_slots: int = 2
+    team: str = ""  # globus only: team file with endpoint and function ids
+    max_attempts: int = 3
+    retry_backoff_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class StructureSpec:
+    name: str
+    generator: str = "layered"  # "layered" (built in code) or "file"
+    metal: str = "Ni"
+    li_content: float = 1.0
+    supercell: tuple[int, ...] = (2, 2, 1)
+    file: str = ""
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class InitialSection:
+    n_per_structure: int = 8
+    rattle_A: float = 0.05
+    strain: float = 0.02
+
+
+@dataclass(frozen=True)
+class ExplorationSection:
+    temperatures_K: tuple[float, ...] = (600.0,)
+    steps: int = 1000
+    timestep_fs: float = 1.0
+    n_frames: int = 10
+    walkers: int = 1
+    ensemble: str = "nvt"
+    pressure_GPa: float = 0.0
+
+
+@dataclass(frozen=True)
+class SelectionSection:
+    confidence: float = 0.95
+    force_threshold: float = 0.15  # eV/A, CI width above which a frame is a candidate
+    force_upper: float = 5.0  # eV/A, above: unphysical, recorded and not labeled
+    energy_threshold: float = 0.0  # eV/atom, 0: not used
+    max_per_round: int = 12
+    min_distance_A: float = 1.2
+    converged_share: float = 0.97  # stop when this share of explored frames is confident
+    dedup_tolerance_A: float = 0.05
+
+
+@dataclass(frozen=True)
+class LabelerSection:
+    kind: str = "chgnet"
+    batch_size: int = 4
+    settings: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainingSection:
+    ensemble_size: int = 4
+    subset_fraction: float = 0.9
+    numb_steps: int = 1500
+    numb_steps_continue: int = 800
+    continue_from_previous: bool = True
+    deepmd: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TestSection:
+    n_initial_per_structure: int = 2
+    n_per_round: int = 4
+
+
+@dataclass(frozen=True)
+class CampaignConfig:
+    campaign: CampaignSection
+    structures: tuple[StructureSpec, ...]
+    backend: BackendSection = BackendSection()
+    initial: InitialSection = InitialSection()
+    exploration: ExplorationSection = ExplorationSection()
+    selection: SelectionSection = SelectionSection()
+    labeler: LabelerSection = LabelerSection()
+    training: TrainingSection = TrainingSection()
+    test: TestSection = TestSection()
+    source: str = ""  # path of the TOML file
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.campaign.workdir)
+
+
+_SECTIONS = {
+    "campaign": CampaignSection,
+    "backend": BackendSection,
+    "initial": InitialSection,
+    "exploration": ExplorationSection,
+    "selection": SelectionSection,
+    "labeler": LabelerSection,
+    "training": TrainingSection,
+    "test": TestSection,
+}
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(where, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(where, f"expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(where, f"expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(where, f"expected a string, got {value!r}")
+        return value
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(where, f"expected a table, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(where, f"expected a list, got {value!r}")
+        (item_tp, _) = typing.get_args(tp)
+        return tuple(_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
+    raise TypeError(f"unsupported config type {tp} at {where}")
+
+
+def _build(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(where, f"expected a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{where}.{unknown[0]}", "unknown key", f"valid keys in [{where}] are {sorted(fields)}"
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], f"{where}.{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+            raise ConfigError(f"{where}.{name}", "required key is missing")
+    return cls(**kwargs)
+
+
+def parse_config(data: dict, source: str | Path = "", base_dir: Path | None = None) -> CampaignConfig:
+    """Build and validate a CampaignConfig from parsed TOML."""
+    data = dict(data)
+    unknown = sorted(set(data) - set(_SECTIONS) - {"structures"})
+    if unknown:
+        raise ConfigError(unknown[0], "unknown section", f"valid sections are {sorted([*_SECTIONS, 'structures'])}")
+    if "campaign" not in data:
+        raise ConfigError("campaign", "missing section", "add [campaign] with name and type_map")
+    sections = {name: _build(cls, data[name], name) for name, cls in _SECTIONS.items() if name in data}
+    raw_structs = data.get("structures")
+    if not raw_structs or not isinstance(raw_structs, list):
+        raise ConfigError("structures", "at least one [[structures]] entry is required")
+    structures = tuple(_build(StructureSpec, s, f"structures[{i}]") for i, s in enumerate(raw_structs))
+    base_dir = base_dir or (Path(source).parent if source else Path.cwd())
+    camp: CampaignSection = sections["campaign"]
+    workdir = Path(camp.workdir) if camp.workdir else Path("campaigns") / camp.name
+    if not workdir.is_absolute():
+        workdir = (base_dir / workdir).resolve()
+    sections["campaign"] = dataclasses.replace(camp, workdir=str(workdir))
+    resolved = []
+    for s in structures:
+        if s.generator == "file" and s.file and not Path(s.file).is_absolute():
+            s = dataclasses.replace(s, file=str((base_dir / s.file).resolve()))
+        resolved.append(s)
+    cfg = CampaignConfig(structures=tuple(resolved), source=str(source), **sections)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path) -> CampaignConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(str(path), "campaign file not found")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from exc
+    return parse_config(data, source=path.resolve(), base_dir=path.resolve().parent)
+
+
+def _positive(value, where, allow_zero=False):
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(where, f"must be {'non-negative' if allow_zero else 'positive'}, got {value}")
+
+
+def validate(cfg: CampaignConfig) -> None:
+    """Cross-field checks; raises ConfigError naming the field."""
+    c = cfg.campaign
+    if not c.name or any(ch in c.name for ch in "/\\ ") or c.name in (".", ".."):
+        raise ConfigError("campaign.name", f"{c.name!r} is not a usable directory name")
+    if not c.type_map:
+        raise ConfigError("campaign.type_map", "is empty", 'list the elements, e.g. ["Li", "Ni", "O"]')
+    for el in c.type_map:
+        if el not in KNOWN_ELEMENTS:
+            raise ConfigError("campaign.type_map", f"unknown element {el!r}")
+    if len(set(c.type_map)) != len(c.type_map):
+        raise ConfigError("campaign.type_map", "lists an element twice")
+    _positive(c.max_rounds, "campaign.max_rounds")
+    _positive(c.max_label_calls, "campaign.max_label_calls", allow_zero=True)
+    _positive(c.max_wall_hours, "campaign.max_wall_hours", allow_zero=True)
+
+    b = cfg.backend
+    if b.kind not in ("local", "globus"):
+        raise ConfigError("backend.kind", f"{b.kind!r} is not a backend", "use 'local' or 'globus'")
+    if b.engine not in ("process", "gce"):
+        raise ConfigError("backend.engine", f"{b.engine!r} is not an engine", "use 'process' or 'gce'")
+    _positive(b.gpu_slots, "backend.gpu_slots")
+    _positive(b.cpu_slots, "backend.cpu_slots")
+    _positive(b.max_attempts, "backend.max_attempts")
+    _positive(b.retry_backoff_s, "backend.retry_backoff_s", allow_zero=True)
+    if b.kind == "globus" and not b.team:
+        raise ConfigError("backend.team", "the globus backend needs a team file", "run `remote-al register`")
+
+    names = set()
+    for i, s in enumerate(cfg.structures):
+        where = f"structures[{i}]"
+        if s.name in names:
+            raise ConfigError(f"{where}.name", f"duplicate structure name {s.name!r}")
+        names.add(s.name)
+        if s.generator == "layered":
+            if s.metal not in KNOWN_ELEMENTS:
+                raise ConfigError(f"{where}.metal", f"unknown element {s.metal!r}")
+            for el in ("Li", s.metal, "O"):
+                if el not in c.type_map:
+                    raise ConfigError(
+                        "campaign.type_map",
+                        f"element {el!r} of structure {s.name!r} is missing from the type map",
+                        f"add {el!r} to campaign.type_map",
+                    )
+            if not 0.0 <= s.li_content <= 1.0:
+                raise ConfigError(f"{where}.li_content", f"must lie in [0, 1], got {s.li_content}")
+            if len(s.supercell) != 3 or min(s.supercell) < 1:
+                raise ConfigError(f"{where}.supercell", f"needs three positive integers, got {list(s.supercell)}")
+        elif s.generator == "file":
+            if not s.file:
+                raise ConfigError(f"{where}.file", "generator 'file' needs a file path")
+        else:
+            raise ConfigError(f"{where}.generator", f"unknown generator {s.generator!r}", "use 'layered' or 'file'")
+
+    i = cfg.initial
+    _positive(i.n_per_structure, "initial.n_per_structure")
+    _positive(i.rattle_A, "initial.rattle_A", allow_zero=True)
+    _positive(i.strain, "initial.strain", allow_zero=True)
+
+    e = cfg.exploration
+    if not e.temperatures_K:
+        raise ConfigError("exploration.temperatures_K", "is empty")
+    for t in e.temperatures_K:
+        _positive(t, "exploration.temperatures_K")
+    _positive(e.steps, "exploration.steps")
+    _positive(e.timestep_fs, "exploration.timestep_fs")
+    _positive(e.n_frames, "exploration.n_frames")
+    _positive(e.walkers, "exploration.walkers")
+    if e.ensemble not in ("nvt", "npt"):
+        raise ConfigError("exploration.ensemble", f"{e.ensemble!r}", "use 'nvt' or 'npt'")
+
+    s = cfg.selection
+    if not 0.0 < s.confidence < 1.0:
+        raise ConfigError("selection.confidence", f"must lie in (0, 1), got {s.confidence}")
+    _positive(s.force_threshold, "selection.force_threshold", allow_zero=True)
+    _positive(s.energy_threshold, "selection.energy_threshold", allow_zero=True)
+    if s.force_upper <= s.force_threshold:
+        raise ConfigError(
+            "selection.force_upper",
+            f"upper bound {s.force_upper} must exceed force_threshold {s.force_threshold}",
+        )
+    _positive(s.max_per_round, "selection.max_per_round")
+    _positive(s.min_distance_A, "selection.min_distance_A", allow_zero=True)
+    if not 0.0 < s.converged_share <= 1.0:
+        raise ConfigError("selection.converged_share", f"must lie in (0, 1], got {s.converged_share}")
+
+    lab = cfg.labeler
+    if lab.kind not in ("chgnet", "gpaw", "vasp"):
+        raise ConfigError("labeler.kind", f"unknown labeler {lab.kind!r}", "use 'chgnet', 'gpaw' or 'vasp'")
+    _positive(lab.batch_size, "labeler.batch_size")
+
+    t = cfg.training
+    if t.ensemble_size < 2:
+        raise ConfigError(
+            "training.ensemble_size",
+            f"an ensemble needs at least 2 members for a spread, got {t.ensemble_size}",
+            "use 4 or more",
+        )
+    if not 0.0 < t.subset_fraction <= 1.0:
+        raise ConfigError("training.subset_fraction", f"must lie in (0, 1], got {t.subset_fraction}")
+    _positive(t.numb_steps, "training.numb_steps")
+    _positive(t.numb_steps_continue, "training.numb_steps_continue")
+
+    _positive(cfg.test.n_initial_per_structure, "test.n_initial_per_structure", allow_zero=True)
+    _positive(cfg.test.n_per_round, "test.n_per_round", allow_zero=True)

@@ -1,0 +1,56 @@
+"""Errors of the driver, grouped by when they happen.
+
+- ``ConfigError``: raised before any work, when a campaign/team file is wrong.
+- ``BackendUnavailable``: the endpoint cannot take work right now (offline, network);
+  the driver waits and retries, nothing is lost.
+- ``TaskFailed``: the remote function ran and raised; retried up to a limit, then quarantined.
+- ``PayloadTooLarge``: a request would exceed the 10 MB task limit; refused before sending.
+- ``FunctionNotAllowed``: the endpoint refuses a function id (not in allowed_functions).
+- ``CampaignLocked``: another driver is running the same campaign.
+"""
+
+from __future__ import annotations
+
+
+class RemoteALError(Exception):
+    """Base of every error remote-al raises on purpose."""
+
+
+class ConfigError(RemoteALError, ValueError):
+    """A campaign, team or site file is malformed. Raised before any work starts."""
+
+    def __init__(self, field: str, problem: str, fix: str = ""):
+        self.field = field
+        self.problem = problem
+        self.fix = fix
+        msg = f"{field}: {problem}"
+        if fix:
+            msg += f" (fix: {fix})"
+        super().__init__(msg)
+
+
+class BackendUnavailable(RemoteALError):
+    """The backend cannot accept or report work right now; retry later."""
+
+
+class TaskFailed(RemoteALError):
+    """A remote function raised, or its result could not be used."""
+
+    def __init__(self, message: str, code: str = "RemoteExecutionError", retryable: bool = True):
+        self.code = code
+        self.retryable = retryable
+        super().__init__(message)
+
+
+class PayloadTooLarge(TaskFailed):
+    def __init__(self, message: str):
+        super().__init__(message, code="PayloadTooLarge", retryable=False)
+
+
+class FunctionNotAllowed(TaskFailed):
+    def __init__(self, message: str):
+        super().__init__(message, code="FUNCTION_NOT_ALLOWED", retryable=False)
+
+
+class CampaignLocked(RemoteALError):
+    """A second driver tried to run a campaign that another driver holds."""

@@ -1,0 +1,806 @@
+"""The steering loop: a durable reconciler over the campaign state.
+
+Each tick: collect finished futures and record their results (one SQLite transaction
+per result, which also creates the follow-up tasks), advance the campaign phase where
+its work is complete, submit pending tasks up to each pool's free slots, then wait for
+the next future. Nothing is held only in memory: a driver killed at any moment resumes
+from the state file, reattaches to tasks in flight (or resubmits those the backend has
+no record of), and never stores a label twice (``labels`` is keyed by structure).
+
+Phases per round r (generation g = r is trained in round r):
+  r = 0: generate -> label -> train -> evaluate
+  r > 0: explore (MD + UQ with generation r-1) -> select -> label -> train -> evaluate
+  then: final_eval (every generation on the full held-out set) -> done
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from driver.backends.base import Backend
+from driver.config import CampaignConfig
+from driver.errors import BackendUnavailable, CampaignLocked, TaskFailed
+from driver.selection import Candidate, SelectionPolicy, fingerprint, select, structure_hash
+from driver.state import State
+from remote_al.records import LabelRequest, MDRequest, TrainRequest, UQRequest
+
+log = logging.getLogger("remote_al.driver")
+
+POOL_OF = {"md": "gpu", "uq": "gpu", "train": "gpu", "label": "cpu"}
+STATE_FILE = "state.sqlite"
+
+
+class CampaignLock:
+    """An exclusive lock on the campaign directory (released by the OS if the driver dies)."""
+
+    def __init__(self, directory: Path):
+        self.path = Path(directory) / "driver.lock"
+        self._fh = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise CampaignLocked(
+                f"campaign {self.path.parent} is being run by {holder}; "
+                "wait for it to finish or stop it first (one driver per campaign)"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"driver pid {os.getpid()} on {os.uname().nodename}")
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+class Campaign:
+    def __init__(
+        self,
+        cfg: CampaignConfig,
+        backend: Backend,
+        say: Callable[[str], None] | None = None,
+        status_every_s: float = 20.0,
+    ):
+        self.cfg = cfg
+        self.dir = cfg.directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state = State(self.dir / STATE_FILE)
+        self.backend = backend
+        self.say = say or (lambda msg: print(msg, flush=True))
+        self.status_every_s = status_every_s
+        self.inflight: dict[str, Future] = {}
+        self._pool_blocked_until: dict[str, float] = {}
+        self._last_status = 0.0
+        self._t_start = time.time()
+
+    # ------------------------------------------------------------------ paths
+    def workdir(self, key: str) -> str:
+        return str(self.dir / "work" / key.replace(":", "-"))
+
+    # ------------------------------------------------------------- lifecycle
+    def run(self, max_ticks: int | None = None) -> str:
+        """Run until the campaign is done (returns the stop reason) or ``max_ticks``."""
+        preflight(self.cfg)
+        lock = CampaignLock(self.dir)
+        lock.acquire()
+        try:
+            self._save_config()
+            if self.state.get_meta("phase") is None:
+                with self.state.transaction():
+                    self.state.set_meta("phase", "generate")
+                    self.state.set_meta("round", "0")
+                    self.state.set_meta("started", str(time.time()))
+                self.state.event("campaign", f"campaign {self.cfg.campaign.name} started")
+                self.say(f"campaign {self.cfg.campaign.name}: new, state in {self.state.path}")
+            else:
+                self.say(
+                    f"campaign {self.cfg.campaign.name}: resuming at round {self.round}, phase {self.phase}"
+                )
+            self.backend.start()
+            self._reattach()
+            ticks = 0
+            while self.phase != "done":
+                self._collect(timeout=0)
+                self._advance()
+                if self.phase == "done":
+                    break
+                self._submit()
+                self._progress()
+                ticks += 1
+                if max_ticks is not None and ticks >= max_ticks:
+                    return "paused"
+                self._collect(timeout=self._wait_time())
+            reason = self.state.get_meta("stop_reason", "")
+            self._progress(force=True)
+            self.say(f"campaign {self.cfg.campaign.name} done: {reason}")
+            return reason or "done"
+        finally:
+            self.backend.shutdown()
+            lock.release()
+
+    def _save_config(self) -> None:
+        if self.cfg.source and Path(self.cfg.source).exists():
+            dest = self.dir / "campaign.toml"
+            if Path(self.cfg.source).resolve() != dest.resolve():
+                shutil.copyfile(self.cfg.source, dest)
+
+    @property
+    def phase(self) -> str:
+        return self.state.get_meta("phase", "generate")
+
+    @property
+    def round(self) -> int:
+        return int(self.state.get_meta("round", "0"))
+
+    def _set_phase(self, phase: str, round_: int | None = None) -> None:
+        with self.state.transaction():
+            self.state.set_meta("phase", phase)
+            if round_ is not None:
+                self.state.set_meta("round", str(round_))
+        self.state.event("phase", f"round {self.round}: {phase}")
+
+    # ----------------------------------------------------------- the backend
+    def _reattach(self) -> None:
+        for row in self.state.tasks(status="submitted"):
+            fut = None
+            try:
+                fut = self.backend.reattach(row["pool"], row["function"], row["backend_id"], row["key"])
+            except BackendUnavailable as exc:
+                self.say(f"cannot reach the backend to reattach {row['key']}: {exc}; will retry")
+                continue
+            if fut is None:
+                with self.state.transaction():
+                    self.state.mark_retry(row["key"], "backend had no record after restart; resubmitting", 0)
+                self.state.event("resubmit", f"{row['key']}: lost with the previous driver, resubmitting")
+            else:
+                self.inflight[row["key"]] = fut
+                self.state.event("reattach", f"{row['key']}: reattached")
+
+    def _submit(self) -> None:
+        now = time.time()
+        busy: dict[str, int] = {}
+        for key in self.inflight:
+            row = self.state.task(key)
+            busy[row["pool"]] = busy.get(row["pool"], 0) + 1
+        for row in self.state.tasks(status="pending"):
+            pool = row["pool"]
+            if row["not_before"] > now or self._pool_blocked_until.get(pool, 0) > now:
+                continue
+            if busy.get(pool, 0) >= self.backend.slots(pool):
+                continue
+            request = {k: v for k, v in json.loads(row["request"]).items() if not k.startswith("_")}
+            try:
+                sub = self.backend.submit(pool, row["function"], request, row["key"])
+            except BackendUnavailable as exc:
+                wait_s = min(300.0, max(5.0, self.cfg.backend.retry_backoff_s))
+                self._pool_blocked_until[pool] = now + wait_s
+                self.state.event("offline", f"{pool} endpoint unavailable: {exc}")
+                self.say(f"{pool} endpoint unavailable ({exc}); queued work kept, retrying in {wait_s:.0f} s")
+                continue
+            except TaskFailed as exc:  # refused before sending (too large, not allowed)
+                self._fail(row, exc)
+                continue
+            self.state.mark_submitted(row["key"], sub.backend_id)
+            self.inflight[row["key"]] = sub.future
+            busy[pool] = busy.get(pool, 0) + 1
+
+    def _wait_time(self) -> float:
+        pending = self.state.tasks(status="pending")
+        if not self.inflight and not pending:
+            return 0.0
+        if pending and not self.inflight:
+            nb = min(
+                max(r["not_before"], self._pool_blocked_until.get(r["pool"], 0.0)) for r in pending
+            )
+            return max(0.05, min(self.status_every_s, nb - time.time()))
+        return self.status_every_s
+
+    def _collect(self, timeout: float) -> None:
+        if not self.inflight:
+            if timeout > 0:
+                time.sleep(min(timeout, 1.0))
+            return
+        done, _ = wait(list(self.inflight.values()), timeout=timeout, return_when=FIRST_COMPLETED)
+        if not done:
+            return
+        for key, fut in list(self.inflight.items()):
+            if fut not in done:
+                continue
+            del self.inflight[key]
+            row = self.state.task(key)
+            try:
+                result = fut.result()
+            except TaskFailed as exc:
+                self._fail(row, exc)
+                continue
+            except Exception as exc:  # a backend bug must not lose the task
+                self._fail(row, TaskFailed(f"{type(exc).__name__}: {exc}"))
+                continue
+            try:
+                self._record(row, result)
+            except Exception as exc:
+                self._fail(row, TaskFailed(f"result could not be recorded: {type(exc).__name__}: {exc}"))
+                continue
+            forget = getattr(self.backend, "forget", None)
+            if forget:
+                forget(key)
+
+    def _fail(self, row, exc: TaskFailed) -> None:
+        attempts = row["attempts"]
+        short = str(exc).strip().splitlines()
+        summary = short[-1] if short else type(exc).__name__
+        if exc.retryable and attempts < self.cfg.backend.max_attempts:
+            delay = self.cfg.backend.retry_backoff_s * (2 ** max(0, attempts - 1))
+            self.state.mark_retry(row["key"], str(exc), time.time() + delay)
+            self.state.event("retry", f"{row['key']} failed (attempt {attempts}): {summary}; retry in {delay:.0f} s")
+            self.say(f"task {row['key']} failed (attempt {attempts}/{self.cfg.backend.max_attempts}): {summary}")
+            return
+        with self.state.transaction():
+            self.state.mark_quarantined(row["key"], str(exc))
+            if row["function"] == "label":
+                req = json.loads(row["request"])
+                for sid in req["structure_ids"]:
+                    self._store_failed_label(sid, row["key"], req["labeler"], f"label task quarantined: {summary}")
+        self.state.event("quarantine", f"{row['key']} quarantined after {attempts} attempts: {summary}")
+        self.say(f"task {row['key']} quarantined after {attempts} attempts: {summary}")
+
+    def _store_failed_label(self, sid: int, task_key: str, labeler: str, reason: str) -> None:
+        self.state.db.execute(
+            "INSERT OR IGNORE INTO labels(structure_id, task_key, labeler, labeler_note, status, reason, created) "
+            "VALUES(?,?,?,?,?,?,?)",
+            (sid, task_key, labeler, "", "failed", reason, time.time()),
+        )
+        self.state.db.execute(
+            "UPDATE structures SET status='label_failed', reason=? WHERE id=?", (reason, sid)
+        )
+
+    # ------------------------------------------------------ recording results
+    def _record(self, row, result: dict) -> None:
+        fn = row["function"]
+        with self.state.transaction():
+            if fn == "label":
+                self._record_label(row, result)
+            elif fn == "train":
+                self._record_train(row, result)
+            elif fn == "md":
+                self._record_md(row, result)
+            elif fn == "uq":
+                self._record_uq(row, result)
+            self.state.mark_done(row["key"], _slim(fn, result))
+
+    def _record_label(self, row, result: dict) -> None:
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        from remote_al.structures import from_extxyz, to_extxyz
+
+        req = json.loads(row["request"])
+        frames = from_extxyz(req["structures_extxyz"])
+        n_ok = 0
+        for atoms, lab in zip(frames, result["labels"]):
+            sid = lab["structure_id"]
+            if lab["status"] == "ok":
+                a = atoms.copy()
+                a.info = {"structure_id": sid, "labeler": result["labeler"]}
+                a.calc = SinglePointCalculator(
+                    a, energy=lab["energy"], forces=np.array(lab["forces"]), stress=lab.get("stress")
+                )
+                cur = self.state.db.execute(
+                    "INSERT OR IGNORE INTO labels(structure_id, task_key, labeler, labeler_note, status, reason, "
+                    "energy, extxyz, created) VALUES(?,?,?,?,?,?,?,?,?)",
+                    (sid, row["key"], result["labeler"], result["labeler_note"], "ok", "", lab["energy"],
+                     to_extxyz(a), time.time()),
+                )
+                if cur.rowcount:
+                    n_ok += 1
+                self.state.db.execute("UPDATE structures SET status='labeled' WHERE id=?", (sid,))
+            else:
+                self._store_failed_label(sid, row["key"], result["labeler"], lab.get("reason") or "label failed")
+                self.state.db.execute(
+                    "INSERT INTO events(ts, kind, message) VALUES(?,?,?)",
+                    (time.time(), "label_failed", f"structure {sid}: {lab.get('reason')}"),
+                )
+
+    def _record_train(self, row, result: dict) -> None:
+        req = json.loads(row["request"])
+        self.state.db.execute(
+            "INSERT OR REPLACE INTO models(generation, member, task_key, path, checkpoint, lcurve_path, lcurve_last, "
+            "n_train_frames, wall_s, created) VALUES(?,?,?,?,?,?,?,?,?,?)",
+            (row["generation"], req["member"], row["key"], result["model_path"], result["checkpoint_path"],
+             result["lcurve_path"], json.dumps(result["lcurve_last"]), result["n_train_frames"],
+             result["wall_s"], time.time()),
+        )
+
+    def _record_md(self, row, result: dict) -> None:
+        from remote_al.structures import composition_label, from_extxyz, to_extxyz
+
+        frames = from_extxyz(result["frames_extxyz"])
+        req = json.loads(row["request"])
+        spec = req.get("_spec", "")
+        ids, kept = [], []
+        for atoms in frames:
+            atoms.calc = None
+            sid = self.state.add_structure(
+                hash=structure_hash(atoms), origin="md", split="train", round=row["round"],
+                generation=row["generation"], spec=spec, composition=composition_label(atoms),
+                natoms=len(atoms), extxyz=to_extxyz(atoms), status="candidate", source_task=row["key"],
+            )
+            if sid is not None:
+                ids.append(sid)
+                kept.append(atoms)
+        if kept:
+            models = [m["path"] for m in self.state.models(row["generation"])]
+            key = f"uq:{row['key']}"
+            uq = UQRequest(
+                task_key=key, workdir=self.workdir(key), model_paths=tuple(models),
+                frames_extxyz=to_extxyz(kept), confidence=self.cfg.selection.confidence,
+            ).to_dict()
+            uq["_structure_ids"] = ids
+            self._add_task(key, "uq", row["round"], row["generation"], uq)
+
+    def _record_uq(self, row, result: dict) -> None:
+        req = json.loads(row["request"])
+        ids = req.get("_structure_ids")
+        if ids is None:  # evaluation of a generation on held-out frames
+            self._record_eval(row, result, req)
+            return
+        for sid, ew, fw in zip(ids, result["energy_width"], result["force_width"]):
+            self.state.db.execute(
+                "UPDATE structures SET energy_width=?, force_width=? WHERE id=?", (ew, fw, sid)
+            )
+
+    def _record_eval(self, row, result: dict, req: dict) -> None:
+        scope = req.get("_scope", "generation")
+        g = row["generation"]
+        vals = {"n_test": result["n_frames"]}
+        if result.get("energy_error") is not None:
+            e = np.array(result["energy_error"])
+            f = np.array(result["force_rmse"])
+            natoms = np.array(result["natoms"])
+            vals["energy_rmse_meV_atom"] = float(np.sqrt(np.mean(e**2)) * 1000)
+            # force RMSE over all components of all frames
+            vals["force_rmse_eV_A"] = float(np.sqrt(np.sum(f**2 * natoms * 3) / np.sum(natoms * 3)))
+            vals["force_inside_ci"] = float(np.average(result["force_inside_ci"], weights=natoms))
+            vals["force_width_mean"] = float(np.mean(result["force_width"]))
+        for name, v in vals.items():
+            self.state.db.execute(
+                "INSERT INTO metrics(scope, idx, name, value) VALUES(?,?,?,?) "
+                "ON CONFLICT(scope, idx, name) DO UPDATE SET value=excluded.value",
+                (scope, g, name, v),
+            )
+
+    def _add_task(self, key: str, function: str, round_: int, generation: int, request: dict) -> None:
+        self.state.add_task(key, function, POOL_OF[function], round_, generation, request)
+
+    # ------------------------------------------------------------ the phases
+    def _advance(self) -> None:
+        for _ in range(8):  # phases that complete at once chain within one tick
+            before = (self.phase, self.round)
+            if self._check_budgets():
+                pass
+            getattr(self, f"_phase_{self.phase}")()
+            if (self.phase, self.round) == before:
+                return
+
+    def _open_tasks(self, round_: int | None = None, function: str | None = None) -> list:
+        rows = self.state.tasks(status=("pending", "submitted"), function=function)
+        return [r for r in rows if round_ is None or r["round"] == round_]
+
+    def _check_budgets(self) -> bool:
+        if self.phase in ("final_eval", "done"):
+            return False
+        c = self.cfg.campaign
+        reason = None
+        if c.max_wall_hours > 0:
+            started = float(self.state.get_meta("started", str(time.time())))
+            if time.time() - started > c.max_wall_hours * 3600:
+                reason = f"wall-time budget of {c.max_wall_hours:g} h reached"
+        if reason:
+            self._stop(reason)
+            return True
+        return False
+
+    def _stop(self, reason: str) -> None:
+        with self.state.transaction():
+            self.state.set_meta("stop_reason", reason)
+            self.state.set_meta("phase", "final_eval")
+        self.state.event("stop", reason)
+        self.say(f"stopping: {reason}")
+
+    def _phase_generate(self) -> None:
+        from remote_al.structures import composition_label, perturb, to_extxyz
+
+        cfg = self.cfg
+        rng = np.random.default_rng(cfg.campaign.seed)
+        with self.state.transaction():
+            for spec in cfg.structures:
+                base = build_structure(spec)
+                for split, n in (("train", cfg.initial.n_per_structure), ("test", cfg.test.n_initial_per_structure)):
+                    for _ in range(n):
+                        atoms = perturb(base, cfg.initial.rattle_A, cfg.initial.strain, rng)
+                        sid = self.state.add_structure(
+                            hash=structure_hash(atoms), origin="initial", split=split, round=0, generation=-1,
+                            spec=spec.name, composition=composition_label(atoms), natoms=len(atoms),
+                            extxyz=to_extxyz(atoms), status="selected",
+                        )
+                        if sid is not None:
+                            self.state.decide(0, sid, "label" if split == "train" else "test",
+                                              f"initial data: rattled {cfg.initial.rattle_A} A, strained {cfg.initial.strain}")
+            self.state.set_meta("phase", "label")
+        n = len(self.state.structures(round=0))
+        self.say(f"round 0: generated {n} initial structures from {len(cfg.structures)} specs")
+
+    def _phase_label(self) -> None:
+        r = self.round
+        todo = self.state.structures(round=r, status="selected")
+        if todo:
+            bs = self.cfg.labeler.batch_size
+            from remote_al.structures import from_extxyz, to_extxyz
+
+            with self.state.transaction():
+                for i in range(0, len(todo), bs):
+                    chunk = todo[i : i + bs]
+                    ids = [s["id"] for s in chunk]
+                    key = f"label:r{r}:{ids[0]}-{ids[-1]}"
+                    frames = [from_extxyz(s["extxyz"])[0] for s in chunk]
+                    req = LabelRequest(
+                        task_key=key, workdir=self.workdir(key), labeler=self.cfg.labeler.kind,
+                        structure_ids=tuple(ids), structures_extxyz=to_extxyz(frames),
+                        settings=dict(self.cfg.labeler.settings),
+                    ).to_dict()
+                    self._add_task(key, "label", r, r, req)
+                    self.state.db.execute(
+                        f"UPDATE structures SET status='labeling' WHERE id IN ({','.join('?' * len(ids))})", ids
+                    )
+            self.say(f"round {r}: {len(todo)} structures sent to the {self.cfg.labeler.kind} labeler")
+            return
+        if self._open_tasks(r, "label"):
+            return
+        n_new = len([x for x in self.state.label_rows("ok", "train") if x["round"] == r])
+        if r > 0 and n_new == 0:
+            self.say(f"round {r}: no new training labels; keeping generation {r - 1}")
+            self._stop_or_next(r, keep_generation=True)
+            return
+        self._set_phase("train")
+
+    def _phase_train(self) -> None:
+        r = self.round
+        g = r
+        cfg = self.cfg
+        if self.state.db.execute("SELECT 1 FROM datasets WHERE generation=?", (g,)).fetchone() is None:
+            self._export_dataset(g)
+            ds = self.state.db.execute("SELECT * FROM datasets WHERE generation=?", (g,)).fetchone()
+            prev = {m["member"]: m["checkpoint"] for m in self.state.models(g - 1)} if g > 0 else {}
+            steps = cfg.training.numb_steps_continue if prev and cfg.training.continue_from_previous else cfg.training.numb_steps
+            with self.state.transaction():
+                for m in range(cfg.training.ensemble_size):
+                    key = f"train:g{g}:m{m}"
+                    req = TrainRequest(
+                        task_key=key, workdir=self.workdir(key), systems=tuple(json.loads(ds["systems"])),
+                        type_map=tuple(cfg.campaign.type_map), member=m,
+                        seed=cfg.campaign.seed * 1000 + g * 100 + m * 7 + 1,
+                        subset_fraction=cfg.training.subset_fraction, numb_steps=steps,
+                        deepmd=dict(cfg.training.deepmd),
+                        init_model=prev.get(m) if cfg.training.continue_from_previous else None,
+                    ).to_dict()
+                    self._add_task(key, "train", r, g, req)
+            self.say(
+                f"round {r}: training generation {g}: {cfg.training.ensemble_size} members on "
+                f"{ds['n_frames']} frames, {steps} steps{' (continued)' if prev else ''}"
+            )
+            return
+        if self._open_tasks(r, "train"):
+            return
+        if len(self.state.models(g)) < cfg.training.ensemble_size:
+            self._stop(f"training of generation {g} failed (see quarantined tasks)")
+            return
+        self._set_phase("evaluate")
+
+    def _export_dataset(self, g: int) -> None:
+        from remote_al.deepmd_data import write_systems
+        from remote_al.structures import from_extxyz
+
+        rows = self.state.label_rows("ok", "train")
+        frames = []
+        for r in rows:
+            if r["round"] <= g:
+                frames.extend(from_extxyz(r["extxyz"]))
+        final = self.dir / "datasets" / f"gen-{g:03d}"
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        systems = write_systems(frames, tmp / "deepmd", self.cfg.campaign.type_map)
+        from ase.io import write
+
+        write(tmp / "train.extxyz", frames, format="extxyz")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        systems = [str(final / "deepmd" / Path(s).name) for s in systems]
+        ids = [r["structure_id"] for r in rows if r["round"] <= g]
+        with self.state.transaction():
+            self.state.db.execute(
+                "INSERT OR REPLACE INTO datasets(generation, path, systems, structure_ids, n_frames, created) "
+                "VALUES(?,?,?,?,?,?)",
+                (g, str(final), json.dumps(systems), json.dumps(ids), len(frames), time.time()),
+            )
+
+    def _test_frames_extxyz(self) -> tuple[str, int]:
+        rows = self.state.label_rows("ok", "test")
+        return "".join(r["extxyz"] for r in rows), len(rows)
+
+    def _phase_evaluate(self) -> None:
+        r, g = self.round, self.round
+        key = f"eval:g{g}"
+        if self.state.task(key) is None:
+            text, n = self._test_frames_extxyz()
+            if n == 0:
+                self._stop_or_next(r)
+                return
+            req = UQRequest(
+                task_key=key, workdir=self.workdir(key),
+                model_paths=tuple(m["path"] for m in self.state.models(g)),
+                frames_extxyz=text, confidence=self.cfg.selection.confidence,
+            ).to_dict()
+            req["_scope"] = "generation"
+            self._add_task(key, "uq", r, g, req)
+            return
+        if self._open_tasks(r, "uq"):
+            return
+        m = self.state.metrics("generation").get(g, {})
+        if m:
+            self.say(
+                f"generation {g} on {int(m.get('n_test', 0))} held-out frames: energy RMSE "
+                f"{m.get('energy_rmse_meV_atom', float('nan')):.2f} meV/atom, force RMSE "
+                f"{m.get('force_rmse_eV_A', float('nan')):.3f} eV/A"
+            )
+        self._stop_or_next(r)
+
+    def _stop_or_next(self, r: int, keep_generation: bool = False) -> None:
+        c = self.cfg.campaign
+        n_labels = len(self.state.label_rows(status=None))
+        if r >= c.max_rounds:
+            self._stop(f"round budget of {c.max_rounds} rounds reached")
+        elif c.max_label_calls and n_labels >= c.max_label_calls:
+            self._stop(f"labeler budget of {c.max_label_calls} calls reached ({n_labels} used)")
+        else:
+            if keep_generation:  # no new data: carry the ensemble over unchanged
+                with self.state.transaction():
+                    for mrow in self.state.models(r - 1):
+                        self.state.db.execute(
+                            "INSERT OR IGNORE INTO models SELECT ?, member, task_key, path, checkpoint, lcurve_path, "
+                            "lcurve_last, n_train_frames, wall_s, created FROM models WHERE generation=? AND member=?",
+                            (r, r - 1, mrow["member"]),
+                        )
+            self._set_phase("explore", r + 1)
+
+    def _phase_explore(self) -> None:
+        from remote_al.structures import to_extxyz
+
+        r = self.round
+        g = r - 1
+        cfg = self.cfg
+        models = self.state.models(g)
+        md_keys = [row["key"] for row in self.state.tasks(function="md") if row["round"] == r]
+        if not md_keys:
+            with self.state.transaction():
+                k = 0
+                for spec in cfg.structures:
+                    base = build_structure(spec)
+                    for t in cfg.exploration.temperatures_K:
+                        for w in range(cfg.exploration.walkers):
+                            key = f"md:r{r}:{spec.name}:T{t:g}:w{w}"
+                            member = (k + r) % len(models)
+                            req = MDRequest(
+                                task_key=key, workdir=self.workdir(key), model_path=models[member]["path"],
+                                structure_extxyz=to_extxyz(base), temperature_K=t, steps=cfg.exploration.steps,
+                                timestep_fs=cfg.exploration.timestep_fs, n_frames=cfg.exploration.n_frames,
+                                seed=cfg.campaign.seed * 7919 + r * 101 + k, ensemble=cfg.exploration.ensemble,
+                                pressure_GPa=cfg.exploration.pressure_GPa,
+                            ).to_dict()
+                            req["_spec"] = spec.name
+                            self._add_task(key, "md", r, g, req)
+                            k += 1
+            self.say(f"round {r}: exploring with generation {g}: {k} MD runs")
+            return
+        if self._open_tasks(r, "md") or self._open_tasks(r, "uq"):
+            return
+        self._set_phase("select")
+
+    def _phase_select(self) -> None:
+        from remote_al.structures import check_structure, from_extxyz
+
+        r = self.round
+        cfg = self.cfg
+        s = cfg.selection
+        rows = self.state.structures(round=r, status="candidate")
+        atoms_of = {row["id"]: from_extxyz(row["extxyz"])[0] for row in rows}
+        cands = []
+        for row in rows:
+            a = atoms_of[row["id"]]
+            chk = check_structure(a, min_dist_A=s.min_distance_A)
+            cands.append(
+                Candidate(row["id"], row["energy_width"], row["force_width"], chk.ok, chk.reason,
+                          fingerprint(a) if chk.ok else None)
+            )
+        policy = SelectionPolicy(s.force_threshold, s.force_upper, s.energy_threshold, s.max_per_round, s.dedup_tolerance_A)
+        # Held-out audit frames: a seeded random pick among sane frames, before selection.
+        rng = random.Random(cfg.campaign.seed * 31 + r)
+        sane = [c.id for c in cands if c.filter_ok and c.force_width is not None and c.force_width <= s.force_upper]
+        test_ids = set(rng.sample(sane, min(cfg.test.n_per_round, len(sane))))
+        decisions = select([c for c in cands if c.id not in test_ids], policy)
+        counts: dict[str, int] = {}
+        status_of = {"label": "selected", "confident": "confident", "unphysical": "unphysical",
+                     "filtered": "filtered", "duplicate": "duplicate", "skipped": "skipped"}
+        with self.state.transaction():
+            for sid in test_ids:
+                self.state.decide(r, sid, "test", "random held-out frame for evaluation (never trained on)")
+                self.state.update_structure(sid, status="selected", split="test", reason="held-out audit frame")
+            for d in decisions:
+                self.state.decide(r, d.id, d.decision, d.reason)
+                self.state.update_structure(d.id, status=status_of[d.decision], reason=d.reason)
+                counts[d.decision] = counts.get(d.decision, 0) + 1
+            widths = [c.force_width for c in cands if c.force_width is not None]
+            n_eval = sum(1 for c in cands if c.filter_ok and c.force_width is not None)
+            n_conf = sum(1 for c in cands if c.filter_ok and c.force_width is not None and c.force_width <= s.force_threshold)
+            share = n_conf / n_eval if n_eval else 0.0
+            metrics = {
+                "n_explored": len(cands), "n_selected": counts.get("label", 0), "n_confident": counts.get("confident", 0),
+                "n_unphysical": counts.get("unphysical", 0), "n_filtered": counts.get("filtered", 0),
+                "n_duplicate": counts.get("duplicate", 0), "n_skipped": counts.get("skipped", 0),
+                "n_test": len(test_ids), "confident_share": share,
+                "force_width_median": float(np.median(widths)) if widths else None,
+                "force_width_p90": float(np.percentile(widths, 90)) if widths else None,
+                "force_width_max": float(np.max(widths)) if widths else None,
+            }
+            for name, v in metrics.items():
+                self.state.db.execute(
+                    "INSERT INTO metrics(scope, idx, name, value) VALUES('round',?,?,?) "
+                    "ON CONFLICT(scope, idx, name) DO UPDATE SET value=excluded.value", (r, name, v),
+                )
+        self.say(
+            f"round {r}: {len(cands)} frames explored, confident share {share:.2f}, "
+            + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+            + f", test {len(test_ids)}"
+        )
+        if share >= s.converged_share and counts.get("label", 0) == 0:
+            self._stop(f"converged: {share:.1%} of explored frames confident (target {s.converged_share:.0%})")
+            return
+        self._set_phase("label")
+
+    def _phase_final_eval(self) -> None:
+        gens = sorted({m["generation"] for m in self.state.models()})
+        text, n = self._test_frames_extxyz()
+        if n == 0 or not gens:
+            self._set_phase("done")
+            return
+        created = False
+        for g in gens:
+            key = f"final-eval:g{g}"
+            if self.state.task(key) is None:
+                req = UQRequest(
+                    task_key=key, workdir=self.workdir(key),
+                    model_paths=tuple(m["path"] for m in self.state.models(g)),
+                    frames_extxyz=text, confidence=self.cfg.selection.confidence,
+                ).to_dict()
+                req["_scope"] = "final"
+                self._add_task(key, "uq", self.round, g, req)
+                created = True
+        if created:
+            self.say(f"final evaluation of {len(gens)} generations on {n} held-out frames")
+            return
+        if self._open_tasks(None, "uq"):
+            return
+        fm = self.state.metrics("final")
+        for g in gens:
+            m = fm.get(g, {})
+            if m:
+                self.say(
+                    f"  generation {g}: energy RMSE {m.get('energy_rmse_meV_atom', float('nan')):.2f} meV/atom, "
+                    f"force RMSE {m.get('force_rmse_eV_A', float('nan')):.3f} eV/A, "
+                    f"{m.get('force_inside_ci', float('nan')):.0%} of force errors inside the 95% CI"
+                )
+        self._set_phase("done")
+
+    def _phase_done(self) -> None:
+        return
+
+    # -------------------------------------------------------------- progress
+    def _progress(self, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self._last_status < self.status_every_s:
+            return
+        self._last_status = now
+        counts = self.state.task_counts()
+        running = {p: 0 for p in ("gpu", "cpu")}
+        for key in self.inflight:
+            running[self.state.task(key)["pool"]] += 1
+        pending = sum(v for (f, st), v in counts.items() if st == "pending")
+        n_labels = self.state.db.execute("SELECT COUNT(*) FROM labels WHERE status='ok'").fetchone()[0]
+        n_failed = self.state.db.execute("SELECT COUNT(*) FROM labels WHERE status='failed'").fetchone()[0]
+        budget = self.cfg.campaign.max_label_calls
+        rm = self.state.metrics("round").get(self.round, {})
+        unc = ""
+        if rm.get("force_width_median") is not None:
+            unc = f" | force CI width median {rm['force_width_median']:.3f} p90 {rm['force_width_p90']:.3f} eV/A"
+        elapsed = now - float(self.state.get_meta("started", str(now)))
+        self.say(
+            f"[{_hms(elapsed)}] round {self.round} {self.phase} | running gpu {running['gpu']}/{self.backend.slots('gpu')} "
+            f"cpu {running['cpu']}/{self.backend.slots('cpu')}, queued {pending} | labels {n_labels}"
+            f"{'/' + str(budget) if budget else ''} ok, {n_failed} failed{unc}"
+        )
+
+
+def _hms(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _slim(function: str, result: dict) -> dict:
+    """What to keep of a result in the tasks table (frames live in the structures table)."""
+    out = dict(result)
+    if function == "md":
+        out.pop("frames_extxyz", None)
+    if function == "label":
+        out["labels"] = [
+            {k: v for k, v in lab.items() if k not in ("forces", "stress", "magmoms")} for lab in result["labels"]
+        ]
+    return out
+
+
+def build_structure(spec):
+    """The starting structure of a structure spec (built in code or read from a file)."""
+    from remote_al.structures import cathode_cell, read_structure_file
+
+    if spec.generator == "file":
+        return read_structure_file(spec.file)
+    return cathode_cell(spec.li_content, metal=spec.metal, supercell=spec.supercell, seed=spec.seed)
+
+
+def open_campaign_state(directory: str | Path) -> State:
+    path = Path(directory) / STATE_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"no campaign state at {path}")
+    return State(path)
+
+
+def preflight(cfg: CampaignConfig) -> None:
+    """Checks that need the structures themselves; raises ConfigError before any work."""
+    from driver.errors import ConfigError
+
+    for i, spec in enumerate(cfg.structures):
+        where = f"structures[{i}]" + (".file" if spec.generator == "file" else "")
+        try:
+            atoms = build_structure(spec)
+        except ValueError as exc:
+            raise ConfigError(where, str(exc)) from exc
+        missing = sorted(set(atoms.get_chemical_symbols()) - set(cfg.campaign.type_map))
+        if missing:
+            raise ConfigError(
+                "campaign.type_map",
+                f"elements {missing} of structure {spec.name!r} are missing from the type map",
+                f"add them to campaign.type_map {list(cfg.campaign.type_map)}",
+            )
+        if len(atoms) == 0:
+            raise ConfigError(where, f"structure {spec.name!r} has no atoms")
+
+
+__all__ = ["Campaign", "CampaignLock", "build_structure", "open_campaign_state", "preflight"]

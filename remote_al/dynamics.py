@@ -1,0 +1,187 @@
+"""Molecular dynamics with one DeePMD-kit model, and batched ensemble evaluation."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from remote_al.records import MDRequest, MDResult, UQRequest, UQResult
+from remote_al.structures import from_extxyz, min_distance, to_extxyz
+from remote_al.uq import ensemble_ci_width, frame_uncertainty
+
+
+def _torch_threads():
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def run_md(req: MDRequest) -> MDResult:
+    """ASE Langevin NVT (or Berendsen NPT) with ``deepmd.calculator.DP``.
+
+    The trajectory goes to ``workdir/traj.extxyz``; ``n_frames`` evenly spaced frames
+    come back as extxyz text. A run whose atoms come closer than 0.5 A stops early: its
+    frames so far are returned (they are what the ensemble is most unsure of).
+    """
+    from ase import units
+    from ase.io import write
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+
+    _torch_threads()
+    from deepmd.calculator import DP
+
+    t0 = time.time()
+    workdir = Path(req.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (atoms,) = from_extxyz(req.structure_extxyz)[:1]
+    atoms.calc = DP(model=req.model_path)
+    rng = np.random.default_rng(req.seed)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=req.temperature_K, rng=rng)
+    Stationary(atoms)
+    v0 = atoms.get_volume()
+    if req.ensemble == "nvt":
+        dyn = Langevin(
+            atoms,
+            timestep=req.timestep_fs * units.fs,
+            temperature_K=req.temperature_K,
+            friction=req.friction_per_fs / units.fs,
+            rng=rng,
+        )
+    elif req.ensemble == "npt":
+        from ase.md.nptberendsen import NPTBerendsen
+
+        dyn = NPTBerendsen(
+            atoms,
+            timestep=req.timestep_fs * units.fs,
+            temperature_K=req.temperature_K,
+            pressure_au=req.pressure_GPa * units.GPa,
+            taut=100 * units.fs,
+            taup=500 * units.fs,
+            compressibility_au=1.0 / (150.0 * units.GPa),
+        )
+    else:
+        raise ValueError(f"unknown MD ensemble {req.ensemble!r}: use 'nvt' or 'npt'")
+
+    interval = max(1, req.steps // max(1, req.n_frames))
+    frames, temps = [], []
+    traj_path = workdir / "traj.extxyz"
+    if traj_path.exists():
+        traj_path.unlink()
+    steps_done = 0
+    while steps_done < req.steps:
+        dyn.run(interval)
+        steps_done += interval
+        snap = atoms.copy()
+        snap.calc = None
+        snap.info["md_step"] = steps_done
+        snap.info["temperature_K"] = float(atoms.get_temperature())
+        temps.append(snap.info["temperature_K"])
+        frames.append(snap)
+        write(traj_path, snap, format="extxyz", append=True)
+        if min_distance(atoms) < 0.5 or not np.all(np.isfinite(atoms.positions)):
+            break
+    return MDResult(
+        task_key=req.task_key,
+        trajectory_path=str(traj_path),
+        frames_extxyz=to_extxyz(frames),
+        n_frames=len(frames),
+        steps_done=steps_done,
+        wall_s=time.time() - t0,
+        mean_temperature_K=float(np.mean(temps)) if temps else 0.0,
+        volume_start_A3=float(v0),
+        volume_end_A3=float(atoms.get_volume()),
+        device=_device_name(),
+    )
+
+
+def _device_name() -> str:
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except Exception:
+        return "cpu"
+
+
+def predict_ensemble(model_paths, frames, batch_size: int = 64):
+    """Energies (M, F) and forces list of F arrays (M, N_f, 3), evaluated in batches.
+
+    Frames with the same species sequence are stacked and evaluated in one call per model.
+    """
+    from deepmd.infer import DeepPot
+
+    _torch_threads()
+    groups: dict[tuple, list[int]] = {}
+    for i, a in enumerate(frames):
+        groups.setdefault(tuple(a.get_chemical_symbols()), []).append(i)
+    m = len(model_paths)
+    energies = np.zeros((m, len(frames)))
+    forces: list = [None] * len(frames)
+    for k, path in enumerate(model_paths):
+        dp = DeepPot(path)
+        type_map = dp.get_type_map()
+        for symbols, idx in groups.items():
+            missing = sorted(set(symbols) - set(type_map))
+            if missing:
+                raise ValueError(f"model {path} has no type for elements {missing}")
+            atype = np.array([type_map.index(s) for s in symbols])
+            for start in range(0, len(idx), batch_size):
+                chunk = idx[start : start + batch_size]
+                coords = np.array([frames[i].get_positions().reshape(-1) for i in chunk])
+                cells = np.array([np.asarray(frames[i].get_cell()).reshape(-1) for i in chunk])
+                e, f, _ = dp.eval(coords, cells, atype)
+                e = np.asarray(e).reshape(len(chunk))
+                f = np.asarray(f).reshape(len(chunk), len(symbols), 3)
+                for j, i in enumerate(chunk):
+                    energies[k, i] = e[j]
+                    if forces[i] is None:
+                        forces[i] = np.zeros((m, len(symbols), 3))
+                    forces[i][k] = f[j]
+    return energies, forces
+
+
+def evaluate_uncertainty(req: UQRequest) -> UQResult:
+    """Student-t CI widths over the ensemble for every frame; errors if labels are present."""
+    t0 = time.time()
+    if len(req.model_paths) < 2:
+        raise ValueError(f"ensemble UQ needs at least 2 models, got {len(req.model_paths)}")
+    frames = from_extxyz(req.frames_extxyz)
+    if not frames:
+        raise ValueError("no frames to evaluate")
+    energies, forces = predict_ensemble(req.model_paths, frames, req.batch_size)
+    natoms = np.array([len(a) for a in frames])
+    e_w, f_w = frame_uncertainty(energies, forces, natoms, req.confidence)
+    e_mean = energies.mean(axis=0) / natoms
+    result = dict(
+        task_key=req.task_key,
+        n_members=len(req.model_paths),
+        n_frames=len(frames),
+        natoms=tuple(int(n) for n in natoms),
+        energy_width=tuple(float(x) for x in e_w),
+        force_width=tuple(float(x) for x in f_w),
+        energy_mean=tuple(float(x) for x in e_mean),
+    )
+    labeled = [a.calc is not None and "energy" in a.calc.results and "forces" in a.calc.results for a in frames]
+    if all(labeled):
+        e_ref = np.array([a.calc.results["energy"] for a in frames]) / natoms
+        e_err, f_rmse, f_max, inside = [], [], [], []
+        for i, a in enumerate(frames):
+            f_ref = np.asarray(a.calc.results["forces"])
+            f_mean = forces[i].mean(axis=0)
+            d = f_mean - f_ref
+            f_rmse.append(float(np.sqrt(np.mean(d**2))))
+            f_max.append(float(np.abs(d).max()))
+            half = ensemble_ci_width(forces[i], req.confidence, axis=0) / 2.0
+            inside.append(float(np.mean(np.abs(d) <= half)))
+        e_err = (e_mean - e_ref).tolist()
+        result.update(
+            energy_error=tuple(e_err),
+            force_rmse=tuple(f_rmse),
+            force_error_max=tuple(f_max),
+            force_inside_ci=tuple(inside),
+        )
+    result.update(wall_s=time.time() - t0, device=_device_name())
+    return UQResult(**result)

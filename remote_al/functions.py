@@ -1,0 +1,136 @@
+"""The registered functions: what runs on a Globus Compute endpoint.
+
+Each takes one request record (or its dict) and returns one JSON-serializable ``dict``.
+These are what ``remote-al register`` registers and what the local backend runs through
+the real Globus Compute serializer and endpoint engine. Heavy imports happen inside.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from remote_al.records import (
+    LabelRequest,
+    LabelResult,
+    MDRequest,
+    TrainRequest,
+    UQRequest,
+)
+
+_THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "DP_INTRA_OP_PARALLELISM_THREADS": "1",
+    "DP_INTER_OP_PARALLELISM_THREADS": "1",
+}
+
+
+def _prepare(cls, request):
+    for k, v in _THREAD_ENV.items():
+        os.environ.setdefault(k, v)
+    if isinstance(request, Mapping):
+        request = cls.from_dict(request)
+    if not isinstance(request, cls):
+        raise TypeError(f"expected a {cls.__name__} or its dict, got {type(request).__name__}")
+    device = getattr(request, "device", "auto")
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    return request
+
+
+def run_md(request: MDRequest | Mapping[str, Any]) -> dict:
+    """MD with one DeePMD model; returns MDResult as a dict."""
+    from remote_al.dynamics import run_md as _run
+
+    return _run(_prepare(MDRequest, request)).to_dict()
+
+
+def evaluate_uncertainty(request: UQRequest | Mapping[str, Any]) -> dict:
+    """Ensemble Student-t CI widths per frame; returns UQResult as a dict."""
+    from remote_al.dynamics import evaluate_uncertainty as _eval
+
+    return _eval(_prepare(UQRequest, request)).to_dict()
+
+
+def label_structures(request: LabelRequest | Mapping[str, Any]) -> dict:
+    """Label structures with the named labeler; returns LabelResult as a dict.
+
+    Labeled frames are also written to ``workdir/labeled.extxyz`` (with the structure id,
+    labeler and status in each frame's info) for provenance.
+    """
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    from remote_al.labelers import get_labeler
+    from remote_al.structures import from_extxyz
+
+    req = _prepare(LabelRequest, request)
+    t0 = time.time()
+    workdir = Path(req.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    structures = from_extxyz(req.structures_extxyz)
+    if len(structures) != len(req.structure_ids):
+        raise ValueError(f"{len(structures)} structures but {len(req.structure_ids)} ids")
+    labeler = get_labeler(req.labeler, req.settings)
+    labels = labeler.label(structures, req.structure_ids, workdir)
+    out = []
+    for atoms, lab in zip(structures, labels):
+        a = atoms.copy()
+        a.info.update(structure_id=lab.structure_id, labeler=labeler.name, label_status=lab.status)
+        if lab.status == "ok":
+            a.calc = SinglePointCalculator(a, energy=lab.energy, forces=lab.forces, stress=lab.stress)
+        out.append(a)
+    path = workdir / "labeled.extxyz"
+    write(path, out, format="extxyz")
+    return LabelResult(
+        task_key=req.task_key,
+        labeler=labeler.name,
+        labeler_note=labeler.note,
+        labels=tuple(lab.to_dict() for lab in labels),
+        output_path=str(path),
+        wall_s=time.time() - t0,
+    ).to_dict()
+
+
+def train_member(request: TrainRequest | Mapping[str, Any]) -> dict:
+    """Train and freeze one ensemble member; returns TrainResult as a dict."""
+    from remote_al.training import train_member as _train
+
+    return _train(_prepare(TrainRequest, request)).to_dict()
+
+
+def probe_environment(_: Any = None) -> dict:
+    """Versions and devices of this worker, for ``remote-al doctor``."""
+    import platform
+    import sys
+    from importlib import metadata
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    gpus: list[str] = []
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except Exception:
+        pass
+    return {
+        "python": platform.python_version(),
+        "python_minor": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "remote_al": version("remote-al"),
+        "deepmd_kit": version("deepmd-kit"),
+        "dill": version("dill"),
+        "globus_compute_sdk": version("globus-compute-sdk"),
+        "globus_compute_endpoint": version("globus-compute-endpoint"),
+        "torch": version("torch"),
+        "gpus": gpus,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "hostname": platform.node(),
+    }

@@ -1,0 +1,79 @@
+"""The labeler contract.
+
+Input: structures (ASE ``Atoms``) with their ids, settings (a mapping from the campaign
+file), a workdir on the endpoint's filesystem. Output: one ``Label`` per structure with
+energy (eV), forces (eV/A), stress (eV/A^3, Voigt) and magnetic moments where the method
+gives them, and a status: ``ok`` or ``failed`` with a reason. A labeler never raises for
+one bad structure: it returns a failed label and goes on, so nothing already computed is
+lost. It raises ``LabelingError`` only when it cannot label anything (bad settings,
+missing executable or pseudopotentials), before spending compute.
+
+Every label goes through ``validate_label``: NaN/inf energies or forces, or forces of the
+wrong shape, turn it into ``failed``, so they can never reach a training set.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from remote_al.records import Label
+
+# name -> "module:Class"
+LABELERS: dict[str, str] = {
+    "chgnet": "remote_al.labelers.chgnet:CHGNetLabeler",
+    "gpaw": "remote_al.labelers.gpaw:GPAWLabeler",
+    "vasp": "remote_al.labelers.vasp:VaspLabeler",
+}
+
+
+class LabelingError(RuntimeError):
+    """The labeler cannot run at all (setup problem). Raised before any calculation."""
+
+
+class Labeler(abc.ABC):
+    name: str = "abstract"
+    note: str = ""  # shown in every output, e.g. "DFT (VASP, PBE+U)" or the CHGNet stand-in note
+
+    def __init__(self, settings: Mapping[str, Any] | None = None):
+        self.settings = dict(settings or {})
+
+    @abc.abstractmethod
+    def label(self, structures: Sequence, structure_ids: Sequence[int], workdir: Path) -> list[Label]:
+        """Label each structure; return one Label per structure, in order."""
+
+
+def get_labeler(name: str, settings: Mapping[str, Any] | None = None) -> Labeler:
+    if name not in LABELERS:
+        raise LabelingError(f"unknown labeler {name!r}; choose one of {sorted(LABELERS)}")
+    module, cls = LABELERS[name].split(":")
+    return getattr(importlib.import_module(module), cls)(settings)
+
+
+def validate_label(label: Label, natoms: int) -> Label:
+    """Turn a label with NaN/inf values or wrong shapes into a failed one, with the reason."""
+    if label.status != "ok":
+        return label
+    problems = []
+    if label.energy is None or not math.isfinite(label.energy):
+        problems.append(f"energy is {label.energy!r}")
+    if label.forces is None:
+        problems.append("no forces")
+    else:
+        if len(label.forces) != natoms or any(len(f) != 3 for f in label.forces):
+            problems.append(f"forces have shape ({len(label.forces)}, ?) for {natoms} atoms")
+        elif not all(math.isfinite(c) for f in label.forces for c in f):
+            problems.append("forces contain NaN or inf")
+    if label.stress is not None and not all(math.isfinite(c) for c in label.stress):
+        problems.append("stress contains NaN or inf")
+    if not problems:
+        return label
+    return Label(
+        structure_id=label.structure_id,
+        status="failed",
+        reason="invalid label: " + "; ".join(problems),
+        wall_s=label.wall_s,
+    )

@@ -1,0 +1,65 @@
+"""CHGNet labeler: the embedded default, a stand-in for DFT.
+
+CHGNet is a pretrained universal potential whose weights ship inside its wheel, so a
+laptop run needs no download. Its labels are named as a stand-in in every output
+(``labeler_note``), never as DFT.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+from remote_al.labelers.base import Labeler, LabelingError, validate_label
+from remote_al.records import STAND_IN_NOTE, Label
+
+
+class CHGNetLabeler(Labeler):
+    name = "chgnet"
+    note = STAND_IN_NOTE
+
+    def _calculator(self):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        try:
+            import torch
+            from chgnet.model.dynamics import CHGNetCalculator
+            from chgnet.model.model import CHGNet
+        except ImportError as exc:
+            raise LabelingError(
+                f"CHGNet is not installed on this endpoint ({exc}); install remote-al[endpoint]"
+            ) from exc
+        torch.set_num_threads(int(self.settings.get("threads", 1)))
+        device = self.settings.get("device", "cpu")
+        model = CHGNet.load(verbose=False, use_device=device)
+        return CHGNetCalculator(model=model, use_device=device)
+
+    def label(self, structures: Sequence, structure_ids: Sequence[int], workdir: Path) -> list[Label]:
+        calc = self._calculator()
+        labels = []
+        for atoms, sid in zip(structures, structure_ids):
+            t0 = time.time()
+            a = atoms.copy()
+            a.calc = calc
+            try:
+                energy = float(a.get_potential_energy())
+                forces = a.get_forces()
+                stress = a.get_stress(voigt=True)
+                try:
+                    magmoms = calc.results.get("magmoms")
+                except Exception:
+                    magmoms = None
+                label = Label(
+                    structure_id=int(sid),
+                    status="ok",
+                    energy=energy,
+                    forces=tuple(tuple(float(c) for c in f) for f in forces),
+                    stress=tuple(float(s) for s in stress),
+                    magmoms=None if magmoms is None else tuple(float(m) for m in magmoms),
+                    wall_s=time.time() - t0,
+                )
+            except Exception as exc:  # one bad structure must not lose the others
+                label = Label(int(sid), "failed", reason=f"CHGNet raised {type(exc).__name__}: {exc}")
+            labels.append(validate_label(label, len(atoms)))
+        return labels

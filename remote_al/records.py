@@ -1,0 +1,166 @@
+"""Small, frozen records that cross the wire between driver and endpoints.
+
+Every remote function takes one request record and returns one result as a plain
+JSON-serializable ``dict`` (``Result.to_dict()``), so the driver can keep results
+JSON on the wire and never unpickle code or data from a remote machine.
+
+Records carry paths, ids, summary numbers and a few structures as extxyz text,
+never large arrays: Globus Compute rejects payloads and results over 10 MB.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+STAND_IN_NOTE = "CHGNet universal potential: a stand-in for DFT, not DFT"
+
+
+class _Record:
+    """Conversion helpers shared by all records."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
+        return cls(**{k: _freeze(v) for k, v in data.items()})
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+# --------------------------------------------------------------------------- MD
+@dataclass(frozen=True)
+class MDRequest(_Record):
+    task_key: str
+    workdir: str
+    model_path: str
+    structure_extxyz: str
+    temperature_K: float = 600.0
+    steps: int = 1000
+    timestep_fs: float = 1.0
+    friction_per_fs: float = 0.02
+    n_frames: int = 10
+    seed: int = 0
+    ensemble: str = "nvt"  # "nvt" (Langevin) or "npt" (isotropic Berendsen barostat)
+    pressure_GPa: float = 0.0
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+
+
+@dataclass(frozen=True)
+class MDResult(_Record):
+    task_key: str
+    trajectory_path: str
+    frames_extxyz: str
+    n_frames: int
+    steps_done: int
+    wall_s: float
+    mean_temperature_K: float
+    volume_start_A3: float
+    volume_end_A3: float
+    device: str = "cpu"
+
+
+# --------------------------------------------------------------------------- UQ
+@dataclass(frozen=True)
+class UQRequest(_Record):
+    task_key: str
+    workdir: str
+    model_paths: tuple[str, ...]
+    frames_extxyz: str
+    confidence: float = 0.95
+    batch_size: int = 64
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class UQResult(_Record):
+    task_key: str
+    n_members: int
+    n_frames: int
+    natoms: tuple[int, ...]
+    energy_width: tuple[float, ...]  # eV/atom, CI width of the ensemble-mean energy per atom
+    force_width: tuple[float, ...]  # eV/A, max over atoms and components of the CI width
+    energy_mean: tuple[float, ...]  # eV/atom, ensemble mean
+    # Present when the frames carried reference labels (energy / forces in the extxyz):
+    energy_error: tuple[float, ...] | None = None  # eV/atom, mean - reference
+    force_rmse: tuple[float, ...] | None = None  # eV/A, per frame, over components
+    force_error_max: tuple[float, ...] | None = None  # eV/A, max |mean - reference|
+    force_inside_ci: tuple[float, ...] | None = None  # share of components inside the CI
+    wall_s: float = 0.0
+    device: str = "cpu"
+
+
+# ---------------------------------------------------------------------- labels
+@dataclass(frozen=True)
+class LabelRequest(_Record):
+    task_key: str
+    workdir: str
+    labeler: str  # "chgnet", "gpaw", "vasp"
+    structure_ids: tuple[int, ...]
+    structures_extxyz: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Label(_Record):
+    """One structure's label, or the reason it has none."""
+
+    structure_id: int
+    status: str  # "ok" or "failed"
+    reason: str = ""
+    energy: float | None = None  # eV, total
+    forces: tuple[tuple[float, float, float], ...] | None = None  # eV/A
+    stress: tuple[float, ...] | None = None  # eV/A^3, Voigt order xx yy zz yz xz xy
+    magmoms: tuple[float, ...] | None = None
+    wall_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class LabelResult(_Record):
+    task_key: str
+    labeler: str
+    labeler_note: str  # e.g. STAND_IN_NOTE for CHGNet; "DFT (VASP)"
+    labels: tuple[dict, ...]  # Label.to_dict() each
+    output_path: str
+    wall_s: float
+
+
+# -------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class TrainRequest(_Record):
+    task_key: str
+    workdir: str
+    systems: tuple[str, ...]  # deepmd/npy system directories on this site
+    type_map: tuple[str, ...]
+    member: int
+    seed: int
+    subset_fraction: float = 0.9
+    numb_steps: int = 1000
+    deepmd: Mapping[str, Any] = field(default_factory=dict)  # overrides for input.json
+    init_model: str | None = None  # previous generation's checkpoint (model.ckpt.pt)
+    validation_systems: tuple[str, ...] = ()
+    backend: str = "pt"
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class TrainResult(_Record):
+    task_key: str
+    model_path: str  # frozen model
+    checkpoint_path: str  # for --init-model of the next generation
+    lcurve_path: str
+    lcurve_last: Mapping[str, float]
+    n_train_frames: int
+    n_total_frames: int
+    wall_s: float
+    device: str = "cpu"

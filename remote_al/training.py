@@ -1,0 +1,200 @@
+"""Training one DeePMD-kit ensemble member (``dp --pt train`` then ``dp --pt freeze``).
+
+Each member trains on its own random subset of the frames (default 90 %) with its own
+seeds; the frames it leaves out are its validation set, so lcurve.out carries validation
+columns. A member continues from the previous generation's checkpoint with
+``--init-model`` when there is one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from remote_al.deepmd_data import n_frames, parse_lcurve, subset_system
+from remote_al.records import TrainRequest, TrainResult
+
+DEFAULT_SEL = {"O": 48}  # neighbours within rcut 5 A in layered oxides; others 24
+
+
+class TrainingError(RuntimeError):
+    def __init__(self, message: str, workdir: str):
+        self.workdir = workdir
+        super().__init__(f"{message} (workdir: {workdir})")
+
+
+def deep_update(base: dict, override: Mapping) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = deep_update(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def deepmd_input(
+    type_map,
+    train_systems,
+    valid_systems,
+    numb_steps: int,
+    seed: int,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict:
+    """DeePMD-kit input.json for one member; ``overrides`` deep-update the defaults."""
+    sel = [DEFAULT_SEL.get(el, 24) for el in type_map]
+    disp = max(1, numb_steps // 20)
+    inp = {
+        "model": {
+            "type_map": list(type_map),
+            "descriptor": {
+                "type": "se_e2_a",
+                "sel": sel,
+                "rcut_smth": 0.5,
+                "rcut": 5.0,
+                "neuron": [8, 16, 32],
+                "axis_neuron": 4,
+                "resnet_dt": False,
+                "seed": seed,
+            },
+            "fitting_net": {"neuron": [32, 32, 32], "resnet_dt": True, "seed": seed + 1},
+        },
+        "learning_rate": {
+            "type": "exp",
+            "decay_steps": max(1, numb_steps // 20),
+            "start_lr": 1.0e-3,
+            "stop_lr": 3.0e-5,
+        },
+        "loss": {
+            "type": "ener",
+            "start_pref_e": 0.02,
+            "limit_pref_e": 1.0,
+            "start_pref_f": 1000.0,
+            "limit_pref_f": 1.0,
+            "start_pref_v": 0.0,
+            "limit_pref_v": 0.0,
+        },
+        "training": {
+            "training_data": {"systems": list(train_systems), "batch_size": "auto"},
+            "numb_steps": int(numb_steps),
+            "seed": seed + 2,
+            "disp_file": "lcurve.out",
+            "disp_freq": disp,
+            "save_freq": int(numb_steps),
+            "save_ckpt": "model.ckpt",
+        },
+    }
+    if valid_systems:
+        inp["training"]["validation_data"] = {
+            "systems": list(valid_systems),
+            "batch_size": "auto",
+            "numb_btch": 1,
+        }
+    return deep_update(inp, overrides or {})
+
+
+def split_member_data(systems, workdir: Path, fraction: float, seed: int):
+    """Per system, a seeded random ``fraction`` of frames for training, the rest validation."""
+    rng = np.random.default_rng(seed)
+    train, valid = [], []
+    total = kept = 0
+    for i, sysdir in enumerate(systems):
+        n = n_frames(sysdir)
+        total += n
+        perm = rng.permutation(n)
+        n_train = n if fraction >= 1.0 else max(1, int(round(fraction * n)))
+        if n_train == n and n > 1 and fraction < 1.0:
+            n_train = n - 1
+        kept += n_train
+        name = f"{i:03d}-{Path(sysdir).name}"
+        t = subset_system(sysdir, workdir / "data" / "train" / name, np.sort(perm[:n_train]))
+        v = subset_system(sysdir, workdir / "data" / "valid" / name, np.sort(perm[n_train:]))
+        if t:
+            train.append(t)
+        if v:
+            valid.append(v)
+    return train, valid, kept, total
+
+
+def deepmd_env(device: str = "auto") -> dict:
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS="1",
+        DP_INTRA_OP_PARALLELISM_THREADS="1",
+        DP_INTER_OP_PARALLELISM_THREADS="1",
+    )
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def _dp_command() -> list[str]:
+    exe = Path(sys.executable).with_name("dp")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "deepmd"]
+
+
+def _run(cmd, workdir: Path, env, log_name: str):
+    log = workdir / log_name
+    with open(log, "w") as fh:
+        proc = subprocess.run(cmd, cwd=workdir, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise TrainingError(f"{' '.join(cmd[-4:])} exited with {proc.returncode}:\n{tail}", str(workdir))
+
+
+def train_member(req: TrainRequest) -> TrainResult:
+    t0 = time.time()
+    workdir = Path(req.workdir)
+    if workdir.exists():
+        shutil.rmtree(workdir)  # a retried task starts clean
+    workdir.mkdir(parents=True)
+    if not req.systems:
+        raise TrainingError("no training systems given", str(workdir))
+    train, valid, kept, total = split_member_data(req.systems, workdir, req.subset_fraction, req.seed)
+    inp = deepmd_input(req.type_map, train, valid, req.numb_steps, req.seed, req.deepmd)
+    (workdir / "input.json").write_text(json.dumps(inp, indent=2))
+    env = deepmd_env(req.device)
+    cmd = [*_dp_command(), "--pt", "train", "input.json", "--skip-neighbor-stat"]
+    if req.init_model:
+        if not Path(req.init_model).exists():
+            raise TrainingError(f"checkpoint to continue from is missing: {req.init_model}", str(workdir))
+        cmd += ["--init-model", req.init_model]
+    _run(cmd, workdir, env, "train.log")
+    ckpt = workdir / "model.ckpt.pt"
+    if not ckpt.exists():
+        cands = sorted(workdir.glob("model.ckpt*.pt"))
+        if not cands:
+            raise TrainingError("training finished without a checkpoint", str(workdir))
+        ckpt = cands[-1]
+    _run([*_dp_command(), "--pt", "freeze", "-c", ".", "-o", "model.pth"], workdir, env, "freeze.log")
+    lc = parse_lcurve(workdir / "lcurve.out")
+    last = {k: float(v[-1]) for k, v in lc.items() if len(v)}
+    device = "cuda" if _cuda_used(workdir / "train.log") else "cpu"
+    return TrainResult(
+        task_key=req.task_key,
+        model_path=str(workdir / "model.pth"),
+        checkpoint_path=str(ckpt.resolve()),
+        lcurve_path=str(workdir / "lcurve.out"),
+        lcurve_last=last,
+        n_train_frames=kept,
+        n_total_frames=total,
+        wall_s=time.time() - t0,
+        device=device,
+    )
+
+
+def _cuda_used(log: Path) -> bool:
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return False
+    return "Device:              cuda" in text or "DEVICE: cuda" in text.upper().replace("  ", " ")

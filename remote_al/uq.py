@@ -1,0 +1,65 @@
+"""Ensemble uncertainty: the Student-t confidence interval of the ensemble mean.
+
+Pure functions over numpy arrays. For M members with sample standard deviation ``s``
+(ddof=1), the two-sided confidence interval of the mean at level ``c`` has width
+
+    2 * t((1 + c) / 2, M - 1) * s / sqrt(M)
+
+which is what ``scipy.stats.t.interval(c, M - 1, loc=mean, scale=s / sqrt(M))`` spans.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+
+def t_factor(n_members: int, confidence: float = 0.95) -> float:
+    """``2 * t((1+c)/2, M-1) / sqrt(M)``: multiply a sample std by this to get the width."""
+    if n_members < 2:
+        raise ValueError(f"an ensemble needs at least 2 members for a spread, got {n_members}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    return float(2.0 * stats.t.ppf(0.5 + confidence / 2.0, n_members - 1) / np.sqrt(n_members))
+
+
+def ensemble_ci_width(values: np.ndarray, confidence: float = 0.95, axis: int = 0) -> np.ndarray:
+    """Width of the Student-t CI of the mean over ensemble members along ``axis``."""
+    values = np.asarray(values, dtype=float)
+    m = values.shape[axis]
+    s = np.std(values, axis=axis, ddof=1)
+    return t_factor(m, confidence) * s
+
+
+def frame_uncertainty(
+    energies: np.ndarray,
+    forces: list[np.ndarray] | np.ndarray,
+    natoms: np.ndarray | list[int],
+    confidence: float = 0.95,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame widths from ensemble predictions.
+
+    energies: (M, F) total energies; forces: (M, F, N, 3) or a list of F arrays (M, N_f, 3)
+    for frames of different sizes. Returns (energy-per-atom width (F,), max force-component
+    width (F,)).
+    """
+    energies = np.asarray(energies, dtype=float)
+    natoms = np.asarray(natoms, dtype=float)
+    if not np.all(np.isfinite(energies)):
+        raise ValueError("ensemble energies contain NaN or inf: a member model is broken")
+    e_width = ensemble_ci_width(energies / natoms[None, :], confidence, axis=0)
+    if isinstance(forces, np.ndarray) and forces.ndim == 4:
+        f_width = ensemble_ci_width(forces, confidence, axis=0).reshape(forces.shape[1], -1).max(axis=1)
+    else:
+        f_width = np.array([ensemble_ci_width(np.asarray(f), confidence, axis=0).max() for f in forces])
+    return e_width, f_width
+
+
+def share_inside_interval(
+    predictions: np.ndarray, reference: np.ndarray, confidence: float = 0.95, axis: int = 0
+) -> np.ndarray:
+    """Share of reference values inside the ensemble mean's CI (calibration check)."""
+    predictions = np.asarray(predictions, dtype=float)
+    half = ensemble_ci_width(predictions, confidence, axis=axis) / 2.0
+    mean = predictions.mean(axis=axis)
+    return np.abs(mean - reference) <= half

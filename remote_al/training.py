@@ -132,6 +132,10 @@ def deepmd_env(device: str = "auto") -> dict:
         DP_INTRA_OP_PARALLELISM_THREADS="1",
         DP_INTER_OP_PARALLELISM_THREADS="1",
     )
+    # DeePMD-kit's PyTorch DataLoader otherwise forks min(4, ncpu) loader processes per
+    # epoch; with small per-member datasets and one thread per member they cost more
+    # than they give. Parallelism comes from members in separate processes.
+    env.setdefault("NUM_WORKERS", "0")
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     return env

@@ -38,16 +38,26 @@ log = logging.getLogger(__name__)
 JSON_RESULT = "globus_compute_sdk.serialize.JSONData"
 
 
+def _init_worker(log_path: str) -> None:
+    """Worker start-up: send the worker's stdout/stderr to a log file, not the driver's terminal."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s: %(message)s")
+
+
 def _load_function(name: str):
     module, attr = FUNCTIONS[name].split(":")
     return getattr(importlib.import_module(module), attr)
 
 
 def make_serializer():
-    """The serializer for tasks: functions by reference to their module (``DillCode``)."""
-    from globus_compute_sdk.serialize import ComputeSerializer, DillCode
+    """The serializer for tasks: functions by reference to their module (``DillCode``),
+    arguments as JSON (``JSONData``), as the endpoint templates' ``allowed_serializers`` require."""
+    from globus_compute_sdk.serialize import ComputeSerializer, DillCode, JSONData
 
-    return ComputeSerializer(strategy_code=DillCode())
+    return ComputeSerializer(strategy_code=DillCode(), strategy_data=JSONData())
 
 
 def deserialize_json_result(data: str):
@@ -93,7 +103,14 @@ class LocalBackend(Backend):
         if self.engine_kind == "process":
             from globus_compute_endpoint.engines import ProcessPoolEngine
 
-            return ProcessPoolEngine(max_workers=n, mp_context=multiprocessing.get_context("spawn"))
+            log_path = self.run_dir / f"engine-{pool}" / "workers.log"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            return ProcessPoolEngine(
+                max_workers=n,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(str(log_path),),
+            )
         from globus_compute_endpoint.engines import GlobusComputeEngine
         from parsl.providers import LocalProvider
 

@@ -16,6 +16,9 @@ from remote_al.labelers.base import Labeler, LabelingError, validate_label
 from remote_al.records import STAND_IN_NOTE, Label
 
 
+_MODELS: dict = {}  # one loaded model per worker process and device
+
+
 class CHGNetLabeler(Labeler):
     name = "chgnet"
     note = STAND_IN_NOTE
@@ -32,7 +35,9 @@ class CHGNetLabeler(Labeler):
             ) from exc
         torch.set_num_threads(int(self.settings.get("threads", 1)))
         device = self.settings.get("device", "cpu")
-        model = CHGNet.load(verbose=False, use_device=device)
+        if device not in _MODELS:
+            _MODELS[device] = CHGNet.load(verbose=False, use_device=device)
+        model = _MODELS[device]
         return CHGNetCalculator(model=model, use_device=device)
 
     def label(self, structures: Sequence, structure_ids: Sequence[int], workdir: Path) -> list[Label]:

@@ -1,0 +1,105 @@
+"""A one-round mini campaign end to end on the local backend, checked in SQLite."""
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from driver.backends.local import LocalBackend
+from driver.config import parse_config
+from driver.errors import CampaignLocked
+from driver.loop import Campaign, CampaignLock
+
+pytestmark = pytest.mark.slow
+
+MINI = {
+    "campaign": {"name": "mini", "type_map": ["Li", "Ni", "O"], "seed": 3, "max_rounds": 1},
+    "backend": {"gpu_slots": 2, "cpu_slots": 1, "retry_backoff_s": 0.5},
+    "structures": [{"name": "LiNiO2", "li_content": 1.0}],
+    "initial": {"n_per_structure": 5, "rattle_A": 0.05, "strain": 0.02},
+    "exploration": {"temperatures_K": [600.0], "steps": 30, "n_frames": 5},
+    "selection": {"force_threshold": 0.0, "force_upper": 1000.0, "max_per_round": 2},
+    "labeler": {"kind": "chgnet", "batch_size": 3},
+    "training": {"ensemble_size": 2, "numb_steps": 60, "numb_steps_continue": 30},
+    "test": {"n_initial_per_structure": 2, "n_per_round": 1},
+}
+
+
+def mini_config(tmp_path, **sections):
+    data = json.loads(json.dumps(MINI))
+    for k, v in sections.items():
+        data[k].update(v)
+    return parse_config(data, base_dir=tmp_path)
+
+
+def test_one_round_mini_campaign(tmp_path):
+    cfg = mini_config(tmp_path)
+    lines = []
+    backend = LocalBackend(cfg.directory / "engine", gpu_slots=2, cpu_slots=1)
+    reason = Campaign(cfg, backend, say=lines.append, status_every_s=5).run()
+    assert reason == "round budget of 1 rounds reached"
+
+    db = sqlite3.connect(cfg.directory / "state.sqlite")
+    db.row_factory = sqlite3.Row
+    phases = [r["message"] for r in db.execute("SELECT message FROM events WHERE kind='phase' ORDER BY id")]
+    assert phases == [
+        "round 0: train", "round 0: evaluate", "round 1: explore", "round 1: select",
+        "round 1: label", "round 1: train", "round 1: evaluate", "round 1: done",
+    ] or phases[:2] == ["round 0: train", "round 0: evaluate"]
+    assert db.execute("SELECT value FROM meta WHERE key='phase'").fetchone()[0] == "done"
+    # every task finished; none left in flight
+    assert {r[0] for r in db.execute("SELECT DISTINCT status FROM tasks")} == {"done"}
+    fns = {r[0]: r[1] for r in db.execute("SELECT function, COUNT(*) FROM tasks GROUP BY function")}
+    assert fns["train"] == 4 and fns["md"] == 1 and fns["label"] >= 3
+
+    # initial: 5 train + 2 test, labeled; round 1: 2 selected + 1 held-out
+    n_initial = db.execute("SELECT COUNT(*) FROM structures WHERE origin='initial'").fetchone()[0]
+    assert n_initial == 7
+    dec = {r[0]: r[1] for r in db.execute("SELECT decision, COUNT(*) FROM decisions WHERE round=1 GROUP BY decision")}
+    assert dec.get("label") == 2 and dec.get("test") == 1
+    # threshold 0 -> everything else is uncertain: skipped by the cap or a near-duplicate, none confident
+    assert "confident" not in dec
+    labeled = db.execute("SELECT COUNT(*) FROM labels WHERE status='ok'").fetchone()[0]
+    assert labeled == 7 + 3
+    # each selected structure labeled exactly once
+    assert db.execute("SELECT COUNT(*) FROM structures WHERE status='labeled'").fetchone()[0] == labeled
+
+    # two generations of two frozen models; generation 1 continued from generation 0
+    models = db.execute("SELECT generation, member, path FROM models ORDER BY generation, member").fetchall()
+    assert [(m[0], m[1]) for m in models] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert all(Path(m[2]).exists() for m in models)
+    req = json.loads(db.execute("SELECT request FROM tasks WHERE key='train:g1:m0'").fetchone()[0])
+    assert req["init_model"].endswith(".pt") and "train-g0-m0" in req["init_model"]
+
+    # dataset versions: generation 1 trains on generation 0's frames plus the new labels, no test frames
+    ds = {r["generation"]: json.loads(r["structure_ids"]) for r in db.execute("SELECT * FROM datasets")}
+    assert set(ds[0]) < set(ds[1]) and len(ds[1]) == len(ds[0]) + 2
+    test_ids = {r[0] for r in db.execute("SELECT id FROM structures WHERE split='test'")}
+    assert not test_ids & set(ds[1])
+    gen1 = cfg.directory / "datasets" / "gen-001"
+    assert (gen1 / "train.extxyz").exists() and list((gen1 / "deepmd").glob("*/set.000/force.npy"))
+
+    # per-round UQ numbers and the evaluation of every generation on the held-out set
+    rm = {r["name"]: r["value"] for r in db.execute("SELECT * FROM metrics WHERE scope='round' AND idx=1")}
+    assert rm["n_explored"] == 5 and rm["force_width_median"] > 0
+    final = {(r["idx"], r["name"]): r["value"] for r in db.execute("SELECT * FROM metrics WHERE scope='final'")}
+    assert final[(0, "n_test")] == final[(1, "n_test")] == 3
+    assert final[(0, "force_rmse_eV_A")] > 0 and final[(1, "force_rmse_eV_A")] > 0
+    assert any("stopping: round budget" in line for line in lines)
+
+    # running a finished campaign again does nothing and says so
+    again = Campaign(cfg, LocalBackend(cfg.directory / "engine", 1, 1), say=lines.append).run()
+    assert again == reason
+    assert db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0] == sum(fns.values()) + 2
+
+
+def test_second_driver_is_refused(tmp_path):
+    lock = CampaignLock(tmp_path)
+    lock.acquire()
+    try:
+        with pytest.raises(CampaignLocked, match="one driver per campaign"):
+            CampaignLock(tmp_path).acquire()
+    finally:
+        lock.release()
+    CampaignLock(tmp_path).acquire()  # free again

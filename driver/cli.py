@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -131,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         add_subcommands = None
     if add_subcommands:
         add_subcommands(sub)
+    from driver.transfer_cli import add_subcommands as add_transfer
+
+    add_transfer(sub)
     try:
         from driver.report import add_subcommands as add_report
     except ImportError:

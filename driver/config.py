@@ -74,6 +74,7 @@ class ExplorationSection:
     walkers: int = 1
     ensemble: str = "nvt"
     pressure_GPa: float = 0.0
+    guard: bool = True  # stop MD when the ensemble's force width leaves the trust window
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,14 @@ class TrainingSection:
 
 
 @dataclass(frozen=True)
+class SteeringSection:
+    mode: str = "async"  # "async": partitions overlap; "sync": train -> explore -> label, as DP-GEN
+    retrain_after: int = 0  # new training labels that start the next generation (0: selection.max_per_round)
+    max_sweeps_per_generation: int = 3  # async: exploration sweeps with one generation at most
+    converged_window: int = 0  # explorations the convergence share looks back on (0: one sweep)
+
+
+@dataclass(frozen=True)
 class TestSection:
     n_initial_per_structure: int = 2
     n_per_round: int = 4
@@ -122,6 +131,7 @@ class CampaignConfig:
     labeler: LabelerSection = LabelerSection()
     training: TrainingSection = TrainingSection()
     test: TestSection = TestSection()
+    steering: SteeringSection = SteeringSection()
     source: str = ""  # path of the TOML file
 
     @property
@@ -138,6 +148,7 @@ _SECTIONS = {
     "labeler": LabelerSection,
     "training": TrainingSection,
     "test": TestSection,
+    "steering": SteeringSection,
 }
 
 
@@ -337,6 +348,13 @@ def validate(cfg: CampaignConfig) -> None:
         raise ConfigError("training.subset_fraction", f"must lie in (0, 1], got {t.subset_fraction}")
     _positive(t.numb_steps, "training.numb_steps")
     _positive(t.numb_steps_continue, "training.numb_steps_continue")
+
+    st = cfg.steering
+    if st.mode not in ("async", "sync"):
+        raise ConfigError("steering.mode", f"{st.mode!r} is not a mode", "use 'async' or 'sync'")
+    _positive(st.retrain_after, "steering.retrain_after", allow_zero=True)
+    _positive(st.max_sweeps_per_generation, "steering.max_sweeps_per_generation")
+    _positive(st.converged_window, "steering.converged_window", allow_zero=True)
 
     _positive(cfg.test.n_initial_per_structure, "test.n_initial_per_structure", allow_zero=True)
     _positive(cfg.test.n_per_round, "test.n_per_round", allow_zero=True)

@@ -30,6 +30,7 @@ import numpy as np
 
 from driver.backends.base import Backend
 from driver.config import CampaignConfig
+from driver.dataset import DatasetError, LabelRejected
 from driver.errors import BackendUnavailable, CampaignLocked, TaskFailed
 from driver.selection import Candidate, SelectionPolicy, fingerprint, select, structure_hash
 from driver.state import State
@@ -86,6 +87,9 @@ class Campaign:
         self.dir = cfg.directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state = State(self.dir / STATE_FILE)
+        from driver.dataset import DatasetStore
+
+        self.store = DatasetStore(self.state)
         self.backend = backend
         self.say = say or (lambda msg: print(msg, flush=True))
         self.status_every_s = status_every_s
@@ -119,13 +123,25 @@ class Campaign:
                 )
             self.backend.start()
             self._reattach()
-            ticks = 0
+            ticks = idle_ticks = 0
             while self.phase != "done":
                 self._collect(timeout=0)
+                before = self._fingerprint()
                 self._advance()
                 if self.phase == "done":
                     break
                 self._submit()
+                if not self.inflight and self._fingerprint() == before and not self.state.tasks(status="pending"):
+                    idle_ticks += 1
+                    if idle_ticks >= 5:
+                        raise RuntimeError(
+                            f"the steering loop cannot make progress in round {self.round}, phase {self.phase}: "
+                            "nothing is running or queued and no rule creates work; state is saved in "
+                            f"{self.state.path} (please report this)"
+                        )
+                    time.sleep(0.2)
+                else:
+                    idle_ticks = 0
                 self._progress()
                 ticks += 1
                 if max_ticks is not None and ticks >= max_ticks:
@@ -144,6 +160,10 @@ class Campaign:
             dest = self.dir / "campaign.toml"
             if Path(self.cfg.source).resolve() != dest.resolve():
                 shutil.copyfile(self.cfg.source, dest)
+
+    def _fingerprint(self) -> tuple:
+        n = self.state.db.execute("SELECT COUNT(*), COALESCE(SUM(status='done'), 0) FROM tasks").fetchone()
+        return (self.phase, self.round, n[0], n[1], self.state.get_meta("stop_reason"))
 
     @property
     def phase(self) -> str:
@@ -183,7 +203,8 @@ class Campaign:
         for key in self.inflight:
             row = self.state.task(key)
             busy[row["pool"]] = busy.get(row["pool"], 0) + 1
-        for row in self.state.tasks(status="pending"):
+        order = {"uq": 0, "md": 1, "label": 1, "train": 2}
+        for row in sorted(self.state.tasks(status="pending"), key=lambda r: (order.get(r["function"], 3), r["id"])):
             pool = row["pool"]
             if row["not_before"] > now or self._pool_blocked_until.get(pool, 0) > now:
                 continue
@@ -303,8 +324,19 @@ class Campaign:
                 a = atoms.copy()
                 a.info = {"structure_id": sid, "labeler": result["labeler"]}
                 a.calc = SinglePointCalculator(
-                    a, energy=lab["energy"], forces=np.array(lab["forces"]), stress=lab.get("stress")
+                    a, energy=lab["energy"], forces=np.array(lab["forces"], dtype=float),
+                    stress=None if lab.get("stress") is None else np.array(lab["stress"], dtype=float),
                 )
+                srow = self.state.structures(id=sid)[0]
+                try:  # the dataset store refuses NaN/inf or malformed labels: they never reach training
+                    self.store.add(
+                        a, structure_id=sid, labeler=result["labeler"], labeler_settings=req.get("settings") or {},
+                        task_key=row["key"], exploration=srow["source_task"] or "initial",
+                        model_generation=srow["generation"], split=srow["split"], round_=srow["round"],
+                    )
+                except LabelRejected as exc:
+                    self._store_failed_label(sid, row["key"], result["labeler"], str(exc))
+                    continue
                 cur = self.state.db.execute(
                     "INSERT OR IGNORE INTO labels(structure_id, task_key, labeler, labeler_note, status, reason, "
                     "energy, extxyz, created) VALUES(?,?,?,?,?,?,?,?,?)",
@@ -368,6 +400,8 @@ class Campaign:
             self.state.db.execute(
                 "UPDATE structures SET energy_width=?, force_width=? WHERE id=?", (ew, fw, sid)
             )
+        if self.cfg.steering.mode == "async" and self.phase == "async":
+            self._select_batch(row["round"], ids)
 
     def _record_eval(self, row, result: dict, req: dict) -> None:
         scope = req.get("_scope", "generation")
@@ -407,7 +441,7 @@ class Campaign:
         return [r for r in rows if round_ is None or r["round"] == round_]
 
     def _check_budgets(self) -> bool:
-        if self.phase in ("final_eval", "done"):
+        if self.phase in ("final_eval", "done") or self.state.get_meta("stop_reason"):
             return False
         c = self.cfg.campaign
         reason = None
@@ -420,10 +454,13 @@ class Campaign:
             return True
         return False
 
-    def _stop(self, reason: str) -> None:
+    def _stop(self, reason: str, phase: str | None = None) -> None:
+        """Record the stop reason. Asynchronous campaigns drain their tasks in flight first."""
+        if phase is None:
+            phase = "async" if self.phase == "async" else "final_eval"
         with self.state.transaction():
             self.state.set_meta("stop_reason", reason)
-            self.state.set_meta("phase", "final_eval")
+            self.state.set_meta("phase", phase)
         self.state.event("stop", reason)
         self.say(f"stopping: {reason}")
 
@@ -436,8 +473,10 @@ class Campaign:
             for spec in cfg.structures:
                 base = build_structure(spec)
                 for split, n in (("train", cfg.initial.n_per_structure), ("test", cfg.test.n_initial_per_structure)):
-                    for _ in range(n):
-                        atoms = perturb(base, cfg.initial.rattle_A, cfg.initial.strain, rng)
+                    for i in range(n):
+                        # amplitudes spread from a quarter to 1.5x rattle_A: near and far from equilibrium
+                        amp = cfg.initial.rattle_A * (0.25 + 1.25 * i / max(1, n - 1))
+                        atoms = perturb(base, amp, cfg.initial.strain, rng)
                         sid = self.state.add_structure(
                             hash=structure_hash(atoms), origin="initial", split=split, round=0, generation=-1,
                             spec=spec.name, composition=composition_label(atoms), natoms=len(atoms),
@@ -445,7 +484,7 @@ class Campaign:
                         )
                         if sid is not None:
                             self.state.decide(0, sid, "label" if split == "train" else "test",
-                                              f"initial data: rattled {cfg.initial.rattle_A} A, strained {cfg.initial.strain}")
+                                              f"initial data: rattled up to {1.5 * cfg.initial.rattle_A:.3f} A, strained {cfg.initial.strain}")
             self.state.set_meta("phase", "label")
         n = len(self.state.structures(round=0))
         self.say(f"round 0: generated {n} initial structures from {len(cfg.structures)} specs")
@@ -517,30 +556,20 @@ class Campaign:
         self._set_phase("evaluate")
 
     def _export_dataset(self, g: int) -> None:
-        from remote_al.deepmd_data import write_systems
-        from remote_al.structures import from_extxyz
-
-        rows = self.state.label_rows("ok", "train")
-        frames = []
-        for r in rows:
-            if r["round"] <= g:
-                frames.extend(from_extxyz(r["extxyz"]))
+        """Record generation g's training set (all training labels so far) and export it."""
+        try:
+            hashes = self.store.version(g)  # recorded before a restart: the set never changes
+        except DatasetError:
+            hashes = self.store.select("train", max_round=g)
+            self.store.record_version(g, hashes)
         final = self.dir / "datasets" / f"gen-{g:03d}"
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        systems = write_systems(frames, tmp / "deepmd", self.cfg.campaign.type_map)
-        from ase.io import write
-
-        write(tmp / "train.extxyz", frames, format="extxyz")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        systems = [str(final / "deepmd" / Path(s).name) for s in systems]
-        ids = [r["structure_id"] for r in rows if r["round"] <= g]
+        out = self.store.export(g, final, type_map=self.cfg.campaign.type_map)
+        ids = [self.store.frame(h)["structure_id"] for h in hashes]
         with self.state.transaction():
             self.state.db.execute(
                 "INSERT OR REPLACE INTO datasets(generation, path, systems, structure_ids, n_frames, created) "
                 "VALUES(?,?,?,?,?,?)",
-                (g, str(final), json.dumps(systems), json.dumps(ids), len(frames), time.time()),
+                (g, out.path, json.dumps(list(out.systems)), json.dumps(ids), out.n_frames, time.time()),
             )
 
     def _test_frames_extxyz(self) -> tuple[str, int]:
@@ -590,7 +619,7 @@ class Campaign:
                             "lcurve_last, n_train_frames, wall_s, created FROM models WHERE generation=? AND member=?",
                             (r, r - 1, mrow["member"]),
                         )
-            self._set_phase("explore", r + 1)
+            self._set_phase("async" if self.cfg.steering.mode == "async" else "explore", r + 1)
 
     def _phase_explore(self) -> None:
         from remote_al.structures import to_extxyz
@@ -614,7 +643,7 @@ class Campaign:
                                 structure_extxyz=to_extxyz(base), temperature_K=t, steps=cfg.exploration.steps,
                                 timestep_fs=cfg.exploration.timestep_fs, n_frames=cfg.exploration.n_frames,
                                 seed=cfg.campaign.seed * 7919 + r * 101 + k, ensemble=cfg.exploration.ensemble,
-                                pressure_GPa=cfg.exploration.pressure_GPa,
+                                pressure_GPa=cfg.exploration.pressure_GPa, **self._md_guard(models),
                             ).to_dict()
                             req["_spec"] = spec.name
                             self._add_task(key, "md", r, g, req)
@@ -625,66 +654,309 @@ class Campaign:
             return
         self._set_phase("select")
 
-    def _phase_select(self) -> None:
+    def _candidates(self, rows) -> list[Candidate]:
         from remote_al.structures import check_structure, from_extxyz
 
-        r = self.round
-        cfg = self.cfg
-        s = cfg.selection
-        rows = self.state.structures(round=r, status="candidate")
-        atoms_of = {row["id"]: from_extxyz(row["extxyz"])[0] for row in rows}
-        cands = []
+        s = self.cfg.selection
+        out = []
         for row in rows:
-            a = atoms_of[row["id"]]
+            a = from_extxyz(row["extxyz"])[0]
             chk = check_structure(a, min_dist_A=s.min_distance_A)
-            cands.append(
+            out.append(
                 Candidate(row["id"], row["energy_width"], row["force_width"], chk.ok, chk.reason,
                           fingerprint(a) if chk.ok else None)
             )
-        policy = SelectionPolicy(s.force_threshold, s.force_upper, s.energy_threshold, s.max_per_round, s.dedup_tolerance_A)
-        # Held-out audit frames: a seeded random pick among sane frames, before selection.
-        rng = random.Random(cfg.campaign.seed * 31 + r)
-        sane = [c.id for c in cands if c.filter_ok and c.force_width is not None and c.force_width <= s.force_upper]
-        test_ids = set(rng.sample(sane, min(cfg.test.n_per_round, len(sane))))
-        decisions = select([c for c in cands if c.id not in test_ids], policy)
-        counts: dict[str, int] = {}
+        return out
+
+    def _policy(self, cap: int) -> SelectionPolicy:
+        s = self.cfg.selection
+        return SelectionPolicy(s.force_threshold, s.force_upper, s.energy_threshold, cap, s.dedup_tolerance_A)
+
+    def _apply_decisions(self, r: int, decisions, test_ids) -> dict[str, int]:
+        """Store decisions and statuses (inside the caller's transaction); returns counts."""
         status_of = {"label": "selected", "confident": "confident", "unphysical": "unphysical",
                      "filtered": "filtered", "duplicate": "duplicate", "skipped": "skipped"}
+        counts: dict[str, int] = {}
+        for sid in test_ids:
+            self.state.decide(r, sid, "test", "random held-out frame for evaluation (never trained on)")
+            self.state.update_structure(sid, status="selected", split="test", reason="held-out audit frame")
+            counts["test"] = counts.get("test", 0) + 1
+        for d in decisions:
+            self.state.decide(r, d.id, d.decision, d.reason)
+            self.state.update_structure(d.id, status=status_of[d.decision], reason=d.reason)
+            counts[d.decision] = counts.get(d.decision, 0) + 1
+        return counts
+
+    def _pick_tests(self, r: int, cands, n: int, salt: int = 0) -> set[int]:
+        s = self.cfg.selection
+        rng = random.Random(self.cfg.campaign.seed * 31 + r * 1009 + salt)
+        sane = [c.id for c in cands if c.filter_ok and c.force_width is not None and c.force_width <= s.force_upper]
+        return set(rng.sample(sane, min(n, len(sane))))
+
+    def _update_round_metrics(self, r: int) -> dict:
+        """Per-round numbers from the structures explored in round r (both modes)."""
+        thr, upper = self.cfg.selection.force_threshold, self.cfg.selection.force_upper
+        rows = self.state.db.execute(
+            "SELECT force_width, status FROM structures WHERE origin='md' AND round=?", (r,)
+        ).fetchall()
+        dec = dict(self.state.db.execute(
+            "SELECT decision, COUNT(*) FROM decisions WHERE round=? GROUP BY decision", (r,)
+        ).fetchall())
+        widths = [w for w, _ in rows if w is not None]
+        evaluated = [w for w, st in rows if w is not None and st != "filtered"]
+        share = sum(1 for w in evaluated if w <= thr) / len(evaluated) if evaluated else 0.0
+        m = {
+            "n_explored": len(rows), "n_selected": dec.get("label", 0), "n_confident": dec.get("confident", 0),
+            "n_unphysical": dec.get("unphysical", 0), "n_filtered": dec.get("filtered", 0),
+            "n_duplicate": dec.get("duplicate", 0), "n_skipped": dec.get("skipped", 0), "n_test": dec.get("test", 0),
+            "confident_share": share,
+            "force_width_median": float(np.median(widths)) if widths else None,
+            "force_width_p90": float(np.percentile(widths, 90)) if widths else None,
+            "force_width_max": float(np.max(widths)) if widths else None,
+            "n_above_upper": sum(1 for w in widths if w > upper),
+        }
+        for name, v in m.items():
+            self.state.db.execute(
+                "INSERT INTO metrics(scope, idx, name, value) VALUES('round',?,?,?) "
+                "ON CONFLICT(scope, idx, name) DO UPDATE SET value=excluded.value", (r, name, v),
+            )
+        return m
+
+    def _phase_select(self) -> None:
+        r = self.round
+        cfg = self.cfg
+        cands = self._candidates(self.state.structures(round=r, status="candidate"))
+        test_ids = self._pick_tests(r, cands, cfg.test.n_per_round)
+        decisions = select([c for c in cands if c.id not in test_ids], self._policy(cfg.selection.max_per_round))
         with self.state.transaction():
-            for sid in test_ids:
-                self.state.decide(r, sid, "test", "random held-out frame for evaluation (never trained on)")
-                self.state.update_structure(sid, status="selected", split="test", reason="held-out audit frame")
-            for d in decisions:
-                self.state.decide(r, d.id, d.decision, d.reason)
-                self.state.update_structure(d.id, status=status_of[d.decision], reason=d.reason)
-                counts[d.decision] = counts.get(d.decision, 0) + 1
-            widths = [c.force_width for c in cands if c.force_width is not None]
-            n_eval = sum(1 for c in cands if c.filter_ok and c.force_width is not None)
-            n_conf = sum(1 for c in cands if c.filter_ok and c.force_width is not None and c.force_width <= s.force_threshold)
-            share = n_conf / n_eval if n_eval else 0.0
-            metrics = {
-                "n_explored": len(cands), "n_selected": counts.get("label", 0), "n_confident": counts.get("confident", 0),
-                "n_unphysical": counts.get("unphysical", 0), "n_filtered": counts.get("filtered", 0),
-                "n_duplicate": counts.get("duplicate", 0), "n_skipped": counts.get("skipped", 0),
-                "n_test": len(test_ids), "confident_share": share,
-                "force_width_median": float(np.median(widths)) if widths else None,
-                "force_width_p90": float(np.percentile(widths, 90)) if widths else None,
-                "force_width_max": float(np.max(widths)) if widths else None,
-            }
-            for name, v in metrics.items():
-                self.state.db.execute(
-                    "INSERT INTO metrics(scope, idx, name, value) VALUES('round',?,?,?) "
-                    "ON CONFLICT(scope, idx, name) DO UPDATE SET value=excluded.value", (r, name, v),
-                )
+            counts = self._apply_decisions(r, decisions, test_ids)
+            m = self._update_round_metrics(r)
+        share = m["confident_share"]
         self.say(
             f"round {r}: {len(cands)} frames explored, confident share {share:.2f}, "
             + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-            + f", test {len(test_ids)}"
         )
-        if share >= s.converged_share and counts.get("label", 0) == 0:
-            self._stop(f"converged: {share:.1%} of explored frames confident (target {s.converged_share:.0%})")
+        if share >= cfg.selection.converged_share and counts.get("label", 0) == 0:
+            self._stop(f"converged: {share:.1%} of explored frames confident (target {cfg.selection.converged_share:.0%})")
             return
         self._set_phase("label")
+
+    # ------------------------------------------------------- asynchronous mode
+    def _sweep(self) -> list[tuple]:
+        """One exploration sweep: (spec, temperature, walker) for every combination."""
+        return [(spec, t, w) for spec in self.cfg.structures for t in self.cfg.exploration.temperatures_K
+                for w in range(self.cfg.exploration.walkers)]
+
+    def _retrain_after(self) -> int:
+        return self.cfg.steering.retrain_after or self.cfg.selection.max_per_round
+
+    def _new_train_labels(self, g: int) -> int:
+        """Training labels not yet in generation ``g - 1``'s dataset."""
+        prev = self.state.db.execute("SELECT structure_ids FROM datasets WHERE generation=?", (g - 1,)).fetchone()
+        used = set(json.loads(prev[0])) if prev else set()
+        return sum(1 for x in self.state.label_rows("ok", "train") if x["structure_id"] not in used)
+
+    def _select_batch(self, r: int, ids: list[int]) -> None:
+        """Asynchronous selection of one exploration's frames (inside _record's transaction)."""
+        cfg = self.cfg
+        if self.state.get_meta("stop_reason"):
+            return
+        rows = self.state.structures(id=ids, status="candidate")
+        cands = self._candidates(rows)
+        n_tests = self.state.db.execute(
+            "SELECT COUNT(*) FROM decisions WHERE round=? AND decision='test'", (r,)
+        ).fetchone()[0]
+        per_batch = -(-cfg.test.n_per_round // max(1, len(self._sweep())))
+        test_ids = self._pick_tests(r, cands, min(per_batch, cfg.test.n_per_round - n_tests), salt=min(ids))
+        chosen_rows = self.state.db.execute(
+            "SELECT s.* FROM structures s JOIN decisions d ON d.structure_id = s.id "
+            "WHERE d.round=? AND d.decision='label'", (r,)
+        ).fetchall()
+        already = [c for c in self._candidates(chosen_rows)]
+        budget = cfg.campaign.max_label_calls
+        cap = cfg.selection.max_per_round
+        if budget:
+            used = self.state.db.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
+            open_ids = self.state.db.execute("SELECT COUNT(*) FROM structures WHERE status='labeling'").fetchone()[0]
+            cap = min(cap, len(already) + max(0, budget - used - open_ids))
+        decisions = select([c for c in cands if c.id not in test_ids], self._policy(cap), already_chosen=already)
+        self._apply_decisions(r, decisions, test_ids)
+        self._create_label_tasks(r, [d.id for d in decisions if d.decision == "label"] + sorted(test_ids))
+        self._update_round_metrics(r)
+
+    def _create_label_tasks(self, r: int, ids: list[int]) -> None:
+        from remote_al.structures import from_extxyz, to_extxyz
+
+        bs = self.cfg.labeler.batch_size
+        for i in range(0, len(ids), bs):
+            chunk = ids[i : i + bs]
+            rows = self.state.structures(id=chunk)
+            key = f"label:r{r}:{chunk[0]}-{chunk[-1]}"
+            req = LabelRequest(
+                task_key=key, workdir=self.workdir(key), labeler=self.cfg.labeler.kind,
+                structure_ids=tuple(x["id"] for x in rows),
+                structures_extxyz=to_extxyz([from_extxyz(x["extxyz"])[0] for x in rows]),
+                settings=dict(self.cfg.labeler.settings),
+            ).to_dict()
+            self._add_task(key, "label", r, r, req)
+            self.state.db.execute(
+                f"UPDATE structures SET status='labeling' WHERE id IN ({','.join('?' * len(chunk))})", chunk
+            )
+
+    def _phase_async(self) -> None:
+        """Steady state: MD/UQ with the current ensemble on free GPU slots, labels on the
+        CPU as soon as each exploration is selected from, the next generation trained as
+        soon as enough new labels arrived; a finished generation replaces the ensemble for
+        every MD task created afterwards."""
+        cfg = self.cfg
+        r = self.round  # explorations now use generation r - 1; generation r is next to train
+        g_cur = r - 1
+        stopping = bool(self.state.get_meta("stop_reason"))
+        train_rows = [t for t in self.state.tasks(function="train") if t["generation"] == r]
+        if train_rows:
+            if any(t["status"] in ("pending", "submitted") for t in train_rows):
+                pass  # training runs; exploration with the current generation continues below
+            elif len(self.state.models(r)) < cfg.training.ensemble_size:
+                self._stop(f"training of generation {r} failed (see quarantined tasks)")
+                return
+            else:
+                self._generation_ready(r)
+                return
+        elif stopping:  # drain what is in flight, start nothing new
+            if not self._open_tasks():
+                self._set_phase("final_eval")
+            return
+        else:
+            new = self._new_train_labels(r)
+            open_labels = self._open_tasks(None, "label")
+            explorations_done = self._explorations_exhausted(g_cur)
+            drained = not open_labels and explorations_done and not self._open_tasks(None, "md") and not [
+                t for t in self._open_tasks(None, "uq") if t["key"].startswith("uq:md")
+            ]
+            if new >= self._retrain_after() or (drained and new > 0):
+                self._start_training(r)
+                return
+            if drained and new == 0:
+                self._stop(self._no_more_work_reason(g_cur))
+                return
+        if stopping:
+            return
+        # keep the GPU busy: one new exploration whenever a GPU slot would otherwise idle
+        if self._gpu_idle() and not self._explorations_exhausted(g_cur):
+            self._create_exploration(r, g_cur)
+
+    def _no_more_work_reason(self, g: int) -> str:
+        budget = self.cfg.campaign.max_label_calls
+        used = self.state.db.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
+        if budget and used >= budget:
+            return f"labeler budget of {budget} calls reached ({used} used)"
+        m = self.state.metrics("round").get(g + 1, {})
+        share = m.get("confident_share")
+        if share is not None and share >= self.cfg.selection.converged_share:
+            return f"converged: {share:.1%} of explored frames confident (target {self.cfg.selection.converged_share:.0%})"
+        return f"no uncertain structures left to label after {self.cfg.steering.max_sweeps_per_generation} sweeps"
+
+    def _gpu_idle(self) -> bool:
+        open_gpu = [t for t in self._open_tasks() if t["pool"] == "gpu"]
+        pending = [t for t in open_gpu if t["status"] == "pending"]
+        return not pending and len(open_gpu) < self.backend.slots("gpu")
+
+    def _explorations_exhausted(self, g: int) -> bool:
+        r = g + 1
+        n_md = sum(1 for t in self.state.tasks(function="md") if t["generation"] == g)
+        if n_md >= len(self._sweep()) * self.cfg.steering.max_sweeps_per_generation:
+            return True
+        selected = self.state.db.execute(
+            "SELECT COUNT(*) FROM decisions WHERE round=? AND decision='label'", (r,)
+        ).fetchone()[0]
+        if selected >= self.cfg.selection.max_per_round:
+            return True
+        budget = self.cfg.campaign.max_label_calls
+        if budget and self.state.db.execute("SELECT COUNT(*) FROM labels").fetchone()[0] >= budget:
+            return True
+        # converged window: the last K explorations with this generation were all confident
+        k = self.cfg.steering.converged_window or len(self._sweep())
+        done_md = [t for t in self.state.tasks(function="md", status="done") if t["generation"] == g]
+        if n_md >= k and len(done_md) >= k and n_md == len(done_md):
+            keys = [t["key"] for t in done_md[-k:]]
+            rows = self.state.db.execute(
+                f"SELECT force_width, status FROM structures WHERE source_task IN ({','.join('?' * len(keys))})", keys
+            ).fetchall()
+            ws = [w for w, st in rows if w is not None and st != "filtered"]
+            if ws and len(ws) == len(rows) and sum(w <= self.cfg.selection.force_threshold for w in ws) / len(ws) >= self.cfg.selection.converged_share:
+                return True
+        return False
+
+    def _md_guard(self, models) -> dict:
+        """MD stops early on overlapping atoms, or when the ensemble leaves its trust window."""
+        out = {"stop_min_distance_A": max(0.3, 0.8 * self.cfg.selection.min_distance_A)}
+        if self.cfg.exploration.guard:
+            out.update(stop_force_width=self.cfg.selection.force_upper,
+                       guard_model_paths=tuple(m["path"] for m in models))
+        return out
+
+    def _create_exploration(self, r: int, g: int) -> None:
+        from remote_al.structures import to_extxyz
+
+        cfg = self.cfg
+        models = self.state.models(g)
+        n = sum(1 for t in self.state.tasks(function="md") if t["generation"] == g)
+        sweep = self._sweep()
+        spec, t, w = sweep[n % len(sweep)]
+        k = n // len(sweep)
+        key = f"md:r{r}:{spec.name}:T{t:g}:w{w}" + (f":s{k}" if k else "")
+        req = MDRequest(
+            task_key=key, workdir=self.workdir(key), model_path=models[(n + r) % len(models)]["path"],
+            structure_extxyz=to_extxyz(build_structure(spec)), temperature_K=t, steps=cfg.exploration.steps,
+            timestep_fs=cfg.exploration.timestep_fs, n_frames=cfg.exploration.n_frames,
+            seed=cfg.campaign.seed * 7919 + r * 101 + n, ensemble=cfg.exploration.ensemble,
+            pressure_GPa=cfg.exploration.pressure_GPa, **self._md_guard(models),
+        ).to_dict()
+        req["_spec"] = spec.name
+        self._add_task(key, "md", r, g, req)
+
+    def _start_training(self, g: int) -> None:
+        cfg = self.cfg
+        self._export_dataset(g)
+        ds = self.state.db.execute("SELECT * FROM datasets WHERE generation=?", (g,)).fetchone()
+        prev = {m["member"]: m["checkpoint"] for m in self.state.models(g - 1)} if g > 0 else {}
+        cont = bool(prev) and cfg.training.continue_from_previous
+        steps = cfg.training.numb_steps_continue if cont else cfg.training.numb_steps
+        with self.state.transaction():
+            for m in range(cfg.training.ensemble_size):
+                key = f"train:g{g}:m{m}"
+                req = TrainRequest(
+                    task_key=key, workdir=self.workdir(key), systems=tuple(json.loads(ds["systems"])),
+                    type_map=tuple(cfg.campaign.type_map), member=m,
+                    seed=cfg.campaign.seed * 1000 + g * 100 + m * 7 + 1,
+                    subset_fraction=cfg.training.subset_fraction, numb_steps=steps,
+                    deepmd=dict(cfg.training.deepmd), init_model=prev.get(m) if cont else None,
+                ).to_dict()
+                self._add_task(key, "train", g, g, req)
+        self.say(
+            f"training generation {g}: {cfg.training.ensemble_size} members on {ds['n_frames']} frames, "
+            f"{steps} steps{' (continued)' if cont else ''}"
+        )
+
+    def _generation_ready(self, g: int) -> None:
+        """Generation g is complete: evaluate it, make it current, check the round budget."""
+        key = f"eval:g{g}"
+        text, n = self._test_frames_extxyz()
+        with self.state.transaction():
+            if n and self.state.task(key) is None:
+                req = UQRequest(
+                    task_key=key, workdir=self.workdir(key),
+                    model_paths=tuple(m["path"] for m in self.state.models(g)),
+                    frames_extxyz=text, confidence=self.cfg.selection.confidence,
+                ).to_dict()
+                req["_scope"] = "generation"
+                self._add_task(key, "uq", g, g, req)
+            self.state.set_meta("round", str(g + 1))
+        self.state.event("generation", f"generation {g} is current")
+        self.say(f"generation {g} ready; explorations now use it")
+        c = self.cfg.campaign
+        if g >= c.max_rounds:
+            self._stop(f"round budget of {c.max_rounds} rounds reached", phase="async")
 
     def _phase_final_eval(self) -> None:
         gens = sorted({m["generation"] for m in self.state.models()})
@@ -707,7 +979,7 @@ class Campaign:
         if created:
             self.say(f"final evaluation of {len(gens)} generations on {n} held-out frames")
             return
-        if self._open_tasks(None, "uq"):
+        if self._open_tasks():
             return
         fm = self.state.metrics("final")
         for g in gens:

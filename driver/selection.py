@@ -42,7 +42,14 @@ class SelectionPolicy:
     dedup_tolerance_A: float = 0.05
 
 
-def select(candidates: Sequence[Candidate], policy: SelectionPolicy) -> list[Decision]:
+def select(
+    candidates: Sequence[Candidate],
+    policy: SelectionPolicy,
+    already_chosen: Sequence[Candidate] = (),
+) -> list[Decision]:
+    """One decision per candidate. ``already_chosen``: structures selected earlier in the
+    same round (asynchronous selection batch by batch); they count against the cap and
+    are compared against for near-duplicates."""
     decisions: dict[int, Decision] = {}
     uncertain: list[Candidate] = []
     for c in candidates:
@@ -74,7 +81,7 @@ def select(candidates: Sequence[Candidate], policy: SelectionPolicy) -> list[Dec
                 f"force CI width {c.force_width:.3f} eV/A within {policy.force_threshold:g}",
             )
     uncertain.sort(key=lambda c: (-(c.force_width or 0.0), c.id))
-    chosen: list[Candidate] = []
+    chosen: list[Candidate] = list(already_chosen)
     for c in uncertain:
         dup = next((k for k in chosen if near_duplicate(c.fingerprint, k.fingerprint, policy.dedup_tolerance_A)), None)
         if dup is not None:

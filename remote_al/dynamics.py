@@ -66,6 +66,12 @@ def run_md(req: MDRequest) -> MDResult:
         raise ValueError(f"unknown MD ensemble {req.ensemble!r}: use 'nvt' or 'npt'")
 
     interval = max(1, req.steps // max(1, req.n_frames))
+    guards = None
+    if req.stop_force_width > 0 and len(req.guard_model_paths) >= 2:
+        from deepmd.infer import DeepPot
+
+        guards = [DeepPot(p) for p in req.guard_model_paths]
+    stop_reason = ""
     frames, temps = [], []
     traj_path = workdir / "traj.extxyz"
     if traj_path.exists():
@@ -81,8 +87,19 @@ def run_md(req: MDRequest) -> MDResult:
         temps.append(snap.info["temperature_K"])
         frames.append(snap)
         write(traj_path, snap, format="extxyz", append=True)
-        if min_distance(atoms) < 0.5 or not np.all(np.isfinite(atoms.positions)):
+        if not np.all(np.isfinite(atoms.positions)):
+            stop_reason = f"non-finite positions at step {steps_done}"
             break
+        dmin = min_distance(atoms)
+        if dmin < req.stop_min_distance_A:
+            stop_reason = f"atoms {dmin:.2f} A apart at step {steps_done}"
+            break
+        if guards is not None:
+            width = _guard_width(guards, atoms)
+            snap.info["force_width_guard"] = width
+            if width > req.stop_force_width:
+                stop_reason = f"ensemble force CI width {width:.2f} eV/A above {req.stop_force_width:g} at step {steps_done}"
+                break
     return MDResult(
         task_key=req.task_key,
         trajectory_path=str(traj_path),
@@ -94,7 +111,21 @@ def run_md(req: MDRequest) -> MDResult:
         volume_start_A3=float(v0),
         volume_end_A3=float(atoms.get_volume()),
         device=_device_name(),
+        stop_reason=stop_reason,
     )
+
+
+def _guard_width(models, atoms) -> float:
+    """Max force-component CI width of the ensemble on one frame (the MD guard)."""
+    coords = atoms.get_positions().reshape(1, -1)
+    cell = np.asarray(atoms.get_cell()).reshape(1, -1)
+    symbols = atoms.get_chemical_symbols()
+    forces = []
+    for dp in models:
+        tm = dp.get_type_map()
+        _, f, _ = dp.eval(coords, cell, np.array([tm.index(s) for s in symbols]))
+        forces.append(np.asarray(f).reshape(len(symbols), 3))
+    return float(ensemble_ci_width(np.array(forces), 0.95, axis=0).max())
 
 
 def _device_name() -> str:

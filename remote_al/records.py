@@ -54,6 +54,12 @@ class MDRequest(_Record):
     ensemble: str = "nvt"  # "nvt" (Langevin) or "npt" (isotropic Berendsen barostat)
     pressure_GPa: float = 0.0
     device: str = "auto"  # "auto", "cpu" or "cuda"
+    # Stop early, keeping the frames so far, when atoms come closer than this (A) ...
+    stop_min_distance_A: float = 0.5
+    # ... or when the ensemble's force CI width on a sampled frame exceeds this (eV/A);
+    # needs guard_model_paths (the whole ensemble). 0: no guard.
+    stop_force_width: float = 0.0
+    guard_model_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,7 @@ class MDResult(_Record):
     volume_start_A3: float
     volume_end_A3: float
     device: str = "cpu"
+    stop_reason: str = ""  # why the run ended before `steps`, if it did
 
 
 # --------------------------------------------------------------------------- UQ

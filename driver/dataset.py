@@ -1,0 +1,355 @@
+"""The dataset store: every labeled frame once, with its lineage, in the campaign's SQLite.
+
+Tables (created here, next to :mod:`driver.state`'s):
+
+- ``frames``: one row per distinct labeled frame, keyed by its content hash (species,
+  positions and cell at fixed precision, see :func:`frame_hash`), with its lineage: the
+  structure id, composition, labeler and its settings, the label task, the exploration
+  that found it (an MD task key, or ``initial``), the model generation that explored it,
+  the split (``train`` or held-out ``test``) and the labeled frame as extxyz text;
+- ``frame_duplicates``: how often a frame already stored was added again;
+- ``dataset_versions``: the ordered frame hashes each generation trained on.
+
+Only finite, successful labels get in: :meth:`DatasetStore.add` raises
+:class:`LabelRejected` (with the reason) for a failed label, NaN/inf energies, forces or
+stresses, or a frame without energy and forces. A generation's set is written once
+(:meth:`record_version`) and exported from the stored extxyz text
+(:meth:`export`), so exporting it again, later or elsewhere, gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from driver.errors import RemoteALError
+from driver.state import State
+
+HASH_DECIMALS = 6  # Angstrom: positions and cell rounded to 1e-6 before hashing
+FORMATS = ("deepmd", "extxyz")
+EXTXYZ_NAME = "train.extxyz"
+MANIFEST_NAME = "manifest.json"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS frames (
+    hash TEXT PRIMARY KEY,
+    structure_id INTEGER,
+    composition TEXT NOT NULL,
+    species TEXT NOT NULL,               -- atom order (one deepmd system per value)
+    natoms INTEGER NOT NULL,
+    split TEXT NOT NULL,                 -- train | test (held out, never trained on)
+    round INTEGER NOT NULL,
+    labeler TEXT NOT NULL,
+    labeler_settings_json TEXT NOT NULL,
+    task_key TEXT NOT NULL,              -- the label task
+    exploration TEXT NOT NULL,           -- the MD task key that found it, or 'initial'
+    model_generation INTEGER NOT NULL,   -- the ensemble that explored it (-1: initial)
+    energy REAL NOT NULL,
+    extxyz TEXT NOT NULL,                -- the labeled frame, exactly as exported
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS frame_duplicates (
+    hash TEXT PRIMARY KEY REFERENCES frames(hash),
+    count INTEGER NOT NULL,
+    last_task_key TEXT NOT NULL,
+    last_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dataset_versions (
+    generation INTEGER PRIMARY KEY,
+    hashes_json TEXT NOT NULL,           -- ordered frame hashes
+    n_frames INTEGER NOT NULL,
+    digest TEXT NOT NULL,                -- sha256 of the ordered hashes
+    created REAL NOT NULL
+);
+"""
+
+
+class LabelRejected(RemoteALError, ValueError):
+    """A label that must never enter a training set (failed, NaN, missing)."""
+
+
+class DatasetError(RemoteALError):
+    """A dataset version is inconsistent with the store (unknown frame, changed set)."""
+
+
+@dataclass(frozen=True)
+class AddResult:
+    hash: str
+    added: bool  # False: the frame was stored already (counted as a duplicate)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: str
+    systems: tuple[str, ...]  # deepmd/npy system directories
+    extxyz: str | None
+    n_frames: int
+    digest: str
+
+
+# ---------------------------------------------------------------- pure helpers
+def _fixed(values: np.ndarray, decimals: int) -> str:
+    arr = np.round(np.asarray(values, dtype=float), decimals) + 0.0  # -0.0 -> 0.0
+    return " ".join(f"{v:.{decimals}f}" for v in arr.reshape(-1))
+
+
+def frame_hash(atoms, decimals: int = HASH_DECIMALS) -> str:
+    """sha256 of species (in order), positions and cell at ``decimals`` places."""
+    text = "\n".join([" ".join(atoms.get_chemical_symbols()),
+                      _fixed(atoms.get_positions(), decimals),
+                      _fixed(np.asarray(atoms.get_cell()), decimals)])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def label_problem(atoms) -> str | None:
+    """Why a labeled frame may not be trained on, or None if it may."""
+    n = len(atoms)
+    if n == 0:
+        return "frame has no atoms"
+    if not np.all(np.isfinite(atoms.get_positions())) or not np.all(np.isfinite(np.asarray(atoms.get_cell()))):
+        return "positions or cell contain NaN or inf"
+    results = getattr(atoms.calc, "results", None) or {}
+    if results.get("energy") is None or results.get("forces") is None:
+        return "frame has no energy/forces label"
+    try:
+        energy = float(results["energy"])
+        forces = np.asarray(results["forces"], dtype=float)
+    except (TypeError, ValueError) as exc:
+        return f"label is not numeric: {exc}"
+    if not np.isfinite(energy):
+        return f"energy is {energy}"
+    if forces.shape != (n, 3):
+        return f"forces have shape {forces.shape}, expected {(n, 3)}"
+    if not np.all(np.isfinite(forces)):
+        return f"forces contain NaN or inf ({int(np.sum(~np.isfinite(forces)))} components)"
+    stress = results.get("stress")
+    if stress is not None:
+        s = np.asarray(stress, dtype=float)
+        if s.size not in (6, 9):
+            return f"stress has {s.size} components, expected 6 or 9"
+        if not np.all(np.isfinite(s)):
+            return "stress contains NaN or inf"
+    return None
+
+
+def _canonical_extxyz(atoms, frame_id: str) -> str:
+    """The frame as stored and exported: structure, energy, forces, stress, its hash."""
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from remote_al.structures import to_extxyz
+
+    res = atoms.calc.results
+    clean = Atoms(atoms.get_chemical_symbols(), positions=atoms.get_positions(), cell=atoms.get_cell(),
+                  pbc=atoms.get_pbc(), info={"frame_hash": frame_id})
+    labels = {"energy": float(res["energy"]), "forces": np.asarray(res["forces"], dtype=float)}
+    if res.get("stress") is not None:
+        labels["stress"] = np.asarray(res["stress"], dtype=float)
+    clean.calc = SinglePointCalculator(clean, **labels)
+    return to_extxyz(clean)
+
+
+def hashes_digest(hashes: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(hashes).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------- store
+class DatasetStore:
+    """Labeled frames and dataset versions over a campaign's :class:`State`."""
+
+    def __init__(self, state: State):
+        self.state = state
+        # One statement at a time: executescript() would commit a caller's open transaction.
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                state.db.execute(statement)
+
+    # -- frames
+    def add(
+        self,
+        atoms,
+        *,
+        labeler: str,
+        task_key: str,
+        structure_id: int | None = None,
+        labeler_settings: Mapping[str, Any] | None = None,
+        exploration: str = "initial",
+        model_generation: int = -1,
+        split: str = "train",
+        round_: int = 0,
+        status: str = "ok",
+        reason: str = "",
+    ) -> AddResult:
+        """Store a labeled frame (``atoms`` with a calculator holding its labels).
+
+        A frame already stored (same hash) is not stored again; its duplicate count goes
+        up. Raises :class:`LabelRejected` for ``status != "ok"`` and for labels that are
+        missing or not finite.
+        """
+        if status != "ok":
+            raise LabelRejected(f"label of structure {structure_id} failed: {reason or 'no reason given'}")
+        problem = label_problem(atoms)
+        if problem:
+            raise LabelRejected(f"label of structure {structure_id} ({task_key}) refused: {problem}")
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+        from remote_al.structures import composition_label
+
+        h = frame_hash(atoms)
+        now = time.time()
+        with self.state.transaction():
+            cur = self.state.db.execute(
+                "INSERT OR IGNORE INTO frames(hash, structure_id, composition, species, natoms, split, round, "
+                "labeler, labeler_settings_json, task_key, exploration, model_generation, energy, extxyz, created) "
+                "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (h, structure_id, composition_label(atoms), " ".join(atoms.get_chemical_symbols()), len(atoms),
+                 split, round_, labeler, json.dumps(dict(labeler_settings or {}), sort_keys=True), task_key,
+                 exploration, model_generation, float(atoms.calc.results["energy"]),
+                 _canonical_extxyz(atoms, h), now),
+            )
+            if cur.rowcount == 1:
+                return AddResult(h, True)
+            self.state.db.execute(
+                "INSERT INTO frame_duplicates(hash, count, last_task_key, last_seen) VALUES(?,1,?,?) "
+                "ON CONFLICT(hash) DO UPDATE SET count=count+1, last_task_key=excluded.last_task_key, "
+                "last_seen=excluded.last_seen",
+                (h, task_key, now),
+            )
+        return AddResult(h, False)
+
+    def frame(self, h: str):
+        return self.state.db.execute("SELECT * FROM frames WHERE hash=?", (h,)).fetchone()
+
+    def duplicates(self, h: str) -> int:
+        row = self.state.db.execute("SELECT count FROM frame_duplicates WHERE hash=?", (h,)).fetchone()
+        return row[0] if row else 0
+
+    def select(self, split: str = "train", max_round: int | None = None) -> list[str]:
+        """Hashes of stored frames of ``split`` (up to ``max_round``), in insertion order."""
+        q, args = "SELECT hash FROM frames WHERE split=?", [split]
+        if max_round is not None:
+            q += " AND round<=?"
+            args.append(max_round)
+        return [r[0] for r in self.state.db.execute(q + " ORDER BY rowid", args)]
+
+    def lineage(self, h: str) -> dict[str, Any]:
+        """Where a frame came from and which generations trained on it."""
+        row = self.frame(h)
+        if row is None:
+            raise DatasetError(f"no frame {h} in the store")
+        out = {k: row[k] for k in row.keys() if k != "extxyz"}
+        out["labeler_settings"] = json.loads(out.pop("labeler_settings_json"))
+        out["duplicates"] = self.duplicates(h)
+        out["generations"] = [g for g, hs in self._versions() if h in hs]
+        return out
+
+    # -- versions
+    def record_version(self, generation: int, hashes: Iterable[str]) -> str:
+        """Record the frames ``generation`` trains on (order kept); return the digest.
+
+        Recording the same set again is a no-op; a different set for a recorded
+        generation, an unknown hash or a held-out frame raise :class:`DatasetError`.
+        """
+        hashes = list(dict.fromkeys(hashes))
+        digest = hashes_digest(hashes)
+        with self.state.transaction():
+            rows = {r["hash"]: r["split"] for r in self._rows(hashes)}
+            unknown = [h for h in hashes if h not in rows]
+            if unknown:
+                raise DatasetError(f"generation {generation}: {len(unknown)} frames not in the store "
+                                   f"(first {unknown[0]})")
+            held_out = [h for h in hashes if rows[h] != "train"]
+            if held_out:
+                raise DatasetError(f"generation {generation}: {len(held_out)} held-out test frames may not "
+                                   f"be trained on (first {held_out[0]})")
+            old = self.state.db.execute("SELECT digest FROM dataset_versions WHERE generation=?",
+                                        (generation,)).fetchone()
+            if old is not None:
+                if old[0] != digest:
+                    raise DatasetError(f"generation {generation} has a recorded training set already "
+                                       "and it differs; a generation's set never changes")
+                return digest
+            self.state.db.execute(
+                "INSERT INTO dataset_versions(generation, hashes_json, n_frames, digest, created) VALUES(?,?,?,?,?)",
+                (generation, json.dumps(hashes), len(hashes), digest, time.time()),
+            )
+        return digest
+
+    def version(self, generation: int) -> list[str]:
+        row = self.state.db.execute("SELECT hashes_json FROM dataset_versions WHERE generation=?",
+                                    (generation,)).fetchone()
+        if row is None:
+            raise DatasetError(f"no dataset version recorded for generation {generation}")
+        return json.loads(row[0])
+
+    def _versions(self) -> list[tuple[int, set[str]]]:
+        return [(r[0], set(json.loads(r[1]))) for r in
+                self.state.db.execute("SELECT generation, hashes_json FROM dataset_versions ORDER BY generation")]
+
+    def _rows(self, hashes: Sequence[str]) -> list:
+        rows = []
+        for i in range(0, len(hashes), 500):  # SQLite's limit on bound parameters
+            chunk = hashes[i:i + 500]
+            rows += self.state.db.execute(
+                f"SELECT * FROM frames WHERE hash IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+        return rows
+
+    # -- export
+    def export(self, generation: int, outdir: str | os.PathLike, type_map: Sequence[str] | None = None,
+               formats: Sequence[str] = FORMATS) -> ExportResult:
+        """Write generation ``generation``'s recorded set under ``outdir``.
+
+        ``deepmd``: ``outdir/deepmd/<system>/`` deepmd/npy, one system per atom order
+        (needs ``type_map``); ``extxyz``: ``outdir/train.extxyz``. Always also
+        ``outdir/manifest.json`` (frame hashes per system, in frame order). Built in a
+        temporary directory and renamed into place; the same generation exports to the
+        same bytes every time.
+        """
+        from remote_al.deepmd_data import system_name, write_systems
+        from remote_al.structures import from_extxyz
+
+        unknown = set(formats) - set(FORMATS)
+        if unknown:
+            raise ValueError(f"unknown formats {sorted(unknown)}; use {list(FORMATS)}")
+        if "deepmd" in formats and not type_map:
+            raise ValueError("the deepmd format needs the campaign's type_map")
+        hashes = self.version(generation)
+        by_hash = {r["hash"]: r for r in self._rows(hashes)}
+        texts = [by_hash[h]["extxyz"] for h in hashes]
+        final = Path(outdir)
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        systems: list[str] = []
+        if "deepmd" in formats:
+            frames = [from_extxyz(t)[0] for t in texts]
+            systems = [Path(p).name for p in write_systems(frames, tmp / "deepmd", type_map)]
+        if "extxyz" in formats:
+            (tmp / EXTXYZ_NAME).write_text("".join(texts))
+        per_system: dict[str, list[str]] = defaultdict(list)
+        for h in hashes:
+            per_system[system_name(by_hash[h]["species"].split())].append(h)
+        manifest = {"generation": generation, "n_frames": len(hashes), "digest": hashes_digest(hashes),
+                    "type_map": list(type_map or []), "formats": list(formats),
+                    "systems": {name: per_system[name] for name in sorted(per_system)}}
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        return ExportResult(
+            path=str(final), systems=tuple(str(final / "deepmd" / s) for s in systems),
+            extxyz=str(final / EXTXYZ_NAME) if "extxyz" in formats else None,
+            n_frames=len(hashes), digest=manifest["digest"],
+        )
+
+
+__all__ = ["DatasetStore", "AddResult", "ExportResult", "LabelRejected", "DatasetError", "frame_hash",
+           "label_problem", "hashes_digest"]

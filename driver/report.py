@@ -1,0 +1,589 @@
+"""``remote-al report``: an HTML page with a campaign's settings, provenance, tables and plots.
+
+``write_report(campaign_dir)`` writes ``campaign_dir/report/index.html`` with its PNGs
+next to it, referenced by relative path (the folder is self-contained: copy or zip it
+whole). It reads the campaign state (``state.sqlite``), the copied ``campaign.toml``
+and the members' ``lcurve.out`` files; nothing in the campaign is changed.
+
+Parity and per-component calibration need predictions the state does not keep (it stores
+summary numbers only). Where deepmd-kit is importable and the final generation's model
+files are on this machine, the report evaluates that ensemble on the held-out labeled
+frames with ``remote_al.dynamics.predict_ensemble`` and caches the arrays in
+``report/parity.npz`` (reused while the models and held-out frames are unchanged).
+Otherwise it falls back to what the stored evaluation results hold (energy per frame,
+force width and max force error per frame) and says why in the report.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import logging
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from driver import plots
+from driver.metrics import calibrate_threshold, calibration_table, parity_metrics
+from driver.state import State
+
+log = logging.getLogger(__name__)
+
+REPORT_DIR = "report"
+PARITY_CACHE = "parity.npz"
+TARGET_FORCE_ERRORS = (0.05, 0.1, 0.2)  # eV/A, for the calibrated-threshold table
+
+ROUND_COLUMNS = (
+    ("n_explored", "explored", ".0f"), ("confident_share", "confident share", ".2f"),
+    ("n_selected", "selected", ".0f"), ("n_confident", "confident", ".0f"),
+    ("n_unphysical", "unphysical", ".0f"), ("n_filtered", "filtered", ".0f"),
+    ("n_duplicate", "duplicate", ".0f"), ("n_skipped", "skipped", ".0f"), ("n_test", "held out", ".0f"),
+    ("force_width_median", "F width median (eV/Å)", ".3f"), ("force_width_p90", "F width p90 (eV/Å)", ".3f"),
+    ("force_width_max", "F width max (eV/Å)", ".3f"),
+)
+EVAL_COLUMNS = (
+    ("n_test", "n frames", ".0f"), ("energy_rmse_meV_atom", "E RMSE (meV/atom)", ".2f"),
+    ("force_rmse_eV_A", "F RMSE (eV/Å)", ".3f"), ("force_inside_ci", "F inside CI", ".2f"),
+    ("force_width_mean", "mean F width (eV/Å)", ".3f"),
+)
+
+
+# ------------------------------------------------------------------ parity data
+@dataclass(frozen=True)
+class ParityData:
+    """Ensemble predictions against labels on held-out frames (flat numpy arrays)."""
+
+    source: str  # "predict_ensemble" or "stored evaluation"
+    generation: int
+    n_members: int
+    energy_pred: np.ndarray  # (F,) eV/atom, ensemble mean
+    energy_ref: np.ndarray  # (F,) eV/atom
+    frame_force_width: np.ndarray  # (F,) eV/A, max CI width over components
+    frame_force_error: np.ndarray  # (F,) eV/A, max |mean - label| over components
+    energy_width: np.ndarray | None = None  # (F,) eV/atom
+    force_pred: np.ndarray | None = None  # (K,) eV/A, every component of every frame
+    force_ref: np.ndarray | None = None
+    force_width: np.ndarray | None = None  # (K,) eV/A
+
+
+def parity_arrays(energies, forces, natoms, energy_ref, forces_ref, confidence: float = 0.95) -> dict:
+    """Flat parity/calibration arrays from ensemble predictions.
+
+    energies: (M, F) total energies; forces: F arrays (M, N_f, 3); natoms: (F,);
+    energy_ref: (F,) total energies; forces_ref: F arrays (N_f, 3).
+    """
+    from remote_al.uq import ensemble_ci_width
+
+    energies = np.asarray(energies, dtype=float)
+    natoms = np.asarray(natoms, dtype=float)
+    m = energies.shape[0]
+    per_atom = energies / natoms[None, :]
+    f_pred, f_ref, f_w, frame_w, frame_e = [], [], [], [], []
+    for fi, ref in zip(forces, forces_ref):
+        fi = np.asarray(fi, dtype=float)
+        mean = fi.mean(axis=0)
+        ref = np.asarray(ref, dtype=float).reshape(mean.shape)
+        w = ensemble_ci_width(fi, confidence, axis=0) if m >= 2 else np.full(mean.shape, np.nan)
+        f_pred.append(mean.ravel())
+        f_ref.append(ref.ravel())
+        f_w.append(w.ravel())
+        frame_w.append(float(np.max(w)))
+        frame_e.append(float(np.max(np.abs(mean - ref))))
+    return {
+        "n_members": m,
+        "energy_pred": per_atom.mean(axis=0),
+        "energy_ref": np.asarray(energy_ref, dtype=float) / natoms,
+        "energy_width": ensemble_ci_width(per_atom, confidence, axis=0) if m >= 2 else np.full(natoms.shape, np.nan),
+        "force_pred": np.concatenate(f_pred),
+        "force_ref": np.concatenate(f_ref),
+        "force_width": np.concatenate(f_w),
+        "frame_force_width": np.array(frame_w),
+        "frame_force_error": np.array(frame_e),
+    }
+
+
+def _cache_key(model_paths: list[str], structure_ids: list[int], confidence: float) -> str:
+    stamps = []
+    for p in model_paths:
+        st = Path(p).stat()
+        stamps.append([p, st.st_size, int(st.st_mtime)])
+    return json.dumps({"models": stamps, "frames": structure_ids, "confidence": confidence}, sort_keys=True)
+
+
+def _predicted_parity(state: State, outdir: Path, confidence: float) -> tuple[ParityData | None, str]:
+    """Evaluate the latest generation on the held-out frames (cached); (None, why) if not possible."""
+    gens = sorted({m["generation"] for m in state.models()})
+    if not gens:
+        return None, "no trained generation yet"
+    g = gens[-1]
+    paths = [m["path"] for m in state.models(g)]
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        return None, (f"the model files of generation {g} are not on this machine (e.g. {missing[0]}): "
+                      "they live on the endpoint's filesystem; transfer them or run the report there")
+    rows = state.label_rows("ok", "test")
+    if not rows:
+        return None, "no labeled held-out frames yet"
+    ids = [int(r["structure_id"]) for r in rows]
+    key = _cache_key(paths, ids, confidence)
+    cache = outdir / PARITY_CACHE
+    if cache.exists():
+        with np.load(cache, allow_pickle=False) as z:
+            if str(z["key"]) == key:
+                return _parity_from_npz(z, "predict_ensemble"), ""
+    try:
+        from remote_al.dynamics import predict_ensemble
+        import deepmd.infer  # noqa: F401  (fails without deepmd-kit/torch)
+    except ImportError as exc:
+        return None, (f"deepmd-kit is not importable here ({exc}); force parity and per-component "
+                      "calibration need it (pip install 'remote-al[endpoint]')")
+    from remote_al.structures import from_extxyz
+
+    frames = [from_extxyz(r["extxyz"])[0] for r in rows]
+    energies, forces = predict_ensemble(paths, frames, batch_size=64)
+    arrays = parity_arrays(
+        energies, forces, [len(a) for a in frames],
+        [a.calc.results["energy"] for a in frames], [a.calc.results["forces"] for a in frames], confidence,
+    )
+    outdir.mkdir(parents=True, exist_ok=True)
+    tmp = outdir / (PARITY_CACHE + ".tmp.npz")
+    np.savez(tmp, key=np.array(key), generation=np.array(g), structure_ids=np.array(ids), **arrays)
+    tmp.replace(cache)
+    with np.load(cache, allow_pickle=False) as z:
+        return _parity_from_npz(z, "predict_ensemble"), ""
+
+
+def _parity_from_npz(z, source: str) -> ParityData:
+    return ParityData(
+        source=source, generation=int(z["generation"]), n_members=int(z["n_members"]),
+        energy_pred=z["energy_pred"], energy_ref=z["energy_ref"], energy_width=z["energy_width"],
+        force_pred=z["force_pred"], force_ref=z["force_ref"], force_width=z["force_width"],
+        frame_force_width=z["frame_force_width"], frame_force_error=z["frame_force_error"],
+    )
+
+
+def _stored_parity(state: State) -> ParityData | None:
+    """Per-frame energies and force summary of the latest generation's stored evaluation."""
+    best = None
+    for row in state.tasks(status="done", function="uq"):
+        if not (row["key"].startswith("eval:") or row["key"].startswith("final-eval:")):
+            continue
+        res = json.loads(row["result"] or "{}")
+        if res.get("energy_error") is None:
+            continue
+        rank = (row["generation"], row["key"].startswith("final-eval:"))
+        if best is None or rank > best[0]:
+            best = (rank, row["generation"], res)
+    if best is None:
+        return None
+    _, g, res = best
+    e_mean = np.array(res["energy_mean"], dtype=float)
+    return ParityData(
+        source="stored evaluation", generation=int(g), n_members=int(res.get("n_members", 0)),
+        energy_pred=e_mean, energy_ref=e_mean - np.array(res["energy_error"], dtype=float),
+        energy_width=np.array(res["energy_width"], dtype=float),
+        frame_force_width=np.array(res["force_width"], dtype=float),
+        frame_force_error=np.array(res["force_error_max"], dtype=float),
+    )
+
+
+# ------------------------------------------------------------------ gathering
+def _campaign_settings(campaign_dir: Path) -> tuple[str, dict]:
+    path = campaign_dir / "campaign.toml"
+    if not path.exists():
+        return "", {}
+    text = path.read_text()
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return text, {}
+
+
+def _selection_settings(settings: dict) -> dict:
+    from driver.config import SelectionSection
+
+    d = SelectionSection()
+    sel = settings.get("selection", {}) if isinstance(settings.get("selection"), dict) else {}
+    return {
+        "confidence": float(sel.get("confidence", d.confidence)),
+        "force_threshold": float(sel.get("force_threshold", d.force_threshold)),
+        "force_upper": float(sel.get("force_upper", d.force_upper)),
+    }
+
+
+def _learning_curves(state: State) -> list[tuple[int, dict[str, dict], str]]:
+    """Per generation: (generation, {member label: lcurve columns}, note)."""
+    from remote_al.deepmd_data import parse_lcurve
+
+    out = []
+    seen: dict[str, int] = {}
+    by_gen: dict[int, list] = {}
+    for m in state.models():
+        by_gen.setdefault(m["generation"], []).append(m)
+    for g, members in sorted(by_gen.items()):
+        curves, notes = {}, []
+        carried = [m for m in members if m["lcurve_path"] in seen]
+        if carried and len(carried) == len(members):
+            out.append((g, {}, f"same models as generation {seen[members[0]['lcurve_path']]} (no new labels)"))
+            continue
+        for m in members:
+            seen.setdefault(m["lcurve_path"], g)
+            p = Path(m["lcurve_path"])
+            if not p.exists():
+                notes.append(f"member {m['member']}: {p} not on this machine")
+                continue
+            try:
+                curves[f"m{m['member']}"] = parse_lcurve(p)
+            except ValueError as exc:
+                notes.append(f"member {m['member']}: {exc}")
+        out.append((g, curves, "; ".join(notes)))
+    return out
+
+
+def _labels_by_round(state: State) -> dict[int, dict[str, int]]:
+    out: dict[int, dict[str, int]] = {}
+    for r in state.label_rows(status=None):
+        kind = "failed" if r["status"] != "ok" else ("held out" if r["split"] == "test" else "train")
+        d = out.setdefault(int(r["round"]), {})
+        d[kind] = d.get(kind, 0) + 1
+    return out
+
+
+def _widths_by_round(state: State) -> dict[int, list[float]]:
+    out: dict[int, list[float]] = {}
+    for r in state.db.execute(
+        "SELECT round, force_width FROM structures WHERE origin='md' AND force_width IS NOT NULL ORDER BY round"
+    ):
+        out.setdefault(int(r[0]), []).append(float(r[1]))
+    return out
+
+
+def _version() -> str:
+    from remote_al import __version__
+
+    return __version__
+
+
+def _dist_version(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+# ------------------------------------------------------------------------ HTML
+def _fmt(v: Any, spec: str) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "–"
+    try:
+        return format(v, spec)
+    except (TypeError, ValueError):
+        return html.escape(str(v))
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _figure(name: str, caption: str) -> str:
+    return (f'<figure><img src="{html.escape(name)}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+CSS = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{margin-bottom:0.2em} h2{border-bottom:1px solid #ccc;padding-bottom:0.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:0.6em 0;font-size:0.9em}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right} th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left}
+.standin{background:#fff3cd;border:1px solid #e0b400;padding:0.6em 1em;margin:1em 0}
+.note{color:#666;font-size:0.9em} figure{margin:1em 0} img{max-width:100%}
+figcaption{color:#555;font-size:0.9em} pre{background:#f6f6f6;padding:0.8em;overflow-x:auto;font-size:0.85em}
+"""
+
+
+# ------------------------------------------------------------------ the report
+def write_report(
+    campaign_dir: str | Path,
+    *,
+    compute_parity: bool = True,
+    target_force_errors: tuple[float, ...] = TARGET_FORCE_ERRORS,
+) -> Path:
+    """Write ``campaign_dir/report/index.html`` (PNGs next to it); return its path.
+
+    ``compute_parity=False`` skips the local model evaluation (only stored results and
+    an existing ``parity.npz`` of the same models and frames are used).
+    """
+    campaign_dir = Path(campaign_dir)
+    state_path = campaign_dir / "state.sqlite"
+    if not state_path.exists():
+        raise FileNotFoundError(f"no campaign state at {state_path}")
+    outdir = campaign_dir / REPORT_DIR
+    outdir.mkdir(parents=True, exist_ok=True)
+    for old in outdir.glob("*.png"):
+        old.unlink()
+    state = State(state_path)
+    try:
+        return _write(state, campaign_dir, outdir, compute_parity, target_force_errors)
+    finally:
+        state.close()
+
+
+def _write(state: State, campaign_dir: Path, outdir: Path, compute_parity: bool, targets) -> Path:
+    toml_text, settings = _campaign_settings(campaign_dir)
+    sel = _selection_settings(settings)
+    name = settings.get("campaign", {}).get("name") or campaign_dir.name
+    db = state.db
+    sections: list[str] = []
+
+    # --- provenance -------------------------------------------------------
+    labelers = db.execute(
+        "SELECT labeler, labeler_note, COUNT(*) FROM labels WHERE status='ok' GROUP BY labeler, labeler_note"
+    ).fetchall()
+    n_ok = db.execute("SELECT COUNT(*) FROM labels WHERE status='ok'").fetchone()[0]
+    n_failed = db.execute("SELECT COUNT(*) FROM labels WHERE status='failed'").fetchone()[0]
+    n_test = len(state.label_rows("ok", "test"))
+    gens = sorted({m["generation"] for m in state.models()})
+    members = {g: len(state.models(g)) for g in gens}
+    datasets = {r["generation"]: r["n_frames"] for r in db.execute("SELECT generation, n_frames FROM datasets")}
+    started = float(state.get_meta("started", "0") or 0)
+    last_ts = db.execute("SELECT MAX(ts) FROM events").fetchone()[0]
+    stop = state.get_meta("stop_reason") or ""
+    phase = state.get_meta("phase") or "not started"
+    standin = any(lab[0] == "chgnet" or "stand-in" in (lab[1] or "").lower() for lab in labelers)
+    if not labelers and settings.get("labeler", {}).get("kind", "chgnet") == "chgnet":
+        standin = True
+    if standin:
+        from remote_al.records import STAND_IN_NOTE
+
+        sections.append(
+            f'<div class="standin"><b>Labels are not DFT.</b> {html.escape(STAND_IN_NOTE)}. Every error in '
+            "this report is measured against CHGNet, which stands in for DFT so the loop runs in minutes.</div>"
+        )
+    prov = [
+        ["remote-al version", html.escape(_version())],
+        ["report written", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")],
+        ["campaign directory", html.escape(str(campaign_dir.resolve()))],
+        ["phase", html.escape(phase) + (f" (round {html.escape(state.get_meta('round', '0') or '0')})")],
+        ["stop reason", html.escape(stop) if stop else "not stopped yet"],
+        ["started", _dt.datetime.fromtimestamp(started, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+         if started else "–"],
+        ["elapsed (to last event)", f"{(last_ts - started) / 60:.1f} min" if started and last_ts else "–"],
+        ["labeler", "<br>".join(f"{html.escape(lab[0])}: {html.escape(lab[1] or '(no note)')} ({lab[2]} labels)"
+                                for lab in labelers) or "no labels yet"],
+        ["labels", f"{n_ok} ok ({n_test} held out, never trained on), {n_failed} failed"],
+        ["generations", ", ".join(f"{g} ({members[g]} members)" for g in gens) or "none yet"],
+        ["dataset sizes (training frames)", ", ".join(f"g{g}: {n}" for g, n in sorted(datasets.items())) or "–"],
+        ["deepmd-kit on this machine", html.escape(_dist_version("deepmd-kit"))],
+    ]
+    sections.append("<h2>Provenance</h2>" + _table(["", ""], prov))
+    counts = state.task_counts()
+    funcs = sorted({f for f, _ in counts})
+    statuses = [s for s in ("pending", "submitted", "done", "failed", "quarantined") if any(k[1] == s for k in counts)]
+    sections.append(
+        "<h3>Tasks</h3>"
+        + _table(["function", *statuses], [[html.escape(f), *[str(counts.get((f, s), 0)) for s in statuses]]
+                                           for f in funcs])
+    )
+    quarantined = state.tasks(status="quarantined")
+    if quarantined:
+        items = "".join(
+            f"<li><code>{html.escape(q['key'])}</code>: "
+            f"{html.escape(((q['error'] or '').strip().splitlines() or [''])[-1])}</li>" for q in quarantined
+        )
+        sections.append(f"<p>Quarantined tasks:</p><ul>{items}</ul>")
+
+    # --- tables -------------------------------------------------------------
+    rounds = state.metrics("round")
+    if rounds:
+        rows = [[str(r), *[_fmt(m.get(k), spec) for k, _, spec in ROUND_COLUMNS]] for r, m in sorted(rounds.items())]
+        sections.append("<h2>Rounds</h2>" + _table(["round", *[h for _, h, _ in ROUND_COLUMNS]], rows))
+    else:
+        sections.append("<h2>Rounds</h2><p class='note'>No exploration round finished yet.</p>")
+    gm, fm = state.metrics("generation"), state.metrics("final")
+    all_g = sorted(set(gens) | set(gm) | set(fm))
+    if all_g:
+        header = ["generation", "train frames", *[f"{h}" for _, h, _ in EVAL_COLUMNS],
+                  *[f"final: {h}" for _, h, _ in EVAL_COLUMNS]]
+        rows = [[str(g), _fmt(datasets.get(g), "d"),
+                 *[_fmt(gm.get(g, {}).get(k), spec) for k, _, spec in EVAL_COLUMNS],
+                 *[_fmt(fm.get(g, {}).get(k), spec) for k, _, spec in EVAL_COLUMNS]] for g in all_g]
+        sections.append(
+            "<h2>Generations on held-out frames</h2><p class='note'>Left: each generation on the held-out "
+            "frames known when it was trained; right (final): every generation on the full held-out set.</p>"
+            + _table(header, rows)
+        )
+
+    # --- plots ----------------------------------------------------------------
+    figs: list[str] = ["<h2>Learning curves</h2>"]
+    for g, curves, note in _learning_curves(state):
+        if not curves:
+            figs.append(f"<p class='note'>Generation {g}: {html.escape(note or 'no learning curves')}</p>")
+            continue
+        fname = f"lcurve-g{g:03d}.png"
+        plots.plot_learning_curves(curves, outdir / fname, title=f"generation {g}: learning curves "
+                                   "(solid: train, dashed: validation)")
+        figs.append(_figure(fname, f"Generation {g}: energy and force RMSE per member against training step."
+                            + (f" {note}" if note else "")))
+    if len(figs) == 1:
+        figs.append("<p class='note'>No trained members yet.</p>")
+
+    figs.append("<h2>Exploration</h2>")
+    plots.plot_rounds(_labels_by_round(state), {r: m.get("confident_share") for r, m in rounds.items()},
+                      outdir / "rounds.png")
+    figs.append(_figure("rounds.png", "Labels per round (training, held-out, failed) and the share of explored "
+                        f"frames at or below the force threshold {sel['force_threshold']:g} eV/Å."))
+    plots.plot_uncertainty_histograms(_widths_by_round(state), outdir / "uncertainty.png",
+                                      sel["force_threshold"], sel["force_upper"])
+    figs.append(_figure("uncertainty.png", "Force CI width of every explored frame per round; red: selection "
+                        "threshold, dashed: trust bound (above it frames count as unphysical)."))
+
+    figs.append("<h2>Held-out accuracy and calibration</h2>")
+    parity, why = None, ""
+    if compute_parity:
+        try:
+            parity, why = _predicted_parity(state, outdir, sel["confidence"])
+        except Exception as exc:  # a failed evaluation must not cost the rest of the report
+            log.warning("parity evaluation failed: %s", exc)
+            parity, why = None, f"evaluating the models failed: {type(exc).__name__}: {exc}"
+    else:
+        why = "local evaluation switched off (--no-parity)"
+        cache = outdir / PARITY_CACHE
+        if cache.exists():
+            with np.load(cache, allow_pickle=False) as z:
+                parity = _parity_from_npz(z, "predict_ensemble (cached)")
+    if parity is None:
+        parity = _stored_parity(state)
+        if why:
+            figs.append(f"<p class='note'>Force parity and per-component calibration not shown: "
+                        f"{html.escape(why)}. Energies and per-frame force summaries below come from the "
+                        "stored evaluation results.</p>")
+    if parity is None:
+        figs.append("<p class='note'>No evaluated held-out frames yet.</p>")
+    else:
+        figs.extend(_accuracy_figures(parity, outdir, sel["confidence"], targets))
+    sections.extend(figs)
+
+    if toml_text:
+        sections.append("<h2>Campaign settings (campaign.toml)</h2><pre>" + html.escape(toml_text) + "</pre>")
+    else:
+        sections.append("<h2>Campaign settings</h2><p class='note'>No campaign.toml in the campaign directory.</p>")
+
+    page = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        f"<title>remote-al report: {html.escape(name)}</title><style>{CSS}</style></head><body>"
+        f"<h1>Campaign {html.escape(name)}</h1>"
+        f"<p class='note'>remote-al {html.escape(_version())} · {html.escape(phase)}"
+        f"{' · ' + html.escape(stop) if stop else ''}</p>"
+        + "\n".join(sections)
+        + "</body></html>\n"
+    )
+    index = outdir / "index.html"
+    tmp = outdir / "index.html.tmp"
+    tmp.write_text(page)
+    tmp.replace(index)
+    return index
+
+
+def _accuracy_figures(p: ParityData, outdir: Path, confidence: float, targets) -> list[str]:
+    out = [f"<p class='note'>Generation {p.generation} ({p.n_members} members), {len(p.energy_pred)} held-out "
+           f"frames; source: {html.escape(p.source)}.</p>"]
+    plots.plot_parity(p.energy_pred, p.energy_ref, outdir / "parity.png", p.force_pred, p.force_ref,
+                      title=f"generation {p.generation}: ensemble mean against labels on held-out frames",
+                      note="force parity needs a local\nevaluation of the models\n(see the note above)")
+    out.append(_figure("parity.png", "Parity of the ensemble-mean energy per atom and force components against "
+                       "the labels of the held-out frames, with RMSE, MAE and max |error|."))
+    rows = [["energy per atom (meV/atom)", *_metric_cells(parity_metrics(p.energy_pred, p.energy_ref), 1000.0)]]
+    if p.force_pred is not None:
+        rows.append(["force components (eV/Å)", *_metric_cells(parity_metrics(p.force_pred, p.force_ref), 1.0)])
+    out.append(_table(["quantity", "RMSE", "MAE", "max |error|", "n"], rows))
+
+    if p.force_width is not None:
+        widths, errors, what = p.force_width, p.force_pred - p.force_ref, "force component"
+    else:
+        widths, errors, what = p.frame_force_width, p.frame_force_error, "frame max force"
+    ok = np.isfinite(widths) & np.isfinite(errors)
+    if ok.any():
+        table = calibration_table(widths[ok], errors[ok], confidence, n_bins=8)
+        plots.plot_calibration(widths[ok], errors[ok], table, outdir / "calibration.png", what=what)
+        out.append(_figure("calibration.png", f"Calibration ({what}): CI width against true error, and the share "
+                           f"of errors inside the {confidence:.0%} interval per width bin (nominal "
+                           f"{confidence:.0%}; below: the ensemble is overconfident)."))
+        out.append(_table(
+            ["width bin (eV/Å)", "n", "inside CI", "median |error| (eV/Å)"],
+            [[f"{r['width_lo']:.3g} – {r['width_hi']:.3g}", str(r["n"]), f"{r['inside_share']:.2f}",
+              f"{r['error_median']:.3g}"] for r in table.rows()],
+        ))
+    thr_rows = []
+    for t in targets:
+        try:
+            v = calibrate_threshold(p.frame_force_width, p.frame_force_error, t)
+            thr_rows.append([f"{t:g}", "none (no frame reaches it)" if not np.isfinite(v) else f"{v:.3g}"])
+        except ValueError as exc:
+            thr_rows.append([f"{t:g}", html.escape(str(exc))])
+    out.append(
+        "<h3>Calibrated force thresholds</h3><p class='note'>From the held-out frames: the force width above "
+        "which the median max force error of a frame exceeds the target "
+        "(<code>driver.metrics.calibrate_threshold</code>; indicative with few frames).</p>"
+        + _table(["target max force error (eV/Å)", "force width threshold (eV/Å)"], thr_rows)
+    )
+    return out
+
+
+def _metric_cells(m: dict, scale: float) -> list[str]:
+    return [f"{m['rmse'] * scale:.4g}", f"{m['mae'] * scale:.4g}", f"{m['max'] * scale:.4g}", str(m["n"])]
+
+
+# ------------------------------------------------------------------------- CLI
+def _campaign_dir(target: str) -> Path:
+    p = Path(target)
+    if p.is_file() and p.suffix == ".toml":
+        from driver.config import load_config
+
+        return load_config(p).directory
+    return p
+
+
+def cmd_report(args) -> int:
+    d = _campaign_dir(args.campaign)
+    if not (d / "state.sqlite").exists():
+        import sys
+
+        print(f"no campaign state at {d / 'state.sqlite'}", file=sys.stderr)
+        return 2
+    path = write_report(d, compute_parity=not args.no_parity)
+    print(f"report written: {path}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from driver.sweep import load_sweep, run_sweep
+
+    spec = load_sweep(args.sweep)
+    outcome = run_sweep(spec, gpu_slots=args.gpu_slots, say=print)
+    print(f"sweep results: {outcome.table_csv}, {outcome.heatmap}")
+    return 1 if outcome.failed else 0
+
+
+def add_subcommands(subparsers) -> None:
+    """``remote-al report`` and ``remote-al sweep``."""
+    p = subparsers.add_parser("report", help="write an HTML report with tables and plots of a campaign")
+    p.add_argument("campaign", help="campaign directory or campaign TOML")
+    p.add_argument("--no-parity", action="store_true",
+                   help="do not evaluate the final ensemble locally (use stored results and the cache only)")
+    p.set_defaults(func=cmd_report)
+    p = subparsers.add_parser("sweep", help="train and evaluate DeePMD loss prefactors on the same data")
+    p.add_argument("sweep", help="sweep TOML (see docs/reports.md)")
+    p.add_argument("--gpu-slots", type=int, default=None, help="members trained at once (override [backend])")
+    p.set_defaults(func=cmd_sweep)
+
+
+__all__ = ["ParityData", "add_subcommands", "parity_arrays", "write_report"]

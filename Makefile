@@ -26,6 +26,7 @@ demo: $(STAMP)
 	$(VENV)/bin/remote-al run examples/linio2.toml --report
 
 test: $(STAMP)
+	-scripts/install_gpaw.sh $(PY)
 	$(PY) -m pytest -q -ra
 
 clean-demo:

@@ -16,12 +16,16 @@ def _backend_for(cfg, args):
 
     kind = args.backend or cfg.backend.kind
     if kind == "local":
+        functions = None
+        if cfg.backend.workload == "simulated":
+            from remote_al.simulated import FUNCTIONS as functions
         return make_backend(
             "local",
             run_dir=cfg.directory / "engine",
             gpu_slots=cfg.backend.gpu_slots,
             cpu_slots=cfg.backend.cpu_slots,
             engine=args.engine or cfg.backend.engine,
+            functions=functions,
         )
     team = args.team or cfg.backend.team
     if not team:

@@ -45,6 +45,9 @@ class BackendSection:
     team: str = ""  # globus only: team file with endpoint and function ids
     max_attempts: int = 3
     retry_backoff_s: float = 5.0
+    # "real": the registered functions; "simulated": same contracts, sleeps instead of
+    # physics (remote_al.simulated) - a dry run of the steering, or a benchmark workload
+    workload: str = "real"
 
 
 @dataclass(frozen=True)
@@ -267,6 +270,8 @@ def validate(cfg: CampaignConfig) -> None:
         raise ConfigError("backend.kind", f"{b.kind!r} is not a backend", "use 'local' or 'globus'")
     if b.engine not in ("process", "gce"):
         raise ConfigError("backend.engine", f"{b.engine!r} is not an engine", "use 'process' or 'gce'")
+    if b.workload not in ("real", "simulated"):
+        raise ConfigError("backend.workload", f"{b.workload!r}", "use 'real' or 'simulated'")
     _positive(b.gpu_slots, "backend.gpu_slots")
     _positive(b.cpu_slots, "backend.cpu_slots")
     _positive(b.max_attempts, "backend.max_attempts")

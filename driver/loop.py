@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import shutil
+import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
@@ -174,6 +175,7 @@ class Campaign:
         return int(self.state.get_meta("round", "0"))
 
     def _set_phase(self, phase: str, round_: int | None = None) -> None:
+        crash_point("phase")
         with self.state.transaction():
             self.state.set_meta("phase", phase)
             if round_ is not None:
@@ -222,6 +224,7 @@ class Campaign:
             except TaskFailed as exc:  # refused before sending (too large, not allowed)
                 self._fail(row, exc)
                 continue
+            crash_point("after_submit")
             self.state.mark_submitted(row["key"], sub.backend_id)
             self.inflight[row["key"]] = sub.future
             busy[pool] = busy.get(pool, 0) + 1
@@ -258,11 +261,13 @@ class Campaign:
             except Exception as exc:  # a backend bug must not lose the task
                 self._fail(row, TaskFailed(f"{type(exc).__name__}: {exc}"))
                 continue
+            crash_point("before_record")
             try:
                 self._record(row, result)
             except Exception as exc:
                 self._fail(row, TaskFailed(f"result could not be recorded: {type(exc).__name__}: {exc}"))
                 continue
+            crash_point("after_record")
             forget = getattr(self.backend, "forget", None)
             if forget:
                 forget(key)
@@ -308,6 +313,7 @@ class Campaign:
                 self._record_md(row, result)
             elif fn == "uq":
                 self._record_uq(row, result)
+            crash_point("in_record")
             self.state.mark_done(row["key"], _slim(fn, result))
 
     def _record_label(self, row, result: dict) -> None:
@@ -564,6 +570,7 @@ class Campaign:
             self.store.record_version(g, hashes)
         final = self.dir / "datasets" / f"gen-{g:03d}"
         out = self.store.export(g, final, type_map=self.cfg.campaign.type_map)
+        crash_point("after_export")
         ids = [self.store.frame(h)["structure_id"] for h in hashes]
         with self.state.transaction():
             self.state.db.execute(
@@ -1019,6 +1026,26 @@ class Campaign:
             f"cpu {running['cpu']}/{self.backend.slots('cpu')}, queued {pending} | labels {n_labels}"
             f"{'/' + str(budget) if budget else ''} ok, {n_failed} failed{unc}"
         )
+
+
+_CRASH_VISITS: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    """Test hook: ``REMOTE_AL_CRASH_AT=name:N`` kills the driver with SIGKILL at the N-th
+    visit of the named point, to prove that no moment loses or duplicates work."""
+    spec = os.environ.get("REMOTE_AL_CRASH_AT")
+    if not spec:
+        return
+    point, _, nth = spec.partition(":")
+    if point != name:
+        return
+    _CRASH_VISITS[name] = _CRASH_VISITS.get(name, 0) + 1
+    if _CRASH_VISITS[name] == int(nth or 1):
+        import signal
+
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _hms(s: float) -> str:

@@ -1,7 +1,7 @@
-"""Report figures: each function takes plain arrays/dicts and writes one PNG (Agg backend).
+"""Report figures: each function takes plain arrays/dicts and writes one PNG (Agg, no pyplot).
 
 No state, no campaign files: ``driver.report`` gathers the data and calls these. Every
-function returns the path it wrote and closes its figure.
+function returns the path it wrote.
 """
 
 from __future__ import annotations
@@ -14,20 +14,38 @@ import numpy as np
 from driver.metrics import CalibrationTable, parity_metrics
 
 
-def _pyplot():
+def _figure(nrows: int, ncols: int, figsize, **kw):
+    """A figure and its axes, without pyplot: no global figure registry, no GUI backend;
+    ``savefig`` renders with Agg."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.subplots(nrows, ncols, **kw)
+
+
+def _log_axis(ax, which: str) -> None:
+    """Log scale labelled 0.1, 0.2, 0.5, 1, 2, 5, ... in plain numbers (no crowded minor labels)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    lo, hi = ax.get_xlim() if which == "x" else ax.get_ylim()
+    wide = lo > 0 and hi / lo > 1e3
+    axis.set_major_locator(LogLocator(base=10.0, subs=(1.0,) if wide else (1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _colours() -> list[str]:
     import matplotlib
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
 
 
 def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
     return path
 
 
@@ -45,10 +63,9 @@ def plot_learning_curves(curves: Mapping[str, Mapping[str, np.ndarray]], path, t
     Training columns (``rmse_e_trn``, ``rmse_f_trn``) are solid lines, validation
     columns (``rmse_e_val``, ``rmse_f_val``) dashed when present.
     """
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = _figure(1, 2, (10, 3.8))
     panels = (("e", "energy RMSE (eV/atom)"), ("f", "force RMSE (eV/Å)"))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = _colours()
     for ax, (q, ylabel) in zip(axes, panels):
         drawn = False
         for i, (label, cols) in enumerate(curves.items()):
@@ -62,7 +79,7 @@ def plot_learning_curves(curves: Mapping[str, Mapping[str, np.ndarray]], path, t
                             label=f"{label} {'train' if split == 'trn' else 'validation'}")
                     drawn = True
         if drawn:
-            ax.set_yscale("log")
+            _log_axis(ax, "y")
             ax.set_xlabel("training step")
             ax.set_ylabel(ylabel)
             ax.grid(True, which="both", alpha=0.3)
@@ -109,8 +126,7 @@ def plot_parity(
     RMSE, MAE, max |error| and the count are written on each panel. Without force data
     the force panel shows ``note`` instead.
     """
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.4))
+    fig, axes = _figure(1, 2, (9.5, 4.4))
     if energy_pred is not None and len(energy_pred):
         _parity_panel(axes[0], energy_pred, energy_ref, "energy", "eV/atom")
     else:
@@ -130,20 +146,17 @@ def plot_calibration(
     """Left: CI width against true |error| (log-log) with the ``|error| = width / 2`` line
     (points below it lie inside the interval). Right: share of errors inside the interval
     per width bin against the nominal confidence."""
-    plt = _pyplot()
     w = np.asarray(widths, dtype=float).ravel()
     e = np.abs(np.asarray(errors, dtype=float).ravel())
     ok = np.isfinite(w) & np.isfinite(e) & (w > 0) & (e > 0)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig, axes = _figure(1, 2, (10, 4.2))
     ax = axes[0]
     if ok.any():
         ax.scatter(w[ok], e[ok], s=5 if ok.sum() > 300 else 12, alpha=0.5, edgecolors="none")
-        lo = min(w[ok].min(), e[ok].min() * 2)
-        hi = max(w[ok].max(), e[ok].max() * 2)
-        xs = np.array([lo, hi])
+        xs = np.array([w[ok].min(), w[ok].max()])
         ax.plot(xs, xs / 2, "k--", lw=1, label="|error| = width / 2 (CI edge)")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        _log_axis(ax, "x")
+        _log_axis(ax, "y")
         ax.legend(fontsize=8, loc="upper left")
     else:
         _no_data(ax, "no positive (width, error) pairs")
@@ -157,7 +170,7 @@ def plot_calibration(
     for x, share, n in zip(centres, table.inside_share, table.n):
         ax.annotate(f"n={n}", (x, share), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
     if centres.size and np.all(centres > 0):
-        ax.set_xscale("log")
+        _log_axis(ax, "x")
     ax.set_ylim(0, 1.05)
     ax.set_xlabel(f"bin median CI width ({unit})")
     ax.set_ylabel("share of errors inside the interval")
@@ -174,10 +187,9 @@ def plot_uncertainty_histograms(
 ) -> Path:
     """One histogram of frame force widths per exploration round (log x), with the
     selection threshold (and the trust bound ``upper``) as vertical lines."""
-    plt = _pyplot()
     rounds = sorted(r for r, w in widths_by_round.items() if len(w))
     n = max(1, len(rounds))
-    fig, axes = plt.subplots(n, 1, figsize=(7, 1.9 * n + 0.6), sharex=True, squeeze=False)
+    fig, axes = _figure(n, 1, (7, 1.9 * n + 0.6), sharex=True, squeeze=False)
     allw = np.concatenate([np.asarray(widths_by_round[r], dtype=float) for r in rounds]) if rounds else np.array([])
     allw = allw[np.isfinite(allw) & (allw > 0)]
     if not rounds or not allw.size:
@@ -199,7 +211,7 @@ def plot_uncertainty_histograms(
                 ha="right", va="top", fontsize=8)
     axes[0, 0].legend(fontsize=7, loc="upper left")
     ax = axes[-1, 0]
-    ax.set_xscale("log")
+    _log_axis(ax, "x")
     ax.set_xlabel("force CI width of a frame (max over atoms and components, eV/Å)")
     fig.suptitle("ensemble uncertainty of explored frames per round")
     return _save(fig, path)
@@ -210,8 +222,7 @@ def plot_rounds(
 ) -> Path:
     """Left: labels per round, stacked by kind (e.g. ``train``, ``test``, ``failed``).
     Right: share of explored frames predicted confidently per round."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = _figure(1, 2, (10, 3.6))
     ax = axes[0]
     rounds = sorted(labels_by_round)
     if rounds:
@@ -251,11 +262,9 @@ def _pref_label(start, limit) -> str:
 def plot_sweep_heatmap(rows: Sequence[Mapping], path) -> Path:
     """Energy and force RMSE of each prefactor point: rows are energy prefactors
     (start→limit), columns force prefactors; cells without a finished point are blank."""
-    plt = _pyplot()
     e_keys = sorted({(r["start_pref_e"], r["limit_pref_e"]) for r in rows})
     f_keys = sorted({(r["start_pref_f"], r["limit_pref_f"]) for r in rows})
-    fig, axes = plt.subplots(1, 2, figsize=(4 + 2.2 * max(1, len(f_keys)), 1.6 + 0.9 * max(1, len(e_keys))),
-                             squeeze=False)
+    fig, axes = _figure(1, 2, (4 + 2.2 * max(1, len(f_keys)), 1.6 + 0.9 * max(1, len(e_keys))), squeeze=False)
     panels = (("energy_rmse_meV_atom", "energy RMSE (meV/atom)"), ("force_rmse_eV_A", "force RMSE (eV/Å)"))
     for ax, (key, title) in zip(axes[0], panels):
         grid = np.full((len(e_keys), len(f_keys)), np.nan)

@@ -43,7 +43,7 @@ ROUND_COLUMNS = (
     ("n_unphysical", "unphysical", ".0f"), ("n_filtered", "filtered", ".0f"),
     ("n_duplicate", "duplicate", ".0f"), ("n_skipped", "skipped", ".0f"), ("n_test", "held out", ".0f"),
     ("force_width_median", "F width median (eV/Å)", ".3f"), ("force_width_p90", "F width p90 (eV/Å)", ".3f"),
-    ("force_width_max", "F width max (eV/Å)", ".3f"),
+    ("force_width_max", "F width max (eV/Å)", ".3f"), ("n_above_upper", "above trust bound", ".0f"),
 )
 EVAL_COLUMNS = (
     ("n_test", "n frames", ".0f"), ("energy_rmse_meV_atom", "E RMSE (meV/atom)", ".2f"),
@@ -354,6 +354,9 @@ def _write(state: State, campaign_dir: Path, outdir: Path, compute_parity: bool,
     gens = sorted({m["generation"] for m in state.models()})
     members = {g: len(state.models(g)) for g in gens}
     datasets = {r["generation"]: r["n_frames"] for r in db.execute("SELECT generation, n_frames FROM datasets")}
+    digests = {}
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='dataset_versions'").fetchone():
+        digests = {r[0]: r[1] for r in db.execute("SELECT generation, digest FROM dataset_versions")}
     started = float(state.get_meta("started", "0") or 0)
     last_ts = db.execute("SELECT MAX(ts) FROM events").fetchone()[0]
     stop = state.get_meta("stop_reason") or ""
@@ -382,6 +385,8 @@ def _write(state: State, campaign_dir: Path, outdir: Path, compute_parity: bool,
         ["labels", f"{n_ok} ok ({n_test} held out, never trained on), {n_failed} failed"],
         ["generations", ", ".join(f"{g} ({members[g]} members)" for g in gens) or "none yet"],
         ["dataset sizes (training frames)", ", ".join(f"g{g}: {n}" for g, n in sorted(datasets.items())) or "–"],
+        *([["dataset digests", ", ".join(f"g{g}: <code>{html.escape(str(d)[:12])}</code>"
+                                         for g, d in sorted(digests.items()))]] if digests else []),
         ["deepmd-kit on this machine", html.escape(_dist_version("deepmd-kit"))],
     ]
     sections.append("<h2>Provenance</h2>" + _table(["", ""], prov))
@@ -512,7 +517,7 @@ def _accuracy_figures(p: ParityData, outdir: Path, confidence: float, targets) -
         widths, errors, what = p.frame_force_width, p.frame_force_error, "frame max force"
     ok = np.isfinite(widths) & np.isfinite(errors)
     if ok.any():
-        table = calibration_table(widths[ok], errors[ok], confidence, n_bins=8)
+        table = calibration_table(widths[ok], errors[ok], confidence, n_bins=min(8, max(1, int(ok.sum()) // 10)))
         plots.plot_calibration(widths[ok], errors[ok], table, outdir / "calibration.png", what=what)
         out.append(_figure("calibration.png", f"Calibration ({what}): CI width against true error, and the share "
                            f"of errors inside the {confidence:.0%} interval per width bin (nominal "

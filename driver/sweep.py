@@ -296,7 +296,7 @@ def prepare_data(spec: SweepSpec) -> tuple[tuple[str, ...], Path]:
 
 
 # ------------------------------------------------------------------ the run
-def _request_dicts(spec: SweepSpec, point: Prefactors, systems, pdir: Path) -> dict:
+def _train_request(spec: SweepSpec, point: Prefactors, systems, pdir: Path) -> dict:
     from remote_al.records import TrainRequest
 
     deepmd = json.loads(json.dumps(spec.deepmd))
@@ -380,7 +380,7 @@ def _run_points(spec, todo, backend, systems, test_text, say) -> dict[str, str]:
     for p in todo:
         pdir = spec.output / "points" / p.id
         pdir.mkdir(parents=True, exist_ok=True)
-        req = _request_dicts(spec, p, systems, pdir)
+        req = _train_request(spec, p, systems, pdir)
         try:
             sub = backend.submit("gpu", "train", req, req["task_key"])
         except TaskFailed as exc:  # refused before sending

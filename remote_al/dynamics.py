@@ -140,6 +140,8 @@ def _device_name() -> str:
 def predict_ensemble(model_paths, frames, batch_size: int = 64):
     """Energies (M, F) and forces list of F arrays (M, N_f, 3), evaluated in batches.
 
+    ``model_paths``: frozen model files, or already loaded ``DeepPot`` objects.
+
     Frames with the same species sequence are stacked and evaluated in one call per model.
     """
     from deepmd.infer import DeepPot
@@ -152,7 +154,7 @@ def predict_ensemble(model_paths, frames, batch_size: int = 64):
     energies = np.zeros((m, len(frames)))
     forces: list = [None] * len(frames)
     for k, path in enumerate(model_paths):
-        dp = DeepPot(path)
+        dp = DeepPot(path) if isinstance(path, (str, Path)) else path  # a path, or a loaded DeepPot
         type_map = dp.get_type_map()
         for symbols, idx in groups.items():
             missing = sorted(set(symbols) - set(type_map))

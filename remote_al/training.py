@@ -146,10 +146,23 @@ def _dp_command() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "deepmd"]
 
 
+def _die_with_parent() -> None:
+    """Linux: the training process dies with the worker that started it."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
 def _run(cmd, workdir: Path, env, log_name: str):
     log = workdir / log_name
     with open(log, "w") as fh:
-        proc = subprocess.run(cmd, cwd=workdir, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.run(
+            cmd, cwd=workdir, env=env, stdout=fh, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+        )
     if proc.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
         raise TrainingError(f"{' '.join(cmd[-4:])} exited with {proc.returncode}:\n{tail}", str(workdir))
@@ -157,7 +170,7 @@ def _run(cmd, workdir: Path, env, log_name: str):
 
 def train_member(req: TrainRequest) -> TrainResult:
     t0 = time.time()
-    workdir = Path(req.workdir)
+    workdir = Path(req.workdir).resolve()
     if workdir.exists():
         shutil.rmtree(workdir)  # a retried task starts clean
     workdir.mkdir(parents=True)
@@ -201,4 +214,7 @@ def _cuda_used(log: Path) -> bool:
         text = log.read_text(errors="replace")
     except OSError:
         return False
-    return "Device:              cuda" in text or "DEVICE: cuda" in text.upper().replace("  ", " ")
+    for line in text.splitlines():
+        if "Computing Device:" in line:  # DeePMD-kit's summary, e.g. "Computing Device:     CUDA:0"
+            return "CUDA" in line.upper()
+    return False

@@ -38,8 +38,21 @@ log = logging.getLogger(__name__)
 JSON_RESULT = "globus_compute_sdk.serialize.JSONData"
 
 
+def _die_with_parent() -> None:
+    """Linux: ask the kernel to kill this process when its parent (the driver) dies, so no
+    orphaned worker keeps computing a result nobody will collect."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
 def _init_worker(log_path: str) -> None:
     """Worker start-up: send the worker's stdout/stderr to a log file, not the driver's terminal."""
+    _die_with_parent()
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -47,8 +60,8 @@ def _init_worker(log_path: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s: %(message)s")
 
 
-def _load_function(name: str):
-    module, attr = FUNCTIONS[name].split(":")
+def _load_function(name: str, functions: dict[str, str] | None = None):
+    module, attr = (functions or FUNCTIONS)[name].split(":")
     return getattr(importlib.import_module(module), attr)
 
 
@@ -85,6 +98,7 @@ class LocalBackend(Backend):
         cpu_slots: int = 2,
         engine: str = "process",
         spool_dir: str | os.PathLike | None = None,
+        functions: dict[str, str] | None = None,
     ):
         self.run_dir = Path(run_dir)
         self.spool_dir = Path(spool_dir) if spool_dir else self.run_dir / "spool"
@@ -92,6 +106,8 @@ class LocalBackend(Backend):
         if engine not in ("process", "gce"):
             raise ValueError(f"unknown local engine {engine!r}: use 'process' or 'gce'")
         self.engine_kind = engine
+        # name -> "module:function"; the registered functions unless a workload replaces them
+        self.functions = dict(functions or FUNCTIONS)
         self._engines: dict = {}
         self._fn_buffers: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -156,7 +172,7 @@ class LocalBackend(Backend):
     # ------------------------------------------------------------------- tasks
     def _function_buffer(self, function: str) -> str:
         if function not in self._fn_buffers:
-            fn = _load_function(function)
+            fn = _load_function(function, self.functions)
             self._fn_buffers[function] = self._serde.pack_buffers([self._serde.serialize(fn)])
         return self._fn_buffers[function]
 
@@ -202,17 +218,22 @@ class LocalBackend(Backend):
         spool = self._spool_path(task_key)
 
         def _done(f: Future) -> None:
+            # Whatever happens here, `out` must resolve: a future left pending would hang the loop.
             try:
                 value = self._resolve(f.result())
             except TaskFailed as exc:
                 out.set_exception(exc)
                 return
-            except Exception as exc:  # engine-level failure
+            except BaseException as exc:  # engine-level failure (broken pool, cancelled, ...)
                 out.set_exception(TaskFailed(f"{type(exc).__name__}: {exc}", code="EngineError"))
                 return
-            tmp = spool.with_suffix(".tmp")
-            tmp.write_text(json.dumps(value))
-            os.replace(tmp, spool)
+            try:
+                spool.parent.mkdir(parents=True, exist_ok=True)
+                tmp = spool.with_suffix(".tmp")
+                tmp.write_text(json.dumps(value))
+                os.replace(tmp, spool)
+            except OSError as exc:  # the result is still good; only the restart shortcut is lost
+                log.warning("could not spool the result of %s: %s", task_key, exc)
             out.set_result(value)
 
         gcf.add_done_callback(_done)

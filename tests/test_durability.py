@@ -1,0 +1,222 @@
+"""Durability and faults of the steering driver, on the local backend with the simulated
+workload (the functions' real contracts through the real serializer and engine, with
+sleeps instead of physics, so a whole campaign takes seconds).
+
+The driver runs as a separate process and is killed with SIGKILL — by itself at named
+points (``REMOTE_AL_CRASH_AT``), and from outside at random moments — then restarted,
+until the campaign completes. Nothing may be lost and no label stored twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from driver.backends.local import LocalBackend
+from driver.config import parse_config
+from driver.errors import BackendUnavailable
+from driver.loop import Campaign
+from remote_al.simulated import FUNCTIONS as SIM_FUNCTIONS
+
+SIM = {
+    "campaign": {"name": "sim", "type_map": ["Li", "Ni", "O"], "seed": 5, "max_rounds": 2},
+    "backend": {"gpu_slots": 2, "cpu_slots": 2, "retry_backoff_s": 0.2, "workload": "simulated"},
+    "structures": [{"name": "LiNiO2"}, {"name": "Li0.75NiO2", "li_content": 0.75}],
+    "initial": {"n_per_structure": 3},
+    "exploration": {"temperatures_K": [600.0], "walkers": 1, "n_frames": 4, "guard": False},
+    "selection": {"force_threshold": 0.15, "force_upper": 0.6, "max_per_round": 4},
+    "labeler": {"batch_size": 2},
+    "training": {"ensemble_size": 2},
+    "test": {"n_initial_per_structure": 1, "n_per_round": 2},
+    "steering": {"mode": "async"},
+}
+
+
+def write_campaign(tmp_path: Path, **sections) -> Path:
+    data = json.loads(json.dumps(SIM))
+    for k, v in sections.items():
+        data[k].update(v)
+    lines = []
+    for section, values in data.items():
+        if section == "structures":
+            continue
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    for s in data["structures"]:
+        lines.append("[[structures]]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in s.items()]
+    lines.insert(lines.index("[campaign]") + 1, f'workdir = "{tmp_path / "camp"}"')
+    path = tmp_path / "sim.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def sim_env(tmp_path: Path, **extra) -> dict:
+    env = dict(os.environ)
+    env.update(REMOTE_AL_SIM_UNIT_S="0.01", REMOTE_AL_SIM_LOG_DIR=str(tmp_path / "exec-log"), PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def run_driver(toml: Path, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "driver.cli", "run", str(toml), "--status-every", "2"],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def check_invariants(camp: Path, exec_log: Path) -> dict:
+    db = sqlite3.connect(camp / "state.sqlite")
+    db.row_factory = sqlite3.Row
+    assert db.execute("SELECT value FROM meta WHERE key='phase'").fetchone()[0] == "done"
+    open_tasks = db.execute("SELECT key, status FROM tasks WHERE status NOT IN ('done')").fetchall()
+    assert not open_tasks, [tuple(r) for r in open_tasks]
+    # every structure chosen for labeling (or as a held-out frame) has exactly one label row
+    chosen = {r[0] for r in db.execute("SELECT structure_id FROM decisions WHERE decision IN ('label','test')")}
+    labels = Counter(r[0] for r in db.execute("SELECT structure_id FROM labels"))
+    assert chosen and chosen <= set(labels), chosen - set(labels)
+    assert all(n == 1 for n in labels.values())
+    assert not db.execute("SELECT COUNT(*) FROM structures WHERE status IN ('selected','labeling')").fetchone()[0]
+    # the dataset store holds every good label once
+    n_ok = db.execute("SELECT COUNT(*) FROM labels WHERE status='ok'").fetchone()[0]
+    assert db.execute("SELECT COUNT(*) FROM frames").fetchone()[0] == n_ok
+    # generations: complete ensembles, growing training sets without held-out frames
+    gens = {}
+    for g, ids in db.execute("SELECT generation, structure_ids FROM datasets ORDER BY generation"):
+        gens[g] = set(json.loads(ids))
+    assert sorted(gens) == [0, 1, 2]
+    assert gens[0] <= gens[1] <= gens[2]
+    test_ids = {r[0] for r in db.execute("SELECT id FROM structures WHERE split='test'")}
+    assert not (test_ids & gens[2])
+    for g in gens:
+        assert db.execute("SELECT COUNT(*) FROM models WHERE generation=?", (g,)).fetchone()[0] == 2
+    # label executions: every labeled structure ran at least once
+    executed = Counter()
+    for f in exec_log.glob("*.log"):
+        for line in f.read_text().splitlines():
+            executed.update(int(x) for x in line.split())
+    assert set(labels) <= set(executed)
+    return {"labels": len(labels), "re_executions": sum(n - 1 for n in executed.values())}
+
+
+@pytest.mark.slow
+def test_sigkill_at_named_points_then_resume(tmp_path):
+    toml = write_campaign(tmp_path)
+    points = ["after_submit:3", "before_record:4", "in_record:5", "after_record:7",
+              "after_export:2", "phase:3", "after_submit:25", "in_record:30"]
+    kills = 0
+    for point in points:
+        r = run_driver(toml, sim_env(tmp_path, REMOTE_AL_CRASH_AT=point))
+        if r.returncode == -signal.SIGKILL:
+            kills += 1
+        else:
+            assert r.returncode == 0, r.stderr[-3000:]
+            break
+    assert kills >= 5, f"only {kills} crash points were reached"
+    r = run_driver(toml, sim_env(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming" in r.stdout
+    stats = check_invariants(tmp_path / "camp", tmp_path / "exec-log")
+    # resubmission only for work in flight at a crash: bounded by the slots per crash
+    assert stats["re_executions"] <= kills * 2 * SIM["labeler"]["batch_size"]
+
+
+@pytest.mark.slow
+def test_sigkill_from_outside_at_random_moments(tmp_path):
+    toml = write_campaign(tmp_path, campaign={"seed": 9})
+    rng = random.Random(42)
+    kills = 0
+    for _ in range(6):
+        proc = subprocess.Popen([sys.executable, "-m", "driver.cli", "run", str(toml)], env=sim_env(tmp_path),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(rng.uniform(1.5, 5.0))
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    r = run_driver(toml, sim_env(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert kills >= 3
+    check_invariants(tmp_path / "camp", tmp_path / "exec-log")
+
+
+@pytest.mark.slow
+def test_failing_functions_are_retried_and_nan_labels_quarantined(tmp_path):
+    toml = write_campaign(tmp_path)
+    env = sim_env(tmp_path, REMOTE_AL_SIM_FAIL_ONCE="train:g1:m0,label:r0:1-,md:r1",
+                  REMOTE_AL_SIM_FAIL_ONCE_DIR=str(tmp_path / "faults"), REMOTE_AL_SIM_NAN_IDS="2")
+    r = run_driver(toml, env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "failed (attempt 1/3)" in r.stdout
+    db = sqlite3.connect(tmp_path / "camp" / "state.sqlite")
+    attempts = dict(db.execute("SELECT key, attempts FROM tasks WHERE key IN ('train:g1:m0', 'label:r0:1-2')"))
+    assert attempts == {"train:g1:m0": 2, "label:r0:1-2": 2}
+    assert db.execute("SELECT COUNT(*) FROM events WHERE kind='retry'").fetchone()[0] >= 3
+    # structure 2 came back with NaN forces: kept with its reason, absent from every training set
+    status, reason = db.execute("SELECT status, reason FROM labels WHERE structure_id=2").fetchone()
+    assert status == "failed" and "NaN" in reason
+    assert db.execute("SELECT status FROM structures WHERE id=2").fetchone()[0] == "label_failed"
+    for (ids,) in db.execute("SELECT structure_ids FROM datasets"):
+        assert 2 not in json.loads(ids)
+    assert db.execute("SELECT COUNT(*) FROM frames WHERE structure_id=2").fetchone()[0] == 0
+    exported = (tmp_path / "camp" / "datasets" / "gen-002" / "train.extxyz").read_text()
+    assert "nan" not in exported.lower()
+
+
+@pytest.mark.slow
+def test_task_failing_every_time_is_quarantined_with_its_error(tmp_path):
+    toml = write_campaign(tmp_path, backend={"max_attempts": 1})
+    env = sim_env(tmp_path, REMOTE_AL_SIM_FAIL_ONCE="label:r0:3-", REMOTE_AL_SIM_FAIL_ONCE_DIR=str(tmp_path / "f"))
+    r = run_driver(toml, env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "quarantined after 1 attempts" in r.stdout
+    db = sqlite3.connect(tmp_path / "camp" / "state.sqlite")
+    status, error = db.execute("SELECT status, error FROM tasks WHERE key LIKE 'label:r0:3-%'").fetchone()
+    assert status == "quarantined" and "simulated failure" in error
+    rows = db.execute("SELECT status, reason FROM labels WHERE structure_id IN (3, 4)").fetchall()
+    assert rows and all(s == "failed" and "quarantined" in why for s, why in rows)
+    out = subprocess.run([sys.executable, "-m", "driver.cli", "status", str(tmp_path / "camp")],
+                         capture_output=True, text=True)
+    assert "quarantined" in out.stdout and "label:r0:3-4" in out.stdout
+
+
+class OfflineForAWhile(LocalBackend):
+    """The local endpoint refusing submissions for the first seconds (an endpoint offline)."""
+
+    def __init__(self, *args, offline_s: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.until = time.time() + offline_s
+        self.refused = 0
+
+    def submit(self, pool, function, request, task_key):
+        if time.time() < self.until:
+            self.refused += 1
+            raise BackendUnavailable(f"endpoint for {pool} is offline")
+        return super().submit(pool, function, request, task_key)
+
+
+@pytest.mark.slow
+def test_endpoint_offline_for_a_while(tmp_path, monkeypatch):
+    monkeypatch.setenv("REMOTE_AL_SIM_UNIT_S", "0.01")
+    toml = write_campaign(tmp_path, campaign={"max_rounds": 1}, backend={"retry_backoff_s": 0.5})
+    from driver.config import load_config
+
+    cfg = load_config(toml)
+    backend = OfflineForAWhile(cfg.directory / "engine", 2, 2, functions=SIM_FUNCTIONS, offline_s=3.0)
+    lines: list[str] = []
+    reason = Campaign(cfg, backend, say=lines.append, status_every_s=1).run()
+    assert reason.startswith("round budget")
+    assert backend.refused >= 2
+    assert any("endpoint unavailable" in line and "queued work kept" in line for line in lines)
+    db = sqlite3.connect(cfg.directory / "state.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM events WHERE kind='offline'").fetchone()[0] >= 2
+    assert {r[0] for r in db.execute("SELECT DISTINCT status FROM tasks")} == {"done"}

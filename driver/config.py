@@ -115,6 +115,9 @@ class SteeringSection:
     retrain_after: int = 0  # new training labels that start the next generation (0: selection.max_per_round)
     max_sweeps_per_generation: int = 3  # async: exploration sweeps with one generation at most
     converged_window: int = 0  # explorations the convergence share looks back on (0: one sweep)
+    # async: explore and label for up to this many rounds ahead of the generation being
+    # trained (with the current, older ensemble), so neither partition waits on the other
+    lookahead_rounds: int = 1
 
 
 @dataclass(frozen=True)
@@ -360,6 +363,7 @@ def validate(cfg: CampaignConfig) -> None:
     _positive(st.retrain_after, "steering.retrain_after", allow_zero=True)
     _positive(st.max_sweeps_per_generation, "steering.max_sweeps_per_generation")
     _positive(st.converged_window, "steering.converged_window", allow_zero=True)
+    _positive(st.lookahead_rounds, "steering.lookahead_rounds", allow_zero=True)
 
     _positive(cfg.test.n_initial_per_structure, "test.n_initial_per_structure", allow_zero=True)
     _positive(cfg.test.n_per_round, "test.n_per_round", allow_zero=True)

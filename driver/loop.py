@@ -529,34 +529,13 @@ class Campaign:
         self._set_phase("train")
 
     def _phase_train(self) -> None:
-        r = self.round
-        g = r
-        cfg = self.cfg
-        if self.state.db.execute("SELECT 1 FROM datasets WHERE generation=?", (g,)).fetchone() is None:
-            self._export_dataset(g)
-            ds = self.state.db.execute("SELECT * FROM datasets WHERE generation=?", (g,)).fetchone()
-            prev = {m["member"]: m["checkpoint"] for m in self.state.models(g - 1)} if g > 0 else {}
-            steps = cfg.training.numb_steps_continue if prev and cfg.training.continue_from_previous else cfg.training.numb_steps
-            with self.state.transaction():
-                for m in range(cfg.training.ensemble_size):
-                    key = f"train:g{g}:m{m}"
-                    req = TrainRequest(
-                        task_key=key, workdir=self.workdir(key), systems=tuple(json.loads(ds["systems"])),
-                        type_map=tuple(cfg.campaign.type_map), member=m,
-                        seed=cfg.campaign.seed * 1000 + g * 100 + m * 7 + 1,
-                        subset_fraction=cfg.training.subset_fraction, numb_steps=steps,
-                        deepmd=dict(cfg.training.deepmd),
-                        init_model=prev.get(m) if cfg.training.continue_from_previous else None,
-                    ).to_dict()
-                    self._add_task(key, "train", r, g, req)
-            self.say(
-                f"round {r}: training generation {g}: {cfg.training.ensemble_size} members on "
-                f"{ds['n_frames']} frames, {steps} steps{' (continued)' if prev else ''}"
-            )
+        g = self.round
+        if not [t for t in self.state.tasks(function="train") if t["generation"] == g]:
+            self._start_training(g)
             return
-        if self._open_tasks(r, "train"):
+        if self._open_tasks(g, "train"):
             return
-        if len(self.state.models(g)) < cfg.training.ensemble_size:
+        if len(self.state.models(g)) < self.cfg.training.ensemble_size:
             self._stop(f"training of generation {g} failed (see quarantined tasks)")
             return
         self._set_phase("evaluate")
@@ -758,10 +737,10 @@ class Campaign:
         return self.cfg.steering.retrain_after or self.cfg.selection.max_per_round
 
     def _new_train_labels(self, g: int) -> int:
-        """Training labels not yet in generation ``g - 1``'s dataset."""
+        """Training labels of rounds up to g not yet in generation ``g - 1``'s dataset."""
         prev = self.state.db.execute("SELECT structure_ids FROM datasets WHERE generation=?", (g - 1,)).fetchone()
         used = set(json.loads(prev[0])) if prev else set()
-        return sum(1 for x in self.state.label_rows("ok", "train") if x["structure_id"] not in used)
+        return sum(1 for x in self.state.label_rows("ok", "train") if x["structure_id"] not in used and x["round"] <= g)
 
     def _select_batch(self, r: int, ids: list[int]) -> None:
         """Asynchronous selection of one exploration's frames (inside _record's transaction)."""
@@ -811,67 +790,77 @@ class Campaign:
             )
 
     def _phase_async(self) -> None:
-        """Steady state: MD/UQ with the current ensemble on free GPU slots, labels on the
-        CPU as soon as each exploration is selected from, the next generation trained as
-        soon as enough new labels arrived; a finished generation replaces the ensemble for
-        every MD task created afterwards."""
+        """Steady state, pipelined. ``round`` r is the label round: labels selected now go
+        into generation r. MD/UQ run with the current generation on free GPU slots; each
+        exploration is selected from as soon as its UQ returns and its labels go to the
+        CPU at once; generation r starts training as soon as ``retrain_after`` new labels
+        arrived (round becomes r + 1 and exploration with the current generation goes on
+        during training); a finished generation replaces the ensemble for every MD task
+        created afterwards."""
         cfg = self.cfg
-        r = self.round  # explorations now use generation r - 1; generation r is next to train
-        g_cur = r - 1
+        r = self.round
+        g_cur = self._current_generation()
         stopping = bool(self.state.get_meta("stop_reason"))
-        train_rows = [t for t in self.state.tasks(function="train") if t["generation"] == r]
-        if train_rows:
-            if any(t["status"] in ("pending", "submitted") for t in train_rows):
-                pass  # training runs; exploration with the current generation continues below
-            elif len(self.state.models(r)) < cfg.training.ensemble_size:
-                self._stop(f"training of generation {r} failed (see quarantined tasks)")
+        training = [t for t in self.state.tasks(function="train") if t["generation"] > g_cur]
+        training_open = any(t["status"] in ("pending", "submitted") for t in training)
+        if training and not training_open:
+            g_new = max(t["generation"] for t in training)
+            if len(self.state.models(g_new)) < cfg.training.ensemble_size:
+                self._stop(f"training of generation {g_new} failed (see quarantined tasks)")
                 return
-            else:
-                self._generation_ready(r)
-                return
-        elif stopping:  # drain what is in flight, start nothing new
+            self._generation_ready(g_new)
+            return
+        if stopping:  # drain what is in flight, start nothing new
             if not self._open_tasks():
                 self._set_phase("final_eval")
             return
-        else:
+        last = cfg.campaign.max_rounds
+        if not training_open and r <= last:
             new = self._new_train_labels(r)
-            open_labels = self._open_tasks(None, "label")
-            explorations_done = self._explorations_exhausted(g_cur)
-            drained = not open_labels and explorations_done and not self._open_tasks(None, "md") and not [
-                t for t in self._open_tasks(None, "uq") if t["key"].startswith("uq:md")
-            ]
+            open_r = [t for t in self._open_tasks() if t["round"] <= r and (
+                t["function"] in ("label", "md") or (t["function"] == "uq" and t["key"].startswith("uq:md")))]
+            drained = not open_r and self._explorations_exhausted(r, g_cur)
             if new >= self._retrain_after() or (drained and new > 0):
-                self._start_training(r)
+                self._start_training(r, next_round=r + 1)
                 return
             if drained and new == 0:
-                self._stop(self._no_more_work_reason(g_cur))
+                self._stop(self._no_more_work_reason(r))
                 return
-        if stopping:
-            return
-        # keep the GPU busy: one new exploration whenever a GPU slot would otherwise idle
-        if self._gpu_idle() and not self._explorations_exhausted(g_cur):
-            self._create_exploration(r, g_cur)
+        # keep the GPU busy: a new exploration whenever a GPU slot would otherwise idle, for
+        # the first label round (this one, or up to `lookahead_rounds` ahead) that wants more
+        if self._gpu_idle():
+            ahead = cfg.steering.lookahead_rounds
+            for rho in range(r, min(last, r + ahead) + 1):
+                if not self._explorations_exhausted(rho, g_cur):
+                    self._create_exploration(rho, g_cur)
+                    break
 
-    def _no_more_work_reason(self, g: int) -> str:
+    def _current_generation(self) -> int:
+        return int(self.state.get_meta("current_generation", "0"))
+
+    def _no_more_work_reason(self, r: int) -> str:
         budget = self.cfg.campaign.max_label_calls
         used = self.state.db.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
         if budget and used >= budget:
             return f"labeler budget of {budget} calls reached ({used} used)"
-        m = self.state.metrics("round").get(g + 1, {})
+        m = self.state.metrics("round").get(r, {})
         share = m.get("confident_share")
         if share is not None and share >= self.cfg.selection.converged_share:
             return f"converged: {share:.1%} of explored frames confident (target {self.cfg.selection.converged_share:.0%})"
         return f"no uncertain structures left to label after {self.cfg.steering.max_sweeps_per_generation} sweeps"
 
     def _gpu_idle(self) -> bool:
-        open_gpu = [t for t in self._open_tasks() if t["pool"] == "gpu"]
-        pending = [t for t in open_gpu if t["status"] == "pending"]
-        return not pending and len(open_gpu) < self.backend.slots("gpu")
+        """Room for another exploration: fewer explorations (MD and their UQ) open than GPU
+        slots. Training queued behind does not block it: explorations are submitted first,
+        so MD with the current ensemble interleaves with a generation's training."""
+        open_explore = [t for t in self._open_tasks() if t["function"] == "md"
+                        or (t["function"] == "uq" and t["key"].startswith("uq:md"))]
+        return len(open_explore) < self.backend.slots("gpu")
 
-    def _explorations_exhausted(self, g: int) -> bool:
-        r = g + 1
-        n_md = sum(1 for t in self.state.tasks(function="md") if t["generation"] == g)
-        if n_md >= len(self._sweep()) * self.cfg.steering.max_sweeps_per_generation:
+    def _explorations_exhausted(self, r: int, g: int) -> bool:
+        """No more explorations for label round r (with generation g)."""
+        md_r = [t for t in self.state.tasks(function="md") if t["round"] == r]
+        if len(md_r) >= len(self._sweep()) * self.cfg.steering.max_sweeps_per_generation:
             return True
         selected = self.state.db.execute(
             "SELECT COUNT(*) FROM decisions WHERE round=? AND decision='label'", (r,)
@@ -881,16 +870,17 @@ class Campaign:
         budget = self.cfg.campaign.max_label_calls
         if budget and self.state.db.execute("SELECT COUNT(*) FROM labels").fetchone()[0] >= budget:
             return True
-        # converged window: the last K explorations with this generation were all confident
+        # converged window: the last K explorations of this round were confident enough
         k = self.cfg.steering.converged_window or len(self._sweep())
-        done_md = [t for t in self.state.tasks(function="md", status="done") if t["generation"] == g]
-        if n_md >= k and len(done_md) >= k and n_md == len(done_md):
+        done_md = [t for t in md_r if t["status"] == "done"]
+        if len(md_r) >= k and len(done_md) == len(md_r):
             keys = [t["key"] for t in done_md[-k:]]
             rows = self.state.db.execute(
                 f"SELECT force_width, status FROM structures WHERE source_task IN ({','.join('?' * len(keys))})", keys
             ).fetchall()
             ws = [w for w, st in rows if w is not None and st != "filtered"]
-            if ws and len(ws) == len(rows) and sum(w <= self.cfg.selection.force_threshold for w in ws) / len(ws) >= self.cfg.selection.converged_share:
+            thr = self.cfg.selection.force_threshold
+            if ws and len(ws) == len(rows) and sum(w <= thr for w in ws) / len(ws) >= self.cfg.selection.converged_share:
                 return True
         return False
 
@@ -907,7 +897,7 @@ class Campaign:
 
         cfg = self.cfg
         models = self.state.models(g)
-        n = sum(1 for t in self.state.tasks(function="md") if t["generation"] == g)
+        n = sum(1 for t in self.state.tasks(function="md") if t["round"] == r)
         sweep = self._sweep()
         spec, t, w = sweep[n % len(sweep)]
         k = n // len(sweep)
@@ -922,7 +912,9 @@ class Campaign:
         req["_spec"] = spec.name
         self._add_task(key, "md", r, g, req)
 
-    def _start_training(self, g: int) -> None:
+    def _start_training(self, g: int, next_round: int | None = None) -> None:
+        """Export generation g's training set and create its member tasks (idempotent);
+        ``next_round`` moves the label round in the same transaction."""
         cfg = self.cfg
         self._export_dataset(g)
         ds = self.state.db.execute("SELECT * FROM datasets WHERE generation=?", (g,)).fetchone()
@@ -940,13 +932,15 @@ class Campaign:
                     deepmd=dict(cfg.training.deepmd), init_model=prev.get(m) if cont else None,
                 ).to_dict()
                 self._add_task(key, "train", g, g, req)
+            if next_round is not None:
+                self.state.set_meta("round", str(next_round))
         self.say(
             f"training generation {g}: {cfg.training.ensemble_size} members on {ds['n_frames']} frames, "
             f"{steps} steps{' (continued)' if cont else ''}"
         )
 
     def _generation_ready(self, g: int) -> None:
-        """Generation g is complete: evaluate it, make it current, check the round budget."""
+        """Generation g is complete: make it current, evaluate it, check the round budget."""
         key = f"eval:g{g}"
         text, n = self._test_frames_extxyz()
         with self.state.transaction():
@@ -957,8 +951,8 @@ class Campaign:
                     frames_extxyz=text, confidence=self.cfg.selection.confidence,
                 ).to_dict()
                 req["_scope"] = "generation"
-                self._add_task(key, "uq", g, g, req)
-            self.state.set_meta("round", str(g + 1))
+                self._add_task(key, "uq", self.round, g, req)
+            self.state.set_meta("current_generation", str(g))
         self.state.event("generation", f"generation {g} is current")
         self.say(f"generation {g} ready; explorations now use it")
         c = self.cfg.campaign

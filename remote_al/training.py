@@ -146,8 +146,9 @@ def _dp_command() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "deepmd"]
 
 
-def _die_with_parent() -> None:
-    """Linux: the training process dies with the worker that started it."""
+def die_with_parent() -> None:
+    """Linux: ask the kernel to kill this process when its parent dies (PR_SET_PDEATHSIG),
+    so no orphaned worker or trainer keeps computing a result nobody will collect."""
     try:
         import ctypes
         import signal
@@ -161,7 +162,7 @@ def _run(cmd, workdir: Path, env, log_name: str):
     log = workdir / log_name
     with open(log, "w") as fh:
         proc = subprocess.run(
-            cmd, cwd=workdir, env=env, stdout=fh, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            cmd, cwd=workdir, env=env, stdout=fh, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
         )
     if proc.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])

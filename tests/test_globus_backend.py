@@ -278,7 +278,7 @@ def test_oversized_payload_is_refused_before_any_request(http, backends):
 
 def test_large_batches_are_split_by_size(service, backends):
     backend = backends({}, max_payload_bytes=3000)
-    items = [("md", md_request(f"m{i}", size=1200), f"m{i}") for i in range(4)]
+    items = [("md", md_request(f"m{i}", size=900), f"m{i}") for i in range(4)]
     subs = backend.submit_many("gpu", items)
     assert len(service.submits) == 2 and len({s.backend_id for s in subs}) == 4
 
@@ -288,7 +288,7 @@ def test_a_failed_later_request_returns_what_was_submitted(service, backends):
     client._compute_web_client.v3.retry_config.max_retries = 0  # no backoff sleeps in the test
     backend = backends({}, client=client, max_payload_bytes=3000)
     service.submits_before_outage = 1
-    items = [("md", md_request(f"m{i}", size=1200), f"m{i}") for i in range(4)]
+    items = [("md", md_request(f"m{i}", size=900), f"m{i}") for i in range(4)]
     subs = backend.submit_many("gpu", items)
     assert len(subs) == 2 and isinstance(backend.last_submit_error, BackendUnavailable)
     assert [service.args(s.backend_id)[0][0]["task_key"] for s in subs] == ["m0", "m1"]

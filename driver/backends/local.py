@@ -38,21 +38,11 @@ log = logging.getLogger(__name__)
 JSON_RESULT = "globus_compute_sdk.serialize.JSONData"
 
 
-def _die_with_parent() -> None:
-    """Linux: ask the kernel to kill this process when its parent (the driver) dies, so no
-    orphaned worker keeps computing a result nobody will collect."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
 def _init_worker(log_path: str) -> None:
     """Worker start-up: send the worker's stdout/stderr to a log file, not the driver's terminal."""
-    _die_with_parent()
+    from remote_al.training import die_with_parent
+
+    die_with_parent()
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)

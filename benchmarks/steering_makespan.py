@@ -1,0 +1,106 @@
+"""Asynchronous steering against a synchronous train -> explore -> label iteration (as
+DP-GEN runs it), on the same simulated workload through the real local engine.
+
+    python benchmarks/steering_makespan.py [--unit 0.1] [--out benchmarks/results/steering_makespan.json]
+
+The registered functions are replaced by ``remote_al.simulated`` (same contracts, sleeps
+of DFT 30, training 60, MD 10, UQ 1 units per task; one unit = ``--unit`` seconds), with
+2 GPU and 4 CPU slots. Both runs use the same campaign (2 compositions x 2 temperatures,
+16 labels per round, 4 ensemble members, 4 rounds); only ``steering.mode`` differs.
+Makespan runs from the first submission to the last result; utilization of a pool is its
+busy slot-time over slots x makespan; the lower bound is each pool's work / slots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from driver.backends.local import LocalBackend  # noqa: E402
+from driver.config import parse_config  # noqa: E402
+from driver.loop import Campaign  # noqa: E402
+from remote_al.simulated import DEFAULT_DURATIONS, FUNCTIONS  # noqa: E402
+
+SLOTS = {"gpu": 2, "cpu": 4}
+
+
+def campaign(mode: str, root: Path) -> dict:
+    return {
+        "campaign": {"name": f"steer-{mode}", "type_map": ["Li", "Ni", "O"], "seed": 1, "max_rounds": 4,
+                     "workdir": str(root / mode)},
+        "backend": {"gpu_slots": SLOTS["gpu"], "cpu_slots": SLOTS["cpu"], "workload": "simulated",
+                    "retry_backoff_s": 0.1},
+        "structures": [{"name": "LiNiO2"}, {"name": "Li0.75NiO2", "li_content": 0.75}],
+        "initial": {"n_per_structure": 4},
+        "exploration": {"temperatures_K": [600.0, 900.0], "n_frames": 8, "guard": False},
+        "selection": {"force_threshold": 0.05, "force_upper": 10.0, "max_per_round": 16},
+        "labeler": {"batch_size": 1},
+        "training": {"ensemble_size": 4},
+        "test": {"n_initial_per_structure": 0, "n_per_round": 0},
+        "steering": {"mode": mode, "retrain_after": 16, "max_sweeps_per_generation": 2},
+    }
+
+
+def measure(mode: str, root: Path, unit: float) -> dict:
+    cfg = parse_config(campaign(mode, root), base_dir=root)
+    backend = LocalBackend(cfg.directory / "engine", SLOTS["gpu"], SLOTS["cpu"], functions=FUNCTIONS)
+    Campaign(cfg, backend, say=lambda m: None, status_every_s=5).run()
+    db = sqlite3.connect(cfg.directory / "state.sqlite")
+    rows = db.execute("SELECT function, pool, submitted, finished FROM tasks WHERE status='done'").fetchall()
+    t0 = min(r[2] for r in rows)
+    t1 = max(r[3] for r in rows)
+    makespan = t1 - t0
+    busy = {p: sum(r[3] - r[2] for r in rows if r[1] == p) for p in SLOTS}
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r[0]] = counts.get(r[0], 0) + 1
+    n_labels = db.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
+    work = {  # nominal work in seconds per pool
+        "gpu": unit * (DEFAULT_DURATIONS["md"] * counts.get("md", 0) + DEFAULT_DURATIONS["uq"] * counts.get("uq", 0)
+                       + DEFAULT_DURATIONS["train"] * counts.get("train", 0)),
+        "cpu": unit * DEFAULT_DURATIONS["label"] * n_labels,
+    }
+    return {
+        "mode": mode,
+        "makespan_s": makespan,
+        "tasks": counts,
+        "labels": n_labels,
+        "generations": db.execute("SELECT COUNT(DISTINCT generation) FROM models").fetchone()[0],
+        "utilization": {p: busy[p] / (SLOTS[p] * makespan) for p in SLOTS},
+        "lower_bound_s": {p: work[p] / SLOTS[p] for p in SLOTS},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--unit", type=float, default=0.1, help="seconds per workload unit")
+    ap.add_argument("--out", default=str(HERE / "results" / "steering_makespan.json"))
+    a = ap.parse_args()
+    os.environ["REMOTE_AL_SIM_UNIT_S"] = str(a.unit)
+    with tempfile.TemporaryDirectory() as tmp:
+        res = {m: measure(m, Path(tmp), a.unit) for m in ("sync", "async")}
+    sync, asyn = res["sync"], res["async"]
+    bottleneck = max(SLOTS, key=lambda p: asyn["lower_bound_s"][p])
+    out = {
+        "unit_s": a.unit, "durations_units": DEFAULT_DURATIONS, "slots": SLOTS, "runs": res,
+        "makespan_ratio_sync_over_async": sync["makespan_s"] / asyn["makespan_s"],
+        "bottleneck_pool": bottleneck,
+        "async_bottleneck_utilization": asyn["utilization"][bottleneck],
+        "machine": os.uname().nodename, "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -5,6 +5,7 @@ backend; the tests below run MD, UQ and labeling through it and check the physic
 """
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -145,3 +146,37 @@ def test_oversized_payload_refused_before_submission(local_backend, tmp_path):
     req = {"task_key": "big", "workdir": str(tmp_path), "model_paths": ["a", "b"], "frames_extxyz": big}
     with pytest.raises(PayloadTooLarge, match="10 MB"):
         local_backend.submit("gpu", "uq", req, "big")
+
+
+def test_four_functions_through_globus_compute_engine(tiny_ensemble, labeled_dir, tmp_path, monkeypatch):
+    """The engine the HPC templates use (GlobusComputeEngine with parsl's LocalProvider),
+    running each registered function, besides the default ProcessPoolEngine."""
+    import sys
+
+    from driver.backends.local import LocalBackend
+    from remote_al.records import TrainRequest, TrainResult
+
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    backend = LocalBackend(tmp_path / "gce", gpu_slots=1, cpu_slots=1, engine="gce")
+    backend.start()
+    try:
+        models = tuple(r.model_path for r in tiny_ensemble)
+        text = Path(labeled_dir["extxyz"]).read_text()
+        start = cathode_cell(1.0)
+        subs = {
+            "label": backend.submit("cpu", "label", LabelRequest(
+                "g-lab", str(tmp_path / "lab"), "chgnet", (7,), to_extxyz(start)).to_dict(), "g-lab"),
+            "md": backend.submit("gpu", "md", MDRequest(
+                "g-md", str(tmp_path / "md"), models[0], to_extxyz(start), steps=20, n_frames=2).to_dict(), "g-md"),
+            "uq": backend.submit("gpu", "uq", UQRequest("g-uq", str(tmp_path / "uq"), models, text).to_dict(), "g-uq"),
+            "train": backend.submit("gpu", "train", TrainRequest(
+                "g-tr", str(tmp_path / "tr"), tuple(labeled_dir["systems"]), ("Li", "Ni", "O"), 0, 3,
+                numb_steps=20).to_dict(), "g-tr"),
+        }
+        res = {k: s.future.result(timeout=900) for k, s in subs.items()}
+    finally:
+        backend.shutdown()
+    assert res["label"]["labels"][0]["status"] == "ok"
+    assert MDResult.from_dict(res["md"]).n_frames >= 1
+    assert UQResult.from_dict(res["uq"]).n_frames == len(labeled_dir["frames"])
+    assert Path(TrainResult.from_dict(res["train"]).model_path).exists()

@@ -90,6 +90,12 @@ class SelectionSection:
     min_distance_A: float = 1.2
     converged_share: float = 0.97  # stop when this share of explored frames is confident
     dedup_tolerance_A: float = 0.05
+    # "fixed": force_threshold as given; "calibrated": after each generation's evaluation
+    # on held-out frames, the width above which its true max force error exceeds
+    # target_force_error (driver.metrics.calibrate_threshold); force_threshold until then
+    force_threshold_mode: str = "fixed"
+    target_force_error: float = 0.2  # eV/A
+    calibration_min_frames: int = 10
 
 
 @dataclass(frozen=True)
@@ -336,6 +342,10 @@ def validate(cfg: CampaignConfig) -> None:
             f"upper bound {s.force_upper} must exceed force_threshold {s.force_threshold}",
         )
     _positive(s.max_per_round, "selection.max_per_round")
+    if s.force_threshold_mode not in ("fixed", "calibrated"):
+        raise ConfigError("selection.force_threshold_mode", f"{s.force_threshold_mode!r}", "use 'fixed' or 'calibrated'")
+    _positive(s.target_force_error, "selection.target_force_error")
+    _positive(s.calibration_min_frames, "selection.calibration_min_frames")
     _positive(s.min_distance_A, "selection.min_distance_A", allow_zero=True)
     if not 0.0 < s.converged_share <= 1.0:
         raise ConfigError("selection.converged_share", f"must lie in (0, 1], got {s.converged_share}")

@@ -422,6 +422,18 @@ class Campaign:
             vals["force_rmse_eV_A"] = float(np.sqrt(np.sum(f**2 * natoms * 3) / np.sum(natoms * 3)))
             vals["force_inside_ci"] = float(np.average(result["force_inside_ci"], weights=natoms))
             vals["force_width_mean"] = float(np.mean(result["force_width"]))
+        sel = self.cfg.selection
+        if (scope == "generation" and sel.force_threshold_mode == "calibrated"
+                and result.get("force_error_max") is not None
+                and result["n_frames"] >= sel.calibration_min_frames):
+            from driver.metrics import calibrate_threshold
+
+            try:
+                thr = calibrate_threshold(result["force_width"], result["force_error_max"], sel.target_force_error)
+            except ValueError:
+                thr = float("inf")
+            if np.isfinite(thr):
+                vals["force_threshold"] = float(min(thr, 0.99 * sel.force_upper))
         for name, v in vals.items():
             self.state.db.execute(
                 "INSERT INTO metrics(scope, idx, name, value) VALUES(?,?,?,?) "
@@ -654,9 +666,21 @@ class Campaign:
             )
         return out
 
+    def force_threshold(self) -> float:
+        """The configured threshold, or the latest generation's calibrated one."""
+        s = self.cfg.selection
+        if s.force_threshold_mode == "calibrated":
+            row = self.state.db.execute(
+                "SELECT value FROM metrics WHERE scope='generation' AND name='force_threshold' "
+                "ORDER BY idx DESC LIMIT 1"
+            ).fetchone()
+            if row and row[0] is not None:
+                return float(row[0])
+        return s.force_threshold
+
     def _policy(self, cap: int) -> SelectionPolicy:
         s = self.cfg.selection
-        return SelectionPolicy(s.force_threshold, s.force_upper, s.energy_threshold, cap, s.dedup_tolerance_A)
+        return SelectionPolicy(self.force_threshold(), s.force_upper, s.energy_threshold, cap, s.dedup_tolerance_A)
 
     def _apply_decisions(self, r: int, decisions, test_ids) -> dict[str, int]:
         """Store decisions and statuses (inside the caller's transaction); returns counts."""
@@ -681,7 +705,7 @@ class Campaign:
 
     def _update_round_metrics(self, r: int) -> dict:
         """Per-round numbers from the structures explored in round r (both modes)."""
-        thr, upper = self.cfg.selection.force_threshold, self.cfg.selection.force_upper
+        thr, upper = self.force_threshold(), self.cfg.selection.force_upper
         rows = self.state.db.execute(
             "SELECT force_width, status FROM structures WHERE origin='md' AND round=?", (r,)
         ).fetchall()
@@ -700,6 +724,7 @@ class Campaign:
             "force_width_p90": float(np.percentile(widths, 90)) if widths else None,
             "force_width_max": float(np.max(widths)) if widths else None,
             "n_above_upper": sum(1 for w in widths if w > upper),
+            "force_threshold": thr,
         }
         for name, v in m.items():
             self.state.db.execute(
@@ -879,7 +904,7 @@ class Campaign:
                 f"SELECT force_width, status FROM structures WHERE source_task IN ({','.join('?' * len(keys))})", keys
             ).fetchall()
             ws = [w for w, st in rows if w is not None and st != "filtered"]
-            thr = self.cfg.selection.force_threshold
+            thr = self.force_threshold()
             if ws and len(ws) == len(rows) and sum(w <= thr for w in ws) / len(ws) >= self.cfg.selection.converged_share:
                 return True
         return False

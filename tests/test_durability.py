@@ -220,3 +220,30 @@ def test_endpoint_offline_for_a_while(tmp_path, monkeypatch):
     db = sqlite3.connect(cfg.directory / "state.sqlite")
     assert db.execute("SELECT COUNT(*) FROM events WHERE kind='offline'").fetchone()[0] >= 2
     assert {r[0] for r in db.execute("SELECT DISTINCT status FROM tasks")} == {"done"}
+
+
+@pytest.mark.slow
+def test_calibrated_threshold_is_used_for_selection(tmp_path, monkeypatch):
+    """selection.force_threshold_mode = "calibrated": each generation's evaluation on
+    held-out frames sets the width threshold the next selections use."""
+    monkeypatch.setenv("REMOTE_AL_SIM_UNIT_S", "0.01")
+    toml = write_campaign(
+        tmp_path, campaign={"max_rounds": 1},
+        selection={"force_threshold_mode": "calibrated", "target_force_error": 0.01, "calibration_min_frames": 5},
+        test={"n_initial_per_structure": 4},
+    )
+    from driver.config import load_config
+    from driver.metrics import calibrate_threshold
+
+    cfg = load_config(toml)
+    backend = LocalBackend(cfg.directory / "engine", 2, 2, functions=SIM_FUNCTIONS)
+    Campaign(cfg, backend, say=lambda m: None).run()
+    db = sqlite3.connect(cfg.directory / "state.sqlite")
+    thr0 = db.execute("SELECT value FROM metrics WHERE scope='generation' AND idx=0 AND name='force_threshold'").fetchone()
+    assert thr0 is not None and 0 < thr0[0] < 0.6
+    res = json.loads(db.execute("SELECT result FROM tasks WHERE key='eval:g0'").fetchone()[0])
+    assert thr0[0] == pytest.approx(calibrate_threshold(res["force_width"], res["force_error_max"], 0.01))
+    used = db.execute("SELECT value FROM metrics WHERE scope='round' AND idx=1 AND name='force_threshold'").fetchone()
+    assert used[0] == pytest.approx(thr0[0]) and used[0] != 0.15
+    reasons = [r[0] for r in db.execute("SELECT reason FROM decisions WHERE round=1 AND decision='label'")]
+    assert reasons and all(f"above {thr0[0]:g}" in r for r in reasons)

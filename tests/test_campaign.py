@@ -48,7 +48,7 @@ def test_one_round_mini_campaign(tmp_path, mode):
     if mode == "sync":
         assert phases == [
             "round 0: train", "round 0: evaluate", "round 1: explore", "round 1: select",
-            "round 1: label", "round 1: train", "round 1: evaluate", "round 1: final_eval", "round 1: done",
+            "round 1: label", "round 1: train", "round 1: evaluate", "round 1: done",
         ]
     else:
         assert phases == ["round 0: train", "round 0: evaluate", "round 1: async", "round 2: final_eval", "round 2: done"]

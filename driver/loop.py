@@ -574,6 +574,16 @@ class Campaign:
         rows = self.state.label_rows("ok", "test")
         return "".join(r["extxyz"] for r in rows), len(rows)
 
+    def _add_eval_task(self, key: str, g: int, scope: str, frames_extxyz: str) -> None:
+        """Evaluate generation g's ensemble on labeled held-out frames (metrics scope ``scope``)."""
+        req = UQRequest(
+            task_key=key, workdir=self.workdir(key),
+            model_paths=tuple(m["path"] for m in self.state.models(g)),
+            frames_extxyz=frames_extxyz, confidence=self.cfg.selection.confidence,
+        ).to_dict()
+        req["_scope"] = scope
+        self._add_task(key, "uq", self.round, g, req)
+
     def _phase_evaluate(self) -> None:
         r, g = self.round, self.round
         key = f"eval:g{g}"
@@ -582,13 +592,7 @@ class Campaign:
             if n == 0:
                 self._stop_or_next(r)
                 return
-            req = UQRequest(
-                task_key=key, workdir=self.workdir(key),
-                model_paths=tuple(m["path"] for m in self.state.models(g)),
-                frames_extxyz=text, confidence=self.cfg.selection.confidence,
-            ).to_dict()
-            req["_scope"] = "generation"
-            self._add_task(key, "uq", r, g, req)
+            self._add_eval_task(key, g, "generation", text)
             return
         if self._open_tasks(r, "uq"):
             return
@@ -970,13 +974,7 @@ class Campaign:
         text, n = self._test_frames_extxyz()
         with self.state.transaction():
             if n and self.state.task(key) is None:
-                req = UQRequest(
-                    task_key=key, workdir=self.workdir(key),
-                    model_paths=tuple(m["path"] for m in self.state.models(g)),
-                    frames_extxyz=text, confidence=self.cfg.selection.confidence,
-                ).to_dict()
-                req["_scope"] = "generation"
-                self._add_task(key, "uq", self.round, g, req)
+                self._add_eval_task(key, g, "generation", text)
             self.state.set_meta("current_generation", str(g))
         self.state.event("generation", f"generation {g} is current")
         self.say(f"generation {g} ready; explorations now use it")
@@ -994,13 +992,7 @@ class Campaign:
         for g in gens:
             key = f"final-eval:g{g}"
             if self.state.task(key) is None:
-                req = UQRequest(
-                    task_key=key, workdir=self.workdir(key),
-                    model_paths=tuple(m["path"] for m in self.state.models(g)),
-                    frames_extxyz=text, confidence=self.cfg.selection.confidence,
-                ).to_dict()
-                req["_scope"] = "final"
-                self._add_task(key, "uq", self.round, g, req)
+                self._add_eval_task(key, g, "final", text)
                 created = True
         if created:
             self.say(f"final evaluation of {len(gens)} generations on {n} held-out frames")

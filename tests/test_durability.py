@@ -69,8 +69,13 @@ def sim_env(tmp_path: Path, **extra) -> dict:
 
 
 def run_driver(toml: Path, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "driver.cli", "run", str(toml), "--status-every", "2"],
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    """Run the driver to its end (or its SIGKILL). Output goes through files, not pipes: a
+    worker process that outlives a killed driver must not keep the test waiting for EOF."""
+    out, err = toml.with_suffix(".out"), toml.with_suffix(".err")
+    with open(out, "w") as fo, open(err, "w") as fe:
+        proc = subprocess.run([sys.executable, "-m", "driver.cli", "run", str(toml), "--status-every", "2"],
+                              env=env, stdout=fo, stderr=fe, timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out.read_text(), err.read_text())
 
 
 def check_invariants(camp: Path, exec_log: Path) -> dict:
@@ -136,7 +141,7 @@ def test_sigkill_from_outside_at_random_moments(tmp_path):
     kills = 0
     for _ in range(6):
         proc = subprocess.Popen([sys.executable, "-m", "driver.cli", "run", str(toml)], env=sim_env(tmp_path),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(1.5, 5.0))
         if proc.poll() is not None:
             break

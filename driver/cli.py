@@ -11,6 +11,9 @@ from pathlib import Path
 from driver.errors import ConfigError, RemoteALError
 
 
+from driver.state import StateMeta  # noqa: E402  (re-exported for older imports)
+
+
 def _backend_for(cfg, args):
     from driver.backends import make_backend
 
@@ -36,26 +39,23 @@ def _backend_for(cfg, args):
     return make_backend("globus", team=team, meta=StateMeta(state))
 
 
-class StateMeta:
-    """A dict-like view of the campaign state's meta table (for backends that persist ids)."""
+def _sites_for(cfg, args):
+    """The team file's sites, when they place pools on other filesystems, and the transfer
+    that stages inputs there (Globus Transfer with the globus backend, else local copies)."""
+    team_path = args.team or cfg.backend.team
+    if not team_path:
+        return None, None
+    from driver.endpoints import read_team
+    from driver.state import State
+    from driver.transfer import make_transfer
 
-    def __init__(self, state):
-        self.state = state
-
-    def __getitem__(self, key):
-        v = self.state.get_meta(key)
-        if v is None:
-            raise KeyError(key)
-        return v
-
-    def __setitem__(self, key, value):
-        self.state.set_meta(key, str(value))
-
-    def __contains__(self, key):
-        return self.state.get_meta(key) is not None
-
-    def get(self, key, default=None):
-        return self.state.get_meta(key, default)
+    team = read_team(team_path)
+    if not any(site.pools for site in team.sites.values()):
+        return None, None
+    cfg.directory.mkdir(parents=True, exist_ok=True)
+    meta = StateMeta(State(cfg.directory / "state.sqlite"))
+    kind = "globus" if (args.backend or cfg.backend.kind) == "globus" else "local"
+    return team.sites, make_transfer(kind, team.sites, meta)
 
 
 def cmd_run(args) -> int:
@@ -69,8 +69,9 @@ def cmd_run(args) -> int:
 
         cfg = dataclasses.replace(cfg, campaign=dataclasses.replace(cfg.campaign, max_rounds=args.rounds))
     backend = _backend_for(cfg, args)
+    sites, transfer = _sites_for(cfg, args)
     t0 = time.time()
-    reason = Campaign(cfg, backend, status_every_s=args.status_every).run()
+    reason = Campaign(cfg, backend, status_every_s=args.status_every, sites=sites, transfer=transfer).run()
     print(f"wall time of this run: {time.time() - t0:.0f} s; campaign directory: {cfg.directory}")
     if args.report:
         from driver.status import print_status

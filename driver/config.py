@@ -7,6 +7,7 @@ the fix. Unknown keys are errors (a typo must not silently fall back to a defaul
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -55,10 +56,23 @@ class StructureSpec:
     name: str
     generator: str = "layered"  # "layered" (built in code) or "file"
     metal: str = "Ni"
+    # transition-metal site occupation: a preset ("NMC811", "NMC622", "NMC111") or a table
+    # of fractions ({Ni = 0.9, Al = 0.1}); "" means `metal` alone (remote_al.composition)
+    metals: object = ""
     li_content: float = 1.0
+    li_contents: tuple[float, ...] = ()  # a grid of Li contents: one structure per value
     supercell: tuple[int, ...] = (2, 2, 1)
+    orderings: int = 1  # distinct Li/dopant orderings per composition, lowest Ewald energy first
+    ordering: int = 0  # which of them (set by the expansion of `orderings`)
     file: str = ""
     seed: int = 0
+    # Exploration schedule of this structure; empty/0: the [exploration] values
+    temperatures_K: tuple[float, ...] = ()
+    pressures_GPa: tuple[float, ...] = ()
+    ensemble: str = ""
+    steps: int = 0
+    n_frames: int = 0
+    group: str = ""  # the [[structures]] entry this one was expanded from (its name)
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,8 @@ class ExplorationSection:
     walkers: int = 1
     ensemble: str = "nvt"
     pressure_GPa: float = 0.0
+    pressures_GPa: tuple[float, ...] = ()  # npt: one run per pressure (default: pressure_GPa)
+    engine: str = "ase"  # "ase" or "lammps" (pair_style deepmd; docs/lammps.md)
     guard: bool = True  # stop MD when the ensemble's force width leaves the trust window
 
 
@@ -127,6 +143,19 @@ class SteeringSection:
 
 
 @dataclass(frozen=True)
+class VolumeSection:
+    """The volume-change result: relaxed volume and lattice against Li content
+    (driver.volume). Present in the file: on, unless ``enabled = false``."""
+
+    enabled: bool = False
+    structures: tuple[str, ...] = ()  # names or groups; default: every layered structure's ordering 0
+    check: tuple[str, ...] = ()  # also relaxed with the labeler (3 or more recommended)
+    fmax: float = 0.02  # eV/A
+    max_steps: int = 300
+    tolerance: float = 0.02  # relative volume difference ensemble vs labeler that passes the check
+
+
+@dataclass(frozen=True)
 class TestSection:
     n_initial_per_structure: int = 2
     n_per_round: int = 4
@@ -144,6 +173,7 @@ class CampaignConfig:
     training: TrainingSection = TrainingSection()
     test: TestSection = TestSection()
     steering: SteeringSection = SteeringSection()
+    volume: VolumeSection = VolumeSection()
     source: str = ""  # path of the TOML file
 
     @property
@@ -161,6 +191,7 @@ _SECTIONS = {
     "training": TrainingSection,
     "test": TestSection,
     "steering": SteeringSection,
+    "volume": VolumeSection,
 }
 
 
@@ -181,6 +212,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(where, f"expected a string, got {value!r}")
+        return value
+    if tp is object:  # free-form, checked in validate()
         return value
     if tp is dict:
         if not isinstance(value, dict):
@@ -225,7 +258,11 @@ def parse_config(data: dict, source: str | Path = "", base_dir: Path | None = No
     raw_structs = data.get("structures")
     if not raw_structs or not isinstance(raw_structs, list):
         raise ConfigError("structures", "at least one [[structures]] entry is required")
-    structures = tuple(_build(StructureSpec, s, f"structures[{i}]") for i, s in enumerate(raw_structs))
+    structures = tuple(
+        x for i, s in enumerate(raw_structs) for x in expand_spec(_build(StructureSpec, s, f"structures[{i}]"), i)
+    )
+    if "volume" in data and isinstance(data["volume"], dict) and "enabled" not in data["volume"]:
+        sections["volume"] = dataclasses.replace(sections["volume"], enabled=True)
     base_dir = base_dir or (Path(source).parent if source else Path.cwd())
     camp: CampaignSection = sections["campaign"]
     workdir = Path(camp.workdir) if camp.workdir else Path("campaigns") / camp.name
@@ -242,6 +279,41 @@ def parse_config(data: dict, source: str | Path = "", base_dir: Path | None = No
     return cfg
 
 
+def expand_spec(spec: StructureSpec, index: int) -> list[StructureSpec]:
+    """One [[structures]] entry -> one structure per (Li content, ordering).
+
+    Names: ``NAME-x0.5`` per value of ``li_contents``, ``-o1`` per ordering after the
+    first (``orderings > 1``); ``group`` keeps the entry's name."""
+    where = f"structures[{index}]"
+    if spec.orderings < 1:
+        raise ConfigError(f"{where}.orderings", f"must be 1 or more, got {spec.orderings}")
+    if spec.generator != "layered" and (spec.li_contents or spec.orderings > 1):
+        raise ConfigError(f"{where}.li_contents", "a grid of Li contents or orderings needs generator 'layered'")
+    if isinstance(spec.metals, list):  # from config_to_dict: [[element, fraction], ...]
+        spec = dataclasses.replace(spec, metals={str(k): v for k, v in spec.metals})
+    if isinstance(spec.metals, dict):  # hashable and canonical: ((element, fraction), ...)
+        spec = dataclasses.replace(spec, metals=tuple(sorted((str(k), v) for k, v in spec.metals.items())))
+    elif not isinstance(spec.metals, (str, tuple)):
+        raise ConfigError(f"{where}.metals", f"expected a preset name or a table of fractions, got {spec.metals!r}")
+    contents = spec.li_contents or (spec.li_content,)
+    out = []
+    for x in contents:
+        for k in range(spec.orderings):
+            name = spec.name + (f"-x{x:g}" if spec.li_contents else "") + (f"-o{k}" if k else "")
+            out.append(dataclasses.replace(spec, name=name, li_content=float(x), li_contents=(),
+                                           ordering=spec.ordering + k, orderings=1,
+                                           group=spec.group or spec.name))
+    return out
+
+
+def config_to_dict(cfg: CampaignConfig) -> dict:
+    """The parsed configuration as plain data that ``parse_config`` reads back to an equal
+    config (stored in the campaign state, so reports need no campaign file)."""
+    data = dataclasses.asdict(cfg)
+    data.pop("source", None)
+    return json.loads(json.dumps(data))
+
+
 def load_config(path: str | Path) -> CampaignConfig:
     path = Path(path)
     if not path.exists():
@@ -251,6 +323,16 @@ def load_config(path: str | Path) -> CampaignConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"not valid TOML: {exc}") from exc
     return parse_config(data, source=path.resolve(), base_dir=path.resolve().parent)
+
+
+def spec_metals(spec: StructureSpec) -> dict[str, float]:
+    """Transition-metal fractions of a layered structure spec."""
+    from remote_al.composition import parse_metals
+
+    metals = spec.metals
+    if isinstance(metals, tuple):
+        metals = dict(metals)
+    return parse_metals(metals if metals not in ("", None) else spec.metal)
 
 
 def _positive(value, where, allow_zero=False):
@@ -297,7 +379,11 @@ def validate(cfg: CampaignConfig) -> None:
         if s.generator == "layered":
             if s.metal not in KNOWN_ELEMENTS:
                 raise ConfigError(f"{where}.metal", f"unknown element {s.metal!r}")
-            for el in ("Li", s.metal, "O"):
+            try:
+                metals = spec_metals(s)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.metals", str(exc)) from exc
+            for el in ("Li", *metals, "O"):
                 if el not in c.type_map:
                     raise ConfigError(
                         "campaign.type_map",
@@ -308,11 +394,38 @@ def validate(cfg: CampaignConfig) -> None:
                 raise ConfigError(f"{where}.li_content", f"must lie in [0, 1], got {s.li_content}")
             if len(s.supercell) != 3 or min(s.supercell) < 1:
                 raise ConfigError(f"{where}.supercell", f"needs three positive integers, got {list(s.supercell)}")
+            from remote_al.composition import site_counts
+
+            try:
+                site_counts(metals, s.li_content, s.supercell)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.supercell", str(exc)) from exc
+            _positive(s.ordering, f"{where}.ordering", allow_zero=True)
         elif s.generator == "file":
             if not s.file:
                 raise ConfigError(f"{where}.file", "generator 'file' needs a file path")
         else:
             raise ConfigError(f"{where}.generator", f"unknown generator {s.generator!r}", "use 'layered' or 'file'")
+
+        for t in s.temperatures_K:
+            _positive(t, f"{where}.temperatures_K")
+        if s.ensemble not in ("", "nvt", "npt"):
+            raise ConfigError(f"{where}.ensemble", f"{s.ensemble!r}", "use 'nvt' or 'npt'")
+        _positive(s.steps, f"{where}.steps", allow_zero=True)
+        _positive(s.n_frames, f"{where}.n_frames", allow_zero=True)
+
+    v = cfg.volume
+    groups = {s.group for s in cfg.structures} | names
+    for key in ("structures", "check"):
+        for n in getattr(v, key):
+            if n not in groups:
+                raise ConfigError(f"volume.{key}", f"no structure or group named {n!r}",
+                                  f"names are {sorted(names)}; groups {sorted({s.group for s in cfg.structures})}")
+    if v.enabled and not [s for s in cfg.structures if s.generator == "layered"]:
+        raise ConfigError("volume", "the volume curve needs layered structures (Li content and lattice known)")
+    _positive(v.fmax, "volume.fmax")
+    _positive(v.max_steps, "volume.max_steps")
+    _positive(v.tolerance, "volume.tolerance")
 
     i = cfg.initial
     _positive(i.n_per_structure, "initial.n_per_structure")
@@ -330,6 +443,8 @@ def validate(cfg: CampaignConfig) -> None:
     _positive(e.walkers, "exploration.walkers")
     if e.ensemble not in ("nvt", "npt"):
         raise ConfigError("exploration.ensemble", f"{e.ensemble!r}", "use 'nvt' or 'npt'")
+    if e.engine not in ("ase", "lammps"):
+        raise ConfigError("exploration.engine", f"{e.engine!r} is not an MD engine", "use 'ase' or 'lammps'")
 
     s = cfg.selection
     if not 0.0 < s.confidence < 1.0:

@@ -74,6 +74,9 @@ class Site:
 
     root: str
     collection: str | None = None
+    # the pools whose endpoints see this filesystem ("gpu", "cpu"), and "driver" for the
+    # machine the driver runs on; a pool on no site shares the driver's filesystem
+    pools: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,8 @@ class TeamFile:
             data["user_endpoint_config"] = {k: dict(v) for k, v in self.user_endpoint_config.items()}
         if self.sites:
             data["sites"] = {
-                name: {k: v for k, v in vars(site).items() if v is not None}
+                name: {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(site).items()
+                       if v is not None and v != ()}
                 for name, site in self.sites.items()
             }
         if self.registered_with:
@@ -170,11 +174,15 @@ class TeamFile:
             where = f"{source}.sites.{name}"
             if not isinstance(site, Mapping) or not isinstance(site.get("root"), str):
                 raise ConfigError(where, "needs a string 'root' path")
-            if set(site) - {"root", "collection"}:
-                raise ConfigError(where, f"unknown keys {sorted(set(site) - {'root', 'collection'})}")
+            if set(site) - {"root", "collection", "pools"}:
+                raise ConfigError(where, f"unknown keys {sorted(set(site) - {'root', 'collection', 'pools'})}")
             if site.get("collection") is not None:
                 _check_uuid(site["collection"], f"{where}.collection")
-            sites[name] = Site(root=site["root"], collection=site.get("collection"))
+            pools = site.get("pools", [])
+            if not isinstance(pools, list) or not all(isinstance(p, str) for p in pools):
+                raise ConfigError(f"{where}.pools", f"{pools!r} is not a list of pool names",
+                                  'e.g. pools = ["gpu"], or ["driver"] for the driver\'s machine')
+            sites[name] = Site(root=site["root"], collection=site.get("collection"), pools=tuple(pools))
         return cls(
             endpoints=ids("endpoints"),
             functions=functions,

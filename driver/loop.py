@@ -25,7 +25,7 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -34,13 +34,17 @@ from driver.config import CampaignConfig
 from driver.dataset import DatasetError, LabelRejected
 from driver.errors import BackendUnavailable, CampaignLocked, TaskFailed
 from driver.selection import Candidate, SelectionPolicy, fingerprint, select, structure_hash
-from driver.state import State
+from driver.endpoints import Site
+from driver.placement import Placement, StagingFailed
+from driver.state import State, StateMeta
+from driver.transfer import Transfer, TransferError, TransferNeedsAction
 from remote_al.records import LabelRequest, MDRequest, TrainRequest, UQRequest
 
 log = logging.getLogger("remote_al.driver")
 
-POOL_OF = {"md": "gpu", "uq": "gpu", "train": "gpu", "label": "cpu"}
+POOL_OF = {"md": "gpu", "uq": "gpu", "train": "gpu", "label": "cpu", "relax": "gpu", "relax_label": "cpu"}
 STATE_FILE = "state.sqlite"
+STAGING_POLL_S = 5.0  # how often a task waiting on a staging transfer looks again
 
 
 class CampaignLock:
@@ -83,6 +87,8 @@ class Campaign:
         backend: Backend,
         say: Callable[[str], None] | None = None,
         status_every_s: float = 20.0,
+        sites: Mapping[str, Site] | None = None,
+        transfer: Transfer | None = None,
     ):
         self.cfg = cfg
         self.dir = cfg.directory
@@ -96,8 +102,11 @@ class Campaign:
         self.status_every_s = status_every_s
         self.inflight: dict[str, Future] = {}
         self._pool_blocked_until: dict[str, float] = {}
+        self._staging_until: dict[str, float] = {}  # task key -> when to look at its staging again
         self._last_status = 0.0
         self._t_start = time.time()
+        # pools on other filesystems (team file [sites]): request paths and staging
+        self.placement = Placement(self.dir, sites, transfer, meta=StateMeta(self.state))
 
     # ------------------------------------------------------------------ paths
     def workdir(self, key: str) -> str:
@@ -111,6 +120,10 @@ class Campaign:
         lock.acquire()
         try:
             self._save_config()
+            from driver.config import config_to_dict
+
+            with self.state.transaction():
+                self.state.set_meta("config_json", json.dumps(config_to_dict(self.cfg)))
             if self.state.get_meta("phase") is None:
                 with self.state.transaction():
                     self.state.set_meta("phase", "generate")
@@ -212,7 +225,12 @@ class Campaign:
                 continue
             if busy.get(pool, 0) >= self.backend.slots(pool):
                 continue
-            request = {k: v for k, v in json.loads(row["request"]).items() if not k.startswith("_")}
+            if self._staging_until.get(row["key"], 0.0) > now:
+                continue
+            full = json.loads(row["request"])
+            if not self._staged(row, full):
+                continue
+            request = {k: v for k, v in full.items() if not k.startswith("_")}
             try:
                 sub = self.backend.submit(pool, row["function"], request, row["key"])
             except BackendUnavailable as exc:
@@ -235,7 +253,8 @@ class Campaign:
             return 0.0
         if pending and not self.inflight:
             nb = min(
-                max(r["not_before"], self._pool_blocked_until.get(r["pool"], 0.0)) for r in pending
+                max(r["not_before"], self._pool_blocked_until.get(r["pool"], 0.0),
+                    self._staging_until.get(r["key"], 0.0)) for r in pending
             )
             return max(0.05, min(self.status_every_s, nb - time.time()))
         return self.status_every_s
@@ -313,6 +332,7 @@ class Campaign:
                 self._record_md(row, result)
             elif fn == "uq":
                 self._record_uq(row, result)
+            # relax / relax_label: the result itself is the record (driver.volume reads it)
             crash_point("in_record")
             self.state.mark_done(row["key"], _slim(fn, result))
 
@@ -442,7 +462,35 @@ class Campaign:
             )
 
     def _add_task(self, key: str, function: str, round_: int, generation: int, request: dict) -> None:
-        self.state.add_task(key, function, POOL_OF[function], round_, generation, request)
+        pool = POOL_OF[function]
+        request, stage = self.placement.translate(pool, request)
+        if stage:
+            request["_stage"] = stage  # inputs moved to the pool's site before submission
+        self.state.add_task(key, function, pool, round_, generation, request)
+
+    def _staged(self, row, request: dict) -> bool:
+        """True when the task's inputs are on its pool's site (starting their transfers)."""
+        stage = request.get("_stage")
+        if not stage:
+            return True
+        pool = row["pool"]
+        try:
+            if self.placement.ready(pool, stage):
+                return True
+        except StagingFailed as exc:
+            self.state.db.execute("UPDATE tasks SET attempts=attempts+1 WHERE key=?", (row["key"],))
+            self._fail(self.state.task(row["key"]), TaskFailed(str(exc), code="StagingFailed"))
+            return False
+        except TransferNeedsAction as exc:
+            self.say(f"staging for {row['key']} needs action: {exc}")
+            self._pool_blocked_until[pool] = time.time() + 60.0
+            return False
+        except (BackendUnavailable, TransferError) as exc:
+            self.say(f"staging for {row['key']} cannot proceed now ({exc}); retrying")
+            self._pool_blocked_until[pool] = time.time() + max(5.0, self.cfg.backend.retry_backoff_s)
+            return False
+        self._staging_until[row["key"]] = time.time() + STAGING_POLL_S  # transfer still running
+        return False
 
     # ------------------------------------------------------------ the phases
     def _advance(self) -> None:
@@ -459,7 +507,7 @@ class Campaign:
         return [r for r in rows if round_ is None or r["round"] == round_]
 
     def _check_budgets(self) -> bool:
-        if self.phase in ("final_eval", "done") or self.state.get_meta("stop_reason"):
+        if self.phase in ("final_eval", "volume", "done") or self.state.get_meta("stop_reason"):
             return False
         c = self.cfg.campaign
         reason = None
@@ -483,10 +531,11 @@ class Campaign:
         self.say(f"stopping: {reason}")
 
     def _phase_generate(self) -> None:
-        from remote_al.structures import composition_label, perturb, to_extxyz
+        from remote_al.structures import check_structure, composition_label, perturb, to_extxyz
 
         cfg = self.cfg
         rng = np.random.default_rng(cfg.campaign.seed)
+        n_filtered = 0
         with self.state.transaction():
             for spec in cfg.structures:
                 base = build_structure(spec)
@@ -495,17 +544,25 @@ class Campaign:
                         # amplitudes spread from a quarter to 1.5x rattle_A: near and far from equilibrium
                         amp = cfg.initial.rattle_A * (0.25 + 1.25 * i / max(1, n - 1))
                         atoms = perturb(base, amp, cfg.initial.strain, rng)
+                        check = check_structure(atoms, min_dist_A=cfg.selection.min_distance_A)
                         sid = self.state.add_structure(
                             hash=structure_hash(atoms), origin="initial", split=split, round=0, generation=-1,
                             spec=spec.name, composition=composition_label(atoms), natoms=len(atoms),
-                            extxyz=to_extxyz(atoms), status="selected",
+                            extxyz=to_extxyz(atoms), status="selected" if check.ok else "filtered",
                         )
-                        if sid is not None:
-                            self.state.decide(0, sid, "label" if split == "train" else "test",
-                                              f"initial data: rattled up to {1.5 * cfg.initial.rattle_A:.3f} A, strained {cfg.initial.strain}")
+                        if sid is None:
+                            continue
+                        if not check.ok:  # before it costs a labeler call
+                            n_filtered += 1
+                            self.state.update_structure(sid, reason=check.reason)
+                            self.state.decide(0, sid, "filtered", check.reason)
+                            continue
+                        self.state.decide(0, sid, "label" if split == "train" else "test",
+                                          f"initial data: rattled up to {1.5 * cfg.initial.rattle_A:.3f} A, strained {cfg.initial.strain}")
             self.state.set_meta("phase", "label")
         n = len(self.state.structures(round=0))
-        self.say(f"round 0: generated {n} initial structures from {len(cfg.structures)} specs")
+        self.say(f"round 0: generated {n} initial structures from {len(cfg.structures)} structures"
+                 + (f"; {n_filtered} rejected by the structure filters" if n_filtered else ""))
 
     def _phase_label(self) -> None:
         r = self.round
@@ -740,9 +797,20 @@ class Campaign:
 
     # ------------------------------------------------------- asynchronous mode
     def _sweep(self) -> list[tuple]:
-        """One exploration sweep: (spec, temperature, walker) for every combination."""
-        return [(spec, t, w) for spec in self.cfg.structures for t in self.cfg.exploration.temperatures_K
-                for w in range(self.cfg.exploration.walkers)]
+        """One exploration sweep: (spec, temperature, pressure or None, walker) for every
+        combination of each structure's schedule ([exploration], overridden per structure)."""
+        e = self.cfg.exploration
+        out = []
+        for spec in self.cfg.structures:
+            ensemble = spec.ensemble or e.ensemble
+            if ensemble == "npt":
+                pressures = spec.pressures_GPa or e.pressures_GPa or (e.pressure_GPa,)
+            else:
+                pressures = (None,)
+            for t in spec.temperatures_K or e.temperatures_K:
+                for p in pressures:
+                    out += [(spec, t, p, w) for w in range(e.walkers)]
+        return out
 
     def _retrain_after(self) -> int:
         return self.cfg.steering.retrain_after or self.cfg.selection.max_per_round
@@ -910,15 +978,16 @@ class Campaign:
         models = self.state.models(g)
         n = sum(1 for t in self.state.tasks(function="md") if t["round"] == r)
         sweep = self._sweep()
-        spec, t, w = sweep[n % len(sweep)]
+        spec, t, p, w = sweep[n % len(sweep)]
         k = n // len(sweep)
-        key = f"md:r{r}:{spec.name}:T{t:g}:w{w}" + (f":s{k}" if k else "")
+        key = f"md:r{r}:{spec.name}:T{t:g}" + (f":P{p:g}" if p is not None else "") + f":w{w}" + (f":s{k}" if k else "")
+        e = cfg.exploration
         req = MDRequest(
             task_key=key, workdir=self.workdir(key), model_path=models[(n + r) % len(models)]["path"],
-            structure_extxyz=to_extxyz(build_structure(spec)), temperature_K=t, steps=cfg.exploration.steps,
-            timestep_fs=cfg.exploration.timestep_fs, n_frames=cfg.exploration.n_frames,
-            seed=cfg.campaign.seed * 7919 + r * 101 + n, ensemble=cfg.exploration.ensemble,
-            pressure_GPa=cfg.exploration.pressure_GPa, **self._md_guard(models),
+            structure_extxyz=to_extxyz(build_structure(spec)), temperature_K=t, steps=spec.steps or e.steps,
+            timestep_fs=e.timestep_fs, n_frames=spec.n_frames or e.n_frames,
+            seed=cfg.campaign.seed * 7919 + r * 101 + n, ensemble="npt" if p is not None else "nvt",
+            pressure_GPa=p or 0.0, engine=e.engine, **self._md_guard(models),
         ).to_dict()
         req["_spec"] = spec.name
         self._add_task(key, "md", r, g, req)
@@ -990,6 +1059,33 @@ class Campaign:
                     f"force RMSE {m.get('force_rmse_eV_A', float('nan')):.3f} eV/A, "
                     f"{m.get('force_inside_ci', float('nan')):.0%} of force errors inside the 95% CI"
                 )
+        self._set_phase("volume" if self.cfg.volume.enabled else "done")
+
+    def _phase_volume(self) -> None:
+        """Relax each composition with every member of the final ensemble (and a few with
+        the labeler): the volume-change curve of driver.volume."""
+        from driver import volume
+
+        gens = sorted({m["generation"] for m in self.state.models()})
+        if not gens:
+            self._set_phase("done")
+            return
+        g = gens[-1]
+        created = 0
+        with self.state.transaction():
+            for key, fn, req in volume.relax_requests(self.cfg, g, [m["path"] for m in self.state.models(g)],
+                                                      self.workdir):
+                if self.state.task(key) is None:
+                    self._add_task(key, fn, self.round, g, req)
+                    created += 1
+        if created:
+            self.say(f"volume curve: {created} relaxations (ensemble generation {g}; labeler checks: "
+                     f"{len(volume.check_specs(self.cfg))})")
+            return
+        if self._open_tasks(function="relax") or self._open_tasks(function="relax_label"):
+            return
+        for line in volume.format_table(volume.summarize(self.state, self.cfg)):
+            self.say("  " + line)
         self._set_phase("done")
 
     def _phase_done(self) -> None:
@@ -1051,6 +1147,8 @@ def _slim(function: str, result: dict) -> dict:
     out = dict(result)
     if function == "md":
         out.pop("frames_extxyz", None)
+    if function in ("relax", "relax_label"):
+        out.pop("relaxed_extxyz", None)  # in the task's workdir: relaxed.extxyz
     if function == "label":
         out["labels"] = [
             {k: v for k, v in lab.items() if k not in ("forces", "stress", "magmoms")} for lab in result["labels"]
@@ -1060,11 +1158,13 @@ def _slim(function: str, result: dict) -> dict:
 
 def build_structure(spec):
     """The starting structure of a structure spec (built in code or read from a file)."""
-    from remote_al.structures import cathode_cell, read_structure_file
+    from driver.config import spec_metals
+    from remote_al.composition import layered_structure
+    from remote_al.structures import read_structure_file
 
     if spec.generator == "file":
         return read_structure_file(spec.file)
-    return cathode_cell(spec.li_content, metal=spec.metal, supercell=spec.supercell, seed=spec.seed)
+    return layered_structure(spec_metals(spec), spec.li_content, tuple(spec.supercell), ordering=spec.ordering, seed=spec.seed)
 
 
 def open_campaign_state(directory: str | Path) -> State:

@@ -303,3 +303,38 @@ __all__ = [
     "plot_sweep_heatmap",
     "plot_uncertainty_histograms",
 ]
+
+
+# ------------------------------------------------------------------ volume curve
+def plot_volume_curve(rows: Sequence[Mapping], path) -> Path:
+    """Relaxed volume per formula unit, a and c against Li content x, one curve per
+    transition-metal family: the ensemble mean with its band, the labeler's checks as crosses."""
+    fig, axes = _figure(1, 3, (13, 4.0))
+    quantities = [("volume_fu", "labeler_volume_fu", "V per formula unit (Å³)"),
+                  ("a", "labeler_a", "a (Å)"), ("c", "labeler_c", "c (Å)")]
+    done = [r for r in rows if "volume_fu" in r]
+    if not done:
+        for ax in axes:
+            _no_data(ax, "no relaxation results yet")
+        return _save(fig, path)
+    colours = _colours()
+    families = sorted({r["family"] for r in done})
+    for ax, (key, lab_key, label) in zip(axes, quantities):
+        for i, fam in enumerate(families):
+            pts = sorted((r for r in done if r["family"] == fam), key=lambda r: r["x"])
+            x = np.array([r["x"] for r in pts])
+            y = np.array([r[key] for r in pts])
+            band = np.array([r[key + "_band"] for r in pts])
+            col = colours[i % len(colours)]
+            ax.plot(x, y, "o-", color=col, label=f"{fam} (ensemble)")
+            ax.fill_between(x, y - band, y + band, color=col, alpha=0.25, linewidth=0)
+            chk = [r for r in pts if lab_key in r]
+            if chk:
+                ax.plot([r["x"] for r in chk], [r[lab_key] for r in chk], "x", color=col, markersize=9,
+                        markeredgewidth=2, label=f"{fam} ({chk[0].get('labeler', 'labeler')})")
+        ax.set_xlabel("Li content x")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Relaxed lattice against Li content: ensemble mean with its 95 % band; crosses: labeler")
+    return _save(fig, path)

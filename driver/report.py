@@ -476,6 +476,7 @@ def _write(state: State, campaign_dir: Path, outdir: Path, compute_parity: bool,
     else:
         figs.extend(_accuracy_figures(parity, outdir, sel["confidence"], targets))
     sections.extend(figs)
+    sections.extend(_volume_section(state, campaign_dir, outdir))
 
     if toml_text:
         sections.append("<h2>Campaign settings (campaign.toml)</h2><pre>" + html.escape(toml_text) + "</pre>")
@@ -540,6 +541,41 @@ def _accuracy_figures(p: ParityData, outdir: Path, confidence: float, targets) -
         "(<code>driver.metrics.calibrate_threshold</code>; indicative with few frames).</p>"
         + _table(["target max force error (eV/Å)", "force width threshold (eV/Å)"], thr_rows)
     )
+    return out
+
+
+def _volume_section(state: State, campaign_dir: Path, outdir: Path) -> list[str]:
+    """The volume-change curve and table (driver.volume), when the campaign computed it."""
+    if not state.db.execute("SELECT 1 FROM tasks WHERE function IN ('relax', 'relax_label') LIMIT 1").fetchone():
+        return []
+    from driver import volume
+    from driver.config import parse_config
+
+    out = ["<h2>Volume change with Li content</h2>"]
+    try:  # the configuration the driver ran with, as stored in the state
+        cfg = parse_config(json.loads(state.get_meta("config_json")), base_dir=campaign_dir)
+    except Exception as exc:
+        return out + [f"<p class='note'>the campaign's stored settings could not be read "
+                      f"({html.escape(type(exc).__name__)}: {html.escape(str(exc))}).</p>"]
+    rows = volume.summarize(state, cfg)
+    plots.plot_volume_curve(rows, outdir / "volume.png")
+    out.append(_figure("volume.png", "Relaxed volume per formula unit and hexagonal lattice parameters a, c "
+                       "against Li content: mean over the final ensemble's members, band: 95 % Student-t "
+                       "interval over members; crosses: the labeler's own relaxation."))
+    body = []
+    for r in rows:
+        if "volume_fu" not in r:
+            body.append([html.escape(r["name"]), _fmt(r["x"], ".2f"), html.escape(r["status"]), "", "", "", ""])
+            continue
+        lab = _fmt(r.get("labeler_volume_fu"), ".2f") if "labeler_volume_fu" in r else "–"
+        diff = f"{100 * r['volume_diff']:+.2f} %" if "volume_diff" in r else "–"
+        body.append([
+            html.escape(r["name"]), _fmt(r["x"], ".2f"),
+            f"{r['volume_fu']:.2f} ± {r['volume_fu_band']:.2f}", f"{r['a']:.3f} ± {r['a_band']:.3f}",
+            f"{r['c']:.2f} ± {r['c_band']:.2f}", lab, diff,
+        ])
+    out.append(_table(["structure", "x", "V/f.u. (Å³)", "a (Å)", "c (Å)", "labeler V/f.u. (Å³)",
+                       "ensemble − labeler"], body))
     return out
 
 

@@ -304,3 +304,26 @@ class State:
     def latest_generation(self) -> int | None:
         row = self.db.execute("SELECT MAX(generation) FROM models").fetchone()
         return row[0]
+
+
+class StateMeta:
+    """A dict-like view of the campaign state's meta table (for backends and transfers
+    that persist ids)."""
+
+    def __init__(self, state: State):
+        self.state = state
+
+    def __getitem__(self, key):
+        v = self.state.get_meta(key)
+        if v is None:
+            raise KeyError(key)
+        return v
+
+    def __setitem__(self, key, value):
+        self.state.set_meta(key, str(value))
+
+    def __contains__(self, key):
+        return self.state.get_meta(key) is not None
+
+    def get(self, key, default=None):
+        return self.state.get_meta(key, default)

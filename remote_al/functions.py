@@ -16,6 +16,7 @@ from remote_al.records import (
     LabelRequest,
     LabelResult,
     MDRequest,
+    RelaxRequest,
     TrainRequest,
     UQRequest,
 )
@@ -42,9 +43,14 @@ def _prepare(cls, request):
 
 def run_md(request: MDRequest | Mapping[str, Any]) -> dict:
     """MD with one DeePMD model; returns MDResult as a dict."""
-    from remote_al.dynamics import run_md as _run
-
-    return _run(_prepare(MDRequest, request)).to_dict()
+    req = _prepare(MDRequest, request)
+    if req.engine == "lammps":
+        from remote_al.lammps_md import run_md_lammps as _run
+    elif req.engine == "ase":
+        from remote_al.dynamics import run_md as _run
+    else:
+        raise ValueError(f"unknown MD engine {req.engine!r}: use 'ase' or 'lammps'")
+    return _run(req).to_dict()
 
 
 def evaluate_uncertainty(request: UQRequest | Mapping[str, Any]) -> dict:
@@ -99,6 +105,13 @@ def train_member(request: TrainRequest | Mapping[str, Any]) -> dict:
     from remote_al.training import train_member as _train
 
     return _train(_prepare(TrainRequest, request)).to_dict()
+
+
+def relax_structure(request: RelaxRequest | Mapping[str, Any]) -> dict:
+    """Relax positions and cell with each ensemble member or with the labeler; RelaxResult as a dict."""
+    from remote_al.relax import relax_structure as _relax
+
+    return _relax(_prepare(RelaxRequest, request)).to_dict()
 
 
 def probe_environment(_: Any = None) -> dict:

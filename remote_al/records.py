@@ -54,6 +54,7 @@ class MDRequest(_Record):
     ensemble: str = "nvt"  # "nvt" (Langevin) or "npt" (isotropic Berendsen barostat)
     pressure_GPa: float = 0.0
     device: str = "auto"  # "auto", "cpu" or "cuda"
+    engine: str = "ase"  # "ase" (ASE integrators + deepmd.calculator.DP) or "lammps" (pair_style deepmd)
     # Stop early, keeping the frames so far, when atoms come closer than this (A) ...
     stop_min_distance_A: float = 0.5
     # ... or when the ensemble's force CI width on a sampled frame exceeds this (eV/A);
@@ -171,3 +172,37 @@ class TrainResult(_Record):
     n_total_frames: int
     wall_s: float
     device: str = "cpu"
+
+
+# ------------------------------------------------------------------ relaxation
+@dataclass(frozen=True)
+class RelaxRequest(_Record):
+    """Relax positions and cell of one structure: with each ensemble member
+    (``model_paths``, the GPU function) or with the labeler (``labeler``, the CPU one)."""
+
+    task_key: str
+    workdir: str
+    structure_extxyz: str
+    model_paths: tuple[str, ...] = ()
+    labeler: str = ""
+    labeler_settings: Mapping[str, Any] = field(default_factory=dict)
+    fmax: float = 0.02  # eV/A, force (and scaled stress) convergence
+    max_steps: int = 300
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class RelaxResult(_Record):
+    task_key: str
+    method: str  # "ensemble" or the labeler's name
+    natoms: int
+    # one entry per member (ensemble) or a single entry (labeler):
+    volumes_A3: tuple[float, ...]
+    cells: tuple[tuple[float, ...], ...]  # 9 numbers each, row vectors, Angstrom
+    energies_eV_atom: tuple[float, ...]
+    converged: tuple[bool, ...]
+    steps: tuple[int, ...]
+    relaxed_extxyz: str  # the relaxed structures, in order
+    wall_s: float = 0.0
+    device: str = "cpu"
+    note: str = ""

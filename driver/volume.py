@@ -69,18 +69,26 @@ def relax_requests(cfg: CampaignConfig, generation: int, model_paths, workdir: C
 
 
 def _lattice(cell9, supercell) -> tuple[float, float]:
+    """Hexagonal (a, c) of a relaxed cell; NaN when the relaxation left the layered
+    lattice (a member that distorted the cell: its volume still counts)."""
     from ase import Atoms
 
-    from remote_al.composition import hexagonal_lattice
+    from remote_al.composition import CompositionError, hexagonal_lattice
 
-    return hexagonal_lattice(Atoms(cell=np.reshape(cell9, (3, 3)), pbc=True), tuple(supercell))
+    try:
+        return hexagonal_lattice(Atoms(cell=np.reshape(cell9, (3, 3)), pbc=True), tuple(supercell))
+    except CompositionError:
+        return float("nan"), float("nan")
 
 
 def _band(values, confidence: float) -> tuple[float, float]:
-    """Mean and half-width of the Student-t interval over members."""
+    """Mean and half-width of the Student-t interval over members (NaN members left out)."""
     from remote_al.uq import ensemble_ci_width
 
     values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan")
     half = float(ensemble_ci_width(values, confidence, axis=0) / 2.0) if len(values) >= 2 else float("nan")
     return float(values.mean()), half
 
@@ -109,6 +117,7 @@ def summarize(state, cfg: CampaignConfig) -> list[dict]:
                 row["a"], row["a_band"] = _band([x[0] for x in lat], conf)
                 row["c"], row["c_band"] = _band([x[1] for x in lat], conf)
                 row["members_converged"] = f"{sum(res['converged'])}/{len(res['converged'])}"
+                row["members_distorted"] = sum(1 for x in lat if not np.isfinite(x[0]))
                 row["volumes_fu_members"] = [v / n_fu for v in res["volumes_A3"]]
             elif t["error"]:
                 row["error"] = t["error"]

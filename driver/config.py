@@ -140,6 +140,10 @@ class SteeringSection:
     # async: explore and label for up to this many rounds ahead of the generation being
     # trained (with the current, older ensemble), so neither partition waits on the other
     lookahead_rounds: int = 1
+    # async: when a generation becomes current, structures selected with an older one whose
+    # label tasks have not been submitted yet are re-scored with the new ensemble; those it
+    # is now confident about (or finds outside the trust window) are not labeled
+    recheck_selections: bool = True
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,9 @@ class Campaign:
         self._staging_until: dict[str, float] = {}  # task key -> when to look at its staging again
         self._last_status = 0.0
         self._t_start = time.time()
+        # structure id -> (filter result, fingerprint): structures never change, and each
+        # selection looks again at the round's chosen ones (near-duplicate checks)
+        self._screened: dict[int, tuple] = {}
         # pools on other filesystems (team file [sites]): request paths and staging
         self.placement = Placement(self.dir, sites, transfer, meta=StateMeta(self.state))
 
@@ -218,8 +221,18 @@ class Campaign:
         for key in self.inflight:
             row = self.state.task(key)
             busy[row["pool"]] = busy.get(row["pool"], 0) + 1
+        # Explorations for the current label round feed the CPU and go first; a generation's
+        # training comes next, before explorations that look ahead with an older ensemble.
         order = {"uq": 0, "md": 1, "label": 1, "train": 2}
-        for row in sorted(self.state.tasks(status="pending"), key=lambda r: (order.get(r["function"], 3), r["id"])):
+        r_now = self.round
+
+        def rank(r) -> tuple:
+            k = order.get(r["function"], 4)
+            if r["function"] == "md" and r["round"] > r_now:
+                k = 3
+            return (k, r["id"])
+
+        for row in sorted(self.state.tasks(status="pending"), key=rank):
             pool = row["pool"]
             if row["not_before"] > now or self._pool_blocked_until.get(pool, 0) > now:
                 continue
@@ -418,6 +431,9 @@ class Campaign:
 
     def _record_uq(self, row, result: dict) -> None:
         req = json.loads(row["request"])
+        if "_recheck" in req:  # stale selections re-scored with a newer generation
+            self._record_recheck(row, result, req)
+            return
         ids = req.get("_structure_ids")
         if ids is None:  # evaluation of a generation on held-out frames
             self._record_eval(row, result, req)
@@ -494,12 +510,15 @@ class Campaign:
 
     # ------------------------------------------------------------ the phases
     def _advance(self) -> None:
-        for _ in range(8):  # phases that complete at once chain within one tick
-            before = (self.phase, self.round)
+        # Phases that complete at once chain within one tick, and a rule that creates work
+        # runs again at once (e.g. one exploration per idle GPU slot), instead of waiting
+        # for the next task to finish.
+        for _ in range(8):
+            before = self._fingerprint()
             if self._check_budgets():
                 pass
             getattr(self, f"_phase_{self.phase}")()
-            if (self.phase, self.round) == before:
+            if self._fingerprint() == before:
                 return
 
     def _open_tasks(self, round_: int | None = None, function: str | None = None) -> list:
@@ -701,12 +720,13 @@ class Campaign:
         s = self.cfg.selection
         out = []
         for row in rows:
-            a = from_extxyz(row["extxyz"])[0]
-            chk = check_structure(a, min_dist_A=s.min_distance_A)
-            out.append(
-                Candidate(row["id"], row["energy_width"], row["force_width"], chk.ok, chk.reason,
-                          fingerprint(a) if chk.ok else None)
-            )
+            screened = self._screened.get(row["id"])
+            if screened is None:
+                a = from_extxyz(row["extxyz"])[0]
+                chk = check_structure(a, min_dist_A=s.min_distance_A)
+                screened = self._screened[row["id"]] = (chk, fingerprint(a) if chk.ok else None)
+            chk, fp = screened
+            out.append(Candidate(row["id"], row["energy_width"], row["force_width"], chk.ok, chk.reason, fp))
         return out
 
     def force_threshold(self) -> float:
@@ -909,7 +929,11 @@ class Campaign:
         # the first label round (this one, or up to `lookahead_rounds` ahead) that wants more
         if self._gpu_idle():
             ahead = cfg.steering.lookahead_rounds
+            # looking ahead only fills GPU slots that a queued training would not take
+            train_queued = any(t["status"] == "pending" for t in training)
             for rho in range(r, min(last, r + ahead) + 1):
+                if rho > r and train_queued:
+                    break
                 if not self._explorations_exhausted(rho, g_cur):
                     self._create_exploration(rho, g_cur)
                     break
@@ -1019,6 +1043,86 @@ class Campaign:
             f"{steps} steps{' (continued)' if cont else ''}"
         )
 
+    def _recheck_selections(self, g: int) -> None:
+        """Re-score, with generation g, the structures selected with an older generation
+        whose label tasks are still queued (one UQ task; inside the caller's transaction).
+        Queued labels are not held back meanwhile: whatever is submitted before the answer
+        comes is labeled as selected."""
+        from remote_al.structures import from_extxyz, to_extxyz
+
+        key = f"uq:recheck:g{g}"
+        if self.state.task(key) is not None:
+            return
+        groups: dict[str, list[int]] = {}
+        frames = []
+        for t in self.state.tasks(status="pending", function="label"):
+            ids = json.loads(t["request"])["structure_ids"]
+            stale = self.state.db.execute(
+                f"SELECT s.id, s.extxyz FROM structures s JOIN decisions d ON d.structure_id = s.id "
+                f"AND d.round = ? AND d.decision = 'label' WHERE s.id IN ({','.join('?' * len(ids))}) "
+                "AND s.generation < ? ORDER BY s.id", (t["round"], *ids, g),
+            ).fetchall()
+            if stale:
+                groups[t["key"]] = [x["id"] for x in stale]
+                frames += [from_extxyz(x["extxyz"])[0] for x in stale]
+        if not groups:
+            return
+        models = [m["path"] for m in self.state.models(g)]
+        req = UQRequest(task_key=key, workdir=self.workdir(key), model_paths=tuple(models),
+                        frames_extxyz=to_extxyz(frames), confidence=self.cfg.selection.confidence).to_dict()
+        req["_recheck"] = groups
+        self._add_task(key, "uq", self.round, g, req)
+
+    def _record_recheck(self, row, result: dict, req: dict) -> None:
+        """Drop from still-queued label tasks the structures generation g is now confident
+        about (width at or below the threshold) or finds outside its trust window; each
+        drop is a decision with its reason. A label task left empty is done with nothing
+        to label. The round then explores again for what it is missing."""
+        from remote_al.structures import from_extxyz, to_extxyz
+
+        g = row["generation"]
+        thr, upper = self.force_threshold(), self.cfg.selection.force_upper
+        ids = [sid for group in req["_recheck"].values() for sid in group]
+        width = dict(zip(ids, result["force_width"]))
+        for sid, ew, fw in zip(ids, result["energy_width"], result["force_width"]):
+            self.state.db.execute("UPDATE structures SET energy_width=?, force_width=? WHERE id=?", (ew, fw, sid))
+        rounds = set()
+        for task_key, group in req["_recheck"].items():
+            t = self.state.task(task_key)
+            if t is None or t["status"] != "pending":
+                continue  # submitted meanwhile: labeled as selected
+            treq = json.loads(t["request"])
+            drop = {}
+            for sid in group:
+                w, g_sel = width[sid], self.state.structures(id=sid)[0]["generation"]
+                if w <= thr:
+                    drop[sid] = ("confident", f"re-checked with generation {g}: force CI width {w:.3f} eV/A "
+                                              f"at or below {thr:g} (selected with generation {g_sel})")
+                elif w > upper:
+                    drop[sid] = ("unphysical", f"re-checked with generation {g}: force CI width {w:.3f} eV/A "
+                                               f"above the trust bound {upper:g} (selected with generation {g_sel})")
+            if not drop:
+                continue
+            for sid, (decision, reason) in drop.items():
+                self.state.decide(t["round"], sid, decision, reason)
+                self.state.update_structure(sid, status=decision, reason=reason)
+            rounds.add(t["round"])
+            keep = [i for i, sid in enumerate(treq["structure_ids"]) if sid not in drop]
+            if not keep:
+                self.state.mark_done(task_key, {"labels": [], "dropped": sorted(drop),
+                                                "reason": f"nothing left to label after the re-check with generation {g}"})
+                continue
+            frames = from_extxyz(treq["structures_extxyz"])
+            treq["structure_ids"] = [treq["structure_ids"][i] for i in keep]
+            treq["structures_extxyz"] = to_extxyz([frames[i] for i in keep])
+            self.state.set_request(task_key, treq)
+        for r in sorted(rounds):
+            self._update_round_metrics(r)
+        if rounds:
+            n = sum(1 for _ in self.state.db.execute(
+                "SELECT 1 FROM decisions WHERE reason LIKE ?", (f"re-checked with generation {g}:%",)))
+            self.state.event("recheck", f"generation {g} re-checked queued selections: {n} no longer labeled")
+
     def _generation_ready(self, g: int) -> None:
         """Generation g is complete: make it current, evaluate it, check the round budget."""
         key = f"eval:g{g}"
@@ -1027,6 +1131,8 @@ class Campaign:
             if n and self.state.task(key) is None:
                 self._add_eval_task(key, g, "generation", text)
             self.state.set_meta("current_generation", str(g))
+            if self.cfg.steering.mode == "async" and self.cfg.steering.recheck_selections:
+                self._recheck_selections(g)
         self.state.event("generation", f"generation {g} is current")
         self.say(f"generation {g} ready; explorations now use it")
         c = self.cfg.campaign

@@ -227,6 +227,11 @@ class State:
                 (json.dumps(result), time.time(), key),
             )
 
+    def set_request(self, key: str, request: dict) -> None:
+        """Rewrite a task's request; only while it is pending (never submitted with it)."""
+        with self.transaction():
+            self.db.execute("UPDATE tasks SET request=? WHERE key=? AND status='pending'", (json.dumps(request), key))
+
     def mark_retry(self, key: str, error: str, not_before: float) -> None:
         with self.transaction():
             self.db.execute(

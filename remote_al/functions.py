@@ -147,3 +147,23 @@ def probe_environment(_: Any = None) -> dict:
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "hostname": platform.node(),
     }
+
+
+# What every registered function needs on its first call, beyond its own module: the
+# structure I/O (ASE's extxyz reader and writer) and the records.
+WARM_MODULES = ("numpy", "ase.io", "ase.io.extxyz", "ase.neighborlist", "ase.calculators.singlepoint",
+                "remote_al.records", "remote_al.structures")
+
+
+def warm_up(request: Mapping[str, Any]) -> dict:
+    """Import ``request["modules"]`` (and WARM_MODULES) in this worker and hold it for
+    ``hold_s`` seconds, so a batch of these occupies every worker once: the first real
+    tasks then run on started workers with their imports done, as on an endpoint that has
+    been up for a while."""
+    import importlib
+
+    t0 = time.time()
+    for name in (*WARM_MODULES, *request.get("modules", ())):
+        importlib.import_module(name)
+    time.sleep(float(request.get("hold_s", 1.0)))
+    return {"pid": os.getpid(), "import_s": time.time() - t0}

@@ -12,7 +12,10 @@ Fault injection, for tests:
   file in that directory remembers the first failure across processes);
 - ``REMOTE_AL_SIM_NAN_IDS``: structure ids (comma-separated) whose labels come back NaN;
 - ``REMOTE_AL_SIM_LOG_DIR``: each label execution appends the structure ids it labeled
-  to a file there, so tests can count executions.
+  to a file there, so tests can count executions;
+- ``REMOTE_AL_SIM_WIDTH_DECAY``: the ensemble's CI widths are multiplied by this factor
+  per generation of its models (default 1: every generation equally uncertain), so tests
+  can make later generations confident about structures an earlier one selected.
 """
 
 from __future__ import annotations
@@ -87,6 +90,17 @@ def run_md(request) -> dict:
     return MDResult(req.task_key, str(traj), text, len(frames), req.steps, 0.0, req.temperature_K, v, v).to_dict()
 
 
+def _model_generation(path: str) -> int:
+    """The generation a simulated model was trained for (its file names its task key)."""
+    import re
+
+    try:
+        m = re.search(r"train:g(\d+):", Path(path).read_text())
+    except OSError:
+        return 0
+    return int(m.group(1)) if m else 0
+
+
 def evaluate_uncertainty(request) -> dict:
     from remote_al.structures import from_extxyz
 
@@ -95,11 +109,13 @@ def evaluate_uncertainty(request) -> dict:
     _sleep("uq")
     frames = from_extxyz(req.frames_extxyz)
     n = len(frames)
+    decay = float(os.environ.get("REMOTE_AL_SIM_WIDTH_DECAY", "1"))
+    scale = decay ** max((_model_generation(p) for p in req.model_paths), default=0) if decay != 1 else 1.0
     fw, ew = [], []
     for a in frames:
         rng = _rng(np.round(a.positions, 4).tobytes().hex()[:64], len(req.model_paths))
-        fw.append(float(rng.gamma(2.0, 0.08)))
-        ew.append(float(rng.gamma(2.0, 0.002)))
+        fw.append(scale * float(rng.gamma(2.0, 0.08)))
+        ew.append(scale * float(rng.gamma(2.0, 0.002)))
     out = dict(task_key=req.task_key, n_members=len(req.model_paths), n_frames=n,
                natoms=tuple(len(a) for a in frames), energy_width=tuple(ew), force_width=tuple(fw),
                energy_mean=tuple(0.0 for _ in frames))

@@ -27,7 +27,7 @@ import shutil
 import sys
 import threading
 import uuid
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from pathlib import Path
 
 from driver.backends.base import FUNCTIONS, MAX_PAYLOAD_BYTES, Backend, Submission
@@ -235,6 +235,27 @@ class LocalBackend(Backend):
         except Exception as exc:
             raise BackendUnavailable(f"local {pool} engine refused the task: {exc}") from exc
         return Submission(backend_id=str(task_id), future=out)
+
+    def warm_up(self, timeout_s: float = 600.0) -> dict[str, list[int]]:
+        """Start every worker of every pool and import the functions' modules in it (an
+        endpoint that has been running for a while is in this state): one ``warm_up`` task
+        per slot, each holding its worker for a second so that no worker takes two. Returns
+        the worker pids per pool; raises BackendUnavailable if they are not up in time."""
+        self.start()
+        self.functions.setdefault("__warm_up__", "remote_al.functions:warm_up")
+        modules = sorted({v.split(":")[0] for k, v in self.functions.items() if k != "__warm_up__"})
+        subs = {
+            (pool, i): self.submit(pool, "__warm_up__", {"modules": modules, "hold_s": 1.0}, f"__warm_up__-{pool}-{i}")
+            for pool, n in self._slots.items() for i in range(n)
+        }
+        done, not_done = wait([s.future for s in subs.values()], timeout=timeout_s)
+        if not_done:
+            raise BackendUnavailable(f"local workers not started within {timeout_s:.0f} s")
+        pids: dict[str, list[int]] = {}
+        for (pool, i), sub in subs.items():
+            pids.setdefault(pool, []).append(sub.future.result()["pid"])
+            self.forget(f"__warm_up__-{pool}-{i}")
+        return pids
 
     def reattach(self, pool: str, function: str, backend_id: str, task_key: str) -> Future | None:
         spool = self._spool_path(task_key)

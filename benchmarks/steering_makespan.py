@@ -38,7 +38,7 @@ SLOTS = {"gpu": 2, "cpu": 4}
 LOOKAHEAD = "3,1"  # headline: explore every remaining round ahead; then the default
 
 
-def campaign(mode: str, root: Path, lookahead: int = 1) -> dict:
+def campaign(mode: str, root: Path, lookahead: int = 1, retrain_after: int = 0) -> dict:
     return {
         "campaign": {"name": f"steer-{mode}", "type_map": ["Li", "Ni", "O"], "seed": 1, "max_rounds": 4,
                      "workdir": str(root / mode)},
@@ -51,13 +51,13 @@ def campaign(mode: str, root: Path, lookahead: int = 1) -> dict:
         "labeler": {"batch_size": 1},
         "training": {"ensemble_size": 4},
         "test": {"n_initial_per_structure": 0, "n_per_round": 0},
-        "steering": {"mode": mode, "retrain_after": 16, "max_sweeps_per_generation": 2,
+        "steering": {"mode": mode, "retrain_after": retrain_after or 16, "max_sweeps_per_generation": 2,
                      "lookahead_rounds": lookahead},
     }
 
 
-def measure(mode: str, root: Path, unit: float, lookahead: int = 1) -> dict:
-    cfg = parse_config(campaign(mode, root, lookahead), base_dir=root)
+def measure(mode: str, root: Path, unit: float, lookahead: int = 1, retrain_after: int = 0) -> dict:
+    cfg = parse_config(campaign(mode, root, lookahead, retrain_after), base_dir=root)
     backend = LocalBackend(cfg.directory / "engine", SLOTS["gpu"], SLOTS["cpu"], functions=FUNCTIONS)
     backend.warm_up()  # endpoints are started once and stay up: workers running, imports done
     Campaign(cfg, backend, say=lambda m: None, status_every_s=5).run()
@@ -100,19 +100,26 @@ def main() -> None:
     ap.add_argument("--lookahead", default=str(LOOKAHEAD),
                     help="async: steering.lookahead_rounds; a comma-separated list runs async once per value, "
                          "the first is the headline (default %(default)s)")
+    ap.add_argument("--retrain-after", default="16",
+                    help="async: steering.retrain_after (new labels that start the next generation; the per-round "
+                         "cap is 16); a comma-separated list runs async once per value with the first lookahead")
     ap.add_argument("--out", default=str(HERE / "results" / "steering_makespan.json"))
     a = ap.parse_args()
     lookaheads = [int(x) for x in a.lookahead.split(",")]
+    retrains = [int(x) for x in a.retrain_after.split(",")]
     os.environ["REMOTE_AL_SIM_UNIT_S"] = str(a.unit)
     res = {}
     with tempfile.TemporaryDirectory() as tmp:
         res["sync"] = measure("sync", Path(tmp), a.unit)
         for la in lookaheads:
-            res[f"async-lookahead{la}"] = measure("async", Path(tmp) / f"la{la}", a.unit, la)
+            res[f"async-lookahead{la}"] = measure("async", Path(tmp) / f"la{la}", a.unit, la, retrains[0])
+        for ra in retrains[1:]:
+            res[f"async-lookahead{lookaheads[0]}-retrain{ra}"] = measure(
+                "async", Path(tmp) / f"ra{ra}", a.unit, lookaheads[0], ra)
     sync, asyn = res["sync"], res[f"async-lookahead{lookaheads[0]}"]
     bottleneck = max(SLOTS, key=lambda p: asyn["lower_bound_s"][p])
     out = {
-        "unit_s": a.unit, "durations_units": DEFAULT_DURATIONS, "slots": SLOTS, "lookahead_rounds": lookaheads,
+        "unit_s": a.unit, "durations_units": DEFAULT_DURATIONS, "slots": SLOTS, "lookahead_rounds": lookaheads, "retrain_after": retrains,
         "headline": f"async-lookahead{lookaheads[0]}",
         "makespan_ratio_sync_over_async": sync["makespan_s"] / asyn["makespan_s"],
         "bottleneck_pool": bottleneck,

@@ -919,7 +919,9 @@ class Campaign:
             open_r = [t for t in self._open_tasks() if t["round"] <= r and (
                 t["function"] in ("label", "md") or (t["function"] == "uq" and t["key"].startswith("uq:md")))]
             drained = not open_r and self._explorations_exhausted(r, g_cur)
-            if new >= self._retrain_after() or (drained and new > 0):
+            # the last generation waits for every label of its round: nothing paid for is left untrained
+            enough = new >= self._retrain_after() and r < last
+            if enough or (drained and new > 0):
                 self._start_training(r, next_round=r + 1)
                 return
             if drained and new == 0:

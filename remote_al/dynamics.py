@@ -140,10 +140,20 @@ def _device_name() -> str:
 def predict_ensemble(model_paths, frames, batch_size: int = 64):
     """Energies (M, F) and forces list of F arrays (M, N_f, 3), evaluated in batches.
 
-    ``model_paths``: frozen model files, or already loaded ``DeepPot`` objects.
-
-    Frames with the same species sequence are stacked and evaluated in one call per model.
+    ``model_paths``: frozen model files, or already loaded ``DeepPot`` objects. Frames with
+    the same species sequence are stacked, ``batch_size`` per model call, with one
+    neighbour list per chunk shared by the members (``remote_al.fast_uq``; the same
+    numbers as ``predict_ensemble_deeppot`` to ~1e-13).
     """
+    from remote_al.fast_uq import predict_ensemble as fast
+
+    return fast(model_paths, frames, batch_size)
+
+
+def predict_ensemble_deeppot(model_paths, frames, batch_size: int = 64):
+    """The reference evaluation: ``DeepPot.eval`` on stacks of ``batch_size`` frames of one
+    species sequence (``batch_size=1``: one frame at a time, as an ASE calculator does).
+    Used by the benchmarks and tests as the baseline of ``predict_ensemble``."""
     from deepmd.infer import DeepPot
 
     _torch_threads()

@@ -90,3 +90,29 @@ def test_recheck_can_be_switched_off(tmp_path, monkeypatch):
               selection={"max_per_round": 6}, labeler={"batch_size": 1},
               steering={"lookahead_rounds": 1, "recheck_selections": False})
     assert not db.execute("SELECT COUNT(*) FROM tasks WHERE key LIKE 'uq:recheck:%'").fetchone()[0]
+
+
+def test_last_generation_trains_on_every_label(tmp_path, monkeypatch):
+    """With retrain_after below the per-round cap, generations start before their round
+    is fully labeled; the last one waits for its round, so no label paid for is left out
+    of the final training set."""
+    import json
+
+    # labels slow against training, one CPU slot: a round's labels trail its first ones
+    monkeypatch.setenv("REMOTE_AL_SIM_DURATIONS", json.dumps({"label": 40, "train": 20}))
+    db = _run(tmp_path, monkeypatch, cpu_slots=1, exploration={"temperatures_K": [600.0, 900.0]},
+              selection={"max_per_round": 6}, labeler={"batch_size": 1}, steering={"retrain_after": 2})
+
+    last = db.execute("SELECT MAX(generation) FROM datasets").fetchone()[0]
+    assert last == 2
+    final = set(json.loads(db.execute("SELECT structure_ids FROM datasets WHERE generation=?", (last,)).fetchone()[0]))
+    train_labels = {r[0] for r in db.execute(
+        "SELECT l.structure_id FROM labels l JOIN structures s ON s.id = l.structure_id "
+        "WHERE l.status='ok' AND s.split='train'")}
+    assert train_labels and train_labels <= final, sorted(train_labels - final)
+    # and generation 1 did start before its round was fully labeled
+    g1 = set(json.loads(db.execute("SELECT structure_ids FROM datasets WHERE generation=1").fetchone()[0]))
+    r1 = {r[0] for r in db.execute(
+        "SELECT l.structure_id FROM labels l JOIN structures s ON s.id = l.structure_id "
+        "WHERE l.status='ok' AND s.split='train' AND s.round=1")}
+    assert r1 - g1, "generation 1 waited for the whole round although retrain_after = 2"

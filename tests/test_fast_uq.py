@@ -83,3 +83,27 @@ def test_plain_interpreter_is_restored():
     with fast_uq._plain_interpreter():
         pass
     assert torch._C._get_graph_executor_optimize() == before
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU; the CPU tests above check the same path on CPU")
+def test_same_numbers_on_cuda(members):
+    """On a GPU (where the TorchScript optimiser stays on), the batched path still gives
+    DeepPot.eval's numbers frame by frame."""
+    from deepmd.pt.utils.env import DEVICE
+
+    assert DEVICE.type == "cuda"
+    rng = np.random.default_rng(6)
+    frames = [perturb(cathode_cell(x, supercell=(2, 2, 2)), 0.08, 0.02, rng) for x in (1.0, 0.75) for _ in range(5)]
+    ref = predict_ensemble_deeppot(members, frames, batch_size=1)
+    got = predict_ensemble(members, frames, batch_size=64)
+    assert _max_diff(ref, got) < 1e-6

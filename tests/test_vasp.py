@@ -4,6 +4,7 @@ POTCAR assembly, and the run path (retry, failures) with a stand-in ``vasp`` com
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sys
@@ -449,3 +450,24 @@ def test_nan_energy_becomes_a_failed_label(fake_vasp, tmp_path):
 def test_registry_builds_the_vasp_labeler():
     labeler = get_labeler("vasp", {"kpoints_density": 100})
     assert isinstance(labeler, VaspLabeler) and "VASP" in labeler.note
+
+
+# ------------------------------------------------------------------ real VASP
+HAVE_VASP = bool(os.environ.get("VASP_COMMAND")) and bool(os.environ.get("PMG_VASP_PSP_DIR"))
+
+
+@pytest.mark.vasp
+@pytest.mark.skipif(not HAVE_VASP, reason="needs a VASP executable (VASP_COMMAND) and POTCARs (PMG_VASP_PSP_DIR); "
+                                          "the fake-VASP tests above cover the same run path here")
+def test_real_vasp_labels_a_small_cell(tmp_path):
+    """On a machine with VASP: one LiNiO2 primitive cell at coarse settings gives a
+    converged, finite label with forces summing to ~0."""
+    from remote_al.structures import layered_limo2, perturb
+
+    atoms = perturb(layered_limo2(metal="Ni", supercell=(1, 1, 1), primitive=True), 0.03, 0.0,
+                    np.random.default_rng(0))
+    labeler = VaspLabeler({"kpoints_density": 100, "incar": {"ENCUT": 400, "EDIFF": 1e-4}, "timeout_s": 3600})
+    (label,) = labeler.label([atoms], [1], tmp_path / "work")
+    assert label.status == "ok", label.reason
+    assert np.isfinite(label.energy) and np.all(np.isfinite(label.forces))
+    assert np.abs(np.sum(label.forces, axis=0)).max() < 0.05

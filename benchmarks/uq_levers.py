@@ -191,12 +191,10 @@ def profile_model(path: str, frames) -> dict:
 
 
 def main(argv=None) -> dict:
+    from uq_throughput import add_setting_args, setting, write_result
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="*", help="frozen DeePMD models (cycled to 4 members)")
-    ap.add_argument("--frames", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--train-steps", type=int, default=50)
-    ap.add_argument("--workdir", default="runs/uq_throughput", help="where tiny models are trained (cached)")
+    add_setting_args(ap, frames=64)
     ap.add_argument("--no-compress", action="store_true", help="skip the compressed-model levers")
     ap.add_argument("--no-profile", action="store_true", help="skip the per-part profile")
     ap.add_argument("--out", default="benchmarks/results/uq_levers.json")
@@ -208,14 +206,9 @@ def main(argv=None) -> dict:
     from remote_al import fast_uq
     from remote_al.dynamics import _device_name
     from remote_al.dynamics import predict_ensemble_deeppot as predict_ensemble
-    from remote_al.structures import cathode_cell, perturb
-    from uq_throughput import tiny_models, write_result
+    from remote_al.structures import perturb
 
-    models = args.models or tiny_models(Path(args.workdir).resolve(), args.train_steps)
-    members = (list(models) * 4)[:4]
-    rng = np.random.default_rng(1)
-    base = cathode_cell(1.0, supercell=(2, 2, 2))
-    frames = [perturb(base, 0.08, 0.02, rng) for _ in range(args.frames)]
+    models, members, base, frames = setting(args)
     cmembers = None
     if not args.no_compress:
         t0 = time.perf_counter()

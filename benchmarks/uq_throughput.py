@@ -61,6 +61,26 @@ def tiny_models(workdir: Path, steps: int) -> list[str]:
     return [str(p) for p in paths]
 
 
+def add_setting_args(ap: argparse.ArgumentParser, frames: int) -> None:
+    """The options shared with benchmarks/uq_levers.py: models, frames, repeats, cache."""
+    ap.add_argument("--models", nargs="*", help="frozen DeePMD models (cycled to 4 members)")
+    ap.add_argument("--frames", type=int, default=frames)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--train-steps", type=int, default=50)
+    ap.add_argument("--workdir", default="runs/uq_throughput", help="where tiny models are trained (cached)")
+
+
+def setting(args) -> tuple[list[str], list[str], object, list]:
+    """(models, 4 members cycling them, the 32-atom base cell, ``args.frames`` rattled frames)."""
+    from remote_al.structures import cathode_cell, perturb
+
+    models = args.models or tiny_models(Path(args.workdir).resolve(), args.train_steps)
+    members = (list(models) * 4)[:4]
+    rng = np.random.default_rng(1)
+    base = cathode_cell(1.0, supercell=(2, 2, 2))
+    return list(models), members, base, [perturb(base, 0.08, 0.02, rng) for _ in range(args.frames)]
+
+
 def write_result(result: dict, out: str) -> dict:
     """Add the versions of deepmd-kit and torch, write the JSON and print it."""
     try:
@@ -85,22 +105,13 @@ def timed(fn) -> tuple[float, object]:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="*", help="frozen DeePMD models (cycled to 4 members)")
-    ap.add_argument("--frames", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--train-steps", type=int, default=50)
-    ap.add_argument("--workdir", default="runs/uq_throughput", help="where tiny models are trained (cached)")
+    add_setting_args(ap, frames=128)
     ap.add_argument("--out", default="benchmarks/results/uq_throughput.json")
     args = ap.parse_args(argv)
 
     from remote_al.dynamics import _device_name, predict_ensemble, predict_ensemble_deeppot
-    from remote_al.structures import cathode_cell, perturb
 
-    models = args.models or tiny_models(Path(args.workdir).resolve(), args.train_steps)
-    members = (list(models) * 4)[:4]
-    rng = np.random.default_rng(1)
-    base = cathode_cell(1.0, supercell=(2, 2, 2))
-    frames = [perturb(base, 0.08, 0.02, rng) for _ in range(args.frames)]
+    _, members, base, frames = setting(args)
 
     predict_ensemble_deeppot(members[:1], frames[:2])  # first import of torch and deepmd
     t_load, _ = timed(lambda: predict_ensemble(members, frames[:1], batch_size=1))

@@ -1121,8 +1121,9 @@ class Campaign:
         for r in sorted(rounds):
             self._update_round_metrics(r)
         if rounds:
-            n = sum(1 for _ in self.state.db.execute(
-                "SELECT 1 FROM decisions WHERE reason LIKE ?", (f"re-checked with generation {g}:%",)))
+            n = self.state.db.execute(
+                "SELECT COUNT(*) FROM decisions WHERE reason LIKE ?", (f"re-checked with generation {g}:%",)
+            ).fetchone()[0]
             self.state.event("recheck", f"generation {g} re-checked queued selections: {n} no longer labeled")
 
     def _generation_ready(self, g: int) -> None:

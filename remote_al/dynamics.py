@@ -152,38 +152,12 @@ def predict_ensemble(model_paths, frames, batch_size: int = 64):
 
 def predict_ensemble_deeppot(model_paths, frames, batch_size: int = 64):
     """The reference evaluation: ``DeepPot.eval`` on stacks of ``batch_size`` frames of one
-    species sequence (``batch_size=1``: one frame at a time, as an ASE calculator does).
-    Used by the benchmarks and tests as the baseline of ``predict_ensemble``."""
-    from deepmd.infer import DeepPot
+    species sequence (``batch_size=1``: one frame at a time, as an ASE calculator does),
+    with PyTorch's default TorchScript executor. Used by the benchmarks and tests as the
+    baseline of ``predict_ensemble``."""
+    from remote_al.fast_uq import predict_ensemble as fast
 
-    _torch_threads()
-    groups: dict[tuple, list[int]] = {}
-    for i, a in enumerate(frames):
-        groups.setdefault(tuple(a.get_chemical_symbols()), []).append(i)
-    m = len(model_paths)
-    energies = np.zeros((m, len(frames)))
-    forces: list = [None] * len(frames)
-    for k, path in enumerate(model_paths):
-        dp = DeepPot(path) if isinstance(path, (str, Path)) else path  # a path, or a loaded DeepPot
-        type_map = dp.get_type_map()
-        for symbols, idx in groups.items():
-            missing = sorted(set(symbols) - set(type_map))
-            if missing:
-                raise ValueError(f"model {path} has no type for elements {missing}")
-            atype = np.array([type_map.index(s) for s in symbols])
-            for start in range(0, len(idx), batch_size):
-                chunk = idx[start : start + batch_size]
-                coords = np.array([frames[i].get_positions().reshape(-1) for i in chunk])
-                cells = np.array([np.asarray(frames[i].get_cell()).reshape(-1) for i in chunk])
-                e, f, _ = dp.eval(coords, cells, atype)
-                e = np.asarray(e).reshape(len(chunk))
-                f = np.asarray(f).reshape(len(chunk), len(symbols), 3)
-                for j, i in enumerate(chunk):
-                    energies[k, i] = e[j]
-                    if forces[i] is None:
-                        forces[i] = np.zeros((m, len(symbols), 3))
-                    forces[i][k] = f[j]
-    return energies, forces
+    return fast(model_paths, frames, batch_size, reference=True)
 
 
 def evaluate_uncertainty(req: UQRequest) -> UQResult:

@@ -213,13 +213,15 @@ def _plain_interpreter():
         yield
 
 
-def predict_ensemble(model_paths, frames, batch_size: int = 64):
+def predict_ensemble(model_paths, frames, batch_size: int = 64, reference: bool = False):
     """Energies (M, F) and forces list of F arrays (M, N_f, 3), evaluated in batches.
 
     What ``remote_al.dynamics.predict_ensemble`` runs (see the module docstring).
     ``model_paths``: frozen model files, or already loaded ``DeepPot`` objects.
     Frames with the same species sequence are stacked, ``batch_size`` per model call;
-    their neighbour list is built once and shared by the members.
+    their neighbour list is built once and shared by the members. ``reference=True``:
+    every member through ``DeepPot.eval`` with the default TorchScript executor (the
+    baseline this path is checked and measured against).
     """
     from deepmd.infer import DeepPot
 
@@ -233,9 +235,9 @@ def predict_ensemble(model_paths, frames, batch_size: int = 64):
     m = len(model_paths)
     energies = np.zeros((m, len(frames)))
     forces: list = [None] * len(frames)
-    with _plain_interpreter():
+    with contextlib.nullcontext() if reference else _plain_interpreter():
         dps = [DeepPot(p) if isinstance(p, (str, Path)) else p for p in model_paths]
-        lower = [_lower_ok(dp) for dp in dps]
+        lower = [not reference and _lower_ok(dp) for dp in dps]
         for symbols, idx in groups.items():
             atypes = []
             for path, dp in zip(model_paths, dps):
@@ -258,7 +260,7 @@ def predict_ensemble(model_paths, frames, batch_size: int = 64):
                             nbr[rcut] = neighbor_data(coords, cells, rcut)
                         if nbr[rcut] is not None:
                             res = _eval_lower_chunked(dp, *nbr[rcut], atypes[k])
-                    if res is None:  # what dynamics.predict_ensemble_deeppot does
+                    if res is None:  # DeePMD-kit's own evaluation of the chunk
                         e, f, _ = dp.eval(
                             coords.reshape(len(chunk), -1), cells.reshape(len(chunk), -1), atypes[k]
                         )

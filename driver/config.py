@@ -94,6 +94,10 @@ class ExplorationSection:
     pressures_GPa: tuple[float, ...] = ()  # npt: one run per pressure (default: pressure_GPa)
     engine: str = "ase"  # "ase" or "lammps" (pair_style deepmd; docs/lammps.md)
     guard: bool = True  # stop MD when the ensemble's force width leaves the trust window
+    # also explore by relaxing each structure (positions and cell) with one member, at most
+    # relax_steps steps: candidates on the path to where the ensemble puts the minimum
+    relax: bool = False
+    relax_steps: int = 200
 
 
 @dataclass(frozen=True)
@@ -445,6 +449,7 @@ def validate(cfg: CampaignConfig) -> None:
     _positive(e.timestep_fs, "exploration.timestep_fs")
     _positive(e.n_frames, "exploration.n_frames")
     _positive(e.walkers, "exploration.walkers")
+    _positive(e.relax_steps, "exploration.relax_steps")
     if e.ensemble not in ("nvt", "npt"):
         raise ConfigError("exploration.ensemble", f"{e.ensemble!r}", "use 'nvt' or 'npt'")
     if e.engine not in ("ase", "lammps"):

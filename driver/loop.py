@@ -820,7 +820,8 @@ class Campaign:
         """One exploration sweep: (spec, temperature, pressure or None, walker) for every
         combination of each structure's schedule ([exploration], overridden per structure)."""
         e = self.cfg.exploration
-        out = []
+        # relaxation explorations first: they probe where the volume curve is read off
+        out = [(spec, 0.0, "relax", 0) for spec in self.cfg.structures] if e.relax else []
         for spec in self.cfg.structures:
             ensemble = spec.ensemble or e.ensemble
             if ensemble == "npt":
@@ -1006,14 +1007,27 @@ class Campaign:
         sweep = self._sweep()
         spec, t, p, w = sweep[n % len(sweep)]
         k = n // len(sweep)
-        key = f"md:r{r}:{spec.name}:T{t:g}" + (f":P{p:g}" if p is not None else "") + f":w{w}" + (f":s{k}" if k else "")
         e = cfg.exploration
+        common = dict(
+            workdir=None, model_path=models[(n + r) % len(models)]["path"],
+            structure_extxyz=to_extxyz(build_structure(spec)), n_frames=spec.n_frames or e.n_frames,
+            seed=cfg.campaign.seed * 7919 + r * 101 + n,
+        )
+        if p == "relax":  # exploration by relaxation with one member (ASE in every engine)
+            key = f"md:r{r}:{spec.name}:relax" + (f":s{k}" if k else "")
+            common["workdir"] = self.workdir(key)
+            req = MDRequest(task_key=key, ensemble="relax", temperature_K=0.0, steps=e.relax_steps,
+                            engine="ase", stop_min_distance_A=self._md_guard(models)["stop_min_distance_A"],
+                            **common).to_dict()
+            req["_spec"] = spec.name
+            self._add_task(key, "md", r, g, req)
+            return
+        key = f"md:r{r}:{spec.name}:T{t:g}" + (f":P{p:g}" if p is not None else "") + f":w{w}" + (f":s{k}" if k else "")
+        common["workdir"] = self.workdir(key)
         req = MDRequest(
-            task_key=key, workdir=self.workdir(key), model_path=models[(n + r) % len(models)]["path"],
-            structure_extxyz=to_extxyz(build_structure(spec)), temperature_K=t, steps=spec.steps or e.steps,
-            timestep_fs=e.timestep_fs, n_frames=spec.n_frames or e.n_frames,
-            seed=cfg.campaign.seed * 7919 + r * 101 + n, ensemble="npt" if p is not None else "nvt",
-            pressure_GPa=p or 0.0, engine=e.engine, **self._md_guard(models),
+            task_key=key, temperature_K=t, steps=spec.steps or e.steps, timestep_fs=e.timestep_fs,
+            ensemble="npt" if p is not None else "nvt", pressure_GPa=p or 0.0, engine=e.engine,
+            **self._md_guard(models), **common,
         ).to_dict()
         req["_spec"] = spec.name
         self._add_task(key, "md", r, g, req)

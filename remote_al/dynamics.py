@@ -33,6 +33,8 @@ def run_md(req: MDRequest) -> MDResult:
     _torch_threads()
     from deepmd.calculator import DP
 
+    if req.ensemble == "relax":
+        return run_relax_exploration(req)
     t0 = time.time()
     workdir = Path(req.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -63,7 +65,7 @@ def run_md(req: MDRequest) -> MDResult:
             compressibility_au=1.0 / (150.0 * units.GPa),
         )
     else:
-        raise ValueError(f"unknown MD ensemble {req.ensemble!r}: use 'nvt' or 'npt'")
+        raise ValueError(f"unknown MD ensemble {req.ensemble!r}: use 'nvt', 'npt' or 'relax'")
 
     interval = max(1, req.steps // max(1, req.n_frames))
     guards = None
@@ -108,6 +110,71 @@ def run_md(req: MDRequest) -> MDResult:
         steps_done=steps_done,
         wall_s=time.time() - t0,
         mean_temperature_K=float(np.mean(temps)) if temps else 0.0,
+        volume_start_A3=float(v0),
+        volume_end_A3=float(atoms.get_volume()),
+        device=_device_name(),
+        stop_reason=stop_reason,
+    )
+
+
+def run_relax_exploration(req: MDRequest) -> MDResult:
+    """Exploration by relaxation: positions and cell relax together with one member
+    (FIRE on ``FrechetCellFilter``, as in ``remote_al.relax``) for at most ``steps`` steps,
+    to 0.02 eV/A. ``n_frames`` frames evenly spaced along the path, the last one included,
+    come back as candidates. The path ends where this member puts the composition's
+    minimum, so the labels these frames earn correct the ensemble exactly where the
+    relaxed volume and lattice parameters are read off. The start is rattled by 0.02 A
+    (from ``seed``) so that repeated explorations of one structure differ.
+    """
+    from ase.filters import FrechetCellFilter
+    from ase.io import write
+    from ase.optimize import FIRE
+    from deepmd.calculator import DP
+
+    t0 = time.time()
+    workdir = Path(req.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (atoms,) = from_extxyz(req.structure_extxyz)[:1]
+    rng = np.random.default_rng(req.seed)
+    atoms.positions += rng.normal(0.0, 0.02, size=atoms.positions.shape)
+    atoms.calc = DP(model=req.model_path)
+    v0 = atoms.get_volume()
+    path = []
+
+    def snapshot():
+        snap = atoms.copy()
+        snap.calc = None
+        snap.info["relax_step"] = len(path)
+        path.append(snap)
+
+    opt = FIRE(FrechetCellFilter(atoms), logfile=str(workdir / "relax.log"))
+    opt.attach(snapshot, interval=1)
+    stop_reason = ""
+    try:
+        converged = bool(opt.run(fmax=0.02, steps=req.steps))
+    except Exception as exc:  # a member that blows up: its path so far is the finding
+        converged, stop_reason = False, f"relaxation failed: {exc}"
+    if not converged and not stop_reason:
+        stop_reason = f"not converged to 0.02 eV/A in {req.steps} steps"
+    good = path  # the path up to the first frame with overlapping atoms (a member that collapses the cell)
+    for i, a in enumerate(path):
+        if not np.all(np.isfinite(a.positions)) or min_distance(a) < req.stop_min_distance_A:
+            good = path[:i]
+            stop_reason = f"path cut at step {i}: atoms closer than {req.stop_min_distance_A} A"
+            break
+    k = min(len(good), max(1, req.n_frames))
+    idx = sorted({int(round(i)) for i in np.linspace(len(good) - 1, 0, k)}) if good else []
+    frames = [good[i] for i in idx]
+    traj_path = workdir / "traj.extxyz"
+    write(traj_path, frames, format="extxyz")
+    return MDResult(
+        task_key=req.task_key,
+        trajectory_path=str(traj_path),
+        frames_extxyz=to_extxyz(frames),
+        n_frames=len(frames),
+        steps_done=len(path),
+        wall_s=time.time() - t0,
+        mean_temperature_K=0.0,
         volume_start_A3=float(v0),
         volume_end_A3=float(atoms.get_volume()),
         device=_device_name(),

@@ -51,7 +51,9 @@ class MDRequest(_Record):
     friction_per_fs: float = 0.02
     n_frames: int = 10
     seed: int = 0
-    ensemble: str = "nvt"  # "nvt" (Langevin) or "npt" (isotropic Berendsen barostat)
+    # "nvt" (Langevin), "npt" (isotropic Berendsen barostat) or "relax" (positions and cell
+    # relaxed with the model for at most `steps` steps; temperature and pressure unused)
+    ensemble: str = "nvt"
     pressure_GPa: float = 0.0
     device: str = "auto"  # "auto", "cpu" or "cuda"
     engine: str = "ase"  # "ase" (ASE integrators + deepmd.calculator.DP) or "lammps" (pair_style deepmd)

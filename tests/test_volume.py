@@ -113,6 +113,43 @@ def test_npt_changes_the_volume_and_nvt_does_not(tiny_ensemble, tmp_path):
     assert len(set(np.round(vols, 6))) > 1  # the sampled frames differ in volume
 
 
+def test_relaxation_exploration_returns_frames_along_the_path(tiny_ensemble, tmp_path):
+    from deepmd.calculator import DP
+
+    from remote_al.functions import run_md
+    from remote_al.records import MDRequest, MDResult
+    from remote_al.structures import cathode_cell, from_extxyz, min_distance, to_extxyz
+
+    model = tiny_ensemble[0].model_path
+    start = cathode_cell(0.5)
+    req = MDRequest(task_key="relax-x", workdir=str(tmp_path / "rx"), model_path=model,
+                    structure_extxyz=to_extxyz(start), steps=60, n_frames=5, seed=3, ensemble="relax")
+    res = MDResult.from_dict(run_md(req.to_dict()))
+    frames = from_extxyz(res.frames_extxyz)
+    assert 2 <= res.n_frames == len(frames) <= 5 and res.mean_temperature_K == 0.0
+    steps = [a.info["relax_step"] for a in frames]
+    assert steps == sorted(steps) and steps[0] == 0
+    if "path cut" in res.stop_reason:  # this tiny model collapses the cell: only the path before it
+        cut = int(res.stop_reason.split("step ")[1].split(":")[0])
+        assert steps[-1] == cut - 1 and all(min_distance(a) >= 0.5 for a in frames)
+    else:
+        assert steps[-1] == res.steps_done - 1  # the path's end is a candidate
+        assert frames[-1].get_volume() == pytest.approx(res.volume_end_A3, rel=1e-9)
+    assert res.volume_end_A3 != pytest.approx(res.volume_start_A3, rel=1e-6)  # the cell relaxed
+
+    def energy(a):
+        a = a.copy()
+        a.calc = DP(model=model)
+        return float(a.get_potential_energy())
+
+    assert energy(frames[-1]) < energy(frames[0])  # downhill along the path
+    # the same request (same seed) gives the same path; another seed another start
+    again = MDResult.from_dict(run_md({**req.to_dict(), "workdir": str(tmp_path / "rx2")}))
+    assert again.frames_extxyz == res.frames_extxyz
+    other = MDResult.from_dict(run_md({**req.to_dict(), "workdir": str(tmp_path / "rx3"), "seed": 4}))
+    assert other.frames_extxyz != res.frames_extxyz
+
+
 def test_relax_with_each_member_and_with_the_labeler(tiny_ensemble, tmp_path):
     from remote_al.functions import relax_structure
     from remote_al.records import RelaxRequest, RelaxResult
@@ -164,7 +201,8 @@ def test_campaign_with_volume_curve_end_to_end(tmp_path):
         "backend": {"gpu_slots": 2, "cpu_slots": 1, "retry_backoff_s": 0.5},
         "structures": [{"name": "L", "li_contents": [1.0, 0.5]}],
         "initial": {"n_per_structure": 4, "rattle_A": 0.05, "strain": 0.03},
-        "exploration": {"temperatures_K": [300.0], "steps": 30, "n_frames": 3, "ensemble": "npt"},
+        "exploration": {"temperatures_K": [300.0], "steps": 30, "n_frames": 3, "ensemble": "npt",
+                        "relax": True, "relax_steps": 20},
         "selection": {"force_threshold": 0.0, "force_upper": 1000.0, "max_per_round": 2},
         "labeler": {"kind": "chgnet", "batch_size": 4},
         "training": {"ensemble_size": 2, "numb_steps": 60, "numb_steps_continue": 30,
@@ -182,7 +220,11 @@ def test_campaign_with_volume_curve_end_to_end(tmp_path):
     fns = dict(db.execute("SELECT function, COUNT(*) FROM tasks WHERE status='done' GROUP BY function").fetchall())
     assert fns.get("relax") == 2 and fns.get("relax_label") == 1
     md = [json.loads(r[0]) for r in db.execute("SELECT request FROM tasks WHERE function='md'")]
-    assert md and all(r["ensemble"] == "npt" for r in md)
+    assert sorted(r["ensemble"] for r in md) == ["npt", "npt", "relax", "relax"]
+    relax_frames = db.execute(
+        "SELECT COUNT(*) FROM structures WHERE source_task LIKE 'md:r1:%:relax%' AND force_width IS NOT NULL"
+    ).fetchone()[0]
+    assert relax_frames > 0  # the relaxation paths were scored as candidates like MD frames
 
     state = State(cfg.directory / "state.sqlite")
     rows = {r["name"]: r for r in volume.summarize(state, cfg)}

@@ -80,6 +80,9 @@ class InitialSection:
     n_per_structure: int = 8
     rattle_A: float = 0.05
     strain: float = 0.02
+    # relax each structure with the labeler first ([volume] fmax and max_steps) and build
+    # the initial data and the MD starts around the relaxed structure (as DP-GEN's init_bulk)
+    relax: bool = False
 
 
 @dataclass(frozen=True)
@@ -477,6 +480,11 @@ def validate(cfg: CampaignConfig) -> None:
     lab = cfg.labeler
     if lab.kind not in ("chgnet", "gpaw", "vasp"):
         raise ConfigError("labeler.kind", f"unknown labeler {lab.kind!r}", "use 'chgnet', 'gpaw' or 'vasp'")
+    if cfg.initial.relax and lab.kind == "vasp":
+        raise ConfigError(
+            "initial.relax", "remote-al does not run VASP relaxations",
+            "set initial.relax = false and give relaxed structures as [[structures]] file entries",
+        )
     _positive(lab.batch_size, "labeler.batch_size")
 
     t = cfg.training

@@ -108,6 +108,7 @@ class Campaign:
         # structure id -> (filter result, fingerprint): structures never change, and each
         # selection looks again at the round's chosen ones (near-duplicate checks)
         self._screened: dict[int, tuple] = {}
+        self._starts: dict[str, object] = {}  # start_structure per structure name
         # pools on other filesystems (team file [sites]): request paths and staging
         self.placement = Placement(self.dir, sites, transfer, meta=StateMeta(self.state))
 
@@ -549,15 +550,63 @@ class Campaign:
         self.state.event("stop", reason)
         self.say(f"stopping: {reason}")
 
+    def _initial_relaxations_pending(self) -> bool:
+        """[initial] relax: create the labeler relaxations; True while any is open."""
+        from driver import volume
+
+        created = 0
+        with self.state.transaction():
+            for spec in self.cfg.structures:
+                key, fn, req = volume.labeler_relax_request(self.cfg, spec, self.workdir)
+                if self.state.task(key) is None:
+                    self._add_task(key, fn, 0, -1, req)
+                    created += 1
+        if created:
+            self.say(f"round 0: {created} structures relaxed with the {self.cfg.labeler.kind} labeler before "
+                     "the initial data are built around them")
+        return bool(created or self._open_tasks(function="relax_label"))
+
+    def start_structure(self, spec):
+        """Where the initial data and the MD of a structure start: the labeler-relaxed
+        structure when ``[initial] relax`` produced one, else the built structure."""
+        if not self.cfg.initial.relax:
+            return build_structure(spec)
+        cached = self._starts.get(spec.name)
+        if cached is not None:
+            return cached.copy()
+        from remote_al.structures import check_structure, from_extxyz
+
+        row = self.state.task(f"relax-label:{spec.name}")
+        atoms = None
+        if row is not None and row["status"] == "done":
+            res = json.loads(row["result"])
+            if res.get("relaxed_extxyz"):
+                atoms = from_extxyz(res["relaxed_extxyz"])[0]
+                atoms.calc = None
+                chk = check_structure(atoms, min_dist_A=self.cfg.selection.min_distance_A)
+                if not chk.ok:
+                    self.say(f"labeler-relaxed {spec.name} fails the structure filters ({chk.reason}); "
+                             "starting from the built structure")
+                    atoms = None
+        if atoms is None:
+            if row is None or row["status"] != "done" or not json.loads(row["result"] or "{}").get("relaxed_extxyz"):
+                self.say(f"no labeler relaxation of {spec.name} ({row['status'] if row else 'missing'}); "
+                         "starting from the built structure")
+            atoms = build_structure(spec)
+        self._starts[spec.name] = atoms
+        return atoms.copy()
+
     def _phase_generate(self) -> None:
         from remote_al.structures import check_structure, composition_label, perturb, to_extxyz
 
         cfg = self.cfg
+        if cfg.initial.relax and self._initial_relaxations_pending():
+            return
         rng = np.random.default_rng(cfg.campaign.seed)
         n_filtered = 0
         with self.state.transaction():
             for spec in cfg.structures:
-                base = build_structure(spec)
+                base = self.start_structure(spec)
                 for split, n in (("train", cfg.initial.n_per_structure), ("test", cfg.test.n_initial_per_structure)):
                     for i in range(n):
                         # amplitudes spread from a quarter to 1.5x rattle_A: near and far from equilibrium
@@ -821,7 +870,8 @@ class Campaign:
         combination of each structure's schedule ([exploration], overridden per structure)."""
         e = self.cfg.exploration
         # relaxation explorations first: they probe where the volume curve is read off
-        out = [(spec, 0.0, "relax", 0) for spec in self.cfg.structures] if e.relax else []
+        n_members = self.cfg.training.ensemble_size
+        out = [(spec, 0.0, "relax", m) for spec in self.cfg.structures for m in range(n_members)] if e.relax else []
         for spec in self.cfg.structures:
             ensemble = spec.ensemble or e.ensemble
             if ensemble == "npt":
@@ -1010,12 +1060,13 @@ class Campaign:
         e = cfg.exploration
         common = dict(
             workdir=None, model_path=models[(n + r) % len(models)]["path"],
-            structure_extxyz=to_extxyz(build_structure(spec)), n_frames=spec.n_frames or e.n_frames,
+            structure_extxyz=to_extxyz(self.start_structure(spec)), n_frames=spec.n_frames or e.n_frames,
             seed=cfg.campaign.seed * 7919 + r * 101 + n,
         )
-        if p == "relax":  # exploration by relaxation with one member (ASE in every engine)
-            key = f"md:r{r}:{spec.name}:relax" + (f":s{k}" if k else "")
-            common["workdir"] = self.workdir(key)
+        if p == "relax":  # member w relaxes the built structure (as the volume phase does; ASE in every engine)
+            key = f"md:r{r}:{spec.name}:relax:m{w}" + (f":s{k}" if k else "")
+            common.update(workdir=self.workdir(key), model_path=models[w % len(models)]["path"],
+                          structure_extxyz=to_extxyz(build_structure(spec)))
             req = MDRequest(task_key=key, ensemble="relax", temperature_K=0.0, steps=e.relax_steps,
                             engine="ase", stop_min_distance_A=self._md_guard(models)["stop_min_distance_A"],
                             **common).to_dict()
@@ -1270,7 +1321,7 @@ def _slim(function: str, result: dict) -> dict:
     out = dict(result)
     if function == "md":
         out.pop("frames_extxyz", None)
-    if function in ("relax", "relax_label"):
+    if function == "relax":
         out.pop("relaxed_extxyz", None)  # in the task's workdir: relaxed.extxyz
     if function == "label":
         out["labels"] = [

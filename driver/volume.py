@@ -60,12 +60,23 @@ def relax_requests(cfg: CampaignConfig, generation: int, model_paths, workdir: C
                            model_paths=tuple(model_paths), fmax=v.fmax, max_steps=v.max_steps)
         out.append((key, "relax", req.to_dict()))
     for spec in check_specs(cfg):
-        key = f"relax-label:{spec.name}"
-        req = RelaxRequest(task_key=key, workdir=workdir(key), structure_extxyz=to_extxyz(build_structure(spec)),
-                           labeler=cfg.labeler.kind, labeler_settings=dict(cfg.labeler.settings),
-                           fmax=v.fmax, max_steps=v.max_steps)
-        out.append((key, "relax_label", req.to_dict()))
+        out.append(labeler_relax_request(cfg, spec, workdir))
     return out
+
+
+def labeler_relax_request(cfg: CampaignConfig, spec: StructureSpec, workdir: Callable[[str], str]):
+    """(key, "relax_label", request dict): the labeler relaxes the built structure. One task
+    per structure, run once and read twice: ``[initial] relax`` starts from its result and
+    the volume check compares the ensemble with it."""
+    from driver.loop import build_structure
+    from remote_al.structures import to_extxyz
+
+    v = cfg.volume
+    key = f"relax-label:{spec.name}"
+    req = RelaxRequest(task_key=key, workdir=workdir(key), structure_extxyz=to_extxyz(build_structure(spec)),
+                       labeler=cfg.labeler.kind, labeler_settings=dict(cfg.labeler.settings),
+                       fmax=v.fmax, max_steps=v.max_steps)
+    return key, "relax_label", req.to_dict()
 
 
 def _lattice(cell9, supercell) -> tuple[float, float]:

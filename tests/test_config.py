@@ -47,6 +47,8 @@ def test_good_config_parses(tmp_path):
         ({"exploration__steps": "many"}, "exploration.steps", "integer"),
         ({"labeler__kind": "dft"}, "labeler.kind", "unknown labeler"),
         ({"selection__force_upper": 0.05}, "selection.force_upper", "must exceed"),
+        ({"labeler__kind": "vasp", "initial__relax": True}, "initial.relax", "file entries"),
+        ({"exploration__relax_steps": 0}, "exploration.relax_steps", "positive"),
     ],
 )
 def test_bad_values_name_the_field(tmp_path, patch, field, words):

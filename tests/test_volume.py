@@ -200,7 +200,7 @@ def test_campaign_with_volume_curve_end_to_end(tmp_path):
         "campaign": {"name": "volmini", "type_map": ["Li", "Ni", "O"], "seed": 2, "max_rounds": 1},
         "backend": {"gpu_slots": 2, "cpu_slots": 1, "retry_backoff_s": 0.5},
         "structures": [{"name": "L", "li_contents": [1.0, 0.5]}],
-        "initial": {"n_per_structure": 4, "rattle_A": 0.05, "strain": 0.03},
+        "initial": {"n_per_structure": 4, "rattle_A": 0.05, "strain": 0.03, "relax": True},
         "exploration": {"temperatures_K": [300.0], "steps": 30, "n_frames": 3, "ensemble": "npt",
                         "relax": True, "relax_steps": 20},
         "selection": {"force_threshold": 0.0, "force_upper": 1000.0, "max_per_round": 2},
@@ -218,9 +218,27 @@ def test_campaign_with_volume_curve_end_to_end(tmp_path):
     db = sqlite3.connect(cfg.directory / "state.sqlite")
     assert db.execute("SELECT value FROM meta WHERE key='phase'").fetchone()[0] == "done"
     fns = dict(db.execute("SELECT function, COUNT(*) FROM tasks WHERE status='done' GROUP BY function").fetchall())
-    assert fns.get("relax") == 2 and fns.get("relax_label") == 1
+    # [initial] relax: the labeler relaxed both structures once, before any initial label;
+    # the volume check read that relaxation again instead of running a second one
+    assert fns.get("relax") == 2 and fns.get("relax_label") == 2
+    first_label = db.execute("SELECT MIN(created) FROM tasks WHERE function='label'").fetchone()[0]
+    assert db.execute("SELECT MAX(finished) FROM tasks WHERE function='relax_label'").fetchone()[0] <= first_label
+    from remote_al.structures import from_extxyz
+
+    relaxed = {}
+    for key, res in db.execute("SELECT key, result FROM tasks WHERE function='relax_label'"):
+        relaxed[key.split(":", 1)[1]] = from_extxyz(json.loads(res)["relaxed_extxyz"])[0]
     md = [json.loads(r[0]) for r in db.execute("SELECT request FROM tasks WHERE function='md'")]
-    assert sorted(r["ensemble"] for r in md) == ["npt", "npt", "relax", "relax"]
+    # one sweep: each member relaxes each structure, then the NPT runs
+    assert sorted(r["ensemble"] for r in md) == ["npt", "npt"] + ["relax"] * 4
+    for r in md:  # NPT starts from the labeler-relaxed structure; relaxations from the built one
+        start = from_extxyz(r["structure_extxyz"])[0]
+        same = np.allclose(start.cell[:], relaxed[r["_spec"]].cell[:], atol=1e-6)
+        assert same == (r["ensemble"] == "npt"), r["task_key"]
+    init = [from_extxyz(x[0])[0] for x in db.execute(
+        "SELECT extxyz FROM structures WHERE origin='initial' AND spec='L-x0.5'")]
+    v_rel = relaxed["L-x0.5"].get_volume()
+    assert abs(np.mean([a.get_volume() for a in init]) / v_rel - 1) < 0.05  # strained around the relaxed cell
     relax_frames = db.execute(
         "SELECT COUNT(*) FROM structures WHERE source_task LIKE 'md:r1:%:relax%' AND force_width IS NOT NULL"
     ).fetchone()[0]
@@ -235,6 +253,8 @@ def test_campaign_with_volume_curve_end_to_end(tmp_path):
         assert r["volume_fu"] == pytest.approx(members.mean())
     chk = rows["L-x0.5"]
     assert chk["volume_diff"] == pytest.approx(chk["volume_fu"] / chk["labeler_volume_fu"] - 1.0)
+    assert chk["labeler_volume_fu"] == pytest.approx(v_rel / 4)
+    assert "labeler_volume_fu" in rows["L-x1"]  # relaxed for the initial data: in the table too
     assert any("L-x0.5" in line for line in lines)  # the table was printed
 
     from driver.status import summary

@@ -110,6 +110,9 @@ class SelectionSection:
     force_upper: float = 5.0  # eV/A, above: unphysical, recorded and not labeled
     energy_threshold: float = 0.0  # eV/atom, 0: not used
     max_per_round: int = 12
+    # asynchronous mode: at most this many labels from one exploration (0: no limit), so
+    # that the first explorations of a round do not take its whole cap
+    max_per_exploration: int = 0
     min_distance_A: float = 1.2
     converged_share: float = 0.97  # stop when this share of explored frames is confident
     dedup_tolerance_A: float = 0.05
@@ -462,6 +465,7 @@ def validate(cfg: CampaignConfig) -> None:
     if not 0.0 < s.confidence < 1.0:
         raise ConfigError("selection.confidence", f"must lie in (0, 1), got {s.confidence}")
     _positive(s.force_threshold, "selection.force_threshold", allow_zero=True)
+    _positive(s.max_per_exploration, "selection.max_per_exploration", allow_zero=True)
     _positive(s.energy_threshold, "selection.energy_threshold", allow_zero=True)
     if s.force_upper <= s.force_threshold:
         raise ConfigError(

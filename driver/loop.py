@@ -15,6 +15,7 @@ Phases per round r (generation g = r is trained in round r):
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
@@ -871,7 +872,8 @@ class Campaign:
         e = self.cfg.exploration
         # relaxation explorations first: they probe where the volume curve is read off
         n_members = self.cfg.training.ensemble_size
-        out = [(spec, 0.0, "relax", m) for spec in self.cfg.structures for m in range(n_members)] if e.relax else []
+        # member-major, so that a round that fills its cap early has seen every structure
+        out = [(spec, 0.0, "relax", m) for m in range(n_members) for spec in self.cfg.structures] if e.relax else []
         for spec in self.cfg.structures:
             ensemble = spec.ensemble or e.ensemble
             if ensemble == "npt":
@@ -910,12 +912,16 @@ class Campaign:
         ).fetchall()
         already = [c for c in self._candidates(chosen_rows)]
         budget = cfg.campaign.max_label_calls
-        cap = cfg.selection.max_per_round
+        cap, note = cfg.selection.max_per_round, ""
+        k = cfg.selection.max_per_exploration
+        if k and len(already) + k < cap:
+            cap, note = len(already) + k, f"the cap of {k} per exploration"
         if budget:
             used = self.state.db.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
             open_ids = self.state.db.execute("SELECT COUNT(*) FROM structures WHERE status='labeling'").fetchone()[0]
             cap = min(cap, len(already) + max(0, budget - used - open_ids))
-        decisions = select([c for c in cands if c.id not in test_ids], self._policy(cap), already_chosen=already)
+        policy = dataclasses.replace(self._policy(cap), cap_note=note)
+        decisions = select([c for c in cands if c.id not in test_ids], policy, already_chosen=already)
         self._apply_decisions(r, decisions, test_ids)
         self._create_label_tasks(r, [d.id for d in decisions if d.decision == "label"] + sorted(test_ids))
         self._update_round_metrics(r)

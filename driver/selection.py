@@ -40,6 +40,7 @@ class SelectionPolicy:
     energy_threshold: float = 0.0  # 0: energy width not used
     max_per_round: int = 12
     dedup_tolerance_A: float = 0.05
+    cap_note: str = ""  # what the cap is, when not the per-round cap (for the decisions' reasons)
 
 
 def select(
@@ -89,7 +90,8 @@ def select(
             continue
         if len(chosen) >= policy.max_per_round:
             decisions[c.id] = Decision(
-                c.id, "skipped", f"uncertain ({c.force_width:.3f} eV/A) but over the cap of {policy.max_per_round} per round"
+                c.id, "skipped", f"uncertain ({c.force_width:.3f} eV/A) but over "
+                + (policy.cap_note or f"the cap of {policy.max_per_round} per round")
             )
             continue
         chosen.append(c)

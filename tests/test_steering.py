@@ -116,3 +116,24 @@ def test_last_generation_trains_on_every_label(tmp_path, monkeypatch):
         "SELECT l.structure_id FROM labels l JOIN structures s ON s.id = l.structure_id "
         "WHERE l.status='ok' AND s.split='train' AND s.round=1")}
     assert r1 - g1, "generation 1 waited for the whole round although retrain_after = 2"
+
+
+def test_per_exploration_cap_spreads_a_round_over_explorations(tmp_path, monkeypatch):
+    """selection.max_per_exploration = 2: no exploration gives more than 2 labels, the
+    frames over it are skipped with that reason, and the round still fills its cap from
+    more explorations."""
+    db = _run(tmp_path, monkeypatch, exploration={"temperatures_K": [600.0, 900.0]},
+              selection={"max_per_round": 6, "max_per_exploration": 2, "force_threshold": 0.0},
+              steering={"lookahead_rounds": 0})
+    per_task = db.execute(
+        "SELECT s.round, s.source_task, COUNT(*) FROM decisions d JOIN structures s ON s.id = d.structure_id "
+        "WHERE d.decision='label' AND s.origin='md' GROUP BY s.round, s.source_task"
+    ).fetchall()
+    assert per_task and max(n for _, _, n in per_task) == 2
+    per_round = {}
+    for r, _, n in per_task:
+        per_round[r] = per_round.get(r, 0) + n
+    assert max(per_round.values()) == 6  # a full round: its labels came from 3 or more explorations
+    assert db.execute(
+        "SELECT COUNT(*) FROM decisions WHERE decision='skipped' AND reason LIKE '%the cap of 2 per exploration'"
+    ).fetchone()[0] > 0

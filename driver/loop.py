@@ -572,30 +572,28 @@ class Campaign:
         structure when ``[initial] relax`` produced one, else the built structure."""
         if not self.cfg.initial.relax:
             return build_structure(spec)
-        cached = self._starts.get(spec.name)
-        if cached is not None:
-            return cached.copy()
+        if spec.name not in self._starts:
+            self._starts[spec.name] = self._relaxed_by_labeler(spec) or build_structure(spec)
+        return self._starts[spec.name].copy()
+
+    def _relaxed_by_labeler(self, spec):
+        """The structure of task relax-label:<name>, or None (with the reason said)."""
         from remote_al.structures import check_structure, from_extxyz
 
         row = self.state.task(f"relax-label:{spec.name}")
-        atoms = None
-        if row is not None and row["status"] == "done":
-            res = json.loads(row["result"])
-            if res.get("relaxed_extxyz"):
-                atoms = from_extxyz(res["relaxed_extxyz"])[0]
-                atoms.calc = None
-                chk = check_structure(atoms, min_dist_A=self.cfg.selection.min_distance_A)
-                if not chk.ok:
-                    self.say(f"labeler-relaxed {spec.name} fails the structure filters ({chk.reason}); "
-                             "starting from the built structure")
-                    atoms = None
-        if atoms is None:
-            if row is None or row["status"] != "done" or not json.loads(row["result"] or "{}").get("relaxed_extxyz"):
-                self.say(f"no labeler relaxation of {spec.name} ({row['status'] if row else 'missing'}); "
-                         "starting from the built structure")
-            atoms = build_structure(spec)
-        self._starts[spec.name] = atoms
-        return atoms.copy()
+        res = json.loads(row["result"]) if row is not None and row["status"] == "done" else {}
+        if not res.get("relaxed_extxyz"):
+            self.say(f"no labeler relaxation of {spec.name} ({row['status'] if row else 'missing'}); "
+                     "starting from the built structure")
+            return None
+        atoms = from_extxyz(res["relaxed_extxyz"])[0]
+        atoms.calc = None
+        chk = check_structure(atoms, min_dist_A=self.cfg.selection.min_distance_A)
+        if not chk.ok:
+            self.say(f"labeler-relaxed {spec.name} fails the structure filters ({chk.reason}); "
+                     "starting from the built structure")
+            return None
+        return atoms
 
     def _phase_generate(self) -> None:
         from remote_al.structures import check_structure, composition_label, perturb, to_extxyz
@@ -1064,28 +1062,23 @@ class Campaign:
         spec, t, p, w = sweep[n % len(sweep)]
         k = n // len(sweep)
         e = cfg.exploration
-        common = dict(
-            workdir=None, model_path=models[(n + r) % len(models)]["path"],
-            structure_extxyz=to_extxyz(self.start_structure(spec)), n_frames=spec.n_frames or e.n_frames,
-            seed=cfg.campaign.seed * 7919 + r * 101 + n,
-        )
+        common = dict(n_frames=spec.n_frames or e.n_frames, seed=cfg.campaign.seed * 7919 + r * 101 + n)
         if p == "relax":  # member w relaxes the built structure (as the volume phase does; ASE in every engine)
             key = f"md:r{r}:{spec.name}:relax:m{w}" + (f":s{k}" if k else "")
-            common.update(workdir=self.workdir(key), model_path=models[w % len(models)]["path"],
-                          structure_extxyz=to_extxyz(build_structure(spec)))
-            req = MDRequest(task_key=key, ensemble="relax", temperature_K=0.0, steps=e.relax_steps,
-                            engine="ase", stop_min_distance_A=self._md_guard(models)["stop_min_distance_A"],
-                            **common).to_dict()
-            req["_spec"] = spec.name
-            self._add_task(key, "md", r, g, req)
-            return
-        key = f"md:r{r}:{spec.name}:T{t:g}" + (f":P{p:g}" if p is not None else "") + f":w{w}" + (f":s{k}" if k else "")
-        common["workdir"] = self.workdir(key)
-        req = MDRequest(
-            task_key=key, temperature_K=t, steps=spec.steps or e.steps, timestep_fs=e.timestep_fs,
-            ensemble="npt" if p is not None else "nvt", pressure_GPa=p or 0.0, engine=e.engine,
-            **self._md_guard(models), **common,
-        ).to_dict()
+            req = MDRequest(
+                task_key=key, workdir=self.workdir(key), model_path=models[w % len(models)]["path"],
+                structure_extxyz=to_extxyz(build_structure(spec)), ensemble="relax", temperature_K=0.0,
+                steps=e.relax_steps, engine="ase", stop_min_distance_A=self._md_guard(models)["stop_min_distance_A"],
+                **common,
+            ).to_dict()
+        else:
+            key = f"md:r{r}:{spec.name}:T{t:g}" + (f":P{p:g}" if p is not None else "") + f":w{w}" + (f":s{k}" if k else "")
+            req = MDRequest(
+                task_key=key, workdir=self.workdir(key), model_path=models[(n + r) % len(models)]["path"],
+                structure_extxyz=to_extxyz(self.start_structure(spec)), temperature_K=t, steps=spec.steps or e.steps,
+                timestep_fs=e.timestep_fs, ensemble="npt" if p is not None else "nvt", pressure_GPa=p or 0.0,
+                engine=e.engine, **self._md_guard(models), **common,
+            ).to_dict()
         req["_spec"] = spec.name
         self._add_task(key, "md", r, g, req)
 

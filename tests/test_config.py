@@ -112,3 +112,16 @@ def test_example_campaign_is_valid():
     c = load_config(Path(__file__).parent.parent / "examples" / "linio2.toml")
     preflight(c)
     assert c.training.ensemble_size == 4 and c.campaign.max_rounds >= 2
+
+
+def test_delithiation_example_is_valid_and_covers_the_issue_grid():
+    """examples/delithiation.toml: Li_x NiO2 at x = 1, 0.75, 0.5, 0.25 and NMC811, every
+    structure buildable, the volume curve on with 3 or more labeler checks."""
+    c = load_config(Path(__file__).parent.parent / "examples" / "delithiation.toml")
+    preflight(c)
+    lno = sorted(s.li_content for s in c.structures if s.group == "LNO")
+    assert lno == [0.25, 0.5, 0.75, 1.0]
+    assert any(s.metals == "NMC811" for s in c.structures)
+    assert c.volume.enabled and len(c.volume.check) >= 3
+    names = {s.name for s in c.structures}
+    assert set(c.volume.check) <= names

@@ -4,7 +4,7 @@
                                               [--out CAMPAIGN_DIR/volume_by_generation.json]
 
 The campaign's volume phase relaxes every structure on the curve with each member of the
-final ensemble. This relaxes them in the same way (``remote_al.relax.relax_structure``,
+final ensemble. This relaxes them in the same way (``remote_al.functions.relax_structure``,
 the built structure, ``[volume]``'s ``fmax`` and ``max_steps``) with the members of
 earlier generations too, and compares each with the labeler's relaxations the campaign
 already holds (tasks ``relax-label:<name>``), so one can see what each round of labels did
@@ -31,13 +31,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def _relax(args):
-    from remote_al.records import RelaxRequest
-    from remote_al.relax import relax_structure
-
-    return relax_structure(RelaxRequest(**args)).to_dict()
-
-
 def _model_path(campaign: Path, stored: str) -> str:
     """A model's path under this campaign directory: the state stores absolute paths, so a
     campaign directory that was moved or copied is read from where it is now."""
@@ -53,6 +46,7 @@ def main(argv=None) -> int:
     from driver.config import parse_config
     from driver.loop import build_structure, open_campaign_state
     from driver.volume import volume_specs
+    from remote_al.functions import relax_structure
     from remote_al.structures import to_extxyz
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -86,7 +80,7 @@ def main(argv=None) -> int:
                     fmax=cfg.volume.fmax, max_steps=cfg.volume.max_steps, device="cpu")))
     print(f"{len(jobs)} relaxations: generations {gens}, {len(ref)} structures with a labeler value", flush=True)
     with ProcessPoolExecutor(a.jobs) as pool:
-        res = list(pool.map(_relax, [j[3] for j in jobs]))
+        res = list(pool.map(relax_structure, [j[3] for j in jobs]))
     out: dict = {"campaign": str(a.campaign), "labeler_volume_fu": ref, "generations": {}}
     for (g, spec, k, _), r in zip(jobs, res):
         v = r["volumes_A3"][0] / int(np.prod(spec.supercell))

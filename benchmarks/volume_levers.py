@@ -9,10 +9,11 @@ relaxing positions and cell of every structure; the labeler relaxes a few as the
 This study isolates the round-0 data and the training from the rest of the loop: for the
 structures of ``--config``, it labels the initial frames with the campaign's labeler
 (CHGNet here), relaxes every structure with the labeler, and then for each lever trains
-an ensemble (``remote_al.training.train_member``, the campaign's own training function)
-and relaxes every structure with every member (``remote_al.relax.relax_structure``, the
-campaign's own volume function). Reported per lever and structure: each member's and the
-member mean's relative volume difference from the labeler, a and c.
+an ensemble (``remote_al.functions.train_member``, the campaign's own registered
+function) and relaxes every structure with every member
+(``remote_al.functions.relax_structure``, the volume phase's). Reported per lever and
+structure: each member's and the member mean's relative volume difference from the
+labeler, a and c.
 
 Levers (``--levers``; all by default):
 
@@ -21,7 +22,7 @@ Levers (``--levers``; all by default):
 - ``long``: the same data, ``--long-steps`` training steps.
 - ``relaxed``: frames around the labeler's relaxed structure instead, long training.
 - ``both``: frames around the built and around the relaxed structure (twice the labels),
-  long training. This is ``[initial] relax = "both"``.
+  long training. The campaign has no such option: ``[initial] relax`` takes one centre.
 
 Each lever's members relax from the built structure (``start = built``); levers with
 frames around the relaxed structure also relax from the labeler's relaxed structure
@@ -56,21 +57,20 @@ LEVERS = ("baseline", "long", "relaxed", "both")
 
 
 def _label(frames, labeler_kind, settings, workdir: Path):
-    """Labeled copies of ``frames`` (SinglePointCalculator with energy, forces, stress)."""
-    from ase.calculators.singlepoint import SinglePointCalculator
+    """The frames the labeler labeled (``remote_al.functions.label_structures``), read back
+    from its ``labeled.extxyz`` with energy, forces and stress; failures are said and dropped."""
+    from ase.io import read
 
-    from remote_al.labelers import get_labeler
+    from remote_al.functions import label_structures
+    from remote_al.structures import to_extxyz
 
-    labels = get_labeler(labeler_kind, settings).label(frames, list(range(len(frames))), workdir)
-    out = []
-    for atoms, lab in zip(frames, labels):
-        if lab.status != "ok":
-            print(f"  label {lab.structure_id} {lab.status}: {lab.reason}", flush=True)
-            continue
-        a = atoms.copy()
-        a.calc = SinglePointCalculator(a, energy=lab.energy, forces=np.array(lab.forces), stress=np.array(lab.stress))
-        out.append(a)
-    return out
+    res = label_structures(dict(task_key="label:round0", workdir=str(workdir), labeler=labeler_kind,
+                                structure_ids=tuple(range(len(frames))), structures_extxyz=to_extxyz(frames),
+                                settings=settings))
+    for lab in res["labels"]:
+        if lab["status"] != "ok":
+            print(f"  label {lab['structure_id']} {lab['status']}: {lab['reason']}", flush=True)
+    return [a for a in read(res["output_path"], index=":") if a.info.get("label_status") == "ok"]
 
 
 def _cached_frames(path: Path, make):
@@ -84,43 +84,20 @@ def _cached_frames(path: Path, make):
     return frames
 
 
-def initial_frames(base, n: int, rattle_A: float, strain: float, rng):
-    """The campaign's round-0 recipe (driver.loop._phase_generate): amplitudes spread from a
-    quarter to 1.5x rattle_A, a random symmetric strain up to ``strain``."""
-    from remote_al.structures import check_structure, perturb
-
-    out = []
-    for i in range(n):
-        amp = rattle_A * (0.25 + 1.25 * i / max(1, n - 1))
-        atoms = perturb(base, amp, strain, rng)
-        if check_structure(atoms).ok:
-            out.append(atoms)
-    return out
-
-
 def _train(args):
-    from remote_al.records import TrainRequest
-    from remote_al.training import train_member
+    """``remote_al.functions.train_member``, skipped when the member's model is cached."""
+    from remote_al.functions import train_member
 
-    req = TrainRequest(**args)
-    model = Path(req.workdir) / "model.pth"
-    if model.exists():
-        return str(model)
-    return train_member(req).model_path
-
-
-def _relax(args):
-    from remote_al.records import RelaxRequest
-    from remote_al.relax import relax_structure
-
-    return relax_structure(RelaxRequest(**args)).to_dict()
+    model = Path(args["workdir"]) / "model.pth"
+    return str(model) if model.exists() else train_member(args)["model_path"]
 
 
 def main(argv=None) -> int:
     from driver.config import load_config
     from driver.loop import build_structure
-    from remote_al.deepmd_data import write_systems
-    from remote_al.structures import to_extxyz
+    from remote_al.deepmd_data import parse_lcurve, write_systems
+    from remote_al.functions import relax_structure
+    from remote_al.structures import check_structure, from_extxyz, initial_perturbations, to_extxyz
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(ROOT / "examples" / "delithiation.toml"))
@@ -153,12 +130,10 @@ def main(argv=None) -> int:
             req = dict(task_key=f"relax-label:{name}", workdir=str(work / "labeler-relax" / name),
                        structure_extxyz=to_extxyz(atoms), labeler=lab_kind, labeler_settings=lab_set,
                        fmax=cfg.volume.fmax, max_steps=cfg.volume.max_steps)
-            futs[name] = pool.submit(_relax, req)
+            futs[name] = pool.submit(relax_structure, req)
         for name, f in futs.items():
             ref[name] = f.result()
             (work / "labeler-relax" / f"{name}.json").write_text(json.dumps(ref[name]))
-    from remote_al.structures import from_extxyz
-
     for name in built:
         relaxed[name] = from_extxyz(ref[name]["relaxed_extxyz"])[0]
         relaxed[name].calc = None
@@ -171,8 +146,9 @@ def main(argv=None) -> int:
     for centre, starts in (("built", built), ("relaxed", relaxed)):
         rng = np.random.default_rng(cfg.campaign.seed)
         frames = []
-        for name, atoms in starts.items():
-            frames += initial_frames(atoms, ini.n_per_structure, ini.rattle_A, ini.strain, rng)
+        for name, atoms in starts.items():  # the campaign's round-0 recipe and filter
+            frames += [f for f in initial_perturbations(atoms, ini.n_per_structure, ini.rattle_A, ini.strain, rng)
+                       if check_structure(f, min_dist_A=cfg.selection.min_distance_A).ok]
         t0 = time.time()
         data[centre] = _cached_frames(work / "frames" / f"{centre}.extxyz",
                                       lambda: _label(frames, lab_kind, lab_set, work / "label"))
@@ -221,7 +197,7 @@ def main(argv=None) -> int:
                         structure_extxyz=to_extxyz(atoms), model_paths=(model,), fmax=cfg.volume.fmax,
                         max_steps=cfg.volume.max_steps, device="cpu")))
         with ProcessPoolExecutor(a.jobs) as pool:
-            res = list(pool.map(_relax, [j[3] for j in jobs]))
+            res = list(pool.map(relax_structure, [j[3] for j in jobs]))
         relax_s = time.time() - t0
         rows = {}
         for (start, name, m, _), r in zip(jobs, res):
@@ -236,8 +212,6 @@ def main(argv=None) -> int:
         for start in rows:
             for name, row in rows[start].items():
                 row["mean_diff"] = float(np.mean(row["members_diff"]))
-        from remote_al.deepmd_data import parse_lcurve
-
         lcurves = []
         for m in models:  # each member's last validation errors (its left-out 10 %)
             lc = parse_lcurve(Path(m).parent / "lcurve.out")

@@ -596,7 +596,7 @@ class Campaign:
         return atoms
 
     def _phase_generate(self) -> None:
-        from remote_al.structures import check_structure, composition_label, perturb, to_extxyz
+        from remote_al.structures import check_structure, composition_label, initial_perturbations, to_extxyz
 
         cfg = self.cfg
         if cfg.initial.relax and self._initial_relaxations_pending():
@@ -607,10 +607,7 @@ class Campaign:
             for spec in cfg.structures:
                 base = self.start_structure(spec)
                 for split, n in (("train", cfg.initial.n_per_structure), ("test", cfg.test.n_initial_per_structure)):
-                    for i in range(n):
-                        # amplitudes spread from a quarter to 1.5x rattle_A: near and far from equilibrium
-                        amp = cfg.initial.rattle_A * (0.25 + 1.25 * i / max(1, n - 1))
-                        atoms = perturb(base, amp, cfg.initial.strain, rng)
+                    for atoms in initial_perturbations(base, n, cfg.initial.rattle_A, cfg.initial.strain, rng):
                         check = check_structure(atoms, min_dist_A=cfg.selection.min_distance_A)
                         sid = self.state.add_structure(
                             hash=structure_hash(atoms), origin="initial", split=split, round=0, generation=-1,

@@ -81,6 +81,12 @@ def perturb(atoms, rattle_A: float, strain: float, rng: np.random.Generator):
     return out
 
 
+def initial_perturbations(base, n: int, rattle_A: float, strain: float, rng: np.random.Generator):
+    """Round 0's ``n`` copies of ``base``: rattle amplitudes spread from a quarter to 1.5x
+    ``rattle_A`` (near and far from equilibrium), each with a random strain up to ``strain``."""
+    return [perturb(base, rattle_A * (0.25 + 1.25 * i / max(1, n - 1)), strain, rng) for i in range(n)]
+
+
 # --------------------------------------------------------------------- filters
 @dataclass(frozen=True)
 class FilterResult:

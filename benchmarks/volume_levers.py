@@ -94,7 +94,7 @@ def _train(args):
 
 def main(argv=None) -> int:
     from driver.config import load_config
-    from driver.loop import build_structure
+    from driver.preflight import build_structure
     from remote_al.deepmd_data import parse_lcurve, write_systems
     from remote_al.functions import relax_structure
     from remote_al.structures import check_structure, from_extxyz, initial_perturbations, to_extxyz

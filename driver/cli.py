@@ -60,7 +60,8 @@ def _sites_for(cfg, args):
 
 def cmd_run(args) -> int:
     from driver.config import load_config
-    from driver.loop import Campaign, preflight
+    from driver.loop import Campaign
+    from driver.preflight import preflight
 
     cfg = load_config(args.campaign)
     preflight(cfg)

@@ -32,6 +32,7 @@ import numpy as np
 
 from driver.backends.base import Backend
 from driver.config import CampaignConfig
+from driver.preflight import build_structure, preflight
 from driver.dataset import DatasetError, LabelRejected
 from driver.errors import BackendUnavailable, CampaignLocked, TaskFailed
 from driver.selection import Candidate, SelectionPolicy, fingerprint, select, structure_hash
@@ -1326,17 +1327,6 @@ def _slim(function: str, result: dict) -> dict:
     return out
 
 
-def build_structure(spec):
-    """The starting structure of a structure spec (built in code or read from a file)."""
-    from driver.config import spec_metals
-    from remote_al.composition import layered_structure
-    from remote_al.structures import read_structure_file
-
-    if spec.generator == "file":
-        return read_structure_file(spec.file)
-    return layered_structure(spec_metals(spec), spec.li_content, tuple(spec.supercell), ordering=spec.ordering, seed=spec.seed)
-
-
 def open_campaign_state(directory: str | Path) -> State:
     path = Path(directory) / STATE_FILE
     if not path.exists():
@@ -1344,25 +1334,4 @@ def open_campaign_state(directory: str | Path) -> State:
     return State(path)
 
 
-def preflight(cfg: CampaignConfig) -> None:
-    """Checks that need the structures themselves; raises ConfigError before any work."""
-    from driver.errors import ConfigError
-
-    for i, spec in enumerate(cfg.structures):
-        where = f"structures[{i}]" + (".file" if spec.generator == "file" else "")
-        try:
-            atoms = build_structure(spec)
-        except ValueError as exc:
-            raise ConfigError(where, str(exc)) from exc
-        missing = sorted(set(atoms.get_chemical_symbols()) - set(cfg.campaign.type_map))
-        if missing:
-            raise ConfigError(
-                "campaign.type_map",
-                f"elements {missing} of structure {spec.name!r} are missing from the type map",
-                f"add them to campaign.type_map {list(cfg.campaign.type_map)}",
-            )
-        if len(atoms) == 0:
-            raise ConfigError(where, f"structure {spec.name!r} has no atoms")
-
-
-__all__ = ["Campaign", "CampaignLock", "build_structure", "open_campaign_state", "preflight"]
+__all__ = ["Campaign", "CampaignLock", "open_campaign_state"]

@@ -49,7 +49,7 @@ def family(spec: StructureSpec) -> str:
 
 def relax_requests(cfg: CampaignConfig, generation: int, model_paths, workdir: Callable[[str], str]):
     """(key, function, request dict) for the ensemble relaxations and the labeler checks."""
-    from driver.loop import build_structure
+    from driver.preflight import build_structure
     from remote_al.structures import to_extxyz
 
     v = cfg.volume
@@ -68,7 +68,7 @@ def labeler_relax_request(cfg: CampaignConfig, spec: StructureSpec, workdir: Cal
     """(key, "relax_label", request dict): the labeler relaxes the built structure. One task
     per structure, run once and read twice: ``[initial] relax`` starts from its result and
     the volume check compares the ensemble with it."""
-    from driver.loop import build_structure
+    from driver.preflight import build_structure
     from remote_al.structures import to_extxyz
 
     v = cfg.volume

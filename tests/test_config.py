@@ -8,7 +8,7 @@ import pytest
 from driver.cli import main
 from driver.config import load_config, parse_config
 from driver.errors import ConfigError
-from driver.loop import preflight
+from driver.preflight import preflight
 
 GOOD = {
     "campaign": {"name": "t", "type_map": ["Li", "Ni", "O"], "max_rounds": 1},

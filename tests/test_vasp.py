@@ -47,7 +47,8 @@ def read_steps(path: Path):
 
 
 # ------------------------------------------------------------------------ parsing
-@pytest.mark.parametrize("name", sorted(p.name for p in DATA.iterdir() if p.name != "README.md"))
+# ASE's reader cannot read the MLFF OUTCAR (it stops at the "ML" blocks); it has tests of its own below.
+@pytest.mark.parametrize("name", sorted(p.name for p in DATA.iterdir() if p.name not in ("README.md", "OUTCAR.ch4.ml")))
 def test_parsed_steps_equal_ase_reader(name):
     steps = read_steps(DATA / name)
     frames = read(DATA / name, index=":")
@@ -321,6 +322,95 @@ def test_missing_command_is_a_setup_error(tmp_path, monkeypatch):
             [li05nio2()], [1], tmp_path / "work")
 
 
+# ---------------------------------------------- VASP 6 on-the-fly machine learning
+# OUTCAR.ch4.ml: VASP 6 MD of CH4 (NSW = 10, PSTRESS = 1 kB) with ML_LMLFF = .TRUE. Every ionic
+# step prints the force field's prediction first ("ML" blocks); steps 1, 2, 3 and 6 then ran
+# DFT. Values below were read off the file by hand ("free  energy   TOTEN" lines and the
+# "TOTAL-FORCE (eV/Angst)" blocks without "(ML)").
+ML_DFT_TOTEN = {1: -24.12709802, 2: -24.12724275, 3: -24.12737148, 6: -24.12697674}
+ML_DFT_ENTHALPY = {1: -23.50294738, 2: -23.50301418, 3: -23.50307590, 6: -23.50252675}
+ML_DFT_FORCES = {
+    1: [[-0.020999, 0.037724, 0.054091], [0.071295, -0.008772, 0.003936], [-0.032029, -0.063643, 0.001782],
+        [-0.014802, 0.031482, -0.059424], [-0.002097, 0.002870, -0.000339]],
+    3: [[-0.003244, 0.002252, 0.005300], [0.019887, -0.006329, 0.001733], [0.003680, 0.006508, 0.000486],
+        [-0.005964, 0.007259, -0.014990], [-0.013299, -0.010050, 0.007630]],
+    6: [[0.024419, -0.049633, -0.069040], [-0.071515, -0.003306, -0.000696], [0.046633, 0.083639, -0.001086],
+        [0.009183, -0.034893, 0.065236], [-0.007990, 0.004255, 0.005674]],
+}
+# Step 3's DFT "in kB" line (XX YY ZZ XY YZ ZX, pressure sign); its ML prediction printed +0.07148 ...
+ML_STEP3_KB = (-0.14701, -0.11335, -0.14239, 0.01982, 0.00854, -0.00669)
+
+
+def test_mlff_outcar_tells_dft_steps_from_predicted_ones():
+    steps = parse_outcar((DATA / "OUTCAR.ch4.ml").read_text())
+    assert [s.index for s in steps] == list(range(1, 11))  # each ionic step once
+    assert [s.index for s in steps if s.source == "dft"] == [1, 2, 3, 6]
+    for s in steps:
+        if s.source == "ml":
+            assert not s.converged and "machine-learned force field" in s.reason
+            assert s.magmoms is None and s.n_electronic_steps == 0
+        else:
+            assert s.converged and s.n_electronic_steps > 0, s.reason
+
+
+def test_mlff_outcar_energies_are_toten_without_pv_and_forces_of_the_same_step():
+    by = {s.index: s for s in parse_outcar((DATA / "OUTCAR.ch4.ml").read_text())}
+    for k, toten in ML_DFT_TOTEN.items():
+        assert by[k].energy == toten and by[k].energy != ML_DFT_ENTHALPY[k]
+    for k, forces in ML_DFT_FORCES.items():
+        np.testing.assert_array_equal(by[k].forces, forces)
+    # step 6's force-field prediction (printed before its DFT) is not what comes back
+    assert by[6].forces[0] != (0.018774, -0.046009, -0.053197)
+
+
+def test_mlff_outcar_stress_is_the_dft_one_in_ase_units_and_sign():
+    from ase.units import GPa
+
+    step3 = {s.index: s for s in parse_outcar((DATA / "OUTCAR.ch4.ml").read_text())}[3]
+    xx, yy, zz, xy, yz, zx = ML_STEP3_KB
+    expected = -0.1 * GPa * np.array([xx, yy, zz, yz, zx, xy])  # ASE: Voigt order, tensile positive
+    np.testing.assert_allclose(step3.stress, expected, rtol=1e-12)
+    assert all(v > 0 for v in step3.stress[:3])  # VASP's negative pressure is tension
+
+
+def _with_ml_steps(xml: str, after_calculation: int, ml_last: bool = False) -> str:
+    """vasprun.h2o.md.xml as VASP 6 writes it with ML_LMLFF: the flag in the incar block and
+    force-field steps outside <calculation> (unnamed structure, forces, stress, energy)."""
+    xml = xml.replace("<incar>", '<incar>\n  <i type="logical" name="ML_LMLFF"> T  </i>', 1)
+    calcs = [i for i in range(len(xml)) if xml.startswith("</calculation>", i)]
+    start = xml.index("<calculation>")
+    end = xml.index("</calculation>", start)
+    calc = xml[start:end]
+    structure = calc[calc.index("<structure>"):calc.index("</structure>") + len("</structure>")]
+    forces = calc[calc.index('<varray name="forces" >'):]
+    forces = forces[:forces.index("</varray>") + len("</varray>")]
+    ml_block = f"\n {structure}\n {forces}\n <energy>\n  <i name=\"e_fr_energy\"> -1.0 </i>\n </energy>\n"
+    if ml_last:
+        cut = xml.index("</modeling>") if "</modeling>" in xml else len(xml)
+        return xml[:cut] + ml_block + xml[cut:]
+    at = calcs[after_calculation - 1] + len("</calculation>")
+    return xml[:at] + ml_block + xml[at:]
+
+
+def test_mlff_vasprun_steps_outside_calculations_are_not_dft():
+    xml = (DATA / "vasprun.h2o.md.xml").read_text()
+    steps = parse_vasprun_xml(_with_ml_steps(xml, after_calculation=1))
+    assert [s.source for s in steps] == ["dft", "ml", "dft", "dft"]
+    assert [s.index for s in steps] == [1, 2, 3, 4]
+    plain = parse_vasprun_xml(xml)
+    assert [s.energy for s in steps if s.source == "dft"] == [s.energy for s in plain]
+    last = parse_vasprun_xml(_with_ml_steps(xml, 0, ml_last=True))[-1]
+    assert last.source == "ml" and not last.converged
+
+
+def test_mlff_vasprun_calculation_without_electronic_loop_is_not_dft():
+    xml = _with_ml_steps((DATA / "vasprun.h2o.md.xml").read_text(), after_calculation=1)
+    first = xml.index("<calculation>")
+    scf_end = xml.rindex("</scstep>", first, xml.index("</calculation>", first)) + len("</scstep>")
+    stripped = xml[:first] + "<calculation>" + xml[scf_end:]
+    assert parse_vasprun_xml(stripped)[0].source == "ml"
+
+
 # ----------------------------------------------------------- run path, fake VASP
 # Stands in for VASP: checks its inputs, logs the INCAR it saw, writes canned real outputs.
 FAKE_VASP = r'''
@@ -342,6 +432,12 @@ if mode == "converges-on-retry":
     (cwd / "OUTCAR").write_text(outcar if retry else outcar[:step2])
 elif mode == "never-converges":
     (cwd / "OUTCAR").write_text(outcar[:step2])
+elif mode == "mlff":  # a run with ML_LMLFF on: its last ionic step is the force field's
+    shutil.copy(data / "OUTCAR.ch4.ml", cwd / "OUTCAR")
+elif mode == "mlff-first-step":  # the same run cut after ionic step 1 (a DFT step, PSTRESS = 1 kB)
+    ml = (data / "OUTCAR.ch4.ml").read_text()
+    second = ml.index("ML FORCE on cell", ml.index("ML FORCE on cell") + 1)
+    (cwd / "OUTCAR").write_text(ml[:second])
 elif mode == "h2o":
     shutil.copy(data / "vasprun.h2o.md.xml", cwd / "vasprun.xml")
 elif mode == "nan":
@@ -445,6 +541,25 @@ def test_nan_energy_becomes_a_failed_label(fake_vasp, tmp_path):
     (label,) = fake_vasp({"*": "nan"}).label([atoms], [9], tmp_path / "w")
     assert label.status == "failed" and label.energy is None
     assert "invalid label" in label.reason and "nan" in label.reason
+
+
+def test_a_run_that_ends_on_a_force_field_step_gives_no_label(fake_vasp, tmp_path):
+    atoms, _, _ = methane_shuffled()
+    work = tmp_path / "work"
+    (label,) = fake_vasp({"*": "mlff"}).label([atoms], [4], work)
+    assert label.status == "failed" and label.energy is None and label.forces is None
+    assert "ionic step 10 was predicted by VASP's machine-learned force field" in label.reason
+    assert "ML_LMLFF = .FALSE." in label.reason
+    assert len(calls(work)) == 1  # not an SCF failure: no retry
+
+
+def test_a_dft_step_with_pstress_labels_the_free_energy_not_the_enthalpy(fake_vasp, tmp_path):
+    atoms, _, _ = methane_shuffled()
+    (label,) = fake_vasp({"*": "mlff-first-step"}).label([atoms], [4], tmp_path / "w")
+    assert label.status == "ok", label.reason
+    assert label.energy == ML_DFT_TOTEN[1]
+    order = poscar_order(atoms.get_chemical_symbols())[0]
+    np.testing.assert_array_equal(label.forces, unpermute([tuple(f) for f in ML_DFT_FORCES[1]], order))
 
 
 def test_registry_builds_the_vasp_labeler():

@@ -77,7 +77,7 @@ def test_supercell_error_suggests_a_working_one(tmp_path):
 
 
 def test_built_structures_have_the_requested_composition(tmp_path):
-    from driver.loop import build_structure
+    from driver.preflight import build_structure
 
     cfg = _cfg(tmp_path)
     by = {s.name: build_structure(s) for s in cfg.structures if s.name != "LNO-x1-o1"}

@@ -462,17 +462,20 @@ class Campaign:
             vals["force_inside_ci"] = float(np.average(result["force_inside_ci"], weights=natoms))
             vals["force_width_mean"] = float(np.mean(result["force_width"]))
         sel = self.cfg.selection
-        if (scope == "generation" and sel.force_threshold_mode == "calibrated"
-                and result.get("force_error_max") is not None
-                and result["n_frames"] >= sel.calibration_min_frames):
-            from driver.metrics import calibrate_threshold
+        if scope == "generation":
+            from driver.calibrate import calibrate_generation
 
-            try:
-                thr = calibrate_threshold(result["force_width"], result["force_error_max"], sel.target_force_error)
-            except ValueError:
-                thr = float("inf")
-            if np.isfinite(thr):
-                vals["force_threshold"] = float(min(thr, 0.99 * sel.force_upper))
+            cal = calibrate_generation(self.cfg.directory, g, result, sel, int(result["n_members"]))
+            if cal is not None:
+                vals.update(force_scale=cal.force_scale, energy_scale=cal.energy_scale,
+                            calibrated=float(cal.calibrated), n_calibration_atoms=cal.n_force_pairs)
+                if sel.force_threshold_mode == "calibrated":
+                    vals["force_threshold"] = float(min(cal.force_width_threshold(sel.target_force_error),
+                                                        0.99 * sel.force_upper))
+                self.state.event("calibration", (
+                    f"generation {g}: 95 % force bound = {cal.force_scale:.2f} x width, energy bound = "
+                    f"{cal.energy_scale:.2f} x width ({cal.n_frames} frames, {cal.n_force_pairs} atoms"
+                    + (f"; {cal.note}" if cal.note else "") + ")"))
         for name, v in vals.items():
             self.state.db.execute(
                 "INSERT INTO metrics(scope, idx, name, value) VALUES(?,?,?,?) "

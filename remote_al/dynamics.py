@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from remote_al.calibration import atom_force_errors
 from remote_al.records import MDRequest, MDResult, UQRequest, UQResult
 from remote_al.structures import from_extxyz, min_distance, to_extxyz
 from remote_al.uq import ensemble_ci_width, frame_uncertainty
@@ -251,21 +252,25 @@ def evaluate_uncertainty(req: UQRequest) -> UQResult:
     labeled = [a.calc is not None and "energy" in a.calc.results and "forces" in a.calc.results for a in frames]
     if all(labeled):
         e_ref = np.array([a.calc.results["energy"] for a in frames]) / natoms
-        e_err, f_rmse, f_max, inside = [], [], [], []
+        e_err, f_rmse, f_max, inside, atom_w, atom_e = [], [], [], [], [], []
         for i, a in enumerate(frames):
             f_ref = np.asarray(a.calc.results["forces"])
             f_mean = forces[i].mean(axis=0)
             d = f_mean - f_ref
             f_rmse.append(float(np.sqrt(np.mean(d**2))))
             f_max.append(float(np.abs(d).max()))
-            half = ensemble_ci_width(forces[i], req.confidence, axis=0) / 2.0
-            inside.append(float(np.mean(np.abs(d) <= half)))
+            width = ensemble_ci_width(forces[i], req.confidence, axis=0)
+            inside.append(float(np.mean(np.abs(d) <= width / 2.0)))
+            atom_w.extend(width.max(axis=1).tolist())
+            atom_e.extend(atom_force_errors(f_mean, f_ref).tolist())
         e_err = (e_mean - e_ref).tolist()
         result.update(
             energy_error=tuple(e_err),
             force_rmse=tuple(f_rmse),
             force_error_max=tuple(f_max),
             force_inside_ci=tuple(inside),
+            atom_force_width=tuple(float(x) for x in atom_w),
+            atom_force_error=tuple(float(x) for x in atom_e),
         )
     result.update(wall_s=time.time() - t0, device=_device_name())
     return UQResult(**result)

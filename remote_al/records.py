@@ -106,6 +106,9 @@ class UQResult(_Record):
     force_rmse: tuple[float, ...] | None = None  # eV/A, per frame, over components
     force_error_max: tuple[float, ...] | None = None  # eV/A, max |mean - reference|
     force_inside_ci: tuple[float, ...] | None = None  # share of components inside the CI
+    # Per atom, frames concatenated in order (for calibration, remote_al.calibration):
+    atom_force_width: tuple[float, ...] | None = None  # eV/A, the largest component CI width
+    atom_force_error: tuple[float, ...] | None = None  # eV/A, the largest |mean - reference| component
     wall_s: float = 0.0
     device: str = "cpu"
 

@@ -1,0 +1,234 @@
+"""Calibrated error bounds from the ensemble's Student-t width: pure functions over numpy.
+
+The seed's width, ``2 t(0.975, M-1) s / sqrt(M)``, is a confidence interval of the
+ensemble *mean*; it says nothing calibrated about the error of one prediction, and a small
+ensemble trained briefly is over-confident beyond that (on held-out frames the half-width
+covers about half of the true force errors). This module turns the width into a bound on
+the true error that holds at a stated level, fitted per generation on frames that the
+ensemble did not train on.
+
+Method: split-conformal prediction with normalised scores (Lei et al. 2018; Angelopoulos
+and Bates 2021). For calibration pairs (width ``w_i``, true error ``e_i``) the score is
+``r_i = |e_i| / w_i``; the bound at level ``c`` is ``q * w`` with ``q`` the
+``ceil((n + 1) c)``-th smallest score. For exchangeable calibration and test pairs this
+covers at least ``c`` of new errors (finite-sample, distribution-free), which a Gaussian
+scale factor (Imbalzano et al. 2021) only does when errors are Gaussian in units of the
+spread; the measured errors are heavy-tailed (Pernot 2024), so the quantile is used, and
+the Gaussian factor is kept for comparison (``method="gaussian_scale"``). The bound is
+proportional to the width, so it keeps the ensemble's ranking of structures: a frame's
+bound is ``q`` times its seed width, and a target error converts to a width threshold as
+``target / q``.
+
+Units and levels: forces per atom (width: the largest of the atom's three component
+widths; error: the largest component error of the ensemble mean), energies per frame
+(per atom). Too few pairs for the level (``n < c / (1 - c)``, 19 at 95 %) cannot give a
+finite conformal quantile: then the fit falls back to ``fallback`` (the previous
+generation's calibration) or, with none, to the Student-t *prediction* interval of one
+member drawn like the ensemble, ``sqrt(M + 1)`` times the width of the mean, marked
+``calibrated = False``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+METHODS = ("conformal", "gaussian_scale", "prediction_interval")
+
+
+def atom_force_widths(member_forces: np.ndarray, confidence: float = 0.95) -> np.ndarray:
+    """(M, N, 3) member forces -> (N,) the largest component CI width of each atom."""
+    from remote_al.uq import ensemble_ci_width
+
+    return ensemble_ci_width(np.asarray(member_forces, dtype=float), confidence, axis=0).max(axis=1)
+
+
+def atom_force_errors(mean_forces: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """(N, 3) ensemble-mean and reference forces -> (N,) the largest |component error|."""
+    return np.abs(np.asarray(mean_forces, dtype=float) - np.asarray(reference, dtype=float)).max(axis=1)
+
+
+def min_pairs(coverage: float) -> int:
+    """The fewest calibration pairs whose conformal quantile at ``coverage`` is finite."""
+    return int(math.ceil(coverage / (1.0 - coverage) - 1e-9))
+
+
+def conformal_scale(widths, errors, coverage: float = 0.95) -> float:
+    """The split-conformal factor ``q``: ``|e| <= q w`` for at least ``coverage`` of new pairs.
+
+    Raises ValueError when there are fewer than ``min_pairs(coverage)`` usable pairs."""
+    w, e = _pairs(widths, errors)
+    n = w.size
+    k = int(math.ceil((n + 1) * coverage))
+    if k > n:
+        raise ValueError(f"{n} calibration pairs are too few for {coverage:.0%} (need {min_pairs(coverage)})")
+    scores = np.sort(e / w)
+    return float(scores[k - 1])
+
+
+def gaussian_scale(widths, errors, coverage: float = 0.95) -> float:
+    """Imbalzano et al. 2021 style: one scale so that errors are unit-variance Gaussian in
+    units of the width, then the two-sided Gaussian quantile at ``coverage``."""
+    from scipy import stats
+
+    w, e = _pairs(widths, errors)
+    if w.size < 2:
+        raise ValueError("need at least 2 calibration pairs")
+    alpha = math.sqrt(float(np.mean((e / w) ** 2)))
+    return float(alpha * stats.norm.ppf(0.5 + coverage / 2.0))
+
+
+def prediction_interval_scale(n_members: int) -> float:
+    """The Student-t prediction interval of a new draw against the CI of the mean, as a
+    factor on the seed's full width that bounds |error| (half-width * sqrt(M + 1))."""
+    return 0.5 * math.sqrt(n_members + 1)
+
+
+def coverage(widths, errors, scale: float) -> float:
+    """Share of pairs with ``|e| <= scale * w``."""
+    w, e = _pairs(widths, errors)
+    return float(np.mean(e <= scale * w)) if w.size else float("nan")
+
+
+def _pairs(widths, errors) -> tuple[np.ndarray, np.ndarray]:
+    w = np.asarray(widths, dtype=float).ravel()
+    e = np.abs(np.asarray(errors, dtype=float).ravel())
+    if w.shape != e.shape:
+        raise ValueError(f"{w.size} widths but {e.size} errors")
+    ok = np.isfinite(w) & np.isfinite(e) & (w > 0)
+    return w[ok], e[ok]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """One generation's map from the seed's width to a bound on the true error.
+
+    ``force_scale`` multiplies a per-atom (or per-frame: the max over atoms) force width,
+    ``energy_scale`` a per-atom energy width; both give bounds at ``coverage``."""
+
+    generation: int
+    method: str
+    coverage: float
+    force_scale: float
+    energy_scale: float
+    n_frames: int
+    n_force_pairs: int
+    n_energy_pairs: int
+    calibrated: bool  # False: too few pairs, a fallback (see ``note``)
+    note: str = ""
+    n_members: int = 0
+    source: str = "held-out test frames"
+
+    def force_bound(self, width) -> np.ndarray:
+        return self.force_scale * np.asarray(width, dtype=float)
+
+    def energy_bound(self, width) -> np.ndarray:
+        return self.energy_scale * np.asarray(width, dtype=float)
+
+    def force_width_threshold(self, target_error: float) -> float:
+        """The width below which a frame's calibrated force bound is under ``target_error``."""
+        return float(target_error / self.force_scale)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Calibration":
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def fit_calibration(
+    generation: int,
+    atom_widths,
+    atom_errors,
+    energy_widths,
+    energy_errors,
+    n_frames: int,
+    n_members: int,
+    coverage_level: float = 0.95,
+    method: str = "conformal",
+    fallback: Calibration | None = None,
+    min_frames: int = 1,
+) -> Calibration:
+    """Fit one generation's calibration; see the module docstring for the rules."""
+    if method not in METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; known: {METHODS}")
+    fw, fe = _pairs(atom_widths, atom_errors)
+    ew, ee = _pairs(energy_widths, energy_errors)
+    base = dict(generation=generation, method=method, coverage=coverage_level, n_frames=int(n_frames),
+                n_force_pairs=int(fw.size), n_energy_pairs=int(ew.size), n_members=int(n_members))
+
+    def scale(w, e):
+        if method == "conformal":
+            return conformal_scale(w, e, coverage_level)
+        if method == "gaussian_scale":
+            return gaussian_scale(w, e, coverage_level)
+        return prediction_interval_scale(n_members)
+
+    notes = []
+    try:
+        if n_frames < min_frames:
+            raise ValueError(f"{n_frames} frames, fewer than the {min_frames} asked for")
+        f_scale = scale(fw, fe)
+    except ValueError as exc:
+        notes.append(f"forces: {exc}")
+        f_scale = None
+    try:
+        if n_frames < min_frames:
+            raise ValueError(f"{n_frames} frames, fewer than the {min_frames} asked for")
+        e_scale = scale(ew, ee)
+    except ValueError as exc:
+        notes.append(f"energies: {exc}")
+        e_scale = None
+    if f_scale is not None and e_scale is not None:
+        return Calibration(force_scale=f_scale, energy_scale=e_scale, calibrated=True, **base)
+    if fallback is not None:
+        what = f"generation {fallback.generation}'s calibration"
+        f_scale = fallback.force_scale if f_scale is None else f_scale
+        e_scale = fallback.energy_scale if e_scale is None else e_scale
+    else:
+        what = f"the Student-t prediction interval (sqrt(M+1) = {math.sqrt(n_members + 1):.2f} x the CI)"
+        pi = prediction_interval_scale(n_members)
+        f_scale = pi if f_scale is None else f_scale
+        e_scale = pi if e_scale is None else e_scale
+    return Calibration(force_scale=f_scale, energy_scale=e_scale, calibrated=False,
+                       note="; ".join(notes) + f"; using {what}", **base)
+
+
+def with_generation(cal: Calibration, generation: int) -> Calibration:
+    return replace(cal, generation=generation)
+
+
+# ------------------------------------------------------------------ the stored file
+def calibration_path(campaign_dir: str | Path, generation: int) -> Path:
+    return Path(campaign_dir) / "calibration" / f"g{generation}.json"
+
+
+def write_calibration(campaign_dir: str | Path, cal: Calibration) -> Path:
+    """``<campaign>/calibration/g<N>.json``: the method, its parameters and the frames used
+    (documented in docs/uncertainty.md). Written atomically."""
+    path = calibration_path(campaign_dir, cal.generation)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"format": "remote-al calibration 1", **cal.to_dict()}, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_calibration(campaign_dir: str | Path, generation: int) -> Calibration | None:
+    path = calibration_path(campaign_dir, generation)
+    if not path.exists():
+        return None
+    return Calibration.from_dict(json.loads(path.read_text()))
+
+
+def latest_calibration(campaign_dir: str | Path, up_to: int | None = None) -> Calibration | None:
+    """The calibration of the newest generation (at most ``up_to``) that has one."""
+    folder = Path(campaign_dir) / "calibration"
+    gens = sorted(int(p.stem[1:]) for p in folder.glob("g*.json") if p.stem[1:].isdigit()) if folder.is_dir() else []
+    gens = [g for g in gens if up_to is None or g <= up_to]
+    return read_calibration(campaign_dir, gens[-1]) if gens else None

@@ -1,0 +1,114 @@
+"""Calibrated error bounds (remote_al.calibration): synthetic cases with known errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from remote_al.calibration import (
+    Calibration,
+    atom_force_errors,
+    atom_force_widths,
+    conformal_scale,
+    coverage,
+    fit_calibration,
+    gaussian_scale,
+    latest_calibration,
+    min_pairs,
+    prediction_interval_scale,
+    read_calibration,
+    write_calibration,
+)
+from remote_al.uq import t_factor
+
+
+def heavy_tailed_pairs(rng, n, over_confidence=3.0, dof=3.0):
+    """Widths spread over a decade; true errors Student-t (3 dof) with a scale 3x what the
+    width's half claims: an over-confident ensemble with heavy tails, as measured."""
+    w = np.exp(rng.uniform(np.log(0.05), np.log(0.5), n))
+    e = np.abs(rng.standard_t(dof, n)) * over_confidence * w / 2
+    return w, e
+
+
+def test_conformal_recovers_nominal_coverage_on_new_pairs():
+    rng = np.random.default_rng(0)
+    covered = []
+    for _ in range(300):
+        w, e = heavy_tailed_pairs(rng, 200)
+        q = conformal_scale(w, e, 0.95)
+        w2, e2 = heavy_tailed_pairs(rng, 2000)
+        covered.append(coverage(w2, e2, q))
+    mean = float(np.mean(covered))
+    # split-conformal: E[coverage] in [0.95, 0.95 + 1/(n+1)]
+    assert 0.945 <= mean <= 0.96, mean
+    # and the raw half-width covers far less on the same data
+    w, e = heavy_tailed_pairs(rng, 5000)
+    assert coverage(w, e, 0.5) < 0.6
+
+
+def test_gaussian_scale_recovers_coverage_when_errors_are_gaussian():
+    rng = np.random.default_rng(1)
+    w = np.exp(rng.uniform(np.log(0.05), np.log(0.5), 20000))
+    e = np.abs(rng.normal(size=w.size)) * 2.0 * w
+    cal = fit_calibration(0, w[:5000], e[:5000], w[:100], e[:100], 100, 4, method="gaussian_scale")
+    assert abs(coverage(w[5000:], e[5000:], cal.force_scale) - 0.95) < 0.01
+    with pytest.raises(ValueError, match="unknown calibration method"):
+        fit_calibration(0, w, e, w, e, 100, 4, method="isotonic")
+
+
+def test_too_few_pairs_fall_back_and_say_so():
+    assert min_pairs(0.95) == 19
+    with pytest.raises(ValueError, match="too few"):
+        conformal_scale(np.ones(18), np.ones(18), 0.95)
+    assert conformal_scale(np.ones(19), np.arange(1, 20), 0.95) == 19.0
+    cal = fit_calibration(0, np.ones(5), np.ones(5), np.ones(2), np.ones(2), n_frames=2, n_members=4)
+    assert not cal.calibrated and "prediction interval" in cal.note
+    assert cal.force_scale == pytest.approx(0.5 * np.sqrt(5)) == prediction_interval_scale(4)
+    prev = Calibration(3, "conformal", 0.95, 2.5, 1.7, 30, 480, 30, True)
+    cal = fit_calibration(4, np.ones(5), np.ones(5), np.ones(2), np.ones(2), n_frames=2, n_members=4, fallback=prev)
+    assert not cal.calibrated and (cal.force_scale, cal.energy_scale) == (2.5, 1.7)
+    assert "generation 3" in cal.note
+    cal = fit_calibration(4, np.ones(50), np.ones(50), np.ones(30), np.ones(30), n_frames=5, n_members=4,
+                          fallback=prev, min_frames=10)
+    assert not cal.calibrated and "fewer than the 10" in cal.note
+
+
+def test_threshold_in_physical_units():
+    rng = np.random.default_rng(2)
+    w, e = heavy_tailed_pairs(rng, 500)
+    cal = fit_calibration(1, w, e, w, e, n_frames=40, n_members=4)
+    assert cal.calibrated
+    thr = cal.force_width_threshold(0.10)
+    assert thr == pytest.approx(0.10 / cal.force_scale)
+    # a frame at the threshold width has its 95 % bound exactly at the target
+    assert cal.force_bound(thr) == pytest.approx(0.10)
+    # a tighter target gives a lower width threshold (the thresholds differ by target)
+    assert cal.force_width_threshold(0.05) < thr < cal.force_width_threshold(0.2)
+
+
+def test_per_atom_widths_and_errors_follow_the_seed_width():
+    rng = np.random.default_rng(3)
+    members = rng.normal(size=(4, 7, 3))
+    w = atom_force_widths(members)
+    expected = t_factor(4) * members.std(axis=0, ddof=1).max(axis=1)
+    np.testing.assert_allclose(w, expected)
+    # permuting members changes nothing; identical members give zero width
+    np.testing.assert_allclose(atom_force_widths(members[::-1]), w)
+    assert np.all(atom_force_widths(np.repeat(members[:1], 4, axis=0)) == 0)
+    ref = members.mean(axis=0) + np.array([0.1, -0.3, 0.2])
+    np.testing.assert_allclose(atom_force_errors(members.mean(axis=0), ref), 0.3)
+
+
+def test_calibration_file_round_trips_and_latest_is_found(tmp_path):
+    a = Calibration(0, "conformal", 0.95, 2.0, 1.5, 6, 96, 6, True, n_members=4)
+    b = Calibration(2, "conformal", 0.95, 2.4, 1.1, 14, 224, 14, True, n_members=4)
+    write_calibration(tmp_path, a)
+    path = write_calibration(tmp_path, b)
+    data = json.loads(path.read_text())
+    assert data["format"] == "remote-al calibration 1" and data["force_scale"] == 2.4
+    assert read_calibration(tmp_path, 0) == a and read_calibration(tmp_path, 1) is None
+    assert latest_calibration(tmp_path) == b
+    assert latest_calibration(tmp_path, up_to=1) == a
+    assert latest_calibration(tmp_path / "nowhere") is None

@@ -1,7 +1,9 @@
 """Active-learning efficiency: labels needed to reach a target accuracy, by selection rule.
 
-    .venv/bin/python benchmarks/al_efficiency.py            # full run (docs/benchmarks.md: timing)
-    .venv/bin/python benchmarks/al_efficiency.py --quick    # smoke run, results in the workdir
+    .venv/bin/python benchmarks/al_efficiency.py --workers 1    # first pass (docs/benchmarks.md: timing)
+    .venv/bin/python benchmarks/al_efficiency.py --strategies all   # every rule (adds to the cache)
+    .venv/bin/python benchmarks/al_efficiency.py --report       # results from the cache, no training
+    .venv/bin/python benchmarks/al_efficiency.py --quick        # smoke run, results in the workdir
 
 Pool-based comparison on the example campaign's systems (examples/linio2.toml: LiNiO2 and
 Li0.75NiO2 in (2, 2, 1) cells of 16/15 atoms, CHGNet labels as the stand-in for DFT).
@@ -11,48 +13,63 @@ Stage 0 (cached under ``--workdir``, default ``runs/al_efficiency``, which git i
 * initial data: the campaign's ``initial`` section (10 rattled/strained frames per
   composition, rattle 0.02-0.12 A, strain 3 %, campaign seed 7), labeled with CHGNet;
 * an unlabeled candidate POOL: MD (``remote_al.dynamics.run_md``, 600 steps, 300, 700 and
-  1000 K, both compositions, two walkers) with two throwaway DeePMD models trained on the
-  initial data plus 48 extra rattled frames (up to 0.25 A; without close contacts in their
-  data the MD collapses), plus 30 strongly rattled frames (0.10-0.20 A, strain 4 %). Every
-  frame passes ``remote_al.structures.check_structure`` and is labeled once with CHGNet,
-  so each strategy's "labeler call" is a lookup and the budget counts labels, not seconds;
-* a held-out TEST set: MD driven by CHGNet itself at the campaign's temperatures (300 and
-  700 K, both compositions; 20 frames 10 fs apart after 100 fs), plus the campaign's 3
-  rattled test frames per composition; never in the pool, never trained on.
+  1000 K, both compositions, two walkers, 40 frames a run) with two throwaway DeePMD models
+  trained on the initial data plus 48 extra rattled frames (up to 0.25 A; without close
+  contacts in their data the MD collapses), plus 30 strongly rattled frames (0.10-0.20 A,
+  strain 4 %). Every frame passes ``remote_al.structures.check_structure`` and is labeled
+  once with CHGNet, so each strategy's "labeler call" is a lookup and the budget counts
+  labels, not seconds. Two pools are compared: ``all`` (every frame) and ``campaign`` (only
+  the MD frames at the campaign's temperatures, 300 and 700 K: what the example campaign's
+  exploration produces);
+* a held-out TEST set, never in the pool, never trained on: MD driven by CHGNet itself at
+  the campaign's temperatures (300 and 700 K, both compositions; 20 frames 10 fs apart after
+  100 fs): the in-distribution group; CHGNet MD at 1000 K and the campaign's 3 rattled test
+  frames per composition: the out-of-distribution group.
 
 Then, per seed, a round-0 ensemble of 4 members (``remote_al.training.train_member``,
 subset 0.9, the campaign's loss prefactors, 800 steps from scratch) is trained on the
-initial data and shared by the strategies. Each strategy runs ``--rounds`` rounds: the
-previous ensemble evaluates the pool (``predict_ensemble``, ``frame_uncertainty``), the
-strategy picks ``--k`` frames, their labels join the training set, every member continues
-from its previous checkpoint (``init_model``, as the campaign does) for
-``--steps-continue`` steps, and the new ensemble's mean is scored on the test set (energy
-RMSE per atom, force RMSE over components). Member seeds depend on (seed, round, member)
-only, the same for every strategy. Strategies, all spending exactly k labels a round:
+initial data and shared by the strategies. Each strategy runs ``--rounds`` (6) rounds of
+``--k`` (20) labels, to 140 labels: the previous ensemble evaluates the pool
+(``predict_ensemble``: Student-t widths, per-atom widths, DP-GEN's deviation, the true
+error for the oracle; ``remote_al.features``: the first member's per-type mean descriptor
+per frame), the strategy picks k frames, their labels join the training set, every member
+continues from its previous checkpoint (``init_model``, as the campaign does) for
+``--steps-continue`` steps, and the new ensemble's mean is scored on the test set by group.
+Member seeds depend on (seed, round, member) only, the same for every strategy.
 
-* ``ours``: ``driver.selection.select`` with the campaign's policy (force CI width
-  threshold 0.10 eV/A, trust bound 3.0 eV/A, near-duplicate filter 0.05 A, highest widths
-  first, cap k). If fewer than k frames are above the threshold, ``select`` runs again with
-  threshold 0 on the rest (highest widths below the threshold); if still short, the lowest
-  widths above the trust bound;
-* ``random``: k frames uniformly from the unlabeled pool;
-* ``dpgen``: DP-GEN's max force deviation (per atom, the root mean square over models of
-  the deviation from the mean force; max over atoms), candidates in the trust window
-  [lo, hi), k of them uniformly at random (``fp_task_max``). lo and hi are the 50th and
-  95th percentiles of the round-0 ensemble's deviations on the pool (per seed), fixed over
-  rounds. Fewer than k candidates: the highest deviations below lo fill the budget;
-* ``ours_window`` (a variant): ``ours`` with threshold and trust bound at the same round-0
-  percentiles (50th, 95th) of the Student-t widths.
+Strategies (``STRATEGIES``; the rules themselves are ``driver.strategies``), all spending
+exactly k labels a round:
 
-Training runs in ``--workers`` (2) persistent worker processes. ``--launcher in-process``
+* ``random``: k frames uniformly from the unlabeled pool; the reference;
+* ``oracle``: the k largest true force errors (frame RMSE of the ensemble mean against the
+  CHGNet label): what a perfect per-frame error estimate would pick;
+* ``topk``, ``fps``, ``kmeans``, ``maxdet``, ``lcmd``: the rules of ``driver.strategies``
+  on the Student-t force width (max over atoms) with the campaign's threshold 0.10 eV/A
+  and trust bound 3.0 eV/A, features of the selecting ensemble (``@desc``, the default;
+  ``@awh``: per-atom width histogram; ``@dist``: neighbour-distance histogram) and the
+  training set (initial data and frames labeled so far) as the frames already known;
+  ``_group``: within per-condition quotas (composition x temperature, or rattled);
+* ``dpgen_window``: DP-GEN's rule on its max force deviation in the trust window [lo, hi),
+  the 50th and 95th percentiles of the round-0 deviations on the pool (per seed and pool).
+
+When a rule finds fewer than k eligible frames, the highest scores below its range and then
+the lowest above it fill the budget (``fill_budget``). The target of "labels to target" is
+random's mean in-distribution test force RMSE at the full budget; the labels a rule needs
+to reach it come from linear interpolation between rounds on the mean curve over seeds,
+with a 95 % interval from resampling the seeds (``bootstrap_ratio``).
+
+Training runs in ``--workers`` (1) persistent worker processes. ``--launcher in-process``
 (default) runs train_member's ``dp --pt train`` / ``dp --pt freeze`` through DeePMD-kit's
 entry point inside the worker instead of a subprocess (same arguments, same results,
 torch imported once per worker); ``--launcher subprocess`` runs train_member unchanged.
 
-Outputs in ``--out-dir``: ``al_efficiency.json`` (settings, stage-0 summary, every record,
-summary with labels-to-target), ``al_efficiency.csv`` (one row per strategy, seed and
-round) and ``al_efficiency.png`` (test RMSE against labels, mean and standard deviation
-over seeds). Every finished round is cached, so an interrupted run resumes.
+Outputs in ``--out-dir``: ``al_efficiency.json`` (``headline``, settings, stage-0 summary,
+the 10k-candidate selection timing, the round-0 feature study, per pool the curves,
+labels-to-target with intervals and the last round's errors by test group, every record
+with the frames it picked and why), ``al_efficiency.csv`` (one row per pool, strategy,
+seed and round), ``al_efficiency.png`` (full pool) and ``al_efficiency_campaign_pool.png``.
+They are rewritten after every finished (pool, strategy, seed), so an interrupted run
+leaves partial results; every finished round is cached, so it resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -67,6 +84,7 @@ import shutil
 import sys
 import threading
 import time
+import zlib
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,10 +102,21 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 TYPE_MAP = ("Li", "Ni", "O")
-# ours_window: the campaign's selection with DP-GEN-style trust levels (threshold and upper bound
-# at the same round-0 quantiles as dpgen's lo and hi, on the Student-t widths): a variant tried
-# because plain "ours" goes for the frames farthest from the test distribution
-STRATEGIES = ("ours", "random", "dpgen", "ours_window")
+# The selection rules, in the order a run trains them: the first ones are the first pass
+# (``--strategies`` picks any subset; every finished round is cached, so a later invocation
+# adds the rest). "<rule>_group": the rule within per-condition quotas (driver.strategies.
+# per_group); "@awh" / "@dist": the same rule in another feature space (per-atom width
+# histogram, neighbour-distance histogram) instead of the DeePMD descriptor.
+STRATEGIES = (
+    "random", "kmeans_group", "oracle", "lcmd_group", "topk",
+    "lcmd", "topk_group", "fps", "maxdet", "kmeans", "dpgen_window", "fps_group",
+    "kmeans_group@awh", "kmeans_group@dist",
+)
+DEFAULT = "kmeans_group"  # the rule the headline reports (the best measured one; docs/benchmarks.md)
+RULES = {"topk": "topk", "fps": "fps_uncertain", "kmeans": "kmeans_uncertain", "maxdet": "maxdet", "lcmd": "lcmd",
+         "dpgen_window": "dpgen_window"}  # benchmark name -> driver.strategies name
+FEATURES = ("desc", "awh", "dist")
+POOLS = ("campaign", "all")  # the campaign's conditions only; every pool frame
 # The example campaign's structures: name, Li content, vacancy-ordering seed.
 STRUCTURES = (("LiNiO2", 1.0, 0), ("Li0.75NiO2", 0.75, 1))
 # The example campaign's [training.deepmd.loss] overrides (energy weighted up for short runs).
@@ -96,8 +125,8 @@ LOSS = {"start_pref_e": 0.2, "limit_pref_e": 2.0, "start_pref_f": 1000.0, "limit
 
 @dataclass
 class Settings:
-    seeds: int = 3
-    rounds: int = 3
+    seeds: int = 4
+    rounds: int = 6
     k: int = 20
     members: int = 4
     subset_fraction: float = 0.9
@@ -118,13 +147,15 @@ class Settings:
     pool_temperatures_K: tuple = (300.0, 700.0, 1000.0)
     pool_walkers: int = 2
     md_steps: int = 600
-    pool_frames_per_run: int = 25
+    pool_frames_per_run: int = 40
     pool_rattled_per_structure: int = 15
     pool_rattle_A: tuple = (0.10, 0.20)
     pool_strain: float = 0.04
     # test: MD with CHGNet itself (the reference's own thermal distribution), frames after
     # test_equil_steps, then every test_interval steps
-    test_temperatures_K: tuple = (300.0, 700.0)
+    test_temperatures_K: tuple = (300.0, 700.0)  # the campaign's conditions: the in-distribution group
+    # out-of-distribution test group: CHGNet MD hotter than the campaign explores (plus the rattled frames)
+    test_ood_temperatures_K: tuple = (1000.0,)
     test_walkers: int = 1
     test_equil_steps: int = 100
     test_interval: int = 10
@@ -136,32 +167,35 @@ class Settings:
     dedup_tolerance_A: float = 0.05
     min_distance_A: float = 1.2
     dpgen_quantiles: tuple = (0.50, 0.95)
-    workers: int = 2
+    workers: int = 1
     # "in-process": train_member's dp train/freeze run inside persistent worker processes
     # (same arguments, DeePMD-kit imported once per worker); "subprocess": train_member as is
     launcher: str = "in-process"
     # "all": every pool frame is a candidate; "campaign": only the MD frames at the campaign's
-    # own temperatures (those of the test set), i.e. what the example campaign's exploration
-    # produces (no 1000 K runs, no strongly rattled frames)
-    pool: str = "all"
-    strategies: tuple = STRATEGIES
+    # own temperatures (those of the in-distribution test group), i.e. what the example
+    # campaign's exploration produces (no 1000 K runs, no strongly rattled frames)
+    pools: tuple = POOLS
+    strategies: tuple = STRATEGIES[:5]
+    bootstrap: int = 2000  # resamples of the seeds for the labels-to-target intervals
 
     @classmethod
     def quick(cls) -> "Settings":
         return cls(
-            seeds=2, rounds=1, k=4, members=2, steps_initial=60, steps_continue=30,
+            seeds=2, rounds=2, k=4, members=2, steps_initial=60, steps_continue=30,
             generator_members=1, generator_steps=200, generator_extra_per_structure=6,
-            pool_temperatures_K=(300.0, 1000.0),
+            pool_temperatures_K=(700.0, 1000.0),
             pool_walkers=1, md_steps=200, pool_frames_per_run=5, pool_rattled_per_structure=2,
-            test_temperatures_K=(700.0,), test_walkers=1, test_equil_steps=10, test_interval=5, test_frames_per_run=3,
+            test_temperatures_K=(700.0,), test_ood_temperatures_K=(1000.0,), test_walkers=1, test_equil_steps=10, test_interval=5, test_frames_per_run=3,
             test_rattled_per_structure=1, n_initial_per_structure=4,
+            strategies=("random", "kmeans_group", "oracle", "lcmd_group", "topk", "dpgen_window", "maxdet@awh",
+                        "fps@dist"),
         )
 
     def stage0_key(self) -> dict:
         names = [
             "campaign_seed", "n_initial_per_structure", "rattle_A", "strain", "generator_members",
             "generator_steps", "generator_extra_per_structure", "generator_rattle_A", "pool_temperatures_K", "pool_walkers", "md_steps", "pool_frames_per_run",
-            "pool_rattled_per_structure", "pool_rattle_A", "pool_strain", "test_temperatures_K",
+            "pool_rattled_per_structure", "pool_rattle_A", "pool_strain", "test_temperatures_K", "test_ood_temperatures_K",
             "test_walkers", "test_equil_steps", "test_interval", "test_frames_per_run", "test_rattled_per_structure", "min_distance_A",
         ]
         d = dataclasses.asdict(self)
@@ -181,36 +215,19 @@ def max_force_deviation(forces: Sequence[np.ndarray]) -> np.ndarray:
     return out
 
 
-def select_ours(candidates, k: int, policy) -> tuple[list[int], dict]:
-    """The campaign's selection (``driver.selection.select``) with cap ``k``. When fewer than
-    ``k`` frames are above the width threshold, ``select`` runs again with threshold 0 on the
-    rest (the already chosen count against the cap and are checked for near-duplicates), so
-    the highest widths below the threshold fill the budget. Returns ids and decision counts."""
-    from driver.selection import select
-
-    policy = dataclasses.replace(policy, max_per_round=k)
-    decisions = select(candidates, policy)
-    counts: dict[str, int] = {}
-    for d in decisions:
-        counts[d.decision] = counts.get(d.decision, 0) + 1
-    chosen = [d.id for d in decisions if d.decision == "label"]
-    filled = 0
-    if len(chosen) < k:
-        by_id = {c.id: c for c in candidates}
-        rest = [c for c in candidates if c.id not in set(chosen)]
-        more = select(rest, dataclasses.replace(policy, force_threshold=0.0),
-                      already_chosen=[by_id[i] for i in chosen])
-        extra = [d.id for d in more if d.decision == "label"]
-        filled = len(extra)
-        chosen += extra
-    counts["filled_below_threshold"] = filled
-    if len(chosen) < k:  # only frames above the trust bound are left: the lowest of them
-        rest = sorted((c for c in candidates if c.id not in set(chosen) and c.force_width is not None),
-                      key=lambda c: (c.force_width, c.id))
-        extra = [c.id for c in rest[: k - len(chosen)]]
-        counts["filled_above_upper"] = len(extra)
-        chosen += extra
-    return chosen, counts
+def parse_strategy(name: str) -> tuple[str, bool, str]:
+    """``"kmeans_group@awh"`` -> ("kmeans", True, "awh"): the rule, per-group quotas, the features."""
+    rule, _, feat = name.partition("@")
+    quota = rule.endswith("_group")
+    rule = rule[: -len("_group")] if quota else rule
+    feat = feat or "desc"
+    if rule in ("random", "oracle"):
+        if quota or feat != "desc":
+            raise ValueError(f"{name!r}: random and oracle take no quota or features")
+    elif rule not in RULES or feat not in FEATURES:
+        raise ValueError(f"unknown strategy {name!r}: rules {', '.join(['random', 'oracle', *RULES])}, "
+                         f"'_group' for quotas, features '@' {', '.join(FEATURES)}")
+    return rule, quota, feat
 
 
 def select_random(unlabeled: Sequence[int], k: int, rng: np.random.Generator) -> list[int]:
@@ -221,28 +238,21 @@ def select_random(unlabeled: Sequence[int], k: int, rng: np.random.Generator) ->
     return sorted(int(i) for i in rng.choice(unlabeled, size=k, replace=False))
 
 
-def select_dpgen(
-    unlabeled: Sequence[int], deviation: Sequence[float], k: int, lo: float, hi: float, rng: np.random.Generator
-) -> tuple[list[int], dict]:
-    """DP-GEN's trust window: candidates have ``lo <= max_devi_f < hi``; up to ``k`` of them
-    uniformly at random (``fp_task_max``). Fewer candidates than ``k``: the highest deviations
-    below ``lo`` fill the budget (DP-GEN itself would label fewer). ``deviation`` is aligned
-    with ``unlabeled``."""
-    ids = np.asarray(list(unlabeled), dtype=int)
-    dev = np.asarray(deviation, dtype=float)
-    window = ids[(dev >= lo) & (dev < hi)]
-    info = {"candidates": int(len(window)), "accurate": int(np.sum(dev < lo)), "failed": int(np.sum(dev >= hi))}
-    if len(window) >= k:
-        chosen = [int(i) for i in rng.choice(window, size=k, replace=False)]
-        info["filled_below_lo"] = 0
-        return sorted(chosen), info
-    chosen = [int(i) for i in window]
-    below = np.where(dev < lo)[0]
-    below = below[np.argsort(-dev[below], kind="stable")]
-    extra = [int(ids[j]) for j in below[: k - len(chosen)]]
-    info["filled_below_lo"] = len(extra)
-    chosen += extra
-    return sorted(chosen), info
+def fill_budget(unlabeled: Sequence[int], score: np.ndarray, picked: Sequence[int], k: int,
+                lo: float, hi: float, window: bool = False) -> list[int]:
+    """Ids that bring ``picked`` up to ``k`` when the rule found fewer eligible frames: the
+    highest scores below the eligible range first (below the threshold; DP-GEN: below lo),
+    then the lowest above it (above the trust bound / at or above hi). ``score`` is indexed by
+    id. A campaign would label fewer; the benchmark compares rules at equal budgets."""
+    have = set(int(i) for i in picked)
+    rest = np.array([int(i) for i in unlabeled if int(i) not in have], dtype=int)
+    if len(rest) == 0 or len(have) >= k:
+        return []
+    u = np.asarray(score, dtype=float)[rest]
+    below = (u < lo) if window else (u <= lo)
+    above = ~below & ((u >= hi) if window else (u > hi))
+    order = list(rest[below][np.lexsort((rest[below], -u[below]))]) + list(rest[above][np.lexsort((rest[above], u[above]))])
+    return [int(i) for i in order[: k - len(have)]]
 
 
 def labels_to_reach(n_labels: Sequence[float], values: Sequence[float], target: float) -> float | None:
@@ -256,6 +266,102 @@ def labels_to_reach(n_labels: Sequence[float], values: Sequence[float], target: 
                 return n[0]
             return n[i - 1] + (y[i - 1] - target) / (y[i - 1] - v) * (n[i] - n[i - 1])
     return None
+
+
+def bootstrap_ratio(n_labels: Sequence[float], reference: np.ndarray, curves: np.ndarray, n_boot: int,
+                    seed: int = 0) -> dict:
+    """Labels a strategy needs to reach the reference's full-budget value, over the
+    reference's full budget: on the mean curves of the seeds, and a 95 % interval from
+    resampling the seeds (paired: one resample picks the same seeds for both; they share
+    round 0). ``reference``, ``curves``: (seeds, rounds), rows aligned by seed. A resample
+    whose curve never gets there counts as above every finite ratio (interval ends ``None``
+    when more than 2.5 % of them do)."""
+    reference, curves = np.asarray(reference, float), np.asarray(curves, float)
+    full = float(n_labels[-1])
+    need = labels_to_reach(n_labels, curves.mean(axis=0), reference[:, -1].mean())
+    rng = np.random.default_rng(seed)
+    n = len(reference)
+    vals = np.empty(n_boot)
+    for b in range(n_boot):
+        idx = rng.integers(0, n, n)
+        got = labels_to_reach(n_labels, curves[idx].mean(axis=0), reference[idx, -1].mean())
+        vals[b] = np.inf if got is None else got / full
+    lo, hi = np.quantile(vals, [0.025, 0.975], method="inverted_cdf")  # no interpolation with inf
+    return {
+        "ratio": None if need is None else need / full,
+        "labels_needed": need,
+        "ci95": [None if not np.isfinite(lo) else float(lo), None if not np.isfinite(hi) else float(hi)],
+        "share_of_resamples_reaching": float(np.mean(np.isfinite(vals))),
+        "seeds": n,
+    }
+
+
+def knn_error_skill(features: np.ndarray, error: np.ndarray, k: int = 5) -> float:
+    """How much a feature space says about where the model is wrong: the Spearman correlation
+    between each frame's true error and the mean error of its k nearest other frames
+    (standardized features). Diversity in a space where it is near 0 spreads labels blindly."""
+    from driver.strategies import _sq_dist, standardize
+
+    x = standardize(features)
+    d = _sq_dist(x, x)
+    np.fill_diagonal(d, np.inf)
+    nn = np.argsort(d, axis=1, kind="stable")[:, :k]
+    pred = np.asarray(error, float)[nn].mean(axis=1)
+    rank = lambda v: np.argsort(np.argsort(v, kind="stable"), kind="stable").astype(float)  # noqa: E731
+    return float(np.corrcoef(rank(pred), rank(np.asarray(error, float)))[0, 1])
+
+
+def cluster_purity(features: np.ndarray, groups: Sequence, seed: int = 0) -> float:
+    """Share of frames whose k-means cluster (k = number of groups) is mostly their own group."""
+    from driver.strategies import kmeans, standardize
+
+    g = np.asarray([str(x) for x in groups])
+    names = sorted(set(g))
+    labels, _ = kmeans(standardize(features), len(names), np.random.default_rng(seed))
+    agree = 0
+    for j in set(labels.tolist()):
+        _, counts = np.unique(g[labels == j], return_counts=True)
+        agree += int(counts.max())
+    return agree / len(g)
+
+
+def selection_timing(n: int = 10_000, k: int = 20, strategy: str = DEFAULT, seed: int = 0,
+                     desc_dim: int = 128, n_groups: int = 6) -> dict:
+    """Seconds to select ``k`` of ``n`` synthetic candidates of 16-100 atoms with ``strategy``
+    on this process's one thread: per-frame features from per-atom descriptors
+    (``remote_al.features.frame_descriptor_features``, chunked by frame size as the UQ
+    evaluation produces them), the max per-atom force width, and the selection itself.
+    Generating the synthetic per-atom arrays is not timed."""
+    from driver.strategies import Candidates, select
+    from remote_al.features import frame_descriptor_features
+
+    rule, quota, _ = parse_strategy(strategy)
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(16, 101, n)
+    feats = np.zeros((n, len(TYPE_MAP) * desc_dim))
+    width = np.zeros(n)
+    t_feat = 0.0
+    for size in np.unique(sizes):
+        idx = np.flatnonzero(sizes == size)
+        atype = np.sort(rng.integers(0, len(TYPE_MAP), size))
+        desc = rng.normal(size=(len(idx), size, desc_dim)) + 0.3 * atype[None, :, None]
+        atom_w = rng.lognormal(-1.0, 0.6, (len(idx), size))
+        t0 = time.perf_counter()
+        feats[idx] = frame_descriptor_features(desc, atype, len(TYPE_MAP))
+        width[idx] = atom_w.max(axis=1)
+        t_feat += time.perf_counter() - t0
+    groups = tuple(int(x) for x in rng.integers(0, n_groups, n))
+    t0 = time.perf_counter()
+    cands = Candidates(width, feats, groups)
+    if rule in ("random", "oracle"):
+        picked = select_random(range(n), k, rng)
+    else:
+        picked = [c.index for c in select(RULES[rule], cands, k, np.random.default_rng(seed), quota=quota,
+                                          threshold=0.10, upper=3.0)]
+    t_sel = time.perf_counter() - t0
+    return {"strategy": strategy, "n_candidates": n, "k": k, "atoms": [16, 100], "descriptor_dim": desc_dim,
+            "feature_dim": int(feats.shape[1]), "groups": n_groups, "picked": len(set(picked)),
+            "features_s": t_feat, "select_s": t_sel, "selection_s_10k": t_feat + t_sel, "threads": 1}
 
 
 # ================================================================= process workers
@@ -371,39 +477,15 @@ def _evaluate_job(job: dict) -> dict:
 
     d = job["stage0"]
     if _FRAMES.get("dir") != d:
-        _FRAMES.update(dir=d, test=from_extxyz((Path(d) / "test.extxyz").read_text()),
-                       pool=from_extxyz((Path(d) / "pool.extxyz").read_text()))
-    return evaluate(job["model_paths"], _FRAMES["test"], _FRAMES["pool"])
+        _FRAMES.update(dir=d, **{name: from_extxyz((Path(d) / f"{name}.extxyz").read_text())
+                                 for name in ("test", "pool", "initial")})
+    return evaluate(job["model_paths"], _FRAMES["test"], _FRAMES["pool"], _FRAMES["initial"])
 
 
-def test_errors(model_paths, test) -> dict:
-    """Per test frame: group (temperature or 'rattled'), squared force errors summed and
-    their count, max |force error| component, energy error per atom (ensemble mean)."""
-    from deepmd.infer import DeepPot
-
-    from remote_al.dynamics import predict_ensemble
-
-    energies, forces = predict_ensemble([DeepPot(p) for p in model_paths], list(test))
-    natoms = np.array([len(a) for a in test])
-    e_err = energies.mean(axis=0) / natoms - np.array([a.get_potential_energy() for a in test]) / natoms
-    d = [forces[i].mean(axis=0) - test[i].get_forces() for i in range(len(test))]
-    return {
-        "group": np.array([_group(a) for a in test]),
-        "f_sq": np.array([float(np.sum(x**2)) for x in d]),
-        "f_n": np.array([x.size for x in d]),
-        "f_maxabs": np.array([float(np.abs(x).max()) for x in d]),
-        "e_err": e_err,
-    }
-
-
-def _group(a) -> str:
-    return "rattled" if a.info.get("source") == "rattled" else f"{a.info['temperature_K']:g} K"
-
-
-def _test_errors_job(job: dict) -> dict:
-    from remote_al.structures import from_extxyz
-
-    return test_errors(job["model_paths"], from_extxyz((Path(job["stage0"]) / "test.extxyz").read_text()))
+def frame_group(a) -> str:
+    """A frame's condition: composition and temperature (MD) or 'rattled'."""
+    what = "rattled" if a.info.get("source") == "rattled" else f"{a.info['temperature_K']:g} K"
+    return f"{a.info['composition']} {what}"
 
 
 def _ctx():
@@ -566,7 +648,8 @@ def build_stage0(s: Settings, workdir: Path, say) -> dict:
     test_jobs = [
         (name, float(t), dict(structure_extxyz=to_extxyz(bases[name]), temperature_K=float(t), seed=500 + j,
                               equil_steps=s.test_equil_steps, interval=s.test_interval, n_frames=s.test_frames_per_run))
-        for j, (name, t, w) in enumerate((n, t, w) for n, _, _ in STRUCTURES for t in s.test_temperatures_K
+        for j, (name, t, w) in enumerate((n, t, w) for n, _, _ in STRUCTURES
+                                         for t in tuple(s.test_temperatures_K) + tuple(s.test_ood_temperatures_K)
                                          for w in range(s.test_walkers))
     ]
     t1 = time.time()
@@ -653,30 +736,60 @@ def build_stage0(s: Settings, workdir: Path, say) -> dict:
 
 
 # ====================================================================== evaluation
-def evaluate(model_paths, test, pool):
-    """Test RMSE of the ensemble mean, and per pool frame the energy/force CI widths and
-    DP-GEN's max force deviation."""
+def evaluate(model_paths, test, pool, initial) -> dict:
+    """One ensemble on every stage-0 frame: per test frame its errors (ensemble mean against
+    the CHGNet label); per pool frame the energy/force CI widths, DP-GEN's max force
+    deviation, the true force error (for the oracle), the per-atom force widths and the
+    descriptor features (first member, ``remote_al.features``); the same widths and
+    features of the initial data (the training set's part that is not in the pool)."""
     from deepmd.infer import DeepPot
 
     from remote_al.dynamics import predict_ensemble
-    from remote_al.uq import frame_uncertainty
+    from remote_al.features import ensemble_features
+    from remote_al.uq import ensemble_ci_width, frame_uncertainty
 
     models = [DeepPot(p) for p in model_paths]
-    frames = list(test) + list(pool)
+    frames = list(test) + list(pool) + list(initial)
+    t0 = time.perf_counter()
     energies, forces = predict_ensemble(models, frames)
+    t_uq = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    desc = ensemble_features(models[:1], list(pool) + list(initial))
+    t_feat = time.perf_counter() - t0
+    nt, npool = len(test), len(pool)
     natoms = np.array([len(a) for a in frames])
-    nt = len(test)
-    e_ref = np.array([a.get_potential_energy() for a in test]) / natoms[:nt]
-    e_mean = energies[:, :nt].mean(axis=0) / natoms[:nt]
-    df = np.concatenate([(forces[i].mean(axis=0) - test[i].get_forces()).reshape(-1) for i in range(nt)])
-    e_w, f_w = frame_uncertainty(energies[:, nt:], forces[nt:], natoms[nt:])
+    e_err = (energies.mean(axis=0) - np.array([a.get_potential_energy() for a in frames])) / natoms
+    df = [forces[i].mean(axis=0) - frames[i].get_forces() for i in range(len(frames))]
+    f_sq = np.array([float(np.sum(d**2)) for d in df])
+    f_n = np.array([d.size for d in df])
+    f_maxabs = np.array([float(np.abs(d).max()) for d in df])
+    e_w, f_w = frame_uncertainty(energies, forces, natoms)
+    atom_w = [ensemble_ci_width(np.asarray(f), axis=0).max(axis=-1) for f in forces]  # (N,) per frame
+    te, po, ini = slice(0, nt), slice(nt, nt + npool), slice(nt + npool, None)
     return {
-        "energy_rmse_meV_atom": float(np.sqrt(np.mean((e_mean - e_ref) ** 2)) * 1000.0),
-        "force_rmse_eV_A": float(np.sqrt(np.mean(df**2))),
-        "pool_energy_width": e_w,
-        "pool_force_width": f_w,
-        "pool_max_devi_f": max_force_deviation(forces[nt:]),
+        "energy_rmse_meV_atom": float(np.sqrt(np.mean(e_err[te] ** 2)) * 1000.0),
+        "force_rmse_eV_A": float(np.sqrt(f_sq[te].sum() / f_n[te].sum())),
+        "test_f_sq": f_sq[te], "test_f_n": f_n[te], "test_f_maxabs": f_maxabs[te], "test_e_err": e_err[te],
+        "pool_energy_width": e_w[po], "pool_force_width": f_w[po], "pool_max_devi_f": max_force_deviation(forces[po]),
+        "pool_force_error_rms": np.sqrt(f_sq[po] / f_n[po]), "pool_force_error_max": f_maxabs[po],
+        "pool_atom_width": np.concatenate(atom_w[po]), "pool_natoms": natoms[po],
+        "pool_desc": desc[:npool], "initial_desc": desc[npool:],
+        "initial_force_width": f_w[ini], "initial_atom_width": np.concatenate(atom_w[ini]),
+        "initial_natoms": natoms[ini],
+        "uq_s_per_frame": t_uq / len(frames), "features_s_per_frame": t_feat / max(1, npool + len(initial)),
     }
+
+
+def _split_atoms(flat: np.ndarray, natoms: np.ndarray) -> list[np.ndarray]:
+    return np.split(np.asarray(flat), np.cumsum(np.asarray(natoms, dtype=int))[:-1])
+
+
+def _source_counts(frames) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for a in frames:
+        key = "rattled" if a.info["source"] == "rattled" else f"{a.info['temperature_K']:g}K"
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
 
 
 # ========================================================================= the runs
@@ -691,22 +804,21 @@ class Bench:
         self.test = from_extxyz((d / "test.extxyz").read_text())
         self.train_pool = WorkerSlots(s.workers)
         self.eval_lock = threading.Lock()
-        self._fps = None
-        self._evals: dict = {}  # model paths -> future of evaluate(): test RMSE and pool widths
+        self._dist = None
+        self._evals: dict = {}  # model paths -> future of evaluate()
         temps = {float(t) for t in s.test_temperatures_K}
-        self.allowed = [i for i, a in enumerate(self.pool)
-                        if s.pool == "all" or (a.info["source"] == "md" and float(a.info["temperature_K"]) in temps)]
 
-    def tag(self, strategy: str) -> str:
-        return strategy if self.s.pool == "all" else f"{self.s.pool}-pool/{strategy}"
+        def campaign(a) -> bool:
+            return a.info["source"] == "md" and float(a.info["temperature_K"]) in temps
 
-    # -- helpers
-    def fingerprints(self):
-        from driver.selection import fingerprint
+        self.allowed = {"all": list(range(len(self.pool))), "campaign": [i for i, a in enumerate(self.pool) if campaign(a)]}
+        self.groups = [frame_group(a) for a in self.pool]
+        self.test_group = np.array([frame_group(a).split(" ", 1)[1] for a in self.test])
+        self.test_split = np.array(["in-distribution" if campaign(a) else "out-of-distribution" for a in self.test])
 
-        if self._fps is None:
-            self._fps = [fingerprint(a) for a in self.pool]
-        return self._fps
+    @staticmethod
+    def tag(pool: str, strategy: str) -> str:
+        return strategy if pool == "all" else f"{pool}-pool/{strategy}"
 
     def member_seed(self, seed: int, rnd: int, m: int) -> int:
         # the same seeds for every strategy: differences come from the data only
@@ -714,7 +826,7 @@ class Bench:
 
     def train(self, tag: str, seed: int, rnd: int, pool_ids: Sequence[int], init: Sequence[str] | None):
         from remote_al.deepmd_data import write_systems
-        from remote_al.records import TrainRequest
+        from remote_al.records import TrainRequest, TrainResult
 
         s = self.s
         base = self.workdir / "runs" / tag
@@ -731,12 +843,10 @@ class Bench:
             )
             for m in range(s.members)
         ]
-        from remote_al.records import TrainResult
-
         futs = [self.train_pool.submit(_train, {"request": r.to_dict(), "launcher": s.launcher}) for r in reqs]
         return [TrainResult.from_dict(f.result()) for f in futs]
 
-    def evaluate(self, model_paths):
+    def evaluate(self, model_paths) -> dict:
         key = tuple(model_paths)
         cache = Path(model_paths[0]).parents[1] / "eval.npz"  # runs/s<seed>/.../r<round>/eval.npz
         with self.eval_lock:  # one evaluation per ensemble, in a worker process, kept on disk
@@ -760,18 +870,73 @@ class Bench:
                 os.replace(tmp, cache)
         return ev
 
-    def record(self, seed, strategy, rnd, pool_ids, trained, ev, t_train, selection=None) -> dict:
+    def by_group(self, ev: dict) -> dict:
+        """Test errors of the ensemble mean by group: each temperature / 'rattled', the
+        in-distribution (the campaign's conditions) and out-of-distribution splits, all."""
+        out = {}
+        labels = sorted(set(self.test_group.tolist())) + ["in-distribution", "out-of-distribution", "all"]
+        for g in labels:
+            m = (np.ones(len(self.test), bool) if g == "all" else
+                 (self.test_split == g) if g.endswith("distribution") else (self.test_group == g))
+            if not m.any():
+                continue
+            out[g] = {"force_rmse_eV_A": float(np.sqrt(ev["test_f_sq"][m].sum() / ev["test_f_n"][m].sum())),
+                      "energy_rmse_meV_atom": float(np.sqrt(np.mean(ev["test_e_err"][m] ** 2)) * 1000.0),
+                      "max_force_error_eV_A": float(ev["test_f_maxabs"][m].max()), "n_frames": int(m.sum())}
+        return out
+
+    def record(self, pool, seed, strategy, rnd, pool_ids, trained, ev, t_train, selection=None) -> dict:
         return {
-            "seed": seed, "strategy": strategy, "round": rnd,
+            "pool": pool, "seed": seed, "strategy": strategy, "round": rnd,
             "n_labels": len(self.initial) + len(pool_ids), "n_selected": len(pool_ids),
             "energy_rmse_meV_atom": ev["energy_rmse_meV_atom"], "force_rmse_eV_A": ev["force_rmse_eV_A"],
+            "test_by_group": self.by_group(ev),
             "round_train_wall_s": t_train,
             "pool_ids": [int(i) for i in pool_ids],
             "model_paths": [t.model_path for t in trained], "checkpoints": [t.checkpoint_path for t in trained],
             "pool_force_width_median": float(np.median(ev["pool_force_width"])),
             "pool_max_devi_f_median": float(np.median(ev["pool_max_devi_f"])),
+            "uq_s_per_frame": ev.get("uq_s_per_frame"), "features_s_per_frame": ev.get("features_s_per_frame"),
             "selection": selection or {},
         }
+
+    # -- features
+    def dist_features(self) -> tuple[np.ndarray, np.ndarray]:
+        """Neighbour-distance histograms (``driver.selection.fingerprint``) of the pool and initial frames."""
+        from driver.selection import fingerprint
+        from driver.strategies import distance_histogram
+
+        if self._dist is None:
+            fr = list(self.pool) + list(self.initial)
+            h = distance_histogram([fingerprint(a)[1] for a in fr], [len(a) for a in fr])
+            self._dist = (h[: len(self.pool)], h[len(self.pool):])
+        return self._dist
+
+    def features(self, ev: dict, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """(pool features, initial-data features) of one kind: 'desc' (per-type mean DeePMD
+        descriptor), 'awh' (per-atom width histogram) or 'dist' (distance histogram)."""
+        from driver.strategies import atom_width_histogram
+
+        if kind == "desc":
+            return ev["pool_desc"], ev["initial_desc"]
+        if kind == "awh":
+            return (atom_width_histogram(_split_atoms(ev["pool_atom_width"], ev["pool_natoms"])),
+                    atom_width_histogram(_split_atoms(ev["initial_atom_width"], ev["initial_natoms"])))
+        return self.dist_features()
+
+    def feature_study(self, ev: dict) -> dict:
+        """For each feature kind, on the full and the campaign pool: how well the nearest
+        neighbours' true errors predict a frame's (``knn_error_skill``) and how well k-means
+        recovers the conditions (``cluster_purity``)."""
+        out = {}
+        for kind in FEATURES:
+            x, _ = self.features(ev, kind)
+            for pool, ids in self.allowed.items():
+                out[f"{kind} {pool}"] = {
+                    "knn_error_spearman": knn_error_skill(x[ids], ev["pool_force_error_rms"][ids]),
+                    "kmeans_condition_purity": cluster_purity(x[ids], [self.groups[i] for i in ids]),
+                }
+        return out
 
     # -- round 0, shared by the strategies of one seed
     def round0(self, seed: int) -> dict:
@@ -782,193 +947,284 @@ class Bench:
         trained = self.train(f"s{seed}/r0", seed, 0, [], None)
         t_train = time.time() - t0
         ev = self.evaluate([t.model_path for t in trained])
-        rec = self.record(seed, "initial", 0, [], trained, ev, t_train)
-        lo, hi = (float(np.quantile(ev["pool_max_devi_f"], q)) for q in self.s.dpgen_quantiles)
-        rec["dpgen_trust_lo"], rec["dpgen_trust_hi"] = lo, hi
+        rec = self.record(None, seed, "initial", 0, [], trained, ev, t_train)
+        rec["dpgen_trust"] = {pool: [float(np.quantile(ev["pool_max_devi_f"][ids], q)) for q in self.s.dpgen_quantiles]
+                              for pool, ids in self.allowed.items()}
         rec["pool_force_width_quantiles"] = {f"q{round(q * 100)}": float(np.quantile(ev["pool_force_width"], q))
                                              for q in (0.05, 0.25, 0.5, 0.75, 0.95)}
         rec["pool_share_above_threshold"] = float(np.mean(ev["pool_force_width"] > self.s.force_threshold))
+        rec["feature_study"] = self.feature_study(ev)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(rec, indent=2))
+        lo, hi = rec["dpgen_trust"]["all"]
         self.say(f"seed {seed} round 0: {rec['n_labels']} labels, force RMSE {rec['force_rmse_eV_A']:.3f} eV/A, "
                  f"energy RMSE {rec['energy_rmse_meV_atom']:.1f} meV/atom; DP-GEN trust window "
                  f"[{lo:.3f}, {hi:.3f}) eV/A; {rec['pool_share_above_threshold']:.0%} of the pool above "
-                 f"the 0.10 eV/A width threshold ({t_train:.0f} s training)")
+                 f"the {self.s.force_threshold:g} eV/A width threshold ({t_train:.0f} s training)")
         return rec
 
-    # -- one strategy, one seed
-    def pipeline(self, seed: int, strategy: str, r0: dict) -> list[dict]:
-        from driver.selection import Candidate, SelectionPolicy
+    # -- one strategy's picks for one round
+    def choose(self, pool: str, strategy: str, seed: int, rnd: int, prev: dict, r0: dict,
+               unlabeled: list[int]) -> tuple[list[int], dict]:
+        from driver.strategies import Candidates, select
 
         s = self.s
-        recs = [dict(r0, strategy=strategy)]
+        ev = self.evaluate(prev["model_paths"])  # the ensemble that selects this round (cached)
+        rng = np.random.default_rng([seed, zlib.crc32(strategy.encode()), rnd])
+        rule, quota, feat = parse_strategy(strategy)
+        unl = np.asarray(unlabeled, dtype=int)
+        if rule == "random":
+            return select_random(unlabeled, s.k, rng), {}
+        if rule == "oracle":  # the true force error against the label: no rule can know more
+            err = ev["pool_force_error_rms"]
+            order = unl[np.lexsort((unl, -err[unl]))]
+            return sorted(int(i) for i in order[: s.k]), {"force_error_rms_mean": float(np.mean(err[order[: s.k]]))}
+        if rule == "dpgen_window":
+            score = ev["pool_max_devi_f"]
+            lo, hi = r0["dpgen_trust"][pool]
+        else:
+            score = ev["pool_force_width"]
+            lo, hi = s.force_threshold, s.force_upper
+        x, x_init = self.features(ev, feat)
+        labeled = sorted(set(prev["pool_ids"]))
+        init_score = ev["initial_force_width"] if rule != "dpgen_window" else np.full(len(self.initial), np.nan)
+        cands = Candidates(
+            score[unl], x[unl], tuple(self.groups[i] for i in unl), None,
+            np.vstack([x_init, x[labeled]]) if labeled else x_init,
+            np.concatenate([init_score, score[labeled]]) if rule != "dpgen_window" else None,
+        )
+        t0 = time.perf_counter()
+        choices = select(RULES[rule], cands, s.k, rng, quota=quota, threshold=lo, upper=hi)
+        t_sel = time.perf_counter() - t0
+        picked = [int(unl[c.index]) for c in choices]
+        extra = fill_budget(unl, score, picked, s.k, lo, hi, window=rule == "dpgen_window")
+        info = {"eligible_window": [lo, hi], "filled": len(extra), "select_s": t_sel,
+                "reasons": {str(int(unl[c.index])): c.reason for c in choices}}
+        return sorted(picked + extra), info
+
+    # -- one strategy, one seed, one pool
+    def pipeline(self, pool: str, seed: int, strategy: str, r0: dict, dry: bool = False) -> list[dict]:
+        s = self.s
+        recs = [dict(r0, strategy=strategy, pool=pool)]
         prev = r0
-        policy = SelectionPolicy(s.force_threshold, s.force_upper, 0.0, s.k, s.dedup_tolerance_A)
         for rnd in range(1, s.rounds + 1):
-            path = self.workdir / "runs" / f"s{seed}" / self.tag(strategy) / f"r{rnd}.json"
+            path = self.workdir / "runs" / f"s{seed}" / self.tag(pool, strategy) / f"r{rnd}.json"
             if path.exists():
                 prev = json.loads(path.read_text())
                 recs.append(prev)
                 continue
+            if dry:
+                break
             labeled = set(prev["pool_ids"])
-            unlabeled = [i for i in self.allowed if i not in labeled]
-            rng = np.random.default_rng([seed, STRATEGIES.index(strategy), rnd])
-            if strategy == "ours_window" and s.pool != "all":
-                raise SystemExit("ours_window is defined on the full pool only")
-            ev_prev = self.evaluate(prev["model_paths"])  # the ensemble that selects this round (cached)
-            fw, ew, dev = ev_prev["pool_force_width"], ev_prev["pool_energy_width"], ev_prev["pool_max_devi_f"]
-            if strategy in ("ours", "ours_window"):
-                fps = self.fingerprints()
-                cands = [Candidate(i, float(ew[i]), float(fw[i]), True, "", fps[i]) for i in unlabeled]
-                pol = policy
-                if strategy == "ours_window":
-                    lo_q, hi_q = (f"q{round(q * 100)}" for q in s.dpgen_quantiles)
-                    q = r0["pool_force_width_quantiles"]
-                    pol = dataclasses.replace(policy, force_threshold=q[lo_q], force_upper=q[hi_q])
-                picked, info = select_ours(cands, s.k, pol)
-            elif strategy == "random":
-                picked, info = select_random(unlabeled, s.k, rng), {}
-            else:
-                lo, hi = r0["dpgen_trust_lo"], r0["dpgen_trust_hi"]
-                if s.pool != "all":  # the same quantiles, of the candidates this variant has
-                    lo, hi = (float(np.quantile(self.evaluate(r0["model_paths"])["pool_max_devi_f"][self.allowed], q))
-                              for q in s.dpgen_quantiles)
-                picked, info = select_dpgen(unlabeled, dev[unlabeled], s.k, lo, hi, rng)
-                info.update(trust_lo=lo, trust_hi=hi)
-            info = dict(info)
-            info["picked"] = [int(i) for i in picked]
-            info["force_width_mean"] = float(np.mean(fw[picked])) if picked else None
+            unlabeled = [i for i in self.allowed[pool] if i not in labeled]
+            picked, info = self.choose(pool, strategy, seed, rnd, prev, r0, unlabeled)
+            info = dict(info, picked=[int(i) for i in picked])
+            ev_prev = self.evaluate(prev["model_paths"])
+            info["force_width_mean"] = float(np.mean(ev_prev["pool_force_width"][picked])) if picked else None
+            info["force_error_rms_mean"] = float(np.mean(ev_prev["pool_force_error_rms"][picked])) if picked else None
             info["sources"] = _source_counts([self.pool[i] for i in picked])
             t0 = time.time()
-            trained = self.train(f"s{seed}/{self.tag(strategy)}/r{rnd}", seed, rnd, sorted(labeled | set(picked)),
-                                 prev["checkpoints"])
+            ids = sorted(labeled | set(picked))
+            trained = self.train(f"s{seed}/{self.tag(pool, strategy)}/r{rnd}", seed, rnd, ids, prev["checkpoints"])
             t_train = time.time() - t0
             ev = self.evaluate([t.model_path for t in trained])
-            rec = self.record(seed, strategy, rnd, sorted(labeled | set(picked)), trained, ev, t_train, info)
+            rec = self.record(pool, seed, strategy, rnd, ids, trained, ev, t_train, info)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(rec, indent=2))
-            self.say(f"seed {seed} {strategy:6s} round {rnd}: {rec['n_labels']} labels, force RMSE "
-                     f"{rec['force_rmse_eV_A']:.3f} eV/A, energy RMSE {rec['energy_rmse_meV_atom']:.1f} meV/atom; "
-                     f"picked {info['sources']} ({t_train:.0f} s training)")
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(rec, indent=2))
+            os.replace(tmp, path)
+            ind = rec["test_by_group"]["in-distribution"]["force_rmse_eV_A"]
+            self.say(f"{pool:8s} seed {seed} {strategy:14s} round {rnd}: {rec['n_labels']} labels, force RMSE "
+                     f"{ind:.3f} eV/A in-distribution ({rec['force_rmse_eV_A']:.3f} all); picked {info['sources']} "
+                     f"({t_train:.0f} s training)")
             recs.append(rec)
             prev = rec
         return recs
 
-    def run(self) -> list[dict]:
+    def jobs(self) -> list[tuple[str, str, int]]:
+        """(pool, strategy, seed) in training order: strategy by strategy, both pools, all seeds."""
         s = self.s
-        r0s = {}
-        with ThreadPoolExecutor(max_workers=s.seeds) as ex:
-            for seed, rec in zip(range(s.seeds), ex.map(self.round0, range(s.seeds))):
-                r0s[seed] = rec
-        jobs = [(seed, st) for seed in range(s.seeds) for st in s.strategies]
-        with ThreadPoolExecutor(max_workers=len(jobs)) as ex:
-            futs = [ex.submit(self.pipeline, seed, st, r0s[seed]) for seed, st in jobs]
-            out = [r for f in futs for r in f.result()]
-        self.final_errors = self.breakdown(out)
-        self.train_pool.shutdown()
+        return [(pool, st, seed) for st in s.strategies for pool in s.pools for seed in range(s.seeds)]
+
+    def collect(self) -> list[dict]:
+        """Every cached round of the configured jobs, training nothing."""
+        out = []
+        for seed in range(self.s.seeds):
+            path = self.workdir / "runs" / f"s{seed}" / "r0.json"
+            if not path.exists():
+                continue
+            r0 = json.loads(path.read_text())
+            for pool, st, sd in self.jobs():
+                if sd == seed:
+                    out += self.pipeline(pool, seed, st, r0, dry=True)
         return out
 
-    def breakdown(self, records) -> dict:
-        """Test errors of round 0 and of each strategy's last ensemble, by test-frame group
-        (300 K, 700 K, rattled): force RMSE and max |force error|, mean and std over seeds."""
-        last = max(r["round"] for r in records)
-        todo = [r for r in records if r["round"] == last or (r["round"] == 0 and r["strategy"] == self.s.strategies[0])]
-        futs = []
-        for r in todo:
-            cache = Path(r["model_paths"][0]).parents[1] / "test_errors.npz"  # per ensemble, shared by variants
-            if cache.exists():
-                with np.load(cache) as z:
-                    futs.append((r, cache, {k: z[k] for k in z.files}))
-            else:
-                job = {"model_paths": r["model_paths"], "stage0": str(self.workdir / "stage0")}
-                futs.append((r, cache, self.train_pool.submit(_test_errors_job, job)))
-        per: dict[str, dict[str, list]] = {}
-        for r, cache, f in futs:
-            te = f if isinstance(f, dict) else f.result()
-            if not cache.exists():
-                np.savez(cache, **te)
-            name = "initial (round 0)" if r["round"] == 0 else r["strategy"]
-            out = per.setdefault(name, {})
-            groups = sorted(set(te["group"].tolist()))
-            for g in groups + ["all"]:
-                m = np.ones(len(te["group"]), bool) if g == "all" else te["group"] == g
-                out.setdefault(f"force_rmse_eV_A {g}", []).append(float(np.sqrt(te["f_sq"][m].sum() / te["f_n"][m].sum())))
-                out.setdefault(f"max_force_error_eV_A {g}", []).append(float(te["f_maxabs"][m].max()))
-                out.setdefault(f"energy_rmse_meV_atom {g}", []).append(float(np.sqrt(np.mean(te["e_err"][m] ** 2)) * 1000))
-        return {name: {k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
-                       for k, v in sorted(vals.items())} for name, vals in per.items()}
+    def run(self, on_progress=None) -> list[dict]:
+        """Round 0 of every seed, then the jobs in order, two at a time (one trains while the
+        other evaluates and selects); ``on_progress(records)`` after each finished job."""
+        from concurrent.futures import as_completed
 
-
-def _source_counts(frames) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for a in frames:
-        key = "rattled" if a.info["source"] == "rattled" else f"{a.info['temperature_K']:g}K"
-        out[key] = out.get(key, 0) + 1
-    return dict(sorted(out.items()))
+        with ThreadPoolExecutor(max_workers=2) as ex:
+            r0s = dict(zip(range(self.s.seeds), ex.map(self.round0, range(self.s.seeds))))
+        done: dict = {}
+        with ThreadPoolExecutor(max_workers=2) as ex:
+            futs = {ex.submit(self.pipeline, pool, seed, st, r0s[seed]): (pool, st, seed)
+                    for pool, st, seed in self.jobs()}
+            for f in as_completed(futs):
+                done[futs[f]] = f.result()
+                if on_progress is not None:
+                    on_progress([r for recs in done.values() for r in recs] + self.collect())
+        self.train_pool.shutdown()
+        return self.collect()
 
 
 # ========================================================================== summary
-def summarize(records: list[dict], s: Settings) -> dict:
-    curves = {}
-    for st in s.strategies:
-        rows = [r for r in records if r["strategy"] == st]
-        rounds = sorted({r["round"] for r in rows})
-        n = [float(np.mean([r["n_labels"] for r in rows if r["round"] == k])) for k in rounds]
-        c = {"n_labels": n, "n_seeds": len({r["seed"] for r in rows})}
-        for key in ("force_rmse_eV_A", "energy_rmse_meV_atom"):
-            vals = [[r[key] for r in rows if r["round"] == k] for k in rounds]
-            c[key + "_mean"] = [float(np.mean(v)) for v in vals]
-            c[key + "_std"] = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in vals]
-        curves[st] = c
-    n0 = int(len(records) and min(r["n_labels"] for r in records))
-    picked: dict[str, dict[str, int]] = {}
+HEADLINE_KEY = "force_rmse_eV_A in-distribution"
+CURVE_KEYS = ("force_rmse_eV_A in-distribution", "force_rmse_eV_A out-of-distribution", "force_rmse_eV_A all",
+              "energy_rmse_meV_atom in-distribution", "energy_rmse_meV_atom all")
+
+
+def metric(rec: dict, key: str) -> float:
+    what, group = key.split(" ", 1)
+    return rec["test_by_group"][group][what]
+
+
+def _unique(records: list[dict]) -> list[dict]:
+    seen, out = set(), []
     for r in records:
-        for src, n in r.get("selection", {}).get("sources", {}).items():
-            picked.setdefault(r["strategy"], {})
-            picked[r["strategy"]][src] = picked[r["strategy"]].get(src, 0) + n
-    out = {"curves": curves, "n_initial_labels": n0, "picked_sources_all_seeds_rounds": picked, "targets": {}}
-    for key in ("force_rmse_eV_A", "energy_rmse_meV_atom"):
-        rnd = curves["random"]
-        full = rnd["n_labels"][-1]
-        target = rnd[key + "_mean"][-1]
-        t = {"random_full_budget_labels": full, "target": target, "per_strategy": {}}
-        for st in s.strategies:
-            c = curves[st]
-            need = labels_to_reach(c["n_labels"], c[key + "_mean"], target)
-            per_seed = []
-            for seed in sorted({r["seed"] for r in records}):
-                rr = sorted((r for r in records if r["strategy"] == "random" and r["seed"] == seed),
-                            key=lambda r: r["round"])
-                mine = sorted((r for r in records if r["strategy"] == st and r["seed"] == seed),
-                              key=lambda r: r["round"])
-                ns = labels_to_reach([r["n_labels"] for r in mine], [r[key] for r in mine], rr[-1][key])
-                per_seed.append(ns)
-            t["per_strategy"][st] = {
-                "final_mean": c[key + "_mean"][-1], "final_std": c[key + "_std"][-1],
-                "labels_needed": need,
-                "ratio_vs_random_full": None if need is None else need / full,
-                "selected_needed": None if need is None else need - n0,
-                "selected_ratio_vs_random_full": None if need is None else (need - n0) / (full - n0),
-                "labels_needed_per_seed": per_seed,
-            }
+        key = (r["pool"], r["strategy"], r["seed"], r["round"])
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def summarize(records: list[dict], s: Settings, pool: str) -> dict:
+    """Curves (mean and std over the seeds that finished every round), labels-to-target with
+    bootstrap intervals against random, the last round's errors by test group, and where the
+    picks came from. Strategies with fewer finished seeds are listed under ``progress``."""
+    recs = [r for r in _unique(records) if r["pool"] == pool]
+    rows: dict = {}
+    for r in recs:
+        rows.setdefault(r["strategy"], {}).setdefault(r["seed"], {})[r["round"]] = r
+    progress = {st: {str(sd): max(rr) for sd, rr in sorted(by.items())} for st, by in rows.items()}
+    complete = {st: sorted(sd for sd, rr in by.items() if all(k in rr for k in range(s.rounds + 1)))
+                for st, by in rows.items()}
+    complete = {st: sds for st, sds in complete.items() if sds}
+    out: dict = {"pool": pool, "n_candidates": None, "progress_last_round_per_seed": progress,
+                 "complete_seeds": complete, "curves": {}, "targets": {}, "final_by_group": {}, "picked_sources": {}}
+    if not complete:
+        return out
+    n_labels = None
+    for st, sds in complete.items():
+        n_labels = [float(rows[st][sds[0]][k]["n_labels"]) for k in range(s.rounds + 1)]
+        c = {"n_labels": n_labels, "seeds": sds}
+        for key in CURVE_KEYS:
+            vals = np.array([[metric(rows[st][sd][k], key) for k in range(s.rounds + 1)] for sd in sds])
+            c[key + " mean"] = vals.mean(axis=0).tolist()
+            c[key + " std"] = (vals.std(axis=0, ddof=1) if len(sds) > 1 else np.zeros(s.rounds + 1)).tolist()
+        out["curves"][st] = c
+        last = [rows[st][sd][s.rounds]["test_by_group"] for sd in sds]
+        out["final_by_group"][st] = {
+            g: {w: {"mean": float(np.mean([x[g][w] for x in last])),
+                    "std": float(np.std([x[g][w] for x in last], ddof=1)) if len(last) > 1 else 0.0}
+                for w in ("force_rmse_eV_A", "energy_rmse_meV_atom", "max_force_error_eV_A")}
+            for g in last[0]}
+        src: dict[str, int] = {}
+        for sd in sds:
+            for k in range(1, s.rounds + 1):
+                for name, n in rows[st][sd][k].get("selection", {}).get("sources", {}).items():
+                    src[name] = src.get(name, 0) + n
+        out["picked_sources"][st] = dict(sorted(src.items()))
+    n0 = n_labels[0]
+    if "random" not in complete:
+        return out
+    for key in (HEADLINE_KEY, "force_rmse_eV_A all", "force_rmse_eV_A out-of-distribution",
+                "energy_rmse_meV_atom in-distribution"):
+        ref_seeds = complete["random"]
+        t = {"reference": "random", "target": float(np.mean([metric(rows["random"][sd][s.rounds], key) for sd in ref_seeds])),
+             "random_full_budget_labels": n_labels[-1], "per_strategy": {}}
+        for st, sds in complete.items():
+            common = [sd for sd in sds if sd in ref_seeds]
+            ref = np.array([[metric(rows["random"][sd][k], key) for k in range(s.rounds + 1)] for sd in common])
+            cur = np.array([[metric(rows[st][sd][k], key) for k in range(s.rounds + 1)] for sd in common])
+            b = bootstrap_ratio(n_labels, ref, cur, s.bootstrap, seed=zlib.crc32(f"{pool}/{st}/{key}".encode()))
+            per_seed = [labels_to_reach(n_labels, cur[j], ref[j, -1]) for j in range(len(common))]
+            t["per_strategy"][st] = dict(
+                b, final_mean=float(cur[:, -1].mean()), final_std=float(cur[:, -1].std(ddof=1)) if len(common) > 1 else 0.0,
+                final_vs_random=float(cur[:, -1].mean() / ref[:, -1].mean()),
+                selected_ratio=None if b["labels_needed"] is None else (b["labels_needed"] - n0) / (n_labels[-1] - n0),
+                labels_needed_per_seed=per_seed)
         out["targets"][key] = t
+    return out
+
+
+def headline(summaries: dict, s: Settings, timing: dict) -> dict:
+    """The numbers issue #21 asks for, on the in-distribution test force RMSE."""
+    out: dict = {"default": DEFAULT, "metric": "test force RMSE of the ensemble mean, in-distribution group "
+                 "(CHGNet MD at the campaign's temperatures); target: random's mean at the full budget",
+                 "seeds": None, "max_labels": None, "selection_s_10k": timing.get("selection_s_10k")}
+    seeds, met = [], True
+    for pool, name in (("campaign", "campaign_pool"), ("all", "full_pool")):
+        summ = summaries.get(pool) or {}
+        per = summ.get("targets", {}).get(HEADLINE_KEY, {}).get("per_strategy", {})
+        d = per.get(DEFAULT, {})
+        o = per.get("oracle", {})
+        ranked = sorted(((v["ratio"] if v["ratio"] is not None else np.inf, v["final_mean"], st)
+                         for st, v in per.items() if st not in ("random", "oracle")))
+        out[name] = {
+            "default_vs_random_labels_ratio": d.get("ratio"), "default_ci95": d.get("ci95"),
+            "default_final_vs_random": d.get("final_vs_random"),
+            "oracle_vs_random_labels_ratio": o.get("ratio"), "oracle_ci95": o.get("ci95"),
+            "best_rule": ranked[0][2] if ranked else None,
+            "best_rule_ratio": (None if not ranked or not np.isfinite(ranked[0][0]) else float(ranked[0][0])),
+            "seeds": d.get("seeds"),
+        }
+        if d.get("seeds"):
+            seeds.append(d["seeds"])
+        if summ.get("curves"):
+            out["max_labels"] = max(c["n_labels"][-1] for c in summ["curves"].values())
+        goal = 0.5 if pool == "campaign" else 0.7
+        met = met and d.get("ratio") is not None and d["ratio"] <= goal
+    out["seeds"] = min(seeds) if seeds else 0
+    done = all(len((summaries.get(p) or {}).get("complete_seeds", {}).get(st, [])) >= s.seeds
+               for p in s.pools for st in s.strategies)
+    out["partial"] = not (done and set(s.strategies) >= set(STRATEGIES[:5]))
+    out["goal"] = {"campaign_pool_at_most": 0.5, "full_pool_at_most": 0.7, "never_above": 1.0, "met": bool(met)}
     return out
 
 
 def write_outputs(out_dir: Path, payload: dict, records: list[dict], stem: str = "al_efficiency") -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{stem}.json").write_text(json.dumps(payload, indent=2))
-    cols = ["strategy", "seed", "round", "n_labels", "n_selected", "energy_rmse_meV_atom", "force_rmse_eV_A",
-            "pool_force_width_median", "pool_max_devi_f_median", "round_train_wall_s", "picked_sources"]
+    tmp = out_dir / f"{stem}.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, out_dir / f"{stem}.json")
+    groups = ("in-distribution", "out-of-distribution", "all")
+    cols = ["pool", "strategy", "seed", "round", "n_labels", "n_selected"] + [
+        f"force_rmse_eV_A {g}" for g in groups] + [f"energy_rmse_meV_atom {g}" for g in groups] + [
+        "pool_force_width_median", "pool_max_devi_f_median", "round_train_wall_s", "picked_sources"]
+    order = {st: i for i, st in enumerate(STRATEGIES)}
     with open(out_dir / f"{stem}.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(cols)
-        for r in sorted(records, key=lambda r: (STRATEGIES.index(r["strategy"]), r["seed"], r["round"])):  # noqa
+        for r in sorted(_unique(records), key=lambda r: (r["pool"], order.get(r["strategy"], 99), r["seed"], r["round"])):
             src = r.get("selection", {}).get("sources", {})
-            w.writerow([r["strategy"], r["seed"], r["round"], r["n_labels"], r["n_selected"],
-                        f"{r['energy_rmse_meV_atom']:.3f}", f"{r['force_rmse_eV_A']:.4f}",
-                        f"{r['pool_force_width_median']:.4f}", f"{r['pool_max_devi_f_median']:.4f}",
-                        f"{r['round_train_wall_s']:.1f}", " ".join(f"{k}:{v}" for k, v in src.items())])
-    plot(out_dir / f"{stem}.png", payload["summary"], payload["settings"])
+            tg = r["test_by_group"]
+            w.writerow([r["pool"], r["strategy"], r["seed"], r["round"], r["n_labels"], r["n_selected"]]
+                       + [f"{tg[g]['force_rmse_eV_A']:.4f}" if g in tg else "" for g in groups]
+                       + [f"{tg[g]['energy_rmse_meV_atom']:.3f}" if g in tg else "" for g in groups]
+                       + [f"{r['pool_force_width_median']:.4f}", f"{r['pool_max_devi_f_median']:.4f}",
+                          f"{r['round_train_wall_s']:.1f}", " ".join(f"{k}:{v}" for k, v in src.items())])
+    for pool, summ in payload["pools"].items():
+        if summ.get("curves"):
+            plot(out_dir / (f"{stem}.png" if pool == "all" else f"{stem}_{pool}_pool.png"), summ, payload["settings"])
+
+
+STYLE = {"random": ("tab:gray", "o-"), "oracle": ("black", "v:"), "topk": ("tab:blue", "s-"),
+         "topk_group": ("tab:blue", "s--"), "kmeans_group": ("tab:red", "D-"), "kmeans": ("tab:red", "D--"),
+         "lcmd_group": ("tab:green", "^-"), "lcmd": ("tab:green", "^--"), "fps": ("tab:purple", "P--"),
+         "fps_group": ("tab:purple", "P-"), "maxdet": ("tab:brown", "X--"), "dpgen_window": ("tab:orange", "h-"),
+         "kmeans_group@awh": ("tab:pink", "D:"), "kmeans_group@dist": ("tab:olive", "D:")}
 
 
 def plot(path: Path, summary: dict, settings: dict) -> None:
@@ -977,40 +1233,47 @@ def plot(path: Path, summary: dict, settings: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = {"ours": "Student-t width (ours)", "random": "random", "dpgen": "DP-GEN trust window",
-             "ours_window": "Student-t width, round-0 q50/q95 window (variant)"}
-    colors = {"ours": "tab:blue", "random": "tab:gray", "dpgen": "tab:orange", "ours_window": "tab:green"}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, unit in ((axes[0], "force_rmse_eV_A", "force RMSE (eV/Å)"),
-                          (axes[1], "energy_rmse_meV_atom", "energy RMSE (meV/atom)")):
-        for st in settings["strategies"]:
-            c = summary["curves"][st]
-            n, m, sd = np.array(c["n_labels"]), np.array(c[key + "_mean"]), np.array(c[key + "_std"])
-            ax.plot(n, m, "s--" if st == "ours_window" else "o-", color=colors[st], label=names[st])
-            ax.fill_between(n, m - sd, m + sd, color=colors[st], alpha=0.18)
-        t = summary["targets"][key]
-        ax.axhline(t["target"], color="k", ls="--", lw=0.8, label="random, full budget")
+    panels = (("force_rmse_eV_A in-distribution", "force RMSE (eV/Å), in-distribution test"),
+              ("force_rmse_eV_A out-of-distribution", "force RMSE (eV/Å), out-of-distribution test"),
+              ("energy_rmse_meV_atom in-distribution", "energy RMSE (meV/atom), in-distribution test"))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    for ax, (key, label) in zip(axes, panels):
+        for st, c in summary["curves"].items():
+            color, fmt = STYLE.get(st, ("tab:cyan", ".-"))
+            n, m, sd = np.array(c["n_labels"]), np.array(c[key + " mean"]), np.array(c[key + " std"])
+            lab = f"{st} ({len(c['seeds'])} seeds)" + (" [default]" if st == DEFAULT else "")
+            ax.plot(n, m, fmt, color=color, label=lab, ms=4, lw=2.2 if st in (DEFAULT, "random") else 1.2)
+            if st in (DEFAULT, "random", "oracle"):
+                ax.fill_between(n, m - sd, m + sd, color=color, alpha=0.15)
+        t = summary["targets"].get(key)
+        if t:
+            ax.axhline(t["target"], color="k", ls="--", lw=0.7)
         ax.set_xlabel("labels (CHGNet calls, incl. the initial set)")
-        ax.set_ylabel(f"test {unit}")
+        ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    pool = "" if settings.get("pool", "all") == "all" else ", pool: campaign's conditions only"
-    fig.suptitle(f"LiNiO2 / Li0.75NiO2, {settings['members']}-member DeePMD ensembles{pool}, "
-                 f"k = {settings['k']} labels a round, mean ± std over {settings['seeds']} seeds", fontsize=10)
+    axes[0].legend(fontsize=7, ncol=2)
+    what = "full pool" if summary["pool"] == "all" else "campaign pool (300/700 K MD only)"
+    fig.suptitle(f"LiNiO2 / Li0.75NiO2, {settings['members']}-member DeePMD ensembles, {what}, k = {settings['k']} "
+                 f"labels a round; mean ± std over seeds (band: default, random, oracle); dashed: random at the "
+                 f"full budget", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def print_summary(summary: dict, say) -> None:
-    for key, unit in (("force_rmse_eV_A", "eV/A"), ("energy_rmse_meV_atom", "meV/atom")):
-        t = summary["targets"][key]
-        say(f"{key}: target = random at {t['random_full_budget_labels']:g} labels = {t['target']:.4g} {unit}")
-        for st, v in t["per_strategy"].items():
-            need = "not reached" if v["labels_needed"] is None else (
-                f"{v['labels_needed']:.1f} labels (ratio {v['ratio_vs_random_full']:.2f})")
-            say(f"  {st:6s}: final {v['final_mean']:.4g} ± {v['final_std']:.2g} {unit}; to target: {need}; "
-                f"per seed {[None if x is None else round(x, 1) for x in v['labels_needed_per_seed']]}")
+def print_summary(summaries: dict, say) -> None:
+    for pool, summ in summaries.items():
+        t = summ.get("targets", {}).get(HEADLINE_KEY)
+        if not t:
+            say(f"{pool} pool: no complete random curve yet; progress {summ.get('progress_last_round_per_seed')}")
+            continue
+        say(f"{pool} pool, {HEADLINE_KEY}: target = random at {t['random_full_budget_labels']:g} labels = "
+            f"{t['target']:.4f} eV/A")
+        for st, v in sorted(t["per_strategy"].items(), key=lambda kv: kv[1]["ratio"] if kv[1]["ratio"] is not None else 9):
+            r = "not reached" if v["ratio"] is None else f"ratio {v['ratio']:.2f}"
+            ci = ", ".join("-" if x is None else f"{x:.2f}" for x in v["ci95"])
+            say(f"  {st:18s} final {v['final_mean']:.4f} ± {v['final_std']:.3f} eV/A ({v['final_vs_random']:.3f} of "
+                f"random); labels to target: {r} [95 % CI {ci}], {v['seeds']} seeds")
 
 
 # ============================================================================= main
@@ -1023,17 +1286,17 @@ def main(argv=None) -> dict:
     ap.add_argument("--members", type=int)
     ap.add_argument("--steps-initial", type=int)
     ap.add_argument("--steps-continue", type=int)
-    ap.add_argument("--workers", type=int, help="parallel DeePMD trainings / labeling processes (default 2)")
+    ap.add_argument("--workers", type=int, help="parallel DeePMD trainings / labeling processes (default 1)")
     ap.add_argument("--launcher", choices=("in-process", "subprocess"),
                     help="how train_member runs dp: inside persistent workers (default) or as subprocesses")
     ap.add_argument("--workdir", help="cache (default runs/al_efficiency[_quick], git-ignored)")
     ap.add_argument("--out-dir", help="results (default benchmarks/results; --quick: the workdir)")
     ap.add_argument("--fresh", action="store_true", help="delete the workdir first")
     ap.add_argument("--stage0-only", action="store_true", help="build (or show) the cached data and stop")
-    ap.add_argument("--pool", choices=("all", "campaign"), default="all",
-                    help="candidates: every pool frame (default) or only the MD frames at the campaign's "
-                         "temperatures (results then in al_efficiency_campaign_pool.*)")
-    ap.add_argument("--strategies", help=f"comma-separated subset of {','.join(STRATEGIES)}")
+    ap.add_argument("--report", action="store_true", help="train nothing: write the results from the cached rounds")
+    ap.add_argument("--pools", help=f"comma-separated subset of {','.join(POOLS)} (default both)")
+    ap.add_argument("--strategies", help=f"comma-separated, in training order; 'all' for {','.join(STRATEGIES)} "
+                    f"(default: the first pass, {','.join(STRATEGIES[:5])}); random is the reference")
     args = ap.parse_args(argv)
 
     s = Settings.quick() if args.quick else Settings()
@@ -1041,69 +1304,92 @@ def main(argv=None) -> dict:
         v = getattr(args, name)
         if v is not None:
             setattr(s, name, v)
-    s.pool = args.pool
+    if args.pools:
+        s.pools = tuple(x.strip() for x in args.pools.split(",") if x.strip())
+        if set(s.pools) - set(POOLS):
+            ap.error(f"--pools: choose from {', '.join(POOLS)}")
     if args.strategies:
-        names = tuple(x.strip() for x in args.strategies.split(",") if x.strip())
-        bad = [x for x in names if x not in STRATEGIES]
-        if bad or "random" not in names:
-            ap.error(f"--strategies: unknown {bad} (choose from {', '.join(STRATEGIES)}; random is the reference "
-                     "and must be included)")
+        names = STRATEGIES if args.strategies == "all" else tuple(x.strip() for x in args.strategies.split(",") if x.strip())
+        try:
+            for x in names:
+                parse_strategy(x)
+        except ValueError as exc:
+            ap.error(f"--strategies: {exc}")
+        if "random" not in names:
+            ap.error("--strategies: random is the reference and must be included")
         s.strategies = names
-    elif s.pool != "all":
-        s.strategies = tuple(x for x in STRATEGIES if x != "ours_window")
     workdir = Path(args.workdir or (ROOT / "runs" / ("al_efficiency_quick" if args.quick else "al_efficiency")))
     out_dir = Path(args.out_dir) if args.out_dir else (workdir if args.quick else ROOT / "benchmarks" / "results")
     workdir = workdir.resolve()
     if args.fresh and workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    run_key = {k: v for k, v in dataclasses.asdict(s).items() if k not in ("workers", "launcher", "pool", "strategies")}
+    run_key = {k: v for k, v in dataclasses.asdict(s).items()
+               if k not in ("seeds", "rounds", "workers", "launcher", "pools", "strategies", "bootstrap")}
     key_path = workdir / "run_settings.json"
     if key_path.exists() and json.loads(key_path.read_text()) != json.loads(json.dumps(run_key)):
-        if (workdir / "runs").exists():
-            shutil.rmtree(workdir / "runs")  # other training settings: cached rounds are void
-    key_path.write_text(json.dumps(run_key, indent=2))
+        if (workdir / "runs").exists() and not args.report:
+            shutil.rmtree(workdir / "runs")  # other training or selection settings: cached rounds are void
+    if not args.report:
+        key_path.write_text(json.dumps(run_key, indent=2))
 
     say = Log()
-    say(f"al_efficiency (pool: {s.pool}): {s.seeds} seeds x {len(s.strategies)} strategies x {s.rounds} rounds of k={s.k}, "
-        f"{s.members} members, {s.steps_initial}/{s.steps_continue} steps, {s.workers} workers; workdir {workdir}")
+    say(f"al_efficiency: pools {','.join(s.pools)}; {s.seeds} seeds x {len(s.strategies)} strategies x {s.rounds} rounds "
+        f"of k={s.k}, {s.members} members, {s.steps_initial}/{s.steps_continue} steps, {s.workers} workers; "
+        f"workdir {workdir}")
     t0 = time.time()
     stage0 = build_stage0(s, workdir, say)
     t_stage0 = time.time() - t0
     if args.stage0_only:
         print(json.dumps({k: v for k, v in stage0.items() if k != "settings"}, indent=1))
         return stage0
+    runs = [selection_timing(seed=i) for i in range(3)]
+    timing = dict(runs[0], selection_s_10k=float(np.median([r["selection_s_10k"] for r in runs])),
+                  selection_s_10k_min=float(min(r["selection_s_10k"] for r in runs)),
+                  features_s=float(np.median([r["features_s"] for r in runs])),
+                  select_s=float(np.median([r["select_s"] for r in runs])), repeats=len(runs))
+    say(f"selection of {timing['k']} from 10,000 synthetic candidates with {DEFAULT}: {timing['selection_s_10k']:.2f} s "
+        f"(features {timing['features_s']:.2f} s, selection {timing['select_s']:.2f} s; median of 3, one thread)")
     bench = Bench(s, workdir, say)
-    records = bench.run()
-    wall = time.time() - t0
-    summary = summarize(records, s)
-    payload = {
-        "benchmark": "al_efficiency",
-        "settings": {**dataclasses.asdict(s), "strategies": list(s.strategies), "loss": LOSS,
-                     "structures": [n for n, _, _ in STRUCTURES], "cell": "(2, 2, 1), 16/15 atoms",
-                     "labeler": "CHGNet (stand-in for DFT)", "training": "round 0 from scratch, later rounds "
-                     "continue each member from its previous checkpoint (init_model)"},
-        "stage0": stage0,
-        "ours_window_trust_levels": {str(r["seed"]): [r["pool_force_width_quantiles"][f"q{round(q * 100)}"]
-                                                      for q in s.dpgen_quantiles]
-                                     for r in records if r["round"] == 0 and "pool_force_width_quantiles" in r
-                                     and r["strategy"] == "ours"},
-        "dpgen_trust_window": {str(r["seed"]): [r["dpgen_trust_lo"], r["dpgen_trust_hi"]]
-                               for r in records if r["round"] == 0 and "dpgen_trust_lo" in r},
-        "summary": summary,
-        "test_breakdown_last_round": getattr(bench, "final_errors", {}),
-        "records": [{k: v for k, v in r.items() if k not in ("model_paths", "checkpoints")} for r in records],
-        "wall_s_this_invocation": wall,
-        "wall_s_stage0_this_invocation": t_stage0,
-        "wall_s_stage0_when_built": stage0.get("wall_s"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-    }
-    write_outputs(out_dir, payload, records, "al_efficiency" if s.pool == "all" else f"al_efficiency_{s.pool}_pool")
-    print_summary(summary, say)
-    for name, d in payload["test_breakdown_last_round"].items():
-        say(f"  {name}: " + ", ".join(f"{k.split(' ', 1)[1]} {v['mean']:.3f}" for k, v in d.items()
-                                      if k.startswith("force_rmse")) + " eV/A force RMSE by test group")
-    say(f"done in {wall / 60:.1f} min; wrote {out_dir}/al_efficiency.{{json,csv,png}}")
+    lock = threading.Lock()
+
+    def report(records) -> dict:
+        summaries = {pool: summarize(records, s, pool) for pool in s.pools}
+        for pool in s.pools:
+            summaries[pool]["n_candidates"] = len(bench.allowed[pool])
+        r0 = sorted((r for r in _unique(records) if r["round"] == 0), key=lambda r: r["seed"])
+        payload = {
+            "benchmark": "al_efficiency",
+            "headline": headline(summaries, s, timing),
+            "settings": {**dataclasses.asdict(s), "strategies": list(s.strategies), "all_strategies": list(STRATEGIES),
+                         "loss": LOSS, "structures": [n for n, _, _ in STRUCTURES], "cell": "(2, 2, 1), 16/15 atoms",
+                         "labeler": "CHGNet (stand-in for DFT)", "training": "round 0 from scratch, later rounds "
+                         "continue each member from its previous checkpoint (init_model)"},
+            "stage0": stage0,
+            "selection_timing": timing,
+            "round0": {str(r["seed"]): {k: r.get(k) for k in ("dpgen_trust", "pool_force_width_quantiles",
+                                                              "pool_share_above_threshold", "feature_study",
+                                                              "test_by_group", "uq_s_per_frame", "features_s_per_frame")}
+                       for r in {r["seed"]: r for r in r0}.values()},
+            "pools": summaries,
+            "records": [{k: v for k, v in r.items() if k not in ("model_paths", "checkpoints", "feature_study")}
+                        for r in _unique(records)],
+            "wall_s_this_invocation": time.time() - t0,
+            "wall_s_stage0_when_built": stage0.get("wall_s"),
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        }
+        with lock:
+            write_outputs(out_dir, payload, records)
+        return payload
+
+    if args.report:
+        records = bench.collect()
+    else:
+        records = bench.run(on_progress=report)
+    payload = report(records)
+    print_summary(payload["pools"], say)
+    say(f"headline: {json.dumps(payload['headline'])}")
+    say(f"done in {(time.time() - t0) / 60:.1f} min (stage 0 {t_stage0 / 60:.1f} min); wrote {out_dir}/al_efficiency.*")
     return payload
 
 

@@ -1,4 +1,6 @@
-"""The selection rules of benchmarks/al_efficiency.py (no training, no labels)."""
+"""The pieces of benchmarks/al_efficiency.py that need no training or labels: the DP-GEN
+deviation, strategy names, the budget fill, labels-to-target with its bootstrap, the
+feature study's measures, the 10k-candidate timing and the summary/headline layout."""
 
 import importlib.util
 import sys
@@ -7,18 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from driver.selection import Candidate, SelectionPolicy
-
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "al_efficiency.py"
 _spec = importlib.util.spec_from_file_location("al_efficiency", _PATH)
 ale = importlib.util.module_from_spec(_spec)
 sys.modules.setdefault("al_efficiency", ale)  # dataclasses look their module up
 _spec.loader.exec_module(ale)
-
-
-def _fp(i):
-    # distinct fingerprints: distances differ by 0.1 A per id
-    return ((("Li", 4), ("Ni", 4), ("O", 8)), np.array([1.9 + 0.1 * i, 2.8]))
 
 
 def test_max_force_deviation_is_dpgen_definition():
@@ -30,24 +25,16 @@ def test_max_force_deviation_is_dpgen_definition():
     assert got[1] == 0.0
 
 
-def test_ours_takes_highest_widths_and_fills_below_threshold():
-    policy = SelectionPolicy(force_threshold=0.1, force_upper=3.0, max_per_round=12, dedup_tolerance_A=0.05)
-    widths = {0: 0.5, 1: 0.05, 2: 5.0, 3: 0.3, 4: 0.08, 5: 0.01}
-    cands = [Candidate(i, 0.001, w, True, "", _fp(i)) for i, w in widths.items()]
-    chosen, counts = ale.select_ours(cands, 2, policy)
-    assert chosen == [0, 3]  # 2 is above the trust bound
-    assert counts["unphysical"] == 1 and counts["filled_below_threshold"] == 0
-    chosen, counts = ale.select_ours(cands, 3, policy)
-    assert chosen == [0, 3, 4]  # two above the threshold, then the highest below it
-    assert counts["filled_below_threshold"] == 1
-    chosen, counts = ale.select_ours(cands, 5, policy)
-    assert sorted(chosen) == [0, 1, 3, 4, 5]  # not the one above the trust bound while others are left
-    chosen, counts = ale.select_ours(cands, 6, policy)
-    assert chosen[-1] == 2 and counts["filled_above_upper"] == 1  # equal budgets: then it too
-    # near-duplicates are not taken twice
-    dup = [Candidate(0, 0.0, 0.5, True, "", _fp(0)), Candidate(1, 0.0, 0.4, True, "", _fp(0)),
-           Candidate(2, 0.0, 0.3, True, "", _fp(2))]
-    assert ale.select_ours(dup, 2, policy)[0] == [0, 2]
+def test_strategy_names():
+    assert ale.parse_strategy("kmeans_group@awh") == ("kmeans", True, "awh")
+    assert ale.parse_strategy("lcmd") == ("lcmd", False, "desc")
+    assert ale.parse_strategy("random") == ("random", False, "desc")
+    for bad in ("random_group", "best", "lcmd@colour"):
+        with pytest.raises(ValueError):
+            ale.parse_strategy(bad)
+    for name in ale.STRATEGIES:
+        ale.parse_strategy(name)
+    assert ale.DEFAULT in ale.STRATEGIES[:5] and "random" in ale.STRATEGIES[:5] and "oracle" in ale.STRATEGIES[:5]
 
 
 def test_random_is_seeded_unique_and_from_unlabeled():
@@ -58,15 +45,15 @@ def test_random_is_seeded_unique_and_from_unlabeled():
     assert ale.select_random([1, 2], 5, np.random.default_rng(0)) == [1, 2]
 
 
-def test_dpgen_window_and_fill():
-    ids = list(range(10))
-    dev = [0.01, 0.02, 0.2, 0.25, 0.3, 0.9, 1.5, 0.04, 0.22, 0.05]
-    chosen, info = ale.select_dpgen(ids, dev, 3, lo=0.1, hi=1.0, rng=np.random.default_rng(0))
-    assert len(chosen) == 3 and set(chosen) <= {2, 3, 4, 5, 8}
-    assert info == {"candidates": 5, "accurate": 4, "failed": 1, "filled_below_lo": 0}
-    chosen, info = ale.select_dpgen(ids, dev, 7, lo=0.1, hi=1.0, rng=np.random.default_rng(0))
-    assert chosen == sorted([2, 3, 4, 5, 8, 9, 7])  # window, then the highest deviations below lo
-    assert info["filled_below_lo"] == 2
+def test_fill_budget_below_threshold_then_above_upper():
+    score = np.array([0.5, 0.05, 5.0, 0.3, 0.08, 0.01, 4.0])
+    unl = list(range(7))
+    # picked 0 and 3 (the eligible ones): below the threshold highest first, then above the bound lowest first
+    assert ale.fill_budget(unl, score, [0, 3], 4, 0.1, 3.0) == [4, 1]
+    assert ale.fill_budget(unl, score, [0, 3], 7, 0.1, 3.0) == [4, 1, 5, 6, 2]
+    assert ale.fill_budget(unl, score, [0, 3], 2, 0.1, 3.0) == []
+    # DP-GEN's window is [lo, hi): a frame at hi is outside
+    assert ale.fill_budget([0, 1, 2], np.array([0.2, 1.0, 0.05]), [0], 3, 0.1, 1.0, window=True) == [2, 1]
 
 
 def test_labels_to_reach_interpolates():
@@ -74,3 +61,71 @@ def test_labels_to_reach_interpolates():
     assert ale.labels_to_reach(n, [0.4, 0.3, 0.2, 0.1], 0.25) == pytest.approx(42.5)
     assert ale.labels_to_reach(n, [0.4, 0.3, 0.2, 0.1], 0.5) == 20
     assert ale.labels_to_reach(n, [0.4, 0.3, 0.2, 0.15], 0.1) is None
+
+
+def test_bootstrap_ratio():
+    n = [20, 40, 60, 80]
+    ref = np.array([[0.5, 0.4, 0.35, 0.30], [0.5, 0.42, 0.36, 0.32], [0.5, 0.41, 0.34, 0.31]])
+    fast = ref - np.array([0.0, 0.08, 0.06, 0.05])  # reaches random's 0.31 between 40 and 60 labels
+    b = ale.bootstrap_ratio(n, ref, fast, 500)
+    assert b["ratio"] == pytest.approx(ale.labels_to_reach(n, fast.mean(0), 0.31) / 80)
+    assert 0.5 < b["ratio"] < 0.75 and b["ci95"][0] <= b["ratio"] <= b["ci95"][1]
+    assert b["share_of_resamples_reaching"] == 1.0 and b["seeds"] == 3
+    same = ale.bootstrap_ratio(n, ref, ref, 200)
+    assert same["ratio"] == pytest.approx(1.0, abs=0.02)
+    slow = ale.bootstrap_ratio(n, ref, ref + 0.1, 200)
+    assert slow["ratio"] is None and slow["ci95"] == [None, None] and slow["share_of_resamples_reaching"] == 0.0
+
+
+def test_feature_measures():
+    rng = np.random.default_rng(0)
+    x = np.vstack([rng.normal(0, 0.2, (30, 2)), rng.normal(5, 0.2, (30, 2))])
+    err = np.concatenate([rng.uniform(0.0, 0.1, 30), rng.uniform(1.0, 1.1, 30)])
+    assert ale.knn_error_skill(x, err) > 0.5
+    assert abs(ale.knn_error_skill(rng.normal(size=(60, 2)), err)) < 0.4
+    assert ale.cluster_purity(x, ["a"] * 30 + ["b"] * 30) == 1.0
+
+
+def test_selection_timing_runs_small():
+    t = ale.selection_timing(n=300, k=5)
+    assert t["picked"] == 5 and t["feature_dim"] == 3 * 128 and t["selection_s_10k"] > 0
+
+
+def _rec(pool, st, seed, rnd, f_in, n0=20, k=20):
+    g = {"force_rmse_eV_A": f_in, "energy_rmse_meV_atom": 10.0, "max_force_error_eV_A": 1.0, "n_frames": 5}
+    return {"pool": pool, "strategy": st, "seed": seed, "round": rnd, "n_labels": n0 + k * rnd, "n_selected": k * rnd,
+            "test_by_group": {"in-distribution": g, "out-of-distribution": dict(g, force_rmse_eV_A=2 * f_in), "all": g,
+                              "300 K": g},
+            "selection": {"sources": {"300K": k}} if rnd else {}, "energy_rmse_meV_atom": 10.0,
+            "force_rmse_eV_A": f_in, "pool_force_width_median": 1.0, "pool_max_devi_f_median": 0.5,
+            "round_train_wall_s": 1.0}
+
+
+def test_summary_headline_and_files(tmp_path):
+    s = ale.Settings(seeds=2, rounds=2, k=20, strategies=("random", ale.DEFAULT, "oracle"), bootstrap=100)
+    recs = []
+    for pool in ale.POOLS:
+        for seed in range(2):
+            for st, curve in (("random", [0.5, 0.4, 0.3]), (ale.DEFAULT, [0.5, 0.35, 0.28]),
+                              ("oracle", [0.5, 0.3, 0.25])):
+                recs += [_rec(pool, st, seed, r, v + 0.01 * seed) for r, v in enumerate(curve)]
+    recs.append(_rec("all", "topk", 0, 0, 0.5))  # unfinished: progress only
+    summaries = {pool: ale.summarize(recs, s, pool) for pool in ale.POOLS}
+    summ = summaries["all"]
+    assert summ["complete_seeds"][ale.DEFAULT] == [0, 1] and "topk" not in summ["curves"]
+    assert summ["progress_last_round_per_seed"]["topk"] == {"0": 0}
+    per = summ["targets"][ale.HEADLINE_KEY]["per_strategy"]
+    assert per["random"]["ratio"] == pytest.approx(1.0)
+    assert per[ale.DEFAULT]["ratio"] == pytest.approx(ale.labels_to_reach([20, 40, 60], [0.505, 0.355, 0.285], 0.305) / 60)
+    assert per["oracle"]["ratio"] < per[ale.DEFAULT]["ratio"] < 1.0
+    h = ale.headline(summaries, s, {"selection_s_10k": 0.3})
+    for pool in ("campaign_pool", "full_pool"):
+        assert h[pool]["default_vs_random_labels_ratio"] == pytest.approx(per[ale.DEFAULT]["ratio"])
+        assert h[pool]["oracle_vs_random_labels_ratio"] == pytest.approx(per["oracle"]["ratio"])
+    assert h["seeds"] == 2 and h["max_labels"] == 60 and h["selection_s_10k"] == 0.3 and h["default"] == ale.DEFAULT
+    assert h["partial"]  # the first pass has five rules; this one ran three
+    payload = {"pools": summaries, "settings": {"members": 4, "k": 20}, "headline": h}
+    ale.write_outputs(tmp_path, payload, recs)
+    assert (tmp_path / "al_efficiency.png").exists() and (tmp_path / "al_efficiency_campaign_pool.png").exists()
+    rows = (tmp_path / "al_efficiency.csv").read_text().splitlines()
+    assert rows[0].startswith("pool,strategy,seed,round") and len(rows) == 1 + len(recs)

@@ -397,13 +397,9 @@ class Campaign:
 
     def _record_train(self, row, result: dict) -> None:
         req = json.loads(row["request"])
-        self.state.db.execute(
-            "INSERT OR REPLACE INTO models(generation, member, task_key, path, checkpoint, lcurve_path, lcurve_last, "
-            "n_train_frames, wall_s, created) VALUES(?,?,?,?,?,?,?,?,?,?)",
-            (row["generation"], req["member"], row["key"], result["model_path"], result["checkpoint_path"],
-             result["lcurve_path"], json.dumps(result["lcurve_last"]), result["n_train_frames"],
-             result["wall_s"], time.time()),
-        )
+        self.state.add_model(row["generation"], req["member"], row["key"], result["model_path"],
+                             result["checkpoint_path"], result["lcurve_path"], result["lcurve_last"],
+                             result["n_train_frames"], result["wall_s"])
 
     def _record_md(self, row, result: dict) -> None:
         from remote_al.structures import composition_label, from_extxyz, to_extxyz

@@ -299,6 +299,18 @@ class State:
             args.append(split)
         return self.db.execute(q + " ORDER BY l.structure_id", args).fetchall()
 
+    def add_model(self, generation: int, member: int, task_key: str, path: str, checkpoint: str = "",
+                  lcurve_path: str = "", lcurve_last: dict | None = None, n_train_frames: int = 0,
+                  wall_s: float = 0.0) -> None:
+        """Record (or replace) member ``member`` of generation ``generation``."""
+        with self.transaction():
+            self.db.execute(
+                "INSERT OR REPLACE INTO models(generation, member, task_key, path, checkpoint, lcurve_path, "
+                "lcurve_last, n_train_frames, wall_s, created) VALUES(?,?,?,?,?,?,?,?,?,?)",
+                (generation, member, task_key, path, checkpoint, lcurve_path, json.dumps(lcurve_last or {}),
+                 n_train_frames, wall_s, time.time()),
+            )
+
     def models(self, generation: int | None = None) -> list[sqlite3.Row]:
         if generation is None:
             return self.db.execute("SELECT * FROM models ORDER BY generation, member").fetchall()

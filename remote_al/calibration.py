@@ -36,14 +36,15 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
+
+from remote_al.uq import ensemble_ci_width
 
 METHODS = ("conformal", "gaussian_scale", "prediction_interval")
 
 
 def atom_force_widths(member_forces: np.ndarray, confidence: float = 0.95) -> np.ndarray:
     """(M, N, 3) member forces -> (N,) the largest component CI width of each atom."""
-    from remote_al.uq import ensemble_ci_width
-
     return ensemble_ci_width(np.asarray(member_forces, dtype=float), confidence, axis=0).max(axis=1)
 
 
@@ -73,8 +74,6 @@ def conformal_scale(widths, errors, coverage: float = 0.95) -> float:
 def gaussian_scale(widths, errors, coverage: float = 0.95) -> float:
     """Imbalzano et al. 2021 style: one scale so that errors are unit-variance Gaussian in
     units of the width, then the two-sided Gaussian quantile at ``coverage``."""
-    from scipy import stats
-
     w, e = _pairs(widths, errors)
     if w.size < 2:
         raise ValueError("need at least 2 calibration pairs")

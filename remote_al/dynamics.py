@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from remote_al.calibration import atom_force_errors
+from remote_al.calibration import atom_force_errors, atom_force_widths
 from remote_al.records import MDRequest, MDResult, UQRequest, UQResult
 from remote_al.structures import from_extxyz, min_distance, to_extxyz
 from remote_al.uq import ensemble_ci_width, frame_uncertainty
@@ -249,6 +249,12 @@ def evaluate_uncertainty(req: UQRequest) -> UQResult:
         force_width=tuple(float(x) for x in f_w),
         energy_mean=tuple(float(x) for x in e_mean),
     )
+    if req.return_forces:
+        result.update(
+            forces_mean=tuple(tuple(tuple(float(c) for c in row) for row in f.mean(axis=0)) for f in forces),
+            energy_total_mean=tuple(float(x) for x in energies.mean(axis=0)),
+            atom_force_width=tuple(float(x) for f in forces for x in atom_force_widths(f, req.confidence)),
+        )
     labeled = [a.calc is not None and "energy" in a.calc.results and "forces" in a.calc.results for a in frames]
     if all(labeled):
         e_ref = np.array([a.calc.results["energy"] for a in frames]) / natoms

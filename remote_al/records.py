@@ -90,6 +90,8 @@ class UQRequest(_Record):
     confidence: float = 0.95
     batch_size: int = 64
     device: str = "auto"
+    # also return the ensemble-mean forces and per-atom widths of every frame (remote-al predict)
+    return_forces: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,9 @@ class UQResult(_Record):
     # Per atom, frames concatenated in order (for calibration, remote_al.calibration):
     atom_force_width: tuple[float, ...] | None = None  # eV/A, the largest component CI width
     atom_force_error: tuple[float, ...] | None = None  # eV/A, the largest |mean - reference| component
+    # With return_forces: per frame, the ensemble-mean forces (N x 3, eV/A) and energy (eV)
+    forces_mean: tuple | None = None
+    energy_total_mean: tuple[float, ...] | None = None
     wall_s: float = 0.0
     device: str = "cpu"
 

@@ -112,3 +112,42 @@ def test_calibration_file_round_trips_and_latest_is_found(tmp_path):
     assert latest_calibration(tmp_path) == b
     assert latest_calibration(tmp_path, up_to=1) == a
     assert latest_calibration(tmp_path / "nowhere") is None
+
+
+# ------------------------------------------------- remote-al predict, end to end
+def test_predict_gives_ensemble_values_widths_and_calibrated_bounds(tiny_ensemble, labeled_dir, local_backend, tmp_path):
+    """Real DeePMD members through the local backend; the bound is the stored calibration's
+    scale times the seed width, frame by frame and atom by atom."""
+    from ase.io import read, write
+
+    from driver.predict import predict, write_predictions
+    from driver.state import State
+    from remote_al.dynamics import predict_ensemble
+    from remote_al.uq import ensemble_ci_width
+
+    camp = tmp_path / "camp"
+    camp.mkdir()
+    st = State(camp / "state.sqlite")
+    for m, res in enumerate(tiny_ensemble):
+        st.add_model(0, m, f"train:g0:m{m}", res.model_path)
+    st.close()
+    write_calibration(camp, Calibration(0, "conformal", 0.95, 2.5, 1.5, 20, 300, 20, True, n_members=2))
+    frames = labeled_dir["frames"][:3]
+    src = tmp_path / "in.extxyz"
+    write(src, frames, format="extxyz")
+
+    preds = predict(camp, src, backend=local_backend)
+    assert [p.generation for p in preds] == [0, 0, 0] and all(p.calibrated for p in preds)
+    energies, forces = predict_ensemble([r.model_path for r in tiny_ensemble], read(src, index=":"))
+    for p, e, f in zip(preds, energies.T, forces):
+        np.testing.assert_allclose(p.forces, f.mean(axis=0), atol=1e-10)
+        assert p.energy_eV == pytest.approx(e.mean(), abs=1e-8)
+        w = ensemble_ci_width(f, 0.95, axis=0).max(axis=1)
+        np.testing.assert_allclose(p.atom_force_width, w, atol=1e-10)
+        np.testing.assert_allclose(p.atom_force_bound, 2.5 * w, atol=1e-10)
+        assert p.force_bound == pytest.approx(2.5 * w.max())
+        assert p.energy_bound_eV_atom == pytest.approx(1.5 * p.energy_width_eV_atom)
+    out = write_predictions(src, preds, tmp_path / "out.extxyz")
+    back = read(out, index=":")
+    np.testing.assert_allclose(back[1].arrays["force_bound"], preds[1].atom_force_bound, rtol=1e-6)
+    assert back[2].info["generation"] == 0

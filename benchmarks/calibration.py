@@ -1,0 +1,257 @@
+"""Do the calibrated 95 % bounds cover 95 % of the true errors on frames no pool ever saw?
+
+    .venv/bin/python benchmarks/calibration.py                          # the demo campaign
+    .venv/bin/python benchmarks/calibration.py --campaign examples/delithiation.toml --name delithiation
+
+1. Runs the campaign (``remote-al run``) into ``--workdir``/<name> unless it already finished
+   there (then its state is reused as it is).
+2. Builds an independent test set: Langevin MD driven by the labeler itself (CHGNet) from
+   each structure's starting structure at each of the campaign's exploration temperatures
+   (``--equil`` steps, then ``--frames`` frames ``--interval`` fs apart), labeled on the way.
+   These frames are never in any pool, training set or calibration set. Cached.
+3. For every generation of the campaign: the ensemble's widths and errors on that set; the
+   coverage of the campaign's own calibration (``calibration/g<N>.json``, fitted on the
+   campaign's held-out frames) for forces (per atom) and energies (per frame), per
+   composition; the same for the alternatives fitted on the same held-out pairs (the raw
+   half-width, the Student-t prediction interval sqrt(M+1), a Gaussian scale factor); and
+   the energy error per composition (mean and RMSE).
+
+Writes ``benchmarks/results/calibration[_NAME].json`` with a ``headline`` object
+(``coverage_95`` per generation and composition, ``coverage_95_min``/``_max`` over
+generations >= 1, forces and energies, and the frames used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+for _var in ("OMP_NUM_THREADS", "DP_INTRA_OP_PARALLELISM_THREADS", "DP_INTER_OP_PARALLELISM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run_campaign(campaign: Path, workdir: Path, name: str) -> Path:
+    """The campaign run into workdir/name (resumed or reused when already done)."""
+    from driver.loop import open_campaign_state
+
+    text = campaign.read_text()
+    cdir = (workdir / name).resolve()
+    text = re.sub(r'(?m)^workdir\s*=.*$', f'workdir = "{cdir}"', text)
+    if f'workdir = "{cdir}"' not in text:
+        text = text.replace("[campaign]", f'[campaign]\nworkdir = "{cdir}"', 1)
+    toml = workdir / f"{name}.toml"
+    workdir.mkdir(parents=True, exist_ok=True)
+    toml.write_text(text)
+    if (cdir / "state.sqlite").exists():
+        st = open_campaign_state(cdir)
+        done = st.get_meta("phase") == "done"
+        st.db.close()
+        if done:
+            say(f"campaign {name} already finished in {cdir}")
+            return cdir
+    say(f"running campaign {name} ({campaign}) into {cdir}")
+    t0 = time.time()
+    exe = Path(sys.executable).with_name("remote-al")
+    subprocess.run([str(exe), "run", str(toml)], check=True, cwd=ROOT)
+    say(f"campaign {name} finished in {time.time() - t0:.0f} s")
+    return cdir
+
+
+def _labeler_md(job: dict) -> str:
+    """Langevin MD driven by the labeler (CHGNet); labeled frames after equilibration."""
+    import torch
+    from ase import units
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+
+    from remote_al.labelers import get_labeler
+    from remote_al.structures import from_extxyz, to_extxyz
+
+    torch.set_num_threads(1)
+    atoms = from_extxyz(job["structure_extxyz"])[0]
+    atoms.calc = get_labeler("chgnet")._calculator()
+    rng = np.random.default_rng(job["seed"])
+    MaxwellBoltzmannDistribution(atoms, temperature_K=job["temperature_K"], rng=rng)
+    Stationary(atoms)
+    dyn = Langevin(atoms, timestep=1.0 * units.fs, temperature_K=job["temperature_K"],
+                   friction=0.02 / units.fs, rng=rng, fixcm=True)
+    dyn.run(job["equil"])
+    frames = []
+    for _ in range(job["frames"]):
+        dyn.run(job["interval"])
+        snap = atoms.copy()
+        snap.calc = SinglePointCalculator(snap, energy=float(atoms.get_potential_energy()),
+                                          forces=np.array(atoms.get_forces()))
+        snap.info["group"] = job["group"]
+        snap.info["composition"] = job["composition"]
+        frames.append(snap)
+    return to_extxyz(frames)
+
+
+def independent_test_set(cfg, cache: Path, frames: int, equil: int, interval: int, workers: int):
+    """Labeler-driven MD at the campaign's conditions (cached extxyz)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from driver.preflight import build_structure
+    from remote_al.structures import from_extxyz, to_extxyz
+
+    if cache.exists():
+        out = from_extxyz(cache.read_text())
+        say(f"independent test set: {len(out)} frames from {cache}")
+        return out
+    jobs = []
+    for k, spec in enumerate(cfg.structures):
+        temps = spec.temperatures_K or cfg.exploration.temperatures_K
+        for t in temps:
+            jobs.append(dict(structure_extxyz=to_extxyz(build_structure(spec)), temperature_K=float(t),
+                             seed=1000 + 17 * k + int(t), equil=equil, interval=interval, frames=frames,
+                             group=f"{spec.name}@{t:g}K", composition=spec.name))
+    say(f"independent test set: {len(jobs)} labeler MD runs, {frames} frames each")
+    t0 = time.time()
+    with ProcessPoolExecutor(workers) as pool:
+        texts = list(pool.map(_labeler_md, jobs))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text("".join(texts))
+    say(f"independent test set built in {time.time() - t0:.0f} s")
+    return from_extxyz(cache.read_text())
+
+
+def ensemble_pairs(model_paths, frames, confidence: float) -> dict:
+    """Per-atom force widths/errors and per-frame energy widths/errors (eV/atom)."""
+    from remote_al.calibration import atom_force_errors, atom_force_widths
+    from remote_al.dynamics import predict_ensemble
+    from remote_al.uq import ensemble_ci_width
+
+    energies, forces = predict_ensemble(model_paths, frames)
+    natoms = np.array([len(a) for a in frames], dtype=float)
+    e_ref = np.array([a.get_potential_energy() for a in frames]) / natoms
+    e_mem = energies / natoms[None, :]
+    out = {"aw": [], "ae": [], "acomp": [], "ew": ensemble_ci_width(e_mem, confidence, axis=0),
+           "ee": e_mem.mean(axis=0) - e_ref, "ecomp": [a.info["composition"] for a in frames]}
+    for a, f in zip(frames, forces):
+        out["aw"].extend(atom_force_widths(f, confidence))
+        out["ae"].extend(atom_force_errors(f.mean(axis=0), a.get_forces()))
+        out["acomp"].extend([a.info["composition"]] * len(a))
+    for k in ("aw", "ae", "acomp", "ecomp"):
+        out[k] = np.array(out[k])
+    return out
+
+
+def alternatives(eval_result: dict, n_members: int, confidence: float) -> dict[str, tuple[float, float]]:
+    """(force scale, energy scale) of each method fitted on the campaign's held-out pairs."""
+    from remote_al.calibration import gaussian_scale, prediction_interval_scale
+
+    fw, fe = eval_result["atom_force_width"], eval_result["atom_force_error"]
+    ew, ee = eval_result["energy_width"], eval_result["energy_error"]
+    pi = prediction_interval_scale(n_members)
+    out = {"seed_half_width": (0.5, 0.5), "prediction_interval": (pi, pi)}
+    try:
+        out["gaussian_scale"] = (gaussian_scale(fw, fe, confidence), gaussian_scale(ew, ee, confidence))
+    except ValueError:
+        pass
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--campaign", default=str(ROOT / "examples" / "linio2.toml"))
+    ap.add_argument("--name", default="linio2")
+    ap.add_argument("--workdir", default=str(ROOT / "runs" / "calibration"))
+    ap.add_argument("--frames", type=int, default=20, help="test frames per (structure, temperature)")
+    ap.add_argument("--equil", type=int, default=100)
+    ap.add_argument("--interval", type=int, default=10)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", default="")
+    a = ap.parse_args(argv)
+
+    from driver.config import parse_config
+    from driver.loop import open_campaign_state
+    from remote_al.calibration import coverage, read_calibration
+
+    workdir = Path(a.workdir)
+    cdir = run_campaign(Path(a.campaign), workdir, a.name)
+    st = open_campaign_state(cdir)
+    cfg = parse_config(json.loads(st.get_meta("config_json")), base_dir=cdir)
+    conf = cfg.selection.confidence
+    frames = independent_test_set(cfg, workdir / f"{a.name}-test.extxyz", a.frames, a.equil, a.interval, a.workers)
+    comps = sorted({f.info["composition"] for f in frames})
+    gens = sorted({m["generation"] for m in st.models()})
+    per_gen, headline_cov = {}, {}
+    for g in gens:
+        models = [m["path"] for m in st.models(g)]
+        cal = read_calibration(cdir, g)
+        task = st.task(f"eval:g{g}")
+        if cal is None or task is None:
+            say(f"generation {g}: no calibration stored; skipped")
+            continue
+        p = ensemble_pairs(models, frames, conf)
+        methods = {"conformal (campaign)": (cal.force_scale, cal.energy_scale),
+                   **alternatives(json.loads(task["result"]), len(models), conf)}
+        rows = {}
+        for method, (fs, es) in methods.items():
+            row = {"force_scale": fs, "energy_scale": es,
+                   "forces": coverage(p["aw"], p["ae"], fs), "energies": coverage(p["ew"], p["ee"], es)}
+            for c in comps:
+                am, em = p["acomp"] == c, p["ecomp"] == c
+                row[c] = {"forces": coverage(p["aw"][am], p["ae"][am], fs),
+                          "energies": coverage(p["ew"][em], p["ee"][em], es)}
+            rows[method] = row
+        energy = {c: {"mean_meV_atom": float(1000 * p["ee"][p["ecomp"] == c].mean()),
+                      "rmse_meV_atom": float(1000 * np.sqrt(np.mean(p["ee"][p["ecomp"] == c] ** 2)))}
+                  for c in comps}
+        force_rmse = float(np.sqrt(np.mean(p["ae"] ** 2)))
+        per_gen[g] = {"calibration": cal.to_dict(), "methods": rows, "energy_error": energy,
+                      "atom_force_error_p95": float(np.percentile(p["ae"], 95)),
+                      "atom_force_error_rms_of_max_component": force_rmse,
+                      "force_width_median": float(np.median(p["aw"]))}
+        ours = rows["conformal (campaign)"]
+        headline_cov[g] = {c: {"forces": ours[c]["forces"], "energies": ours[c]["energies"]} for c in comps}
+        headline_cov[g]["all"] = {"forces": ours["forces"], "energies": ours["energies"]}
+        say(f"generation {g}: coverage forces {ours['forces']:.3f}, energies {ours['energies']:.3f} "
+            f"(scales {cal.force_scale:.2f}/{cal.energy_scale:.2f}, {cal.n_frames} calibration frames); "
+            f"seed half-width {rows['seed_half_width']['forces']:.3f}/{rows['seed_half_width']['energies']:.3f}; "
+            + ", ".join(f"{c} E err {energy[c]['mean_meV_atom']:+.1f} meV/atom" for c in comps))
+    later = [v for g, cov in headline_cov.items() if g >= 1 for c, d in cov.items() if c != "all"
+             for v in d.values()]
+    payload = {
+        "benchmark": "calibration",
+        "campaign": str(a.campaign),
+        "headline": {
+            "coverage_95": {str(g): cov for g, cov in headline_cov.items()},
+            "coverage_95_min": float(min(later)) if later else None,
+            "coverage_95_max": float(max(later)) if later else None,
+            "frames_used": {"independent_test": len(frames),
+                            "calibration_per_generation": {str(g): d["calibration"]["n_frames"]
+                                                           for g, d in per_gen.items()}},
+            "goal": "every generation >= 1 between 0.90 and 0.98, forces and energies",
+        },
+        "test_set": {"frames": len(frames), "groups": sorted({f.info["group"] for f in frames}),
+                     "equil_steps": a.equil, "interval_fs": a.interval, "frames_per_group": a.frames},
+        "generations": {str(g): d for g, d in per_gen.items()},
+    }
+    out = Path(a.out) if a.out else ROOT / "benchmarks" / "results" / (
+        "calibration.json" if a.name == "linio2" else f"calibration_{a.name}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    say(f"wrote {out}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

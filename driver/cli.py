@@ -1,4 +1,10 @@
-"""The ``remote-al`` command line."""
+"""The ``remote-al`` command line.
+
+Exit status: 0 done; 1 a failure during the work (``RemoteALError``) or an unexpected
+error; 2 a user error (``ConfigError``: a campaign, team or structure file or an option),
+found before any state was created or changed, reported in one message that names the file,
+the field and the fix. ``--debug`` adds the traceback.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,24 @@ import argparse
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from driver.errors import ConfigError, RemoteALError
 
 
 from driver.state import StateMeta  # noqa: E402  (re-exported for older imports)
+
+
+def _read_team(path):
+    """The team file, checked before anything is created (ConfigError if unusable)."""
+    from driver.endpoints import read_team
+
+    try:
+        return read_team(path)
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), "not a text file", "give the team file written by "
+                          "`remote-al endpoint register`", source=str(path)) from None
 
 
 def _backend_for(cfg, args):
@@ -45,11 +63,10 @@ def _sites_for(cfg, args):
     team_path = args.team or cfg.backend.team
     if not team_path:
         return None, None
-    from driver.endpoints import read_team
     from driver.state import State
     from driver.transfer import make_transfer
 
-    team = read_team(team_path)
+    team = _read_team(team_path)
     if not any(site.pools for site in team.sites.values()):
         return None, None
     cfg.directory.mkdir(parents=True, exist_ok=True)
@@ -59,16 +76,24 @@ def _sites_for(cfg, args):
 
 
 def cmd_run(args) -> int:
-    from driver.config import load_config
-    from driver.loop import Campaign
+    from driver.config import load_config, override
     from driver.preflight import preflight
 
     cfg = load_config(args.campaign)
-    preflight(cfg)
-    if args.rounds:
-        import dataclasses
+    try:  # every check before any state, directory or process exists
+        for note in preflight(cfg):
+            print(note, file=sys.stderr)
+        if args.rounds is not None:
+            cfg = override(cfg, "campaign.max_rounds", args.rounds, "--rounds")
+        if (args.backend or cfg.backend.kind) == "globus" or args.team or cfg.backend.team:
+            team = args.team or cfg.backend.team
+            if team:
+                _read_team(team)
+    except ConfigError as exc:
+        exc.source = exc.source or cfg.source
+        raise
+    from driver.loop import Campaign
 
-        cfg = dataclasses.replace(cfg, campaign=dataclasses.replace(cfg.campaign, max_rounds=args.rounds))
     backend = _backend_for(cfg, args)
     sites, transfer = _sites_for(cfg, args)
     t0 = time.time()
@@ -107,12 +132,44 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_schema(args) -> int:
+    from driver.config import bounds_table, schema_text
+
+    text = bounds_table() if args.bounds else schema_text()
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    if args.check:
+        current = args.output.read_text() if args.output.is_file() else ""
+        if current != text:
+            print(f"{args.output} is out of date: run `remote-al schema -o {args.output}`", file=sys.stderr)
+            return 1
+        return 0
+    args.output.write_text(text)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _say_error(exc: BaseException, debug: bool) -> None:
+    if debug:
+        traceback.print_exception(exc)
+    if isinstance(exc, ConfigError):
+        where = f"error in {exc.source}" if exc.source and exc.source != exc.field else "error"
+        print(f"{where}: {exc}", file=sys.stderr)
+    elif isinstance(exc, RemoteALError):
+        print(f"error: {exc}", file=sys.stderr)
+    else:
+        print(f"error: unexpected {type(exc).__name__}: {exc} (a bug in remote-al; `remote-al --debug ...` "
+              "shows the traceback)", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="remote-al",
         description="Active learning of DeePMD-kit force fields for battery cathodes, across partitions.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run or resume a campaign until it stops")
@@ -129,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("campaign", nargs="?", help="campaign TOML, campaign directory, or a directory of campaigns")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of a campaign file (docs/campaign.schema.json)")
+    p.add_argument("-o", "--output", type=Path, help="write it to this file")
+    p.add_argument("--check", action="store_true", help="with -o: exit 1 if the file differs from the models")
+    p.add_argument("--bounds", action="store_true", help="the table of keys and bounds instead (markdown)")
+    p.set_defaults(func=cmd_schema)
 
     try:
         from driver.endpoint_cli import add_subcommands
@@ -151,14 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as exc:
-        print(f"error in campaign configuration: {exc}", file=sys.stderr)
+        _say_error(exc, args.debug)
         return 2
-    except RemoteALError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted: state is saved; `remote-al run` again resumes", file=sys.stderr)
         return 130
+    except Exception as exc:  # RemoteALError: a failure during the work; else a bug
+        _say_error(exc, args.debug)
+        return 1
 
 
 if __name__ == "__main__":

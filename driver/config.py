@@ -1,18 +1,30 @@
 """Campaign configuration: a TOML file, validated before any work.
 
-Every problem raises ``ConfigError`` naming the field (``section.key``), the problem and
-the fix. Unknown keys are errors (a typo must not silently fall back to a default).
+Every section is a frozen pydantic model (``extra="forbid"``, strict types, no NaN or
+infinity, ``Field`` bounds with a description): an unknown key, a value of the wrong type,
+a NaN, a negative or absurdly large size each raise ``ConfigError`` naming the field as the
+user wrote it (``structures[2].temperatures_K[0]``), the problem and the fix. Unknown keys
+get a did-you-mean. Checks that span fields (``validate``) and the labeler's own settings
+(``labeler.settings``, checked by the labeler's settings class) follow. Checks that need
+the structures themselves or DeePMD-kit run in ``driver.preflight``. docs/validation.md
+lists every bound; ``campaign_schema()`` is the JSON Schema of the file
+(docs/campaign.schema.json, ``remote-al schema``).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import difflib
 import json
+import math
 import tomllib
+import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, Strict, ValidationError, field_validator
+from pydantic.json_schema import SkipJsonSchema, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 from driver.errors import ConfigError
 
@@ -25,160 +37,252 @@ KNOWN_ELEMENTS = {
     "Pt", "Au", "Hg", "Tl", "Pb", "Bi",
 }
 
+# Upper bounds of sizes that no field states alone (docs/validation.md).
+MAX_STRUCTURES = 1000  # structures after the expansion of Li-content grids and orderings
+MAX_SWEEP = 100_000  # explorations in one sweep: structures x temperatures x pressures x walkers
+MAX_ATOMS = 5000  # atoms of one starting structure (driver.preflight)
+MIN_VOLUME_PER_ATOM_A3 = 1.0  # cell volume per atom below which a structure is refused (preflight)
 
-@dataclass(frozen=True)
-class CampaignSection:
-    name: str
-    type_map: tuple[str, ...]
-    seed: int = 0
-    workdir: str = ""  # default: next to the campaign file, named after the campaign
-    max_rounds: int = 2
-    max_label_calls: int = 0  # 0: no budget
-    max_wall_hours: float = 0.0  # 0: no budget
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]  # an integer is accepted and becomes a float
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict()]
+TemperatureK = Annotated[float, Strict(), Field(gt=0, le=10_000)]
+PressureGPa = Annotated[float, Strict(), Field(ge=-50, le=500)]
+LiContent = Annotated[float, Strict(), Field(ge=0, le=1)]
+Name = Annotated[str, Strict(), Field(min_length=1, max_length=100)]
 
-
-@dataclass(frozen=True)
-class BackendSection:
-    kind: str = "local"  # "local" or "globus"
-    engine: str = "process"  # local only: "process" (ProcessPoolEngine) or "gce" (GlobusComputeEngine)
-    gpu_slots: int = 2
-    cpu_slots: int = 2
-    team: str = ""  # globus only: team file with endpoint and function ids
-    max_attempts: int = 3
-    retry_backoff_s: float = 5.0
-    # "real": the registered functions; "simulated": same contracts, sleeps instead of
-    # physics (remote_al.simulated) - a dry run of the steering, or a benchmark workload
-    workload: str = "real"
-
-
-@dataclass(frozen=True)
-class StructureSpec:
-    name: str
-    generator: str = "layered"  # "layered" (built in code) or "file"
-    metal: str = "Ni"
-    # transition-metal site occupation: a preset ("NMC811", "NMC622", "NMC111") or a table
-    # of fractions ({Ni = 0.9, Al = 0.1}); "" means `metal` alone (remote_al.composition)
-    metals: object = ""
-    li_content: float = 1.0
-    li_contents: tuple[float, ...] = ()  # a grid of Li contents: one structure per value
-    supercell: tuple[int, ...] = (2, 2, 1)
-    orderings: int = 1  # distinct Li/dopant orderings per composition, lowest Ewald energy first
-    ordering: int = 0  # which of them (set by the expansion of `orderings`)
-    file: str = ""
-    seed: int = 0
-    # Exploration schedule of this structure; empty/0: the [exploration] values
-    temperatures_K: tuple[float, ...] = ()
-    pressures_GPa: tuple[float, ...] = ()
-    ensemble: str = ""
-    steps: int = 0
-    n_frames: int = 0
-    group: str = ""  # the [[structures]] entry this one was expanded from (its name)
+# metals: a preset / formula, or {element = fraction}; stored as sorted ((element, fraction), ...)
+_METALS_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "description": "a preset (NMC811, NMC622, NMC111), an element or a formula (Ni0.9Al0.1)"},
+        {"type": "object", "additionalProperties": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+         "description": "fractions of the transition-metal site, summing to 1"},
+    ],
+}
 
 
-@dataclass(frozen=True)
-class InitialSection:
-    n_per_structure: int = 8
-    rattle_A: float = 0.05
-    strain: float = 0.02
-    # relax each structure with the labeler first ([volume] fmax and max_steps) and build
-    # the initial data and the MD starts around the relaxed structure (as DP-GEN's init_bulk)
-    relax: bool = False
+def _refuse(problem: str, fix: str = "") -> PydanticCustomError:
+    """A validator's refusal; ``config_error`` turns it into a ConfigError with this fix."""
+    return PydanticCustomError("refused", "{problem}", {"problem": problem, "fix": fix})
 
 
-@dataclass(frozen=True)
-class ExplorationSection:
-    temperatures_K: tuple[float, ...] = (600.0,)
-    steps: int = 1000
-    timestep_fs: float = 1.0
-    n_frames: int = 10
-    walkers: int = 1
-    ensemble: str = "nvt"
-    pressure_GPa: float = 0.0
-    pressures_GPa: tuple[float, ...] = ()  # npt: one run per pressure (default: pressure_GPa)
-    engine: str = "ase"  # "ase" or "lammps" (pair_style deepmd; docs/lammps.md)
-    guard: bool = True  # stop MD when the ensemble's force width leaves the trust window
-    # also explore by relaxing each structure (positions and cell) with one member, at most
-    # relax_steps steps: candidates on the path to where the ensemble puts the minimum
-    relax: bool = False
-    relax_steps: int = 200
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-@dataclass(frozen=True)
-class SelectionSection:
-    confidence: float = 0.95
-    force_threshold: float = 0.15  # eV/A, CI width above which a frame is a candidate
-    force_upper: float = 5.0  # eV/A, above: unphysical, recorded and not labeled
-    energy_threshold: float = 0.0  # eV/atom, 0: not used
-    max_per_round: int = 12
-    # asynchronous mode: at most this many labels from one exploration (0: no limit), so
-    # that the first explorations of a round do not take its whole cap
-    max_per_exploration: int = 0
-    min_distance_A: float = 1.2
-    converged_share: float = 0.97  # stop when this share of explored frames is confident
-    dedup_tolerance_A: float = 0.05
-    # "fixed": force_threshold as given; "calibrated": after each generation's evaluation
-    # on held-out frames, the width above which its true max force error exceeds
-    # target_force_error (driver.metrics.calibrate_threshold); force_threshold until then
-    force_threshold_mode: str = "fixed"
-    target_force_error: float = 0.2  # eV/A
-    calibration_min_frames: int = 10
+class CampaignSection(_Section):
+    name: Name = Field(description="campaign name; names the campaign directory")
+    type_map: tuple[Str, ...] = Field(
+        min_length=1, max_length=len(KNOWN_ELEMENTS),
+        description='elements of the DeePMD-kit models, in type order, e.g. ["Li", "Ni", "O"]')
+    seed: Int = Field(0, ge=0, le=1_000_000,
+                      description="seed of every random choice (member seeds are ~1000 x it, kept below 2^32)")
+    workdir: Str = Field("", description="campaign directory; default: campaigns/<name> next to the campaign file")
+    max_rounds: Int = Field(2, ge=1, le=10_000, description="active-learning rounds at most")
+    max_label_calls: Int = Field(0, ge=0, le=10_000_000, description="labeler (DFT) calls at most; 0: no budget")
+    max_wall_hours: Float = Field(0.0, ge=0, le=10_000, description="wall-clock hours at most; 0: no budget")
+
+    @field_validator("name")
+    @classmethod
+    def _directory_name(cls, name: str) -> str:
+        if any(ch in name for ch in "/\\ ") or name in (".", ".."):
+            raise _refuse(f"{name!r} is not a usable directory name", "use letters, digits, '-', '_' or '.'")
+        return name
+
+    @field_validator("type_map")
+    @classmethod
+    def _elements(cls, type_map: tuple[str, ...]) -> tuple[str, ...]:
+        for el in type_map:
+            if el not in KNOWN_ELEMENTS:
+                close = difflib.get_close_matches(el, sorted(KNOWN_ELEMENTS), n=1)
+                raise _refuse(f"unknown element {el!r}", f"did you mean {close[0]!r}?" if close else
+                              "use element symbols such as 'Li', 'Ni', 'O'")
+        if len(set(type_map)) != len(type_map):
+            raise _refuse("lists an element twice", "list each element once")
+        return type_map
 
 
-@dataclass(frozen=True)
-class LabelerSection:
-    kind: str = "chgnet"
-    batch_size: int = 4
-    settings: dict = field(default_factory=dict)
+class BackendSection(_Section):
+    kind: Literal["local", "globus"] = Field("local", description="where the remote functions run")
+    engine: Literal["process", "gce"] = Field(
+        "process", description="local only: ProcessPoolEngine ('process') or GlobusComputeEngine ('gce')")
+    gpu_slots: Int = Field(2, ge=1, le=10_000, description="tasks at once on the GPU pool (MD, UQ, training)")
+    cpu_slots: Int = Field(2, ge=1, le=10_000, description="tasks at once on the CPU pool (labeling)")
+    team: Str = Field("", description="globus only: team file with endpoint and function ids")
+    max_attempts: Int = Field(3, ge=1, le=100, description="tries of a failing task before it is quarantined")
+    retry_backoff_s: Float = Field(5.0, ge=0, le=86_400, description="seconds before a failed task is retried")
+    workload: Literal["real", "simulated"] = Field(
+        "real", description="'real': the registered functions; 'simulated': same contracts, sleeps instead "
+                            "of physics (a dry run of the steering)")
 
 
-@dataclass(frozen=True)
-class TrainingSection:
-    ensemble_size: int = 4
-    subset_fraction: float = 0.9
-    numb_steps: int = 1500
-    numb_steps_continue: int = 800
-    continue_from_previous: bool = True
-    deepmd: dict = field(default_factory=dict)
+class StructureSpec(_Section):
+    """One starting structure. A ``[[structures]]`` entry with ``li_contents`` or
+    ``orderings > 1`` expands into several (``expand_spec``); each remembers the index of
+    its entry (``entry``) so messages point at what the user wrote."""
+
+    name: Name = Field(description="structure name (unique after expansion)")
+    generator: Literal["layered", "file"] = Field(
+        "layered", description="'layered': a layered LiMO2 cell built in code; 'file': read from `file`")
+    metal: Str = Field("Ni", description="transition metal of a layered cell when `metals` is not given")
+    metals: Annotated[
+        str | tuple[tuple[str, float], ...], WithJsonSchema(_METALS_SCHEMA)
+    ] = Field("", description="transition-metal site: a preset (NMC811, ...) or a table of fractions "
+                              "({Ni = 0.9, Al = 0.1}); '' means `metal` alone")
+    li_content: LiContent = Field(1.0, description="Li content x of Li_x MO2")
+    li_contents: tuple[LiContent, ...] = Field(
+        (), max_length=100, description="a grid of Li contents: one structure per value")
+    supercell: tuple[Annotated[int, Strict(), Field(ge=1, le=16)], ...] = Field(
+        (2, 2, 1), min_length=3, max_length=3, description="repeats of the 4-atom rhombohedral cell")
+    orderings: Int = Field(1, ge=1, le=100,
+                           description="distinct Li/dopant orderings per composition, lowest Ewald energy first")
+    ordering: Int = Field(0, ge=0, le=10_000, description="which ordering (set by the expansion of `orderings`)")
+    file: Str = Field("", description="generator 'file': structure file (POSCAR, CIF, extxyz, ...), "
+                                      "relative to the campaign file")
+    seed: Int = Field(0, ge=0, le=2**32 - 1, description="seed of the ordering sampling")
+    temperatures_K: tuple[TemperatureK, ...] = Field(
+        (), max_length=100, description="MD temperatures of this structure; empty: [exploration]'s")
+    pressures_GPa: tuple[PressureGPa, ...] = Field(
+        (), max_length=100, description="NPT pressures of this structure; empty: [exploration]'s")
+    ensemble: Literal["", "nvt", "npt"] = Field("", description="MD ensemble; '': [exploration]'s")
+    steps: Int = Field(0, ge=0, le=10_000_000, description="MD steps; 0: [exploration]'s")
+    n_frames: Int = Field(0, ge=0, le=1000, description="frames kept per MD run; 0: [exploration]'s")
+    group: Str = Field("", description="the [[structures]] entry this one was expanded from (its name)")
+
+    _entry: int | None = PrivateAttr(default=None)
+
+    @field_validator("metals", mode="before")
+    @classmethod
+    def _canonical_metals(cls, value: Any) -> Any:
+        """A table (or its stored form, a list of pairs) -> sorted ((element, fraction), ...):
+        hashable and canonical."""
+        if isinstance(value, str):
+            return value
+        if isinstance(value, dict):
+            pairs = list(value.items())
+        elif isinstance(value, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in value):
+            pairs = [tuple(p) for p in value]
+        else:
+            raise _refuse(f"expected a preset name or a table of fractions, got {value!r}",
+                          'write metals = "NMC811" or metals = {Ni = 0.9, Al = 0.1}')
+        out = []
+        for el, frac in pairs:
+            if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not math.isfinite(frac):
+                raise _refuse(f"fraction of {el!r} must be a finite number, got {frac!r}",
+                              "write fractions such as {Ni = 0.8, Co = 0.1, Mn = 0.1}")
+            out.append((str(el), float(frac)))
+        return tuple(sorted(out))
+
+    @property
+    def entry(self) -> int | None:
+        """Index of the user's [[structures]] entry this structure came from (None if unknown)."""
+        return self._entry
+
+    def __eq__(self, other: object) -> bool:  # the entry index is bookkeeping, not content
+        return type(other) is type(self) and self.__dict__ == other.__dict__
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.__dict__.values()))
 
 
-@dataclass(frozen=True)
-class SteeringSection:
-    mode: str = "async"  # "async": partitions overlap; "sync": train -> explore -> label, as DP-GEN
-    retrain_after: int = 0  # new training labels that start the next generation (0: selection.max_per_round)
-    max_sweeps_per_generation: int = 3  # async: exploration sweeps with one generation at most
-    converged_window: int = 0  # explorations the convergence share looks back on (0: one sweep)
-    # async: explore and label for up to this many rounds ahead of the generation being
-    # trained (with the current, older ensemble), so neither partition waits on the other
-    lookahead_rounds: int = 1
-    # async: when a generation becomes current, structures selected with an older one whose
-    # label tasks have not been submitted yet are re-scored with the new ensemble; those it
-    # is now confident about (or finds outside the trust window) are not labeled
-    recheck_selections: bool = True
+class InitialSection(_Section):
+    n_per_structure: Int = Field(8, ge=1, le=1000, description="initial training frames per structure (labeled)")
+    rattle_A: Float = Field(0.05, ge=0, le=1.0, description="Gaussian displacement of the initial frames, A")
+    strain: Float = Field(0.02, ge=0, le=0.5, description="largest random strain of the initial frames")
+    relax: Bool = Field(False, description="relax each structure with the labeler first and build the "
+                                           "initial data and MD starts around it")
 
 
-@dataclass(frozen=True)
-class VolumeSection:
+class ExplorationSection(_Section):
+    temperatures_K: tuple[TemperatureK, ...] = Field((600.0,), min_length=1, max_length=100,
+                                                     description="MD temperatures, K")
+    steps: Int = Field(1000, ge=1, le=10_000_000, description="MD steps per exploration")
+    timestep_fs: Float = Field(1.0, gt=0, le=10, description="MD time step, fs")
+    n_frames: Int = Field(10, ge=1, le=1000, description="frames kept per MD run (they travel in the result)")
+    walkers: Int = Field(1, ge=1, le=1000, description="independent MD runs per structure, temperature and pressure")
+    ensemble: Literal["nvt", "npt"] = Field("nvt", description="MD ensemble")
+    pressure_GPa: PressureGPa = Field(0.0, description="NPT pressure, GPa")
+    pressures_GPa: tuple[PressureGPa, ...] = Field((), max_length=100,
+                                                   description="NPT: one run per pressure (default: pressure_GPa)")
+    engine: Literal["ase", "lammps"] = Field("ase", description="MD engine (lammps: pair_style deepmd)")
+    guard: Bool = Field(True, description="stop MD when the ensemble's force width leaves the trust window")
+    relax: Bool = Field(False, description="also explore by relaxing each structure with one member")
+    relax_steps: Int = Field(200, ge=1, le=100_000, description="steps of a relaxation exploration at most")
+
+
+class SelectionSection(_Section):
+    confidence: Float = Field(0.95, gt=0, lt=1, description="confidence level of the Student-t width")
+    force_threshold: Float = Field(0.15, ge=0, le=100, description="eV/A, CI width above which a frame is a candidate")
+    force_upper: Float = Field(5.0, gt=0, le=1000, description="eV/A, above: unphysical, recorded and not labeled")
+    energy_threshold: Float = Field(0.0, ge=0, le=100, description="eV/atom energy width threshold; 0: not used")
+    max_per_round: Int = Field(12, ge=1, le=100_000, description="labels per round at most")
+    max_per_exploration: Int = Field(0, ge=0, le=100_000,
+                                     description="asynchronous mode: labels from one exploration at most; 0: no limit")
+    min_distance_A: Float = Field(1.2, ge=0, le=5, description="frames with atoms closer than this are not labeled, A")
+    converged_share: Float = Field(0.97, gt=0, le=1,
+                                   description="stop when this share of explored frames is confident")
+    dedup_tolerance_A: Float = Field(0.05, ge=0, le=1, description="frames closer than this are duplicates, A")
+    force_threshold_mode: Literal["fixed", "calibrated"] = Field(
+        "fixed", description="'fixed': force_threshold as given; 'calibrated': the width above which the "
+                             "held-out max force error exceeds target_force_error")
+    target_force_error: Float = Field(0.2, gt=0, le=100, description="eV/A, the force error accepted (calibrated mode)")
+    calibration_min_frames: Int = Field(10, ge=1, le=1_000_000,
+                                        description="held-out frames a calibration needs")
+
+
+class LabelerSection(_Section):
+    kind: Literal["chgnet", "gpaw", "vasp"] = Field("chgnet", description="labeler (chgnet: a stand-in for DFT)")
+    batch_size: Int = Field(4, ge=1, le=1000, description="structures per labeling task")
+    settings: dict[Str, Any] = Field(default_factory=dict, description=(
+        "the labeler's settings, checked by its settings class (VaspSettings, GPAWSettings, CHGNetSettings; "
+        "docs/labelers.md)"))
+
+
+class TrainingSection(_Section):
+    ensemble_size: Int = Field(4, ge=2, le=128, description="ensemble members (2 at least for a spread)")
+    subset_fraction: Float = Field(0.9, gt=0, le=1, description="share of the frames each member trains on")
+    numb_steps: Int = Field(1500, ge=1, le=10_000_000, description="DeePMD-kit steps of generation 0")
+    numb_steps_continue: Int = Field(800, ge=1, le=10_000_000, description="steps of a continued generation")
+    continue_from_previous: Bool = Field(True, description="continue from the previous generation's checkpoint")
+    deepmd: dict[Str, Any] = Field(default_factory=dict, description=(
+        "input.json overrides (deep-merged), checked with DeePMD-kit's own argument checker"))
+
+
+class SteeringSection(_Section):
+    mode: Literal["async", "sync"] = Field("async", description="'async': partitions overlap; 'sync': train, "
+                                                                "explore, label in turn (as DP-GEN)")
+    retrain_after: Int = Field(0, ge=0, le=100_000,
+                               description="new training labels that start the next generation; 0: max_per_round")
+    max_sweeps_per_generation: Int = Field(3, ge=1, le=1000, description="async: exploration sweeps per generation")
+    converged_window: Int = Field(0, ge=0, le=1_000_000,
+                                  description="explorations the convergence share looks back on; 0: one sweep")
+    lookahead_rounds: Int = Field(1, ge=0, le=100, description="async: rounds explored ahead of training")
+    recheck_selections: Bool = Field(True, description="re-score unsubmitted selections with a new ensemble")
+
+
+class VolumeSection(_Section):
     """The volume-change result: relaxed volume and lattice against Li content
     (driver.volume). Present in the file: on, unless ``enabled = false``."""
 
-    enabled: bool = False
-    structures: tuple[str, ...] = ()  # names or groups; default: every layered structure's ordering 0
-    check: tuple[str, ...] = ()  # also relaxed with the labeler (3 or more recommended)
-    fmax: float = 0.02  # eV/A
-    max_steps: int = 300
-    tolerance: float = 0.02  # relative volume difference ensemble vs labeler that passes the check
+    enabled: Bool = Field(False, description="compute the volume curve (on when [volume] is present)")
+    structures: tuple[Str, ...] = Field((), max_length=MAX_STRUCTURES, description=(
+        "names or groups on the curve; default: every layered structure's ordering 0"))
+    check: tuple[Str, ...] = Field((), max_length=MAX_STRUCTURES,
+                                   description="also relaxed with the labeler (3 or more recommended)")
+    fmax: Float = Field(0.02, gt=0, le=10, description="relaxation force criterion, eV/A")
+    max_steps: Int = Field(300, ge=1, le=100_000, description="relaxation steps at most")
+    tolerance: Float = Field(0.02, gt=0, le=1, description="relative volume difference that passes the check")
 
 
-@dataclass(frozen=True)
-class TestSection:
-    n_initial_per_structure: int = 2
-    n_per_round: int = 4
+class TestSection(_Section):
+    n_initial_per_structure: Int = Field(2, ge=0, le=1000, description="held-out initial frames per structure")
+    n_per_round: Int = Field(4, ge=0, le=10_000, description="held-out frames per round")
 
 
-@dataclass(frozen=True)
-class CampaignConfig:
+class CampaignConfig(_Section):
     campaign: CampaignSection
-    structures: tuple[StructureSpec, ...]
+    structures: tuple[StructureSpec, ...] = Field(min_length=1, description="[[structures]] entries")
     backend: BackendSection = BackendSection()
     initial: InitialSection = InitialSection()
     exploration: ExplorationSection = ExplorationSection()
@@ -188,155 +292,304 @@ class CampaignConfig:
     test: TestSection = TestSection()
     steering: SteeringSection = SteeringSection()
     volume: VolumeSection = VolumeSection()
-    source: str = ""  # path of the TOML file
+    source: SkipJsonSchema[str] = Field("", exclude=True)  # path of the TOML file
 
     @property
     def directory(self) -> Path:
         return Path(self.campaign.workdir)
 
 
-_SECTIONS = {
-    "campaign": CampaignSection,
-    "backend": BackendSection,
-    "initial": InitialSection,
-    "exploration": ExplorationSection,
-    "selection": SelectionSection,
-    "labeler": LabelerSection,
-    "training": TrainingSection,
-    "test": TestSection,
-    "steering": SteeringSection,
-    "volume": VolumeSection,
-}
+SECTIONS = {name: f.annotation for name, f in CampaignConfig.model_fields.items()
+            if name not in ("structures", "source")}
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(where, f"expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(where, f"expected an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(where, f"expected true or false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(where, f"expected a string, got {value!r}")
-        return value
-    if tp is object:  # free-form, checked in validate()
-        return value
-    if tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(where, f"expected a table, got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise ConfigError(where, f"expected a list, got {value!r}")
-        (item_tp, _) = typing.get_args(tp)
-        return tuple(_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
-    raise TypeError(f"unsupported config type {tp} at {where}")
+# ------------------------------------------------------------- error translation
+def field_path(loc) -> str:
+    """('structures', 2, 'temperatures_K', 0) -> 'structures[2].temperatures_K[0]'."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
 
 
-def _build(cls, data: Any, where: str):
-    if not isinstance(data, dict):
-        raise ConfigError(where, f"expected a table, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"{where}.{unknown[0]}", "unknown key", f"valid keys in [{where}] are {sorted(fields)}"
-        )
-    kwargs = {}
-    for name, f in fields.items():
-        if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], f"{where}.{name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
-            raise ConfigError(f"{where}.{name}", "required key is missing")
-    return cls(**kwargs)
+def _is_tag(part) -> bool:
+    """pydantic's loc entries that name a union member or validator, not a key."""
+    return isinstance(part, str) and (any(c in part for c in "[( ") or part.startswith("function-"))
 
 
+def _annotation_at(root, loc):
+    """The annotation and bound metadata at ``loc`` below the model or dataclass ``root``."""
+    import dataclasses
+
+    ann, meta = root, []
+    for part in loc:
+        ann = _strip_optional(ann)
+        if isinstance(part, int):
+            args = [a for a in typing.get_args(ann) if a is not Ellipsis]
+            ann, meta = (args[0] if args else Any), []
+        elif isinstance(ann, type) and issubclass(ann, BaseModel) and part in ann.model_fields:
+            info = ann.model_fields[part]
+            ann, meta = info.annotation, list(info.metadata)
+        elif isinstance(ann, type) and dataclasses.is_dataclass(ann):
+            ann, meta = typing.get_type_hints(ann).get(part, Any), []
+        else:
+            return Any, []
+        if typing.get_origin(ann) is Annotated:
+            base, *extra = typing.get_args(ann)
+            ann = base
+            meta += [m for x in extra for m in (x.metadata if hasattr(x, "metadata") else [x])]
+    return ann, meta
+
+
+def _strip_optional(ann):
+    args = typing.get_args(ann)
+    if typing.get_origin(ann) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0] if len(rest) == 1 else ann
+    return ann
+
+
+def _keys(ann) -> list[str]:
+    import dataclasses
+
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return [k for k in ann.model_fields if k != "source"]
+    if isinstance(ann, type) and dataclasses.is_dataclass(ann):
+        return [f.name for f in dataclasses.fields(ann)]
+    return []
+
+
+def _bounds(meta) -> str:
+    """'[0, 1000]', '(0, 10]', ... from annotated-types bound metadata."""
+    lo = hi = None
+    lo_open = hi_open = False
+    for m in meta:
+        if getattr(m, "ge", None) is not None:
+            lo = m.ge
+        if getattr(m, "gt", None) is not None:
+            lo, lo_open = m.gt, True
+        if getattr(m, "le", None) is not None:
+            hi = m.le
+        if getattr(m, "lt", None) is not None:
+            hi, hi_open = m.lt, True
+    if lo is None and hi is None:
+        return ""
+    return (("(" if lo_open else "[") + ("-inf" if lo is None else _number(lo)) + ", "
+            + ("inf" if hi is None else _number(hi)) + (")" if hi_open else "]"))
+
+
+def _number(x) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+def _show(value) -> str:
+    """A value as TOML writes it (true, "text", [1, 2], nan)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, (dict, list, tuple, str)):
+        text = json.dumps(value, default=str, ensure_ascii=False)
+        return text if len(text) <= 80 else text[:77] + "..."
+    return repr(value)
+
+
+def _problem_and_fix(err: dict, root, loc, prefix: tuple = ()) -> tuple[str, str]:
+    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+    ann, meta = _annotation_at(root, loc)
+    span = _bounds(meta)
+    within = f"use a value in {span} (bounds: docs/validation.md)" if span else ""
+    if kind == "refused":
+        return ctx["problem"], ctx.get("fix", "")
+    if kind == "extra_forbidden":
+        keys = _keys(_annotation_at(root, loc[:-1])[0])
+        close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
+        where = field_path((*prefix, *loc[:-1])) or "the file"
+        fix = (f"did you mean {close[0]!r}? " if close else "") + (f"valid keys in {where} are {keys}" if keys else "")
+        return "unknown key", fix.strip()
+    if kind == "missing":
+        return "required key is missing", f"add {loc[-1]} = ..."
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"expected an integer, got {_show(value)}", within or "write a whole number without quotes"
+    if kind in ("float_type", "float_parsing"):
+        return f"expected a number, got {_show(value)}", within or "write a number without quotes"
+    if kind == "finite_number":
+        return f"must be a finite number, got {_show(value)}", within or "write a finite number (not nan or inf)"
+    if kind == "bool_type":
+        return f"expected true or false, got {_show(value)}", "write true or false (no quotes)"
+    if kind == "string_type":
+        return f"expected a string, got {_show(value)}", "write the value in quotes"
+    if kind in ("tuple_type", "list_type"):
+        return f"expected a list, got {_show(value)}", "write a list in brackets, e.g. [1, 2]"
+    if kind in ("dict_type", "model_type", "model_attributes_type", "mapping_type", "dataclass_type"):
+        return f"expected a table, got {_show(value)}", "write a TOML table ({key = value} or a [section])"
+    if kind == "literal_error":
+        choices = [_show(c) for c in typing.get_args(ann)] if typing.get_origin(ann) is Literal else []
+        listed = (", ".join(choices[:-1]) + " or " + choices[-1]) if len(choices) > 1 else ctx.get("expected", "")
+        return f"{_show(value)} is not a valid choice", f"use {listed}"
+    if kind in ("greater_than_equal", "greater_than"):
+        limit = ctx.get("ge", ctx.get("gt"))
+        if limit == 0:
+            what = "non-negative" if kind == "greater_than_equal" else "positive"
+        elif limit == 1 and kind == "greater_than_equal" and ann is int:
+            what = "positive"
+        else:
+            what = f"at least {limit}" if kind == "greater_than_equal" else f"greater than {limit}"
+        return f"must be {what}, got {_show(value)}", within
+    if kind in ("less_than_equal", "less_than"):
+        limit = ctx.get("le", ctx.get("lt"))
+        what = f"at most {limit}" if kind == "less_than_equal" else f"below {limit}"
+        return f"must be {what} (the documented upper bound), got {_show(value)}", within
+    if kind in ("too_short", "too_long"):
+        n = ctx.get("actual_length")
+        if kind == "too_short" and ctx.get("min_length") == 1:
+            return "is empty", "give at least one value"
+        lo = [m.min_length for m in meta if getattr(m, "min_length", None) is not None]
+        hi = [m.max_length for m in meta if getattr(m, "max_length", None) is not None]
+        limit = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
+        if lo and hi and lo == hi:
+            return f"has {n} items, needs exactly {limit}", f"give exactly {limit} values"
+        return (f"has {n} items, {'needs at least' if kind == 'too_short' else 'allows at most'} {limit}",
+                f"give {'at least' if kind == 'too_short' else 'at most'} {limit}")
+    if kind in ("string_too_short", "string_too_long"):
+        return err["msg"].replace("String", "the text"), "give a non-empty name of at most 100 characters"
+    return err["msg"], within
+
+
+def config_error(exc: ValidationError, root=None, prefix: tuple = (), source: str = "") -> ConfigError:
+    """The first problem of a pydantic ``ValidationError`` as a ConfigError: the field path
+    with indexes (``prefix`` + pydantic's location), the problem and the fix. ``root`` is the
+    model (or dataclass) validated, for the did-you-mean and the bounds."""
+    errors = exc.errors(include_url=False)
+    err = errors[0]
+    loc = tuple(p for p in err["loc"] if not _is_tag(p))
+    problem, fix = _problem_and_fix(err, root or CampaignConfig, loc, prefix)
+    if len(errors) > 1:
+        fix = (fix + "; " if fix else "") + f"{len(errors) - 1} more problem(s) after this one"
+    return ConfigError(field_path((*prefix, *loc)), problem, fix, source=source)
+
+
+# -------------------------------------------------------------------- parsing
 def parse_config(data: dict, source: str | Path = "", base_dir: Path | None = None) -> CampaignConfig:
-    """Build and validate a CampaignConfig from parsed TOML."""
+    """Build and validate a CampaignConfig from parsed TOML (or ``config_to_dict``'s output)."""
+    src = str(source)
+    if not isinstance(data, dict):
+        raise ConfigError("campaign file", f"expected a table, got {type(data).__name__}", source=src)
     data = dict(data)
-    unknown = sorted(set(data) - set(_SECTIONS) - {"structures"})
-    if unknown:
-        raise ConfigError(unknown[0], "unknown section", f"valid sections are {sorted([*_SECTIONS, 'structures'])}")
+    allowed = [*SECTIONS, "structures"]
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            raise ConfigError(key, "unknown section",
+                              (f"did you mean [{close[0]}]? " if close else "") + f"valid sections are {sorted(allowed)}",
+                              source=src)
     if "campaign" not in data:
-        raise ConfigError("campaign", "missing section", "add [campaign] with name and type_map")
-    sections = {name: _build(cls, data[name], name) for name, cls in _SECTIONS.items() if name in data}
+        raise ConfigError("campaign", "missing section", "add [campaign] with name and type_map", source=src)
     raw_structs = data.get("structures")
     if not raw_structs or not isinstance(raw_structs, list):
-        raise ConfigError("structures", "at least one [[structures]] entry is required")
-    structures = tuple(
-        x for i, s in enumerate(raw_structs) for x in expand_spec(_build(StructureSpec, s, f"structures[{i}]"), i)
-    )
-    if "volume" in data and isinstance(data["volume"], dict) and "enabled" not in data["volume"]:
-        sections["volume"] = dataclasses.replace(sections["volume"], enabled=True)
+        raise ConfigError("structures", "at least one [[structures]] entry is required",
+                          'add [[structures]] with name = "..."', source=src)
+    if len(raw_structs) > MAX_STRUCTURES:
+        raise ConfigError("structures", f"{len(raw_structs)} entries, above the bound {MAX_STRUCTURES}",
+                          "split the campaign", source=src)
+    if isinstance(data.get("volume"), dict) and "enabled" not in data["volume"]:
+        data["volume"] = {**data["volume"], "enabled": True}
+    try:
+        cfg = CampaignConfig.model_validate(data)
+    except ValidationError as exc:
+        raise config_error(exc, CampaignConfig, source=src) from None
+
+    structures = [x for i, s in enumerate(cfg.structures) for x in expand_spec(s, i)]
+    if len(structures) > MAX_STRUCTURES:
+        raise ConfigError("structures", f"the entries expand into {len(structures)} structures, above the "
+                          f"bound {MAX_STRUCTURES}", "use fewer Li contents or orderings", source=src)
     base_dir = base_dir or (Path(source).parent if source else Path.cwd())
-    camp: CampaignSection = sections["campaign"]
+    camp = cfg.campaign
     workdir = Path(camp.workdir) if camp.workdir else Path("campaigns") / camp.name
     if not workdir.is_absolute():
         workdir = (base_dir / workdir).resolve()
-    sections["campaign"] = dataclasses.replace(camp, workdir=str(workdir))
     resolved = []
     for s in structures:
         if s.generator == "file" and s.file and not Path(s.file).is_absolute():
-            s = dataclasses.replace(s, file=str((base_dir / s.file).resolve()))
+            s = _copy_spec(s, file=str((base_dir / s.file).resolve()))
         resolved.append(s)
-    cfg = CampaignConfig(structures=tuple(resolved), source=str(source), **sections)
-    validate(cfg)
+    cfg = cfg.model_copy(update={"structures": tuple(resolved), "source": src,
+                                 "campaign": camp.model_copy(update={"workdir": str(workdir)})})
+    try:
+        validate(cfg)
+        check_labeler_settings(cfg.labeler.kind, cfg.labeler.settings)
+    except ConfigError as exc:
+        exc.source = exc.source or src
+        raise
     return cfg
+
+
+def _copy_spec(spec: StructureSpec, **update) -> StructureSpec:
+    out = spec.model_copy(update=update)
+    out._entry = spec._entry
+    return out
 
 
 def expand_spec(spec: StructureSpec, index: int) -> list[StructureSpec]:
     """One [[structures]] entry -> one structure per (Li content, ordering).
 
     Names: ``NAME-x0.5`` per value of ``li_contents``, ``-o1`` per ordering after the
-    first (``orderings > 1``); ``group`` keeps the entry's name."""
+    first (``orderings > 1``); ``group`` keeps the entry's name; ``entry`` is ``index``."""
     where = f"structures[{index}]"
     if spec.orderings < 1:
         raise ConfigError(f"{where}.orderings", f"must be 1 or more, got {spec.orderings}")
     if spec.generator != "layered" and (spec.li_contents or spec.orderings > 1):
-        raise ConfigError(f"{where}.li_contents", "a grid of Li contents or orderings needs generator 'layered'")
-    if isinstance(spec.metals, list):  # from config_to_dict: [[element, fraction], ...]
-        spec = dataclasses.replace(spec, metals={str(k): v for k, v in spec.metals})
-    if isinstance(spec.metals, dict):  # hashable and canonical: ((element, fraction), ...)
-        spec = dataclasses.replace(spec, metals=tuple(sorted((str(k), v) for k, v in spec.metals.items())))
-    elif not isinstance(spec.metals, (str, tuple)):
-        raise ConfigError(f"{where}.metals", f"expected a preset name or a table of fractions, got {spec.metals!r}")
+        raise ConfigError(f"{where}.li_contents", "a grid of Li contents or orderings needs generator 'layered'",
+                          "set generator = 'layered' or give one file per entry")
     contents = spec.li_contents or (spec.li_content,)
     out = []
     for x in contents:
         for k in range(spec.orderings):
             name = spec.name + (f"-x{x:g}" if spec.li_contents else "") + (f"-o{k}" if k else "")
-            out.append(dataclasses.replace(spec, name=name, li_content=float(x), li_contents=(),
-                                           ordering=spec.ordering + k, orderings=1,
-                                           group=spec.group or spec.name))
+            one = spec.model_copy(update=dict(name=name, li_content=float(x), li_contents=(),
+                                              ordering=spec.ordering + k, orderings=1,
+                                              group=spec.group or spec.name))
+            one._entry = index
+            out.append(one)
     return out
 
 
 def config_to_dict(cfg: CampaignConfig) -> dict:
     """The parsed configuration as plain data that ``parse_config`` reads back to an equal
     config (stored in the campaign state, so reports need no campaign file)."""
-    data = dataclasses.asdict(cfg)
-    data.pop("source", None)
-    return json.loads(json.dumps(data))
+    return json.loads(json.dumps(cfg.model_dump(mode="json", exclude={"source"})))
 
 
 def load_config(path: str | Path) -> CampaignConfig:
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(str(path), "campaign file not found")
+    if not path.is_file():
+        raise ConfigError(str(path), "campaign file not found" if not path.exists() else "is not a file",
+                          "give the path of a campaign .toml file")
+    raw = path.read_bytes()
     try:
-        data = tomllib.loads(path.read_text())
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), f"not a text file (byte {exc.start} is not UTF-8)",
+                          "give a TOML campaign file", source=str(path)) from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), f"not valid TOML: {exc}") from exc
+        raise ConfigError(str(path), f"not valid TOML: {exc}", "fix the TOML syntax at that line",
+                          source=str(path)) from None
     return parse_config(data, source=path.resolve(), base_dir=path.resolve().parent)
+
+
+def override(cfg: CampaignConfig, dotted: str, value: Any, option: str) -> CampaignConfig:
+    """``cfg`` with ``section.key`` set to ``value`` (a command-line override), validated
+    like the file; a bad value is a ConfigError naming ``option``."""
+    section, key = dotted.split(".")
+    model = getattr(cfg, section)
+    try:
+        new = type(model).model_validate({**model.model_dump(), key: value})
+    except ValidationError as exc:
+        err = config_error(exc, type(model))
+        raise ConfigError(option, err.problem, err.fix) from None
+    return cfg.model_copy(update={section: new})
 
 
 def spec_metals(spec: StructureSpec) -> dict[str, float]:
@@ -349,54 +602,34 @@ def spec_metals(spec: StructureSpec) -> dict[str, float]:
     return parse_metals(metals if metals not in ("", None) else spec.metal)
 
 
-def _positive(value, where, allow_zero=False):
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(where, f"must be {'non-negative' if allow_zero else 'positive'}, got {value}")
+def entry_field(spec: StructureSpec, position: int, key: str = "") -> str:
+    """``structures[i].key`` with i the user's [[structures]] entry of ``spec``."""
+    i = spec.entry if spec.entry is not None else position
+    return f"structures[{i}]" + (f".{key}" if key else "")
 
 
+# ---------------------------------------------------------- cross-field checks
 def validate(cfg: CampaignConfig) -> None:
-    """Cross-field checks; raises ConfigError naming the field."""
+    """Checks that span fields (each field alone is checked by its model); raises
+    ConfigError naming the field."""
     c = cfg.campaign
-    if not c.name or any(ch in c.name for ch in "/\\ ") or c.name in (".", ".."):
-        raise ConfigError("campaign.name", f"{c.name!r} is not a usable directory name")
-    if not c.type_map:
-        raise ConfigError("campaign.type_map", "is empty", 'list the elements, e.g. ["Li", "Ni", "O"]')
-    for el in c.type_map:
-        if el not in KNOWN_ELEMENTS:
-            raise ConfigError("campaign.type_map", f"unknown element {el!r}")
-    if len(set(c.type_map)) != len(c.type_map):
-        raise ConfigError("campaign.type_map", "lists an element twice")
-    _positive(c.max_rounds, "campaign.max_rounds")
-    _positive(c.max_label_calls, "campaign.max_label_calls", allow_zero=True)
-    _positive(c.max_wall_hours, "campaign.max_wall_hours", allow_zero=True)
-
     b = cfg.backend
-    if b.kind not in ("local", "globus"):
-        raise ConfigError("backend.kind", f"{b.kind!r} is not a backend", "use 'local' or 'globus'")
-    if b.engine not in ("process", "gce"):
-        raise ConfigError("backend.engine", f"{b.engine!r} is not an engine", "use 'process' or 'gce'")
-    if b.workload not in ("real", "simulated"):
-        raise ConfigError("backend.workload", f"{b.workload!r}", "use 'real' or 'simulated'")
-    _positive(b.gpu_slots, "backend.gpu_slots")
-    _positive(b.cpu_slots, "backend.cpu_slots")
-    _positive(b.max_attempts, "backend.max_attempts")
-    _positive(b.retry_backoff_s, "backend.retry_backoff_s", allow_zero=True)
     if b.kind == "globus" and not b.team:
-        raise ConfigError("backend.team", "the globus backend needs a team file", "run `remote-al register`")
+        raise ConfigError("backend.team", "the globus backend needs a team file", "run `remote-al endpoint register`")
 
-    names = set()
+    names: set[str] = set()
     for i, s in enumerate(cfg.structures):
-        where = f"structures[{i}]"
         if s.name in names:
-            raise ConfigError(f"{where}.name", f"duplicate structure name {s.name!r}")
+            raise ConfigError(entry_field(s, i, "name"), f"duplicate structure name {s.name!r}",
+                              "give each [[structures]] entry its own name")
         names.add(s.name)
         if s.generator == "layered":
             if s.metal not in KNOWN_ELEMENTS:
-                raise ConfigError(f"{where}.metal", f"unknown element {s.metal!r}")
+                raise ConfigError(entry_field(s, i, "metal"), f"unknown element {s.metal!r}")
             try:
                 metals = spec_metals(s)
             except ValueError as exc:
-                raise ConfigError(f"{where}.metals", str(exc)) from exc
+                raise ConfigError(entry_field(s, i, "metals"), str(exc)) from None
             for el in ("Li", *metals, "O"):
                 if el not in c.type_map:
                     raise ConfigError(
@@ -404,112 +637,126 @@ def validate(cfg: CampaignConfig) -> None:
                         f"element {el!r} of structure {s.name!r} is missing from the type map",
                         f"add {el!r} to campaign.type_map",
                     )
-            if not 0.0 <= s.li_content <= 1.0:
-                raise ConfigError(f"{where}.li_content", f"must lie in [0, 1], got {s.li_content}")
-            if len(s.supercell) != 3 or min(s.supercell) < 1:
-                raise ConfigError(f"{where}.supercell", f"needs three positive integers, got {list(s.supercell)}")
             from remote_al.composition import site_counts
 
             try:
                 site_counts(metals, s.li_content, s.supercell)
             except ValueError as exc:
-                raise ConfigError(f"{where}.supercell", str(exc)) from exc
-            _positive(s.ordering, f"{where}.ordering", allow_zero=True)
-        elif s.generator == "file":
-            if not s.file:
-                raise ConfigError(f"{where}.file", "generator 'file' needs a file path")
-        else:
-            raise ConfigError(f"{where}.generator", f"unknown generator {s.generator!r}", "use 'layered' or 'file'")
-
-        for t in s.temperatures_K:
-            _positive(t, f"{where}.temperatures_K")
-        if s.ensemble not in ("", "nvt", "npt"):
-            raise ConfigError(f"{where}.ensemble", f"{s.ensemble!r}", "use 'nvt' or 'npt'")
-        _positive(s.steps, f"{where}.steps", allow_zero=True)
-        _positive(s.n_frames, f"{where}.n_frames", allow_zero=True)
+                raise ConfigError(entry_field(s, i, "supercell"), str(exc)) from None
+        elif not s.file:
+            raise ConfigError(entry_field(s, i, "file"), "generator 'file' needs a file path",
+                              'add file = "POSCAR" (relative to the campaign file)')
 
     v = cfg.volume
     groups = {s.group for s in cfg.structures} | names
     for key in ("structures", "check"):
-        for n in getattr(v, key):
+        for k, n in enumerate(getattr(v, key)):
             if n not in groups:
-                raise ConfigError(f"volume.{key}", f"no structure or group named {n!r}",
-                                  f"names are {sorted(names)}; groups {sorted({s.group for s in cfg.structures})}")
+                close = difflib.get_close_matches(n, sorted(groups), n=1)
+                raise ConfigError(f"volume.{key}[{k}]", f"no structure or group named {n!r}",
+                                  (f"did you mean {close[0]!r}? " if close else "")
+                                  + f"names are {sorted(names)}; groups {sorted({s.group for s in cfg.structures})}")
     if v.enabled and not [s for s in cfg.structures if s.generator == "layered"]:
-        raise ConfigError("volume", "the volume curve needs layered structures (Li content and lattice known)")
-    _positive(v.fmax, "volume.fmax")
-    _positive(v.max_steps, "volume.max_steps")
-    _positive(v.tolerance, "volume.tolerance")
-
-    i = cfg.initial
-    _positive(i.n_per_structure, "initial.n_per_structure")
-    _positive(i.rattle_A, "initial.rattle_A", allow_zero=True)
-    _positive(i.strain, "initial.strain", allow_zero=True)
+        raise ConfigError("volume", "the volume curve needs layered structures (Li content and lattice known)",
+                          "set enabled = false in [volume] or add a layered structure")
 
     e = cfg.exploration
-    if not e.temperatures_K:
-        raise ConfigError("exploration.temperatures_K", "is empty")
-    for t in e.temperatures_K:
-        _positive(t, "exploration.temperatures_K")
-    _positive(e.steps, "exploration.steps")
-    _positive(e.timestep_fs, "exploration.timestep_fs")
-    _positive(e.n_frames, "exploration.n_frames")
-    _positive(e.walkers, "exploration.walkers")
-    _positive(e.relax_steps, "exploration.relax_steps")
-    if e.ensemble not in ("nvt", "npt"):
-        raise ConfigError("exploration.ensemble", f"{e.ensemble!r}", "use 'nvt' or 'npt'")
-    if e.engine not in ("ase", "lammps"):
-        raise ConfigError("exploration.engine", f"{e.engine!r} is not an MD engine", "use 'ase' or 'lammps'")
+    sweep = cfg.training.ensemble_size * len(cfg.structures) if e.relax else 0
+    for s in cfg.structures:
+        npt = (s.ensemble or e.ensemble) == "npt"
+        n_p = len(s.pressures_GPa or e.pressures_GPa or (e.pressure_GPa,)) if npt else 1
+        sweep += len(s.temperatures_K or e.temperatures_K) * n_p * e.walkers
+    if sweep > MAX_SWEEP:
+        raise ConfigError("exploration.walkers", f"one exploration sweep would run {sweep} MD runs "
+                          f"(structures x temperatures x pressures x walkers), above the bound {MAX_SWEEP}",
+                          "use fewer walkers, temperatures, pressures or structures")
 
     s = cfg.selection
-    if not 0.0 < s.confidence < 1.0:
-        raise ConfigError("selection.confidence", f"must lie in (0, 1), got {s.confidence}")
-    _positive(s.force_threshold, "selection.force_threshold", allow_zero=True)
-    _positive(s.max_per_exploration, "selection.max_per_exploration", allow_zero=True)
-    _positive(s.energy_threshold, "selection.energy_threshold", allow_zero=True)
     if s.force_upper <= s.force_threshold:
         raise ConfigError(
             "selection.force_upper",
             f"upper bound {s.force_upper} must exceed force_threshold {s.force_threshold}",
+            "raise force_upper or lower force_threshold",
         )
-    _positive(s.max_per_round, "selection.max_per_round")
-    if s.force_threshold_mode not in ("fixed", "calibrated"):
-        raise ConfigError("selection.force_threshold_mode", f"{s.force_threshold_mode!r}", "use 'fixed' or 'calibrated'")
-    _positive(s.target_force_error, "selection.target_force_error")
-    _positive(s.calibration_min_frames, "selection.calibration_min_frames")
-    _positive(s.min_distance_A, "selection.min_distance_A", allow_zero=True)
-    if not 0.0 < s.converged_share <= 1.0:
-        raise ConfigError("selection.converged_share", f"must lie in (0, 1], got {s.converged_share}")
-
-    lab = cfg.labeler
-    if lab.kind not in ("chgnet", "gpaw", "vasp"):
-        raise ConfigError("labeler.kind", f"unknown labeler {lab.kind!r}", "use 'chgnet', 'gpaw' or 'vasp'")
-    if cfg.initial.relax and lab.kind == "vasp":
+    if cfg.initial.relax and cfg.labeler.kind == "vasp":
         raise ConfigError(
             "initial.relax", "remote-al does not run VASP relaxations",
             "set initial.relax = false and give relaxed structures as [[structures]] file entries",
         )
-    _positive(lab.batch_size, "labeler.batch_size")
 
-    t = cfg.training
-    if t.ensemble_size < 2:
-        raise ConfigError(
-            "training.ensemble_size",
-            f"an ensemble needs at least 2 members for a spread, got {t.ensemble_size}",
-            "use 4 or more",
-        )
-    if not 0.0 < t.subset_fraction <= 1.0:
-        raise ConfigError("training.subset_fraction", f"must lie in (0, 1], got {t.subset_fraction}")
-    _positive(t.numb_steps, "training.numb_steps")
-    _positive(t.numb_steps_continue, "training.numb_steps_continue")
 
-    st = cfg.steering
-    if st.mode not in ("async", "sync"):
-        raise ConfigError("steering.mode", f"{st.mode!r} is not a mode", "use 'async' or 'sync'")
-    _positive(st.retrain_after, "steering.retrain_after", allow_zero=True)
-    _positive(st.max_sweeps_per_generation, "steering.max_sweeps_per_generation")
-    _positive(st.converged_window, "steering.converged_window", allow_zero=True)
-    _positive(st.lookahead_rounds, "steering.lookahead_rounds", allow_zero=True)
+# Settings class of each labeler; its from_mapping raises LabelingError from a pydantic
+# ValidationError (the field paths) when the settings cannot be used.
+LABELER_SETTINGS = {
+    "vasp": "remote_al.labelers.vasp:VaspSettings",
+    "gpaw": "remote_al.labelers.gpaw:GPAWSettings",
+    "chgnet": "remote_al.labelers.chgnet:CHGNetSettings",
+}
 
-    _positive(cfg.test.n_initial_per_structure, "test.n_initial_per_structure", allow_zero=True)
-    _positive(cfg.test.n_per_round, "test.n_per_round", allow_zero=True)
+
+def check_labeler_settings(kind: str, settings: dict, where: str = "labeler.settings") -> None:
+    """The labeler's own check of its settings, before anything is submitted."""
+    from importlib import import_module
+
+    from remote_al.labelers.base import LabelingError
+
+    module, name = LABELER_SETTINGS[kind].split(":")
+    cls = getattr(import_module(module), name)
+    try:
+        cls.from_mapping(settings)
+    except LabelingError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ValidationError):
+            raise config_error(cause, cls, prefix=tuple(where.split("."))) from None
+        raise ConfigError(where, str(exc)) from None
+
+
+# ---------------------------------------------------------------- documentation
+def campaign_schema() -> dict:
+    """The JSON Schema of a campaign file (docs/campaign.schema.json)."""
+    schema = CampaignConfig.model_json_schema()
+    schema["title"] = "remote-al campaign file"
+    schema["description"] = ("A remote-al campaign (TOML). Every key, type and bound; checks across fields, "
+                             "of labeler settings, DeePMD-kit overrides and structure files: docs/validation.md.")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+def schema_text() -> str:
+    return json.dumps(campaign_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+def _type_name(ann) -> str:
+    origin = typing.get_origin(ann)
+    if origin is Annotated:
+        return _type_name(typing.get_args(ann)[0])
+    if origin is Literal:
+        return " / ".join(repr(a) for a in typing.get_args(ann))
+    if origin is tuple:
+        return f"list of {_type_name(typing.get_args(ann)[0])}"
+    if origin is dict:
+        return "table"
+    if ann is StructureSpec.model_fields["metals"].annotation:
+        return "string or table"
+    return {int: "integer", float: "number", bool: "boolean", str: "string"}.get(ann, str(ann))
+
+
+def bounds_table() -> str:
+    """Markdown table of every key of the campaign file: type, default, allowed range."""
+    rows = ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+    models = [(name, ann) for name, ann in SECTIONS.items()]
+    models.insert(1, ("structures[]", StructureSpec))
+    for section, model in models:
+        for key, info in model.model_fields.items():
+            ann, meta = _annotation_at(model, (key,))
+            if typing.get_origin(ann) is tuple:
+                _, item_meta = _annotation_at(model, (key, 0))
+                span = _bounds(item_meta)
+                sizes = [f"at most {m.max_length} items" for m in meta if getattr(m, "max_length", None)]
+                allowed = ", ".join(x for x in ((f"each in {span}" if span else ""), *sizes) if x)
+                tname = _type_name(ann)
+            else:
+                allowed, tname = _bounds(meta), _type_name(info.annotation)
+            default = "required" if info.is_required() else _show(
+                info.default_factory() if info.default_factory else info.default)
+            rows.append(f"| `{section}.{key}` | {tname} | {default} | {allowed} | {info.description or ''} |")
+    return "\n".join(rows) + "\n"

@@ -89,16 +89,21 @@ def cmd_render(args) -> int:
     if args.output is None:
         sys.stdout.write(str(rendered))
         return 0
+    # The endpoint's own loader must accept the directory (and each user config), checked
+    # in a scratch copy so that a refused render leaves the endpoint directory as it was.
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        trial = rendered.write(Path(scratch) / Path(args.output).name)
+        if args.template != MULTI_USER:
+            load_rendered(trial)
+        elif team and team.user_endpoint_config:
+            for opts in team.user_endpoint_config.values():
+                load_rendered(trial, opts)
+        else:
+            print("note: add [user_endpoint_config.<pool>] tables to the team file; render with "
+                  "--team to check them against the schema", file=sys.stderr)
     out = rendered.write(args.output)
-    # The endpoint's own loader must accept the directory (and each user config).
-    if args.template != MULTI_USER:
-        load_rendered(out)
-    elif team and team.user_endpoint_config:
-        for opts in team.user_endpoint_config.values():
-            load_rendered(out, opts)
-    else:
-        print("note: add [user_endpoint_config.<pool>] tables to the team file; render with "
-              "--team to check them against the schema", file=sys.stderr)
     print(f"wrote {', '.join(rendered.files)} to {out}", file=sys.stderr)
     print(f"next: globus-compute-endpoint start {out.name}   (or restart, if it runs)", file=sys.stderr)
     return 0

@@ -382,6 +382,46 @@ def _render(env, source: str, context: Mapping[str, Any], name: str) -> str:
                           f"pass --{var.replace('_', '-')}") from None
 
 
+def _check_render_options(options: Mapping[str, Any]) -> None:
+    """A direct render refuses what a per-user render would: the walltime must match the
+    multi-user schema's HH:MM:SS pattern; block sizes are whole numbers of at least 1."""
+    walltime = options.get("walltime")
+    if walltime is not None:
+        pattern = json.loads((TEMPLATES_DIR / USER_SCHEMA).read_text())["properties"]["walltime"]["pattern"]
+        if not isinstance(walltime, str) or not re.fullmatch(pattern, walltime):
+            raise ConfigError("--walltime", f"{walltime!r} is not a walltime HH:MM:SS",
+                              "write hours, minutes and seconds, e.g. --walltime 01:30:00")
+    for key, flag in (("nodes_per_block", "--nodes"), ("max_blocks", "--max-blocks")):
+        value = options.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(flag, f"must be a whole number of at least 1, got {value!r}", f"e.g. {flag} 1")
+
+
+def _check_address_interface(user_config_text: str) -> None:
+    """The network interface an engine's workers connect to must exist here, where the
+    endpoint loader resolves it (else it fails with 'No such device')."""
+    import socket
+
+    import yaml
+
+    try:
+        data = yaml.safe_load(user_config_text) or {}
+    except yaml.YAMLError:
+        return  # the endpoint's own loader reports it
+    address = (data.get("engine") or {}).get("address") if isinstance(data, dict) else None
+    if not (isinstance(address, dict) and address.get("type") == "address_by_interface"):
+        return
+    ifname = address.get("ifname")
+    names = [name for _, name in socket.if_nameindex()]
+    if ifname not in names:
+        raise ConfigError(
+            "--address-interface",
+            f"network interface {ifname!r} (engine.address.ifname, set by --address-interface; Polaris "
+            f"templates default to hsn0) does not exist on this machine, whose interfaces are {names}",
+            "render on the cluster's login node, or pass --address-interface with one of these, or "
+            "--address-interface '' to let parsl choose the address")
+
+
 def render_template(
     template_name_or_path: str | Path,
     account: str | None = None,
@@ -427,6 +467,7 @@ def render_template(
     if unknown:
         raise ConfigError("template", f"{engine_name} has no placeholder for {sorted(unknown)}",
                           f"it takes {sorted(core_vars | engine_vars)}")
+    _check_render_options(options)
 
     if allowed_functions is None:
         functions: list[dict[str, str]] = []
@@ -499,6 +540,7 @@ def load_rendered(endpoint_dir: str | Path, user_opts: Mapping[str, Any] | None 
         runtime = json.loads(json.dumps(dataclasses.asdict(create_user_runtime())))
         text = render_config_user_template(core, load_user_config_template(template_file), template_file,
                                            identity, schema, dict(user_opts or {}), runtime)
+        _check_address_interface(text)
         return LoadedEndpoint(core=core, user=load_config_yaml(text))
     except ClickException as err:
         raise ConfigError(str(endpoint_dir), f"globus-compute-endpoint rejects it: {err.message}") from None

@@ -17,12 +17,19 @@ class RemoteALError(Exception):
 
 
 class ConfigError(RemoteALError, ValueError):
-    """A campaign, team or site file is malformed. Raised before any work starts."""
+    """A campaign, team or site file (or a command-line option) is wrong. Raised before any
+    work starts: before a campaign's state is created or changed, before any process runs.
 
-    def __init__(self, field: str, problem: str, fix: str = ""):
+    ``field`` is where, as the user wrote it (``structures[2].temperatures_K[0]``,
+    ``labeler.settings.incar.ML_LMLFF``, ``--walltime``); ``problem`` what is wrong; ``fix``
+    what to do. ``source`` is the file it came from, where one is known (the CLI names it).
+    """
+
+    def __init__(self, field: str, problem: str, fix: str = "", source: str = ""):
         self.field = field
         self.problem = problem
         self.fix = fix
+        self.source = str(source)
         msg = f"{field}: {problem}"
         if fix:
             msg += f" (fix: {fix})"

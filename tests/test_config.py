@@ -45,7 +45,7 @@ def test_good_config_parses(tmp_path):
         ({"campaign__type_map": ["Li", "Ni", "Xx"]}, "campaign.type_map", "unknown element"),
         ({"structures__metal": "Qq"}, "structures[0].metal", "unknown element"),
         ({"exploration__steps": "many"}, "exploration.steps", "integer"),
-        ({"labeler__kind": "dft"}, "labeler.kind", "unknown labeler"),
+        ({"labeler__kind": "dft"}, "labeler.kind", '"dft" is not a valid choice (fix: use "chgnet", "gpaw" or "vasp")'),
         ({"selection__force_upper": 0.05}, "selection.force_upper", "must exceed"),
         ({"labeler__kind": "vasp", "initial__relax": True}, "initial.relax", "file entries"),
         ({"exploration__relax_steps": 0}, "exploration.relax_steps", "positive"),
@@ -97,7 +97,7 @@ def test_cli_refuses_bad_file_before_any_work(tmp_path, capsys):
     )
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "training.ensemble_size" in err and "at least 2 members" in err
+    assert "training.ensemble_size" in err and "must be at least 2" in err and str(path) in err
     assert not (tmp_path / "campaigns").exists()  # nothing was created
 
 

@@ -8,15 +8,37 @@ laptop run needs no download. Its labels are named as a stand-in in every output
 from __future__ import annotations
 
 import os
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from remote_al.labelers.base import Labeler, LabelingError, validate_label
+from remote_al.labelers.vasp import validated_settings
 from remote_al.records import STAND_IN_NOTE, Label
 
 
 _MODELS: dict = {}  # one loaded model per worker process and device
+
+
+@dataclass(frozen=True)
+class CHGNetSettings:
+    """The ``settings`` mapping of the chgnet labeler, checked."""
+
+    threads: int = 1  # torch threads per labeling task
+    device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "mps"
+
+    @classmethod
+    def from_mapping(cls, settings: Mapping[str, Any]) -> "CHGNetSettings":
+        """Checked settings (keys, types, bounds); raises LabelingError."""
+
+        def refusals(values):
+            device = values.get("device", "cpu")
+            if isinstance(device, str) and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
+                yield ("device",), f"{device!r} is not a torch device", "use 'cpu', 'cuda', 'cuda:0' or 'mps'"
+
+        return validated_settings(cls, settings, refusals=refusals, bounds={"threads": {"ge": 1, "le": 256}})
 
 
 class CHGNetLabeler(Labeler):
@@ -24,6 +46,7 @@ class CHGNetLabeler(Labeler):
     note = STAND_IN_NOTE
 
     def _calculator(self):
+        settings = CHGNetSettings.from_mapping(self.settings)  # before any import or model load
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         try:
             import torch
@@ -33,8 +56,8 @@ class CHGNetLabeler(Labeler):
             raise LabelingError(
                 f"CHGNet is not installed on this endpoint ({exc}); install remote-al[endpoint]"
             ) from exc
-        torch.set_num_threads(int(self.settings.get("threads", 1)))
-        device = self.settings.get("device", "cpu")
+        torch.set_num_threads(settings.threads)
+        device = settings.device
         if device not in _MODELS:
             _MODELS[device] = CHGNet.load(verbose=False, use_device=device)
         model = _MODELS[device]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from remote_al.labelers.base import Labeler, LabelingError, validate_label
-from remote_al.labelers.vasp import HUBBARD_U
+from remote_al.labelers.vasp import HUBBARD_U, validated_settings
 from remote_al.records import Label
 
 # Initial moments (mu_B): Ni3+ (low-spin d7) and Co4+ carry about 1, Mn4+ 3; others 0.
@@ -52,11 +52,23 @@ class GPAWSettings:
 
     @classmethod
     def from_mapping(cls, settings: Mapping[str, Any]) -> "GPAWSettings":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(settings) - known)
-        if unknown:
-            raise LabelingError(f"unknown gpaw settings {unknown}; known: {sorted(known)}")
-        return cls(**dict(settings))
+        """Checked settings (keys, types, finite numbers, bounds); raises LabelingError."""
+
+        def refusals(values):
+            kpts = values.get("kpts")
+            if isinstance(kpts, (list, tuple)) and (len(kpts) != 3 or not all(
+                    isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 64 for k in kpts)):
+                yield ("kpts",), f"needs three integers in [1, 64], got {list(kpts)}", "e.g. kpts = [2, 2, 2]"
+            for el, u in dict(values.get("hubbard_u") or {}).items():
+                if isinstance(u, (int, float)) and not 0 <= u <= 20:
+                    yield ("hubbard_u", el), f"U = {u} eV is outside [0, 20]", "use the MP values (the default)"
+
+        return validated_settings(cls, settings, refusals=refusals, bounds={
+            "ecut": {"gt": 0, "le": 5000},  # eV
+            "kpoint_density": {"gt": 0, "le": 100},  # k-points per reciprocal A
+            "maxiter": {"ge": 1, "le": 10_000},
+            "retry_maxiter": {"ge": 1, "le": 100_000},
+        })
 
 
 def hubbard_setups(symbols: Sequence[str], hubbard_u: Mapping[str, float]) -> dict[str, str]:

@@ -118,11 +118,74 @@ class VaspSettings:
 
     @classmethod
     def from_mapping(cls, settings: Mapping[str, Any]) -> "VaspSettings":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(settings) - known)
-        if unknown:
-            raise LabelingError(f"unknown vasp settings {unknown}; known: {sorted(known)}")
-        return cls(**dict(settings))
+        """Checked settings (``validated_settings``: keys, types, finite numbers, bounds).
+        Labels must be DFT: an ``incar`` or ``retry_incar`` that switches on VASP's on-the-fly
+        machine-learned force field (``ML_LMLFF`` true, or an ``ML_MODE`` other than none)
+        is refused, since VASP would then predict some ionic steps instead of computing them.
+        Raises LabelingError."""
+
+        def mlff(values):
+            for key in ("incar", "retry_incar"):
+                table = values.get(key) or {}
+                for tag, value in (table.items() if isinstance(table, Mapping) else ()):
+                    name = str(tag).strip().upper()
+                    on = (value is True or (isinstance(value, str) and value.strip().strip(".").upper()[:1] == "T")
+                          if name == "ML_LMLFF" else
+                          value is not None and str(value).strip().lower() not in ("", "none")
+                          if name == "ML_MODE" else False)
+                    if on:
+                        yield ((key, tag), f"{tag} = {value!r} switches on VASP's machine-learned force field: "
+                               "some ionic steps would be ML predictions, and labels must be DFT",
+                               f"remove {tag} from {key} (or set ML_LMLFF = false)")
+
+        return validated_settings(cls, settings, refusals=mlff, bounds={
+            "kpoints_density": {"gt": 0, "le": 10_000},  # k-points per reciprocal A^3
+            "kspacing": {"gt": 0, "le": 5.0},  # 1/A
+            "nelm": {"ge": 1, "le": 10_000},
+            "timeout_s": {"gt": 0, "le": 30 * 86_400},
+        })
+
+
+def validated_settings(cls, settings: Mapping[str, Any], bounds=None, refusals=None):
+    """``cls(**settings)`` for the settings dataclass ``cls`` of a labeler, once pydantic has
+    checked every key: no unknown key (with a did-you-mean), the annotated types, strictly
+    (no "4" for 4, no true for 1), finite numbers, and ``bounds`` ({field: {"ge": .., "le":
+    ..}}). ``refusals(settings)`` yields (location, reason, fix) for well-typed values that
+    cannot be used. Raises LabelingError from the pydantic ValidationError, whose locations
+    are the field paths (the driver names them as ``labeler.settings.<path>``)."""
+    import difflib
+    import typing
+
+    from pydantic import ConfigDict, Field, ValidationError, create_model
+    from pydantic_core import InitErrorDetails, PydanticCustomError
+
+    label = cls.__name__.removesuffix("Settings").lower()
+    if not isinstance(settings, Mapping):
+        raise LabelingError(f"{label} settings must be a table, got {type(settings).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {
+        f.name: (hints[f.name], Field(f.default if f.default is not dataclasses.MISSING else f.default_factory(),
+                                      **(bounds or {}).get(f.name, {})))
+        for f in dataclasses.fields(cls)
+    }
+    model = create_model(f"{cls.__name__}Check", __config__=ConfigDict(extra="forbid", strict=True,
+                                                                      allow_inf_nan=False), **fields)
+    try:
+        model.model_validate(dict(settings))
+        problems = [InitErrorDetails(type=PydanticCustomError("refused", "{problem}", {"problem": reason, "fix": fix}),
+                                     loc=tuple(loc), input=settings)
+                    for loc, reason, fix in (refusals(settings) if refusals else ())]
+        if problems:
+            raise ValidationError.from_exception_data(model.__name__, problems)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        hint = f" (fix: {err['ctx']['fix']})" if err["type"] == "refused" else ""
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(err["loc"][-1]), list(fields), n=1)
+            hint = (f" (did you mean {close[0]!r}?)" if close else "") + f"; known settings: {sorted(fields)}"
+        where = ".".join(str(p) for p in err["loc"])
+        raise LabelingError(f"{label} settings: {where}: {err['msg']}{hint}") from exc
+    return cls(**dict(settings))
 
 
 def poscar_order(symbols: Sequence[str]) -> tuple[list[int], list[str]]:

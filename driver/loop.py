@@ -464,7 +464,7 @@ class Campaign:
             cal = calibrate_generation(self.cfg.directory, g, result, sel, int(result["n_members"]))
             if cal is not None:
                 vals.update(force_scale=cal.force_scale, energy_scale=cal.energy_scale,
-                            calibrated=float(cal.calibrated), n_calibration_atoms=cal.n_force_pairs)
+                            calibrated=float(cal.force_calibrated), n_calibration_atoms=cal.n_force_pairs)
                 if sel.force_threshold_mode == "calibrated":
                     vals["force_threshold"] = float(min(cal.force_width_threshold(sel.target_force_error),
                                                         0.99 * sel.force_upper))

@@ -110,7 +110,7 @@ def _assemble(frames, result: dict, g: int, cal: Calibration | None) -> list[Pre
         from remote_al.calibration import prediction_interval_scale
 
         scale = prediction_interval_scale(int(result["n_members"]))
-        cal = Calibration(g, "prediction_interval", 0.95, scale, scale, 0, 0, 0, False,
+        cal = Calibration(g, "prediction_interval", 0.95, scale, scale, 0, 0, 0, False, False,
                           note="no calibration stored for this campaign")
     out, start = [], 0
     widths = np.asarray(result["atom_force_width"])

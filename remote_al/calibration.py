@@ -117,10 +117,15 @@ class Calibration:
     n_frames: int
     n_force_pairs: int
     n_energy_pairs: int
-    calibrated: bool  # False: too few pairs, a fallback (see ``note``)
+    force_calibrated: bool  # False: too few pairs, a fallback (see ``note``)
+    energy_calibrated: bool
     note: str = ""
     n_members: int = 0
     source: str = "held-out test frames"
+
+    @property
+    def calibrated(self) -> bool:
+        return self.force_calibrated and self.energy_calibrated
 
     def force_bound(self, width) -> np.ndarray:
         return self.force_scale * np.asarray(width, dtype=float)
@@ -183,8 +188,9 @@ def fit_calibration(
     except ValueError as exc:
         notes.append(f"energies: {exc}")
         e_scale = None
+    flags = dict(force_calibrated=f_scale is not None, energy_calibrated=e_scale is not None)
     if f_scale is not None and e_scale is not None:
-        return Calibration(force_scale=f_scale, energy_scale=e_scale, calibrated=True, **base)
+        return Calibration(force_scale=f_scale, energy_scale=e_scale, **flags, **base)
     if fallback is not None:
         what = f"generation {fallback.generation}'s calibration"
         f_scale = fallback.force_scale if f_scale is None else f_scale
@@ -194,8 +200,8 @@ def fit_calibration(
         pi = prediction_interval_scale(n_members)
         f_scale = pi if f_scale is None else f_scale
         e_scale = pi if e_scale is None else e_scale
-    return Calibration(force_scale=f_scale, energy_scale=e_scale, calibrated=False,
-                       note="; ".join(notes) + f"; using {what}", **base)
+    return Calibration(force_scale=f_scale, energy_scale=e_scale, note="; ".join(notes) + f"; using {what}",
+                       **flags, **base)
 
 
 def with_generation(cal: Calibration, generation: int) -> Calibration:

@@ -111,19 +111,27 @@ def evaluate_uncertainty(request) -> dict:
     n = len(frames)
     decay = float(os.environ.get("REMOTE_AL_SIM_WIDTH_DECAY", "1"))
     scale = decay ** max((_model_generation(p) for p in req.model_paths), default=0) if decay != 1 else 1.0
-    fw, ew = [], []
+    fw, ew, atom_w, atom_e = [], [], [], []
     for a in frames:
         rng = _rng(np.round(a.positions, 4).tobytes().hex()[:64], len(req.model_paths))
         fw.append(scale * float(rng.gamma(2.0, 0.08)))
         ew.append(scale * float(rng.gamma(2.0, 0.002)))
+        # per atom: widths up to the frame's, errors heavy-tailed around them (shapes of real ones)
+        w = fw[-1] * np.concatenate([[1.0], rng.uniform(0.3, 1.0, len(a) - 1)])
+        atom_w.extend(w.tolist())
+        atom_e.extend((w * np.abs(rng.standard_t(3, len(a)))).tolist())
     out = dict(task_key=req.task_key, n_members=len(req.model_paths), n_frames=n,
                natoms=tuple(len(a) for a in frames), energy_width=tuple(ew), force_width=tuple(fw),
                energy_mean=tuple(0.0 for _ in frames))
+    if req.return_forces:
+        out.update(forces_mean=tuple(tuple((0.0, 0.0, 0.0) for _ in a) for a in frames),
+                   energy_total_mean=tuple(0.0 for _ in frames), atom_force_width=tuple(atom_w))
     if n and all(a.calc is not None for a in frames):
         gen = sum(int(c) for p in req.model_paths for c in p if c.isdigit()) % 7
         scale = 1.0 / (1 + gen)
         out.update(energy_error=tuple(0.01 * scale for _ in frames), force_rmse=tuple(0.2 * scale for _ in frames),
-                   force_error_max=tuple(0.5 * scale for _ in frames), force_inside_ci=tuple(0.9 for _ in frames))
+                   force_error_max=tuple(0.5 * scale for _ in frames), force_inside_ci=tuple(0.9 for _ in frames),
+                   atom_force_width=tuple(atom_w), atom_force_error=tuple(atom_e))
     return UQResult(**out).to_dict()
 
 

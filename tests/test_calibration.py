@@ -64,9 +64,11 @@ def test_too_few_pairs_fall_back_and_say_so():
         conformal_scale(np.ones(18), np.ones(18), 0.95)
     assert conformal_scale(np.ones(19), np.arange(1, 20), 0.95) == 19.0
     cal = fit_calibration(0, np.ones(5), np.ones(5), np.ones(2), np.ones(2), n_frames=2, n_members=4)
-    assert not cal.calibrated and "prediction interval" in cal.note
+    assert not cal.force_calibrated and not cal.calibrated and "prediction interval" in cal.note
+    part = fit_calibration(0, np.ones(40), np.arange(40), np.ones(2), np.ones(2), n_frames=2, n_members=4)
+    assert part.force_calibrated and not part.energy_calibrated and part.force_scale == 38.0
     assert cal.force_scale == pytest.approx(0.5 * np.sqrt(5)) == prediction_interval_scale(4)
-    prev = Calibration(3, "conformal", 0.95, 2.5, 1.7, 30, 480, 30, True)
+    prev = Calibration(3, "conformal", 0.95, 2.5, 1.7, 30, 480, 30, True, True)
     cal = fit_calibration(4, np.ones(5), np.ones(5), np.ones(2), np.ones(2), n_frames=2, n_members=4, fallback=prev)
     assert not cal.calibrated and (cal.force_scale, cal.energy_scale) == (2.5, 1.7)
     assert "generation 3" in cal.note
@@ -102,8 +104,8 @@ def test_per_atom_widths_and_errors_follow_the_seed_width():
 
 
 def test_calibration_file_round_trips_and_latest_is_found(tmp_path):
-    a = Calibration(0, "conformal", 0.95, 2.0, 1.5, 6, 96, 6, True, n_members=4)
-    b = Calibration(2, "conformal", 0.95, 2.4, 1.1, 14, 224, 14, True, n_members=4)
+    a = Calibration(0, "conformal", 0.95, 2.0, 1.5, 6, 96, 6, True, False, n_members=4)
+    b = Calibration(2, "conformal", 0.95, 2.4, 1.1, 14, 224, 14, True, True, n_members=4)
     write_calibration(tmp_path, a)
     path = write_calibration(tmp_path, b)
     data = json.loads(path.read_text())
@@ -131,7 +133,7 @@ def test_predict_gives_ensemble_values_widths_and_calibrated_bounds(tiny_ensembl
     for m, res in enumerate(tiny_ensemble):
         st.add_model(0, m, f"train:g0:m{m}", res.model_path)
     st.close()
-    write_calibration(camp, Calibration(0, "conformal", 0.95, 2.5, 1.5, 20, 300, 20, True, n_members=2))
+    write_calibration(camp, Calibration(0, "conformal", 0.95, 2.5, 1.5, 20, 300, 20, True, True, n_members=2))
     frames = labeled_dir["frames"][:3]
     src = tmp_path / "in.extxyz"
     write(src, frames, format="extxyz")

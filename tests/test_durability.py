@@ -238,7 +238,7 @@ def test_calibrated_threshold_is_used_for_selection(tmp_path, monkeypatch):
         test={"n_initial_per_structure": 4},
     )
     from driver.config import load_config
-    from driver.metrics import calibrate_threshold
+    from remote_al.calibration import conformal_scale, read_calibration
 
     cfg = load_config(toml)
     backend = LocalBackend(cfg.directory / "engine", 2, 2, functions=SIM_FUNCTIONS)
@@ -247,7 +247,10 @@ def test_calibrated_threshold_is_used_for_selection(tmp_path, monkeypatch):
     thr0 = db.execute("SELECT value FROM metrics WHERE scope='generation' AND idx=0 AND name='force_threshold'").fetchone()
     assert thr0 is not None and 0 < thr0[0] < 0.6
     res = json.loads(db.execute("SELECT result FROM tasks WHERE key='eval:g0'").fetchone()[0])
-    assert thr0[0] == pytest.approx(calibrate_threshold(res["force_width"], res["force_error_max"], 0.01))
+    cal = read_calibration(cfg.directory, 0)  # calibration/g0.json, fitted on the eval's per-atom pairs
+    assert cal.force_calibrated and cal.n_force_pairs == sum(res["natoms"])
+    assert cal.force_scale == pytest.approx(conformal_scale(res["atom_force_width"], res["atom_force_error"], 0.95))
+    assert thr0[0] == pytest.approx(0.01 / cal.force_scale)
     used = db.execute("SELECT value FROM metrics WHERE scope='round' AND idx=1 AND name='force_threshold'").fetchone()
     assert used[0] == pytest.approx(thr0[0]) and used[0] != 0.15
     reasons = [r[0] for r in db.execute("SELECT reason FROM decisions WHERE round=1 AND decision='label'")]

@@ -435,11 +435,12 @@ def _problem_and_fix(err: dict, root, loc, prefix: tuple = ()) -> tuple[str, str
             what = "positive"
         else:
             what = f"at least {limit}" if kind == "greater_than_equal" else f"greater than {limit}"
-        return f"must be {what}, got {_show(value)}", within
+        return f"must be {what}, got {_show(value)}", within or f"use a value {'>=' if kind == 'greater_than_equal' else '>'} {limit}"
     if kind in ("less_than_equal", "less_than"):
         limit = ctx.get("le", ctx.get("lt"))
         what = f"at most {limit}" if kind == "less_than_equal" else f"below {limit}"
-        return f"must be {what} (the documented upper bound), got {_show(value)}", within
+        return (f"must be {what} (the documented upper bound), got {_show(value)}",
+                within or f"use a value {'<=' if kind == 'less_than_equal' else '<'} {limit}")
     if kind in ("too_short", "too_long"):
         n = ctx.get("actual_length")
         if kind == "too_short" and ctx.get("min_length") == 1:
@@ -464,8 +465,10 @@ def config_error(exc: ValidationError, root=None, prefix: tuple = (), source: st
     err = errors[0]
     loc = tuple(p for p in err["loc"] if not _is_tag(p))
     problem, fix = _problem_and_fix(err, root or CampaignConfig, loc, prefix)
-    if len(errors) > 1:
-        fix = (fix + "; " if fix else "") + f"{len(errors) - 1} more problem(s) after this one"
+    # a container's "too short after validation" only echoes the item that failed
+    more = [e for e in errors[1:] if tuple(e["loc"]) != tuple(err["loc"])[:len(e["loc"])]]
+    if more:
+        fix = (fix + "; " if fix else "") + f"{len(more)} more problem(s) after this one"
     return ConfigError(field_path((*prefix, *loc)), problem, fix, source=source)
 
 
@@ -499,10 +502,19 @@ def parse_config(data: dict, source: str | Path = "", base_dir: Path | None = No
     except ValidationError as exc:
         raise config_error(exc, CampaignConfig, source=src) from None
 
+    try:
+        return _finish(cfg, source, base_dir)
+    except ConfigError as exc:
+        exc.source = exc.source or src
+        raise
+
+
+def _finish(cfg: CampaignConfig, source, base_dir) -> CampaignConfig:
+    """Expansion, paths, cross-field checks and the labeler's settings check."""
     structures = [x for i, s in enumerate(cfg.structures) for x in expand_spec(s, i)]
     if len(structures) > MAX_STRUCTURES:
         raise ConfigError("structures", f"the entries expand into {len(structures)} structures, above the "
-                          f"bound {MAX_STRUCTURES}", "use fewer Li contents or orderings", source=src)
+                          f"bound {MAX_STRUCTURES}", "use fewer Li contents or orderings")
     base_dir = base_dir or (Path(source).parent if source else Path.cwd())
     camp = cfg.campaign
     workdir = Path(camp.workdir) if camp.workdir else Path("campaigns") / camp.name
@@ -513,14 +525,10 @@ def parse_config(data: dict, source: str | Path = "", base_dir: Path | None = No
         if s.generator == "file" and s.file and not Path(s.file).is_absolute():
             s = _copy_spec(s, file=str((base_dir / s.file).resolve()))
         resolved.append(s)
-    cfg = cfg.model_copy(update={"structures": tuple(resolved), "source": src,
+    cfg = cfg.model_copy(update={"structures": tuple(resolved), "source": str(source),
                                  "campaign": camp.model_copy(update={"workdir": str(workdir)})})
-    try:
-        validate(cfg)
-        check_labeler_settings(cfg.labeler.kind, cfg.labeler.settings)
-    except ConfigError as exc:
-        exc.source = exc.source or src
-        raise
+    validate(cfg)
+    check_labeler_settings(cfg.labeler.kind, cfg.labeler.settings)
     return cfg
 
 
@@ -625,11 +633,14 @@ def validate(cfg: CampaignConfig) -> None:
         names.add(s.name)
         if s.generator == "layered":
             if s.metal not in KNOWN_ELEMENTS:
-                raise ConfigError(entry_field(s, i, "metal"), f"unknown element {s.metal!r}")
+                close = difflib.get_close_matches(s.metal, sorted(KNOWN_ELEMENTS), n=1)
+                raise ConfigError(entry_field(s, i, "metal"), f"unknown element {s.metal!r}",
+                                  f"did you mean {close[0]!r}?" if close else "use an element symbol such as 'Ni'")
             try:
                 metals = spec_metals(s)
             except ValueError as exc:
-                raise ConfigError(entry_field(s, i, "metals"), str(exc)) from None
+                raise ConfigError(entry_field(s, i, "metals"), str(exc),
+                                  'write a preset ("NMC811") or fractions summing to 1 ({Ni = 0.9, Al = 0.1})') from None
             for el in ("Li", *metals, "O"):
                 if el not in c.type_map:
                     raise ConfigError(
@@ -642,7 +653,8 @@ def validate(cfg: CampaignConfig) -> None:
             try:
                 site_counts(metals, s.li_content, s.supercell)
             except ValueError as exc:
-                raise ConfigError(entry_field(s, i, "supercell"), str(exc)) from None
+                raise ConfigError(entry_field(s, i, "supercell"), str(exc),
+                                  "choose a supercell whose sites hold the composition in whole atoms") from None
         elif not s.file:
             raise ConfigError(entry_field(s, i, "file"), "generator 'file' needs a file path",
                               'add file = "POSCAR" (relative to the campaign file)')
@@ -730,7 +742,7 @@ def _type_name(ann) -> str:
     if origin is Annotated:
         return _type_name(typing.get_args(ann)[0])
     if origin is Literal:
-        return " / ".join(repr(a) for a in typing.get_args(ann))
+        return " / ".join(_show(a) for a in typing.get_args(ann))
     if origin is tuple:
         return f"list of {_type_name(typing.get_args(ann)[0])}"
     if origin is dict:
@@ -738,6 +750,18 @@ def _type_name(ann) -> str:
     if ann is StructureSpec.model_fields["metals"].annotation:
         return "string or table"
     return {int: "integer", float: "number", bool: "boolean", str: "string"}.get(ann, str(ann))
+
+
+def _sizes(meta, unit: str) -> str:
+    lo = next((m.min_length for m in meta if getattr(m, "min_length", None) is not None), None)
+    hi = next((m.max_length for m in meta if getattr(m, "max_length", None) is not None), None)
+    if lo is not None and lo == hi:
+        return f"exactly {lo} {unit}"
+    if lo is not None and hi is not None:
+        return f"{lo} to {hi} {unit}"
+    if hi is not None:
+        return f"at most {hi} {unit}"
+    return f"at least {lo} {unit}" if lo is not None else ""
 
 
 def bounds_table() -> str:
@@ -751,11 +775,11 @@ def bounds_table() -> str:
             if typing.get_origin(ann) is tuple:
                 _, item_meta = _annotation_at(model, (key, 0))
                 span = _bounds(item_meta)
-                sizes = [f"at most {m.max_length} items" for m in meta if getattr(m, "max_length", None)]
-                allowed = ", ".join(x for x in ((f"each in {span}" if span else ""), *sizes) if x)
+                allowed = ", ".join(x for x in ((f"each in {span}" if span else ""), _sizes(meta, "items")) if x)
                 tname = _type_name(ann)
             else:
-                allowed, tname = _bounds(meta), _type_name(info.annotation)
+                allowed = _bounds(meta) or (_sizes(meta, "characters") if ann is str else "")
+                tname = _type_name(info.annotation)
             default = "required" if info.is_required() else _show(
                 info.default_factory() if info.default_factory else info.default)
             rows.append(f"| `{section}.{key}` | {tname} | {default} | {allowed} | {info.description or ''} |")

@@ -80,7 +80,7 @@ def _starting_structure(cfg: CampaignConfig, spec, i: int):
 
     name = spec.name
     if len(atoms) == 0:
-        raise ConfigError(where, f"structure {name!r} has no atoms")
+        raise ConfigError(where, f"structure {name!r} has no atoms", "give a structure with atoms")
     if len(atoms) > MAX_ATOMS:
         raise ConfigError(where if is_file else entry_field(spec, i, "supercell"),
                           f"structure {name!r} has {len(atoms)} atoms, above the bound {MAX_ATOMS}",

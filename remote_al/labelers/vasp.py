@@ -129,12 +129,15 @@ class VaspSettings:
                 table = values.get(key) or {}
                 for tag, value in (table.items() if isinstance(table, Mapping) else ()):
                     name = str(tag).strip().upper()
-                    on = (value is True or (isinstance(value, str) and value.strip().strip(".").upper()[:1] == "T")
-                          if name == "ML_LMLFF" else
-                          value is not None and str(value).strip().lower() not in ("", "none")
-                          if name == "ML_MODE" else False)
+                    if name == "ML_LMLFF":  # a VASP logical: true, .TRUE., T, ...
+                        on = value is True or (isinstance(value, str) and value.strip().strip(".").upper()[:1] == "T")
+                    elif name == "ML_MODE":  # train, select, refit, run: all use the force field
+                        on = value is not None and str(value).strip().lower() not in ("", "none")
+                    else:
+                        continue
                     if on:
-                        yield ((key, tag), f"{tag} = {value!r} switches on VASP's machine-learned force field: "
+                        shown = str(value).lower() if isinstance(value, bool) else repr(value)
+                        yield ((key, tag), f"{tag} = {shown} switches on VASP's machine-learned force field: "
                                "some ionic steps would be ML predictions, and labels must be DFT",
                                f"remove {tag} from {key} (or set ML_LMLFF = false)")
 

@@ -160,6 +160,31 @@ def test_unknown_option_and_bad_function_id_are_config_errors():
         render_template(MULTI_USER, account="PROJ")
 
 
+@pytest.mark.parametrize("walltime", ["1h", "01:00", "1:60:00", "01:00:00:00", ""])
+def test_a_walltime_that_is_not_hh_mm_ss_is_refused(walltime):
+    with pytest.raises(ConfigError) as err:
+        render_template("polaris-gpu", "PROJ", "debug", "true", walltime=walltime)
+    assert err.value.field == "--walltime" and "HH:MM:SS" in str(err.value)
+    render_template("polaris-gpu", "PROJ", "debug", "true", walltime="100:30:00", address_interface="lo")
+
+
+def test_a_missing_network_interface_is_named_with_its_option(tmp_path, capsys):
+    """Polaris' hsn0 is not on this machine: the message names it and --address-interface,
+    and speaks of no campaign; the endpoint directory is not written."""
+    from driver.cli import main
+
+    out = tmp_path / "ep"
+    assert main(["endpoint", "render", "polaris-gpu", "--account", "PROJ", "--queue", "debug",
+                 "--worker-init", "true", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "'hsn0'" in err and "--address-interface" in err and "does not exist on this machine" in err
+    assert "campaign" not in err and "Traceback" not in err and "No such device" not in err
+    assert not out.exists()
+    assert main(["endpoint", "render", "polaris-gpu", "--account", "PROJ", "--queue", "debug",
+                 "--worker-init", "true", "--walltime", "2 hours"]) == 2
+    assert "--walltime" in capsys.readouterr().err
+
+
 def test_engine_in_config_yaml_is_refused(tmp_path):
     (tmp_path / "config.yaml").write_text("engine:\n  type: ThreadPoolEngine\n")
     with pytest.raises(ConfigError, match="engine block"):

@@ -3,14 +3,11 @@
 - ``parity_metrics``: RMSE, MAE and max |error| of predictions against reference labels.
 - ``calibration_table``: per width bin, how often the true error falls inside the
   ensemble's confidence interval (``|error| <= width / 2``) against the nominal level.
-- ``calibrate_threshold``: the force-width threshold above which the true force error
-  exceeds a target, from held-out frames (the rule is in its docstring and in
-  docs/reports.md).
+- calibrated bounds and thresholds in physical units live in ``remote_al.calibration``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -110,76 +107,4 @@ def calibration_table(widths, errors, confidence: float = 0.95, n_bins: int = 8)
     )
 
 
-def _isotonic_blocks(errors_by_bin: list[np.ndarray], quantile: float) -> list[float]:
-    """Pool-adjacent-violators over bins: each bin's statistic is the ``quantile`` of the
-    errors of its pooled block; blocks merge until the statistic never decreases."""
-    blocks: list[list] = []  # [first bin, last bin, errors, statistic]
-    for b, errs in enumerate(errors_by_bin):
-        blocks.append([b, b, errs, float(np.quantile(errs, quantile))])
-        while len(blocks) >= 2 and blocks[-2][3] > blocks[-1][3]:
-            hi = blocks.pop()
-            lo = blocks.pop()
-            merged = np.concatenate([lo[2], hi[2]])
-            blocks.append([lo[0], hi[1], merged, float(np.quantile(merged, quantile))])
-    out = [0.0] * len(errors_by_bin)
-    for first, last, _, stat in blocks:
-        for b in range(first, last + 1):
-            out[b] = stat
-    return out
-
-
-def calibrate_threshold(
-    widths,
-    errors,
-    target_error: float,
-    *,
-    quantile: float = 0.5,
-    n_bins: int = 10,
-    min_per_bin: int = 5,
-) -> float:
-    """The smallest width above which the true error exceeds ``target_error``.
-
-    ``widths`` and ``errors`` pair up per held-out frame, e.g. the frame's force width
-    (max CI width over components, what selection compares with
-    ``selection.force_threshold``) and its max absolute force error (``force_error_max``
-    of an evaluation). The rule:
-
-    1. sort the frames by width and cut them into ``k = min(n_bins, n // min_per_bin)``
-       (at least 1) bins of equal count;
-    2. per bin, take the ``quantile`` (the median by default) of ``|error|``, placed at
-       the bin's median width;
-    3. make these statistics non-decreasing in width by pool-adjacent-violators: a bin
-       whose statistic is lower than its narrower neighbour's is pooled with it and the
-       quantile is taken over the pooled errors, so noise and outliers cannot make the
-       answer jump back and forth;
-    4. the threshold is where this monotone curve first reaches ``target_error``, by
-       linear interpolation between neighbouring bin medians. If the narrowest bin
-       already reaches it, the smallest observed width is returned (every frame is
-       worth labeling); if no bin reaches it, ``math.inf`` (no observed width predicts
-       an error above the target: keep the configured threshold).
-
-    Raises ValueError with fewer than ``min_per_bin`` finite pairs.
-    """
-    if not target_error > 0:
-        raise ValueError(f"target_error must be positive, got {target_error}")
-    if not 0.0 < quantile < 1.0:
-        raise ValueError(f"quantile must lie in (0, 1), got {quantile}")
-    if min_per_bin < 1 or n_bins < 1:
-        raise ValueError("n_bins and min_per_bin must be at least 1")
-    w, e = _clean_pairs(widths, errors)
-    if w.size < min_per_bin:
-        raise ValueError(f"{w.size} finite (width, error) pairs; calibration needs at least {min_per_bin}")
-    k = max(1, min(int(n_bins), w.size // int(min_per_bin)))
-    bins = _equal_count_bins(w.size, k)
-    centres = [float(np.median(w[b])) for b in bins]
-    stats = _isotonic_blocks([e[b] for b in bins], quantile)
-    for b, s in enumerate(stats):
-        if s >= target_error:
-            if b == 0:
-                return float(w[0])
-            s0, w0, w1 = stats[b - 1], centres[b - 1], centres[b]
-            return float(w0 + (target_error - s0) / (s - s0) * (w1 - w0))
-    return math.inf
-
-
-__all__ = ["CalibrationTable", "calibrate_threshold", "calibration_table", "parity_metrics"]
+__all__ = ["CalibrationTable", "calibration_table", "parity_metrics"]

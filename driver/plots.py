@@ -93,11 +93,14 @@ def plot_learning_curves(curves: Mapping[str, Mapping[str, np.ndarray]], path, t
 
 
 # ------------------------------------------------------------------------ parity
-def _parity_panel(ax, pred, ref, quantity: str, unit: str) -> None:
+def _parity_panel(ax, pred, ref, quantity: str, unit: str, bound=None) -> None:
     pred = np.asarray(pred, dtype=float).ravel()
     ref = np.asarray(ref, dtype=float).ravel()
     m = parity_metrics(pred, ref)
-    ax.scatter(ref, pred, s=6 if pred.size > 200 else 14, alpha=0.6, edgecolors="none")
+    if bound is not None:  # calibrated 95 % error bars
+        ax.errorbar(ref, pred, yerr=np.asarray(bound, dtype=float).ravel(), fmt="none", ecolor="0.6",
+                    elinewidth=0.6, alpha=0.5, zorder=1)
+    ax.scatter(ref, pred, s=6 if pred.size > 200 else 14, alpha=0.6, edgecolors="none", zorder=2)
     finite = np.concatenate([pred[np.isfinite(pred)], ref[np.isfinite(ref)]])
     lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
     pad = 0.05 * (hi - lo or 1.0)
@@ -119,20 +122,22 @@ def _parity_panel(ax, pred, ref, quantity: str, unit: str) -> None:
 
 
 def plot_parity(
-    energy_pred, energy_ref, path, force_pred=None, force_ref=None, title: str = "", note: str = ""
+    energy_pred, energy_ref, path, force_pred=None, force_ref=None, title: str = "", note: str = "",
+    energy_bound=None, force_bound=None,
 ) -> Path:
-    """Energy per atom (eV/atom) and force components (eV/Å) against the labels.
+    """Energy per atom (eV/atom) and force components (eV/Å) against the labels, with the
+    calibrated 95 % bounds as error bars where given.
 
     RMSE, MAE, max |error| and the count are written on each panel. Without force data
     the force panel shows ``note`` instead.
     """
     fig, axes = _figure(1, 2, (9.5, 4.4))
     if energy_pred is not None and len(energy_pred):
-        _parity_panel(axes[0], energy_pred, energy_ref, "energy", "eV/atom")
+        _parity_panel(axes[0], energy_pred, energy_ref, "energy", "eV/atom", energy_bound)
     else:
         _no_data(axes[0], note or "no energy predictions")
     if force_pred is not None and len(force_pred):
-        _parity_panel(axes[1], force_pred, force_ref, "force component", "eV/Å")
+        _parity_panel(axes[1], force_pred, force_ref, "force component", "eV/Å", force_bound)
     else:
         _no_data(axes[1], note or "no force predictions")
     fig.suptitle(title or "parity on held-out frames")
@@ -178,6 +183,26 @@ def plot_calibration(
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     fig.suptitle("uncertainty calibration on held-out frames")
+    return _save(fig, path)
+
+
+def plot_reliability(curves: Mapping[str, Mapping[str, Mapping[float, float]]], path) -> Path:
+    """Observed against nominal coverage of the calibrated bounds, one line per generation,
+    forces and energies side by side (``curves[quantity][label] = {level: observed}``)."""
+    fig, axes = _figure(1, 2, (9.5, 4.2))
+    for ax, quantity in zip(axes, ("forces (per atom)", "energies (per frame)")):
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="ideal")
+        for (label, rel), colour in zip(curves.get(quantity, {}).items(), _colours()):
+            levels = sorted(rel)
+            ax.plot(levels, [rel[x] for x in levels], "o-", color=colour, label=label, ms=4)
+        ax.set_xlim(0.4, 1.0)
+        ax.set_ylim(0.0, 1.02)
+        ax.set_xlabel("nominal coverage")
+        ax.set_ylabel("observed coverage")
+        ax.set_title(quantity, fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle("reliability of the calibrated bounds (held-out frames, cross-validated by frame)")
     return _save(fig, path)
 
 
@@ -297,6 +322,7 @@ def plot_sweep_heatmap(rows: Sequence[Mapping], path) -> Path:
 
 __all__ = [
     "plot_calibration",
+    "plot_reliability",
     "plot_learning_curves",
     "plot_parity",
     "plot_rounds",

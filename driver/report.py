@@ -28,14 +28,15 @@ from typing import Any
 import numpy as np
 
 from driver import plots
-from driver.metrics import calibrate_threshold, calibration_table, parity_metrics
+from driver.metrics import calibration_table, parity_metrics
+from driver.report_calibration import calibration_html, gather_calibration
 from driver.state import State
+from remote_al.calibration import latest_calibration
 
 log = logging.getLogger(__name__)
 
 REPORT_DIR = "report"
 PARITY_CACHE = "parity.npz"
-TARGET_FORCE_ERRORS = (0.05, 0.1, 0.2)  # eV/A, for the calibrated-threshold table
 
 ROUND_COLUMNS = (
     ("n_explored", "explored", ".0f"), ("confident_share", "confident share", ".2f"),
@@ -203,16 +204,16 @@ def _campaign_settings(campaign_dir: Path) -> tuple[str, dict]:
         return text, {}
 
 
-def _selection_settings(settings: dict) -> dict:
-    from driver.config import SelectionSection
+def _selection_used(state: State, campaign_dir: Path, settings: dict):
+    """The selection settings the campaign ran with: from the configuration stored in its
+    state (not the campaign file read again with defaults, which may have changed since)."""
+    from driver.config import SelectionSection, parse_config
 
-    d = SelectionSection()
+    raw = state.get_meta("config_json")
+    if raw:
+        return parse_config(json.loads(raw), base_dir=campaign_dir).selection
     sel = settings.get("selection", {}) if isinstance(settings.get("selection"), dict) else {}
-    return {
-        "confidence": float(sel.get("confidence", d.confidence)),
-        "force_threshold": float(sel.get("force_threshold", d.force_threshold)),
-        "force_upper": float(sel.get("force_upper", d.force_upper)),
-    }
+    return SelectionSection(**{k: v for k, v in sel.items() if k in ("confidence", "force_threshold", "force_upper")})
 
 
 def _learning_curves(state: State) -> list[tuple[int, dict[str, dict], str]]:
@@ -315,7 +316,6 @@ def write_report(
     campaign_dir: str | Path,
     *,
     compute_parity: bool = True,
-    target_force_errors: tuple[float, ...] = TARGET_FORCE_ERRORS,
 ) -> Path:
     """Write ``campaign_dir/report/index.html`` (PNGs next to it); return its path.
 
@@ -332,14 +332,16 @@ def write_report(
         old.unlink()
     state = State(state_path)
     try:
-        return _write(state, campaign_dir, outdir, compute_parity, target_force_errors)
+        return _write(state, campaign_dir, outdir, compute_parity)
     finally:
         state.close()
 
 
-def _write(state: State, campaign_dir: Path, outdir: Path, compute_parity: bool, targets) -> Path:
+def _write(state: State, campaign_dir: Path, outdir: Path, compute_parity: bool) -> Path:
     toml_text, settings = _campaign_settings(campaign_dir)
-    sel = _selection_settings(settings)
+    selection = _selection_used(state, campaign_dir, settings)
+    sel = {"confidence": selection.confidence, "force_threshold": selection.force_threshold,
+           "force_upper": selection.force_upper}
     name = settings.get("campaign", {}).get("name") or campaign_dir.name
     db = state.db
     sections: list[str] = []
@@ -474,8 +476,9 @@ def _write(state: State, campaign_dir: Path, outdir: Path, compute_parity: bool,
     if parity is None:
         figs.append("<p class='note'>No evaluated held-out frames yet.</p>")
     else:
-        figs.extend(_accuracy_figures(parity, outdir, sel["confidence"], targets))
+        figs.extend(_accuracy_figures(parity, outdir, sel["confidence"], latest_calibration(campaign_dir)))
     sections.extend(figs)
+    sections.extend(calibration_html(gather_calibration(state, campaign_dir, selection), outdir, _table, _figure))
     sections.extend(_volume_section(state, campaign_dir, outdir))
 
     if toml_text:
@@ -499,14 +502,19 @@ def _write(state: State, campaign_dir: Path, outdir: Path, compute_parity: bool,
     return index
 
 
-def _accuracy_figures(p: ParityData, outdir: Path, confidence: float, targets) -> list[str]:
+def _accuracy_figures(p: ParityData, outdir: Path, confidence: float, cal) -> list[str]:
     out = [f"<p class='note'>Generation {p.generation} ({p.n_members} members), {len(p.energy_pred)} held-out "
            f"frames; source: {html.escape(p.source)}.</p>"]
+    e_bound = cal.energy_bound(p.energy_width) if cal is not None else None
+    f_bound = cal.force_bound(p.force_width) if cal is not None and p.force_width is not None else None
     plots.plot_parity(p.energy_pred, p.energy_ref, outdir / "parity.png", p.force_pred, p.force_ref,
                       title=f"generation {p.generation}: ensemble mean against labels on held-out frames",
-                      note="force parity needs a local\nevaluation of the models\n(see the note above)")
+                      note="force parity needs a local\nevaluation of the models\n(see the note above)",
+                      energy_bound=e_bound, force_bound=f_bound)
+    bars = (f" Error bars: the calibrated 95 % bounds of generation {cal.generation} ({cal.force_scale:.2f} x "
+            f"the force width, {cal.energy_scale:.2f} x the energy width)." if cal is not None else "")
     out.append(_figure("parity.png", "Parity of the ensemble-mean energy per atom and force components against "
-                       "the labels of the held-out frames, with RMSE, MAE and max |error|."))
+                       "the labels of the held-out frames, with RMSE, MAE and max |error|." + bars))
     rows = [["energy per atom (meV/atom)", *_metric_cells(parity_metrics(p.energy_pred, p.energy_ref), 1000.0)]]
     if p.force_pred is not None:
         rows.append(["force components (eV/Å)", *_metric_cells(parity_metrics(p.force_pred, p.force_ref), 1.0)])
@@ -528,19 +536,6 @@ def _accuracy_figures(p: ParityData, outdir: Path, confidence: float, targets) -
             [[f"{r['width_lo']:.3g} – {r['width_hi']:.3g}", str(r["n"]), f"{r['inside_share']:.2f}",
               f"{r['error_median']:.3g}"] for r in table.rows()],
         ))
-    thr_rows = []
-    for t in targets:
-        try:
-            v = calibrate_threshold(p.frame_force_width, p.frame_force_error, t)
-            thr_rows.append([f"{t:g}", "none (no frame reaches it)" if not np.isfinite(v) else f"{v:.3g}"])
-        except ValueError as exc:
-            thr_rows.append([f"{t:g}", html.escape(str(exc))])
-    out.append(
-        "<h3>Calibrated force thresholds</h3><p class='note'>From the held-out frames: the force width above "
-        "which the median max force error of a frame exceeds the target "
-        "(<code>driver.metrics.calibrate_threshold</code>; indicative with few frames).</p>"
-        + _table(["target max force error (eV/Å)", "force width threshold (eV/Å)"], thr_rows)
-    )
     return out
 
 

@@ -237,3 +237,31 @@ def latest_calibration(campaign_dir: str | Path, up_to: int | None = None) -> Ca
     gens = sorted(int(p.stem[1:]) for p in folder.glob("g*.json") if p.stem[1:].isdigit()) if folder.is_dir() else []
     gens = [g for g in gens if up_to is None or g <= up_to]
     return read_calibration(campaign_dir, gens[-1]) if gens else None
+
+
+RELIABILITY_LEVELS = (0.5, 0.68, 0.9, 0.95, 0.99)
+
+
+def reliability(widths, errors, groups, levels=RELIABILITY_LEVELS) -> dict[float, float]:
+    """Observed coverage at each nominal level, cross-validated by group (a frame, say):
+    each group's pairs are checked against the conformal scale fitted on the other groups,
+    so no pair is judged by a fit it took part in. NaN where too few pairs remain."""
+    w = np.asarray(widths, dtype=float).ravel()
+    e = np.abs(np.asarray(errors, dtype=float).ravel())
+    g = np.asarray(groups).ravel()
+    ok = np.isfinite(w) & np.isfinite(e) & (w > 0)
+    w, e, g = w[ok], e[ok], g[ok]
+    out = {}
+    for level in levels:
+        inside = n = 0
+        for label in np.unique(g):
+            mine = g == label
+            try:
+                q = conformal_scale(w[~mine], e[~mine], level)
+            except ValueError:
+                inside = n = 0
+                break
+            inside += int(np.sum(e[mine] <= q * w[mine]))
+            n += int(mine.sum())
+        out[float(level)] = inside / n if n else float("nan")
+    return out

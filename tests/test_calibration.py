@@ -153,3 +153,17 @@ def test_predict_gives_ensemble_values_widths_and_calibrated_bounds(tiny_ensembl
     back = read(out, index=":")
     np.testing.assert_allclose(back[1].arrays["force_bound"], preds[1].atom_force_bound, rtol=1e-6)
     assert back[2].info["generation"] == 0
+
+
+def test_reliability_is_cross_validated_and_near_nominal():
+    from remote_al.calibration import reliability
+
+    rng = np.random.default_rng(5)
+    w, e = heavy_tailed_pairs(rng, 16 * 60)
+    groups = np.repeat(np.arange(60), 16)  # 60 frames of 16 atoms
+    rel = reliability(w, e, groups)
+    for level, observed in rel.items():
+        assert abs(observed - level) < 0.04, (level, observed)
+    # too few pairs for 99 %: NaN, not a number that looks measured
+    small = reliability(w[:40], e[:40], groups[:40], levels=(0.5, 0.99))
+    assert np.isfinite(small[0.5]) and np.isnan(small[0.99])

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from driver.metrics import calibrate_threshold, calibration_table, parity_metrics
+from driver.metrics import calibration_table, parity_metrics
 from driver.state import State
 from remote_al.deepmd_data import parse_lcurve
 
@@ -54,60 +54,6 @@ def test_calibration_table_recovers_nominal_coverage():
     t2 = calibration_table(width / 2, errors, 0.95)
     assert t2.overall_inside == pytest.approx(0.673, abs=0.015)
     assert len(t.rows()) == 5 and json.dumps(t.to_dict())
-
-
-def test_calibrate_threshold_exact_on_linear_errors():
-    w = np.random.default_rng(1).uniform(0.01, 1.0, 2000)
-    # error = width / 2 everywhere: the error exceeds the target above width = 2 * target
-    for target in (0.1, 0.2, 0.4):
-        assert calibrate_threshold(w, 0.5 * w, target) == pytest.approx(2 * target, rel=1e-6)
-
-
-def test_calibrate_threshold_step_known_answer():
-    w = np.linspace(0.0, 1.0, 1000, endpoint=False) + 0.0005
-    e = np.where(w < 0.3, 0.01, 1.0)
-    thr = calibrate_threshold(w, e, 0.5)
-    assert 0.25 <= thr <= 0.35  # resolution: one bin of 100 frames
-
-
-def test_calibrate_threshold_noisy_known_answer():
-    rng = np.random.default_rng(2)
-    w = rng.uniform(0.01, 1.0, 6000)
-    e = np.abs(rng.normal(0.0, w))  # median |error| = 0.6745 * width
-    thr = calibrate_threshold(w, e, 0.3)
-    assert thr == pytest.approx(0.3 / 0.6745, abs=0.05)
-
-
-def test_calibrate_threshold_monotone_robust():
-    rng = np.random.default_rng(4)
-    w = rng.uniform(0.01, 1.0, 4000)
-    e = np.abs(rng.normal(0.0, w))
-    clean = calibrate_threshold(w, e, 0.3)
-    dirty = e.copy()
-    low = np.argsort(w)[: 400]
-    dirty[rng.choice(low, 200, replace=False)] = 50.0  # 5 % wild outliers, all at small widths
-    bump = (w > 0.15) & (w < 0.2)
-    dirty[bump] *= 3.0  # a non-monotone bump below the answer
-    assert calibrate_threshold(w, dirty, 0.3) == pytest.approx(clean, abs=0.08)
-    targets = np.linspace(0.02, 0.6, 25)
-    thr = [calibrate_threshold(w, dirty, t) for t in targets]
-    assert all(b >= a for a, b in zip(thr, thr[1:]))  # a higher target never lowers the threshold
-
-
-def test_calibrate_threshold_edges_and_invariances():
-    rng = np.random.default_rng(5)
-    w = rng.uniform(0.05, 1.0, 500)
-    e = 0.5 * w
-    assert calibrate_threshold(w, e, 1e-4) == pytest.approx(w.min())  # every frame above target
-    assert math.isinf(calibrate_threshold(w, e, 10.0))  # no frame reaches it
-    perm = rng.permutation(w.size)
-    assert calibrate_threshold(w[perm], e[perm], 0.2) == calibrate_threshold(w, e, 0.2)
-    assert calibrate_threshold(3 * w, 3 * e, 0.6) == pytest.approx(3 * calibrate_threshold(w, e, 0.2), rel=1e-9)
-    assert calibrate_threshold(np.append(w, np.nan), np.append(e, 1.0), 0.2) == calibrate_threshold(w, e, 0.2)
-    with pytest.raises(ValueError):
-        calibrate_threshold(w[:3], e[:3], 0.2)
-    with pytest.raises(ValueError):
-        calibrate_threshold(w, e, 0.0)
 
 
 # ----------------------------------------------------------- synthetic campaign
@@ -214,6 +160,13 @@ def _synthetic_campaign(root: Path) -> Path:
               "energy_error": rng.normal(0, 0.01, n).tolist(), "energy_width": rng.uniform(0, 0.02, n).tolist(),
               "force_width": fw.tolist(), "force_error_max": (fw * rng.uniform(0.2, 0.8, n)).tolist(),
               "force_rmse": (fw / 4).tolist(), "force_inside_ci": [0.7] * n}
+    atom_w = np.repeat(fw, 16) * rng.uniform(0.3, 1.0, 16 * n)
+    result.update(atom_force_width=atom_w.tolist(),
+                  atom_force_error=(atom_w * np.abs(rng.standard_t(3, 16 * n))).tolist())
+    from remote_al.calibration import fit_calibration, write_calibration
+
+    write_calibration(d, fit_calibration(1, result["atom_force_width"], result["atom_force_error"],
+                                         result["energy_width"], result["energy_error"], n, 2))
     st.add_task("final-eval:g1", "uq", "gpu", 2, 1, {})
     st.mark_done("final-eval:g1", result)
     st.add_task("label:r2:1-2", "label", "cpu", 2, 2, {})
@@ -248,7 +201,12 @@ def test_report_renders_synthetic_campaign(tmp_path):
     assert 'force_threshold = 0.2' in page  # campaign settings copied in
     assert "1 failed" in page and "g0: 10, g1: 20" in page
     assert "<td>0.60</td>" in page  # a round's confident share (round 2)
-    assert "Calibrated force thresholds" in page
+    # the calibration section: generation 1's stored file, its reliability on the stored
+    # per-atom pairs, and targets in physical units turned into width thresholds
+    assert "Calibrated uncertainty" in page and "Targets in physical units" in page
+    assert (d / "report" / "reliability.png").stat().st_size > 5000 and "reliability.png" in page
+    assert "threshold mode <b>fixed</b>: width threshold 0.2 eV/Å" in page
+    assert "no (fallback)" in page  # 12 frames are too few for the 95 % energy quantile
     assert not (d / "report" / "parity.npz").exists()
 
 

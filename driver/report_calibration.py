@@ -1,0 +1,106 @@
+"""The report's calibration section: each generation's calibrated bounds, how reliable they
+are on the campaign's held-out frames, and the thresholds configured and used.
+
+Gathering (``gather_calibration``) returns plain data; ``calibration_html`` renders it with
+the report's table helper. Everything comes from the campaign folder: the calibration
+files, the stored evaluation results and the metrics; nothing is re-evaluated.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from driver import plots
+from remote_al.calibration import RELIABILITY_LEVELS, Calibration, read_calibration, reliability
+
+TARGETS = (0.05, 0.1, 0.2, 0.3)  # eV/A, the width each would become with the latest calibration
+
+
+@dataclass(frozen=True)
+class CalibrationView:
+    calibrations: dict[int, Calibration]
+    used_thresholds: dict[int, float]  # round -> width threshold its selection used
+    reliability: dict[str, dict[str, dict[float, float]]] = field(default_factory=dict)
+    mode: str = "fixed"
+    configured_threshold: float = 0.0
+    target_force_error: float = 0.0
+
+
+def _eval_result(state, g: int) -> dict | None:
+    """The richest stored evaluation of generation g: the final one (every held-out frame)
+    when there is one, else the one made when g became current."""
+    for key in (f"final-eval:g{g}", f"eval:g{g}"):
+        row = state.task(key)
+        if row is not None and row["result"]:
+            res = json.loads(row["result"])
+            if res.get("atom_force_width") is not None:
+                return res
+    return None
+
+
+def gather_calibration(state, campaign_dir: Path, selection) -> CalibrationView:
+    gens = sorted({m["generation"] for m in state.models()})
+    cals = {g: c for g in gens if (c := read_calibration(campaign_dir, g)) is not None}
+    rounds = state.metrics("round")
+    used = {r: m["force_threshold"] for r, m in rounds.items() if m.get("force_threshold") is not None}
+    rel: dict[str, dict[str, dict[float, float]]] = {"forces (per atom)": {}, "energies (per frame)": {}}
+    for g in cals:
+        res = _eval_result(state, g)
+        if res is None:
+            continue
+        frame_of_atom = np.repeat(np.arange(len(res["natoms"])), res["natoms"])
+        rel["forces (per atom)"][f"g{g}"] = reliability(res["atom_force_width"], res["atom_force_error"],
+                                                        frame_of_atom, RELIABILITY_LEVELS)
+        rel["energies (per frame)"][f"g{g}"] = reliability(res["energy_width"], res["energy_error"],
+                                                           np.arange(len(res["natoms"])), RELIABILITY_LEVELS)
+    return CalibrationView(cals, used, rel, selection.force_threshold_mode, selection.force_threshold,
+                           selection.target_force_error)
+
+
+def calibration_html(view: CalibrationView, outdir: Path, table: Callable, figure: Callable) -> list[str]:
+    out = ["<h2>Calibrated uncertainty</h2>"]
+    if not view.calibrations:
+        out.append("<p class='note'>No generation has a calibration yet (it is fitted when a generation is "
+                   "evaluated on held-out frames).</p>")
+        return out
+    if view.mode == "calibrated":
+        how = (f"threshold mode <b>calibrated</b>: target 95 % force error {view.target_force_error:g} eV/Å, "
+               f"turned into a width threshold by each generation's calibration (until the first: "
+               f"{view.configured_threshold:g} eV/Å)")
+    else:
+        how = f"threshold mode <b>fixed</b>: width threshold {view.configured_threshold:g} eV/Å as configured"
+    out.append(f"<p class='note'>Bounds: split-conformal scale on the seed's Student-t width, fitted per "
+               f"generation on held-out frames (docs/uncertainty.md). Configured: {how}.</p>")
+    rows = []
+    for g, c in sorted(view.calibrations.items()):
+        becomes = c.force_width_threshold(view.target_force_error)
+        rows.append([str(g), html.escape(c.method), f"{c.force_scale:.2f}", f"{c.energy_scale:.2f}",
+                     str(c.n_frames), str(c.n_force_pairs),
+                     "yes" if c.force_calibrated else "no (fallback)", "yes" if c.energy_calibrated else "no (fallback)",
+                     f"{becomes:.3g}", html.escape(c.note) or "–"])
+    out.append(table(["generation", "method", "force bound / width", "energy bound / width", "frames", "atoms",
+                      "forces calibrated", "energies calibrated",
+                      f"width for {view.target_force_error:g} eV/Å", "note"], rows))
+    if view.used_thresholds:
+        out.append("<p class='note'>Width threshold each round's selection used (eV/Å): "
+                   + ", ".join(f"round {r}: {v:.3g}" for r, v in sorted(view.used_thresholds.items())) + ".</p>")
+    latest = view.calibrations[max(view.calibrations)]
+    out.append("<h3>Targets in physical units</h3>" + table(
+        ["95 % force error target (eV/Å)", f"width threshold with generation {latest.generation}'s calibration (eV/Å)"],
+        [[f"{t:g}", f"{latest.force_width_threshold(t):.3g}"] for t in TARGETS]))
+    if any(view.reliability.values()):
+        plots.plot_reliability(view.reliability, outdir / "reliability.png")
+        out.append(figure("reliability.png", "Reliability: share of held-out errors inside the calibrated bound "
+                          "at 50/68/90/95/99 % against the nominal level, each frame judged by a scale fitted on "
+                          "the other frames. On the diagonal: calibrated; below: over-confident. Few frames make "
+                          "these points coarse (Pernot 2024)."))
+        rel_rows = [[q, label, *[("–" if not np.isfinite(v) else f"{v:.2f}") for v in curve.values()]]
+                    for q, curves in view.reliability.items() for label, curve in curves.items()]
+        out.append(table(["quantity", "generation", *[f"{x:.0%}" for x in RELIABILITY_LEVELS]], rel_rows))
+    return out

@@ -665,7 +665,7 @@ def validate(cfg: CampaignConfig) -> None:
         for k, n in enumerate(getattr(v, key)):
             if n not in groups:
                 close = difflib.get_close_matches(n, sorted(groups), n=1)
-                raise ConfigError(f"volume.{key}[{k}]", f"no structure or group named {n!r}",
+                raise ConfigError(f"volume.{key}", f"no structure or group named {n!r} (item {k} of the list)",
                                   (f"did you mean {close[0]!r}? " if close else "")
                                   + f"names are {sorted(names)}; groups {sorted({s.group for s in cfg.structures})}")
     if v.enabled and not [s for s in cfg.structures if s.generator == "layered"]:

@@ -81,14 +81,14 @@ def cmd_run(args) -> int:
 
     cfg = load_config(args.campaign)
     try:  # every check before any state, directory or process exists
-        for note in preflight(cfg):
-            print(note, file=sys.stderr)
+        preflight(cfg)  # its notes (a check it could not run here) are logged
         if args.rounds is not None:
             cfg = override(cfg, "campaign.max_rounds", args.rounds, "--rounds")
-        if (args.backend or cfg.backend.kind) == "globus" or args.team or cfg.backend.team:
-            team = args.team or cfg.backend.team
-            if team:
-                _read_team(team)
+        team = args.team or cfg.backend.team
+        if team:
+            _read_team(team)
+        elif (args.backend or cfg.backend.kind) == "globus":
+            raise ConfigError("backend.team", "the globus backend needs a team file", "pass --team team.toml")
     except ConfigError as exc:
         exc.source = exc.source or cfg.source
         raise

@@ -13,6 +13,7 @@ lists every bound; ``campaign_schema()`` is the JSON Schema of the file
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import math
@@ -319,8 +320,6 @@ def _is_tag(part) -> bool:
 
 def _annotation_at(root, loc):
     """The annotation and bound metadata at ``loc`` below the model or dataclass ``root``."""
-    import dataclasses
-
     ann, meta = root, []
     for part in loc:
         ann = _strip_optional(ann)
@@ -350,8 +349,6 @@ def _strip_optional(ann):
 
 
 def _keys(ann) -> list[str]:
-    import dataclasses
-
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return [k for k in ann.model_fields if k != "source"]
     if isinstance(ann, type) and dataclasses.is_dataclass(ann):

@@ -138,3 +138,32 @@ def test_features():
     assert w[0, -1] == pytest.approx(2.0) and w[0, -2] == pytest.approx(-0.25)
     x = st.standardize(np.array([[1.0, 5.0], [3.0, 5.0]]))
     assert np.allclose(x[:, 1], 0.0) and np.allclose(x[:, 0], [-1 / np.sqrt(2), 1 / np.sqrt(2)])
+
+
+def test_frame_descriptor_features_per_type_means():
+    from remote_al.features import frame_descriptor_features
+
+    desc = np.arange(2 * 3 * 2, dtype=float).reshape(2, 3, 2)  # 2 frames, 3 atoms, D = 2
+    got = frame_descriptor_features(desc, np.array([0, 2, 0]), ntypes=3)
+    assert got.shape == (2, 6)
+    assert got[0].tolist() == [2.0, 3.0, 0.0, 0.0, 2.0, 3.0]  # type 0: atoms 0 and 2; no type 1
+    with pytest.raises(ValueError):
+        frame_descriptor_features(desc, np.array([0, 1]), ntypes=3)
+
+
+def test_descriptor_features_match_deepmd(tiny_ensemble):
+    """The per-chunk call on fast_uq's neighbour lists gives DeePMD-kit's own eval_descriptor."""
+    from deepmd.infer import DeepPot
+
+    from remote_al.features import ensemble_features, frame_descriptor_features
+    from remote_al.structures import cathode_cell, perturb
+
+    rng = np.random.default_rng(5)
+    frames = [perturb(cathode_cell(x), 0.06, 0.02, rng) for x in (1.0, 0.75) for _ in range(3)]
+    dp = DeepPot(tiny_ensemble[0].model_path)
+    got = ensemble_features([dp], frames, batch_size=2)
+    tm = dp.get_type_map()
+    for i, a in enumerate(frames):
+        atype = np.array([tm.index(s) for s in a.get_chemical_symbols()])
+        ref = dp.eval_descriptor(a.get_positions().reshape(1, -1), np.asarray(a.cell).reshape(1, -1), atype)
+        assert np.abs(got[i] - frame_descriptor_features(ref, atype, len(tm))[0]).max() < 1e-10

@@ -1,36 +1,113 @@
-"""Each generation's calibration, fitted from its evaluation on held-out frames.
+"""Each generation's calibration: its calibration frames, and the fit once they are evaluated.
 
-The fit itself is ``remote_al.calibration.fit_calibration`` (pure); this module gathers its
-inputs from an evaluation result, falls back to the previous generation's file when there
-are too few pairs, and writes ``<campaign>/calibration/g<N>.json``.
+Calibration pairs come from frames the ensemble (or a member) never trained on:
+
+- the campaign's held-out test frames (``split = 'test'``): never in any training set; the
+  error is the full ensemble mean's;
+- out-of-bag frames: members train on different random subsets, so each training frame is
+  held out by some members. A frame counts for member m of generation g only if m never
+  trained on it, in g *or* in any generation m was continued from (``--init-model``
+  carries what the member learned). Its error is the mean of those members only; its
+  width is the full ensemble's, the quantity every decision uses.
+
+The fit itself is ``remote_al.calibration.fit_calibration`` (pure); the result is written
+to ``<campaign>/calibration/g<N>.json``.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
 
 from remote_al.calibration import Calibration, fit_calibration, latest_calibration, write_calibration
 
 
-def calibrate_generation(campaign_dir: Path, generation: int, result: dict, selection, n_members: int) -> Calibration | None:
-    """The calibration of ``generation`` from its evaluation ``result`` (a UQResult dict of
-    labeled held-out frames), written to the campaign folder. None when the result has no
-    per-atom errors (frames without labels)."""
-    if result.get("atom_force_width") is None or result.get("energy_error") is None:
+def member_trained_hashes(systems: Sequence[str], manifest_systems: Mapping[str, Sequence[str]],
+                          out_of_bag: Sequence[Sequence[int]]) -> set[str]:
+    """Frame hashes one member trained on: every frame of its request's systems except the
+    indices it held out (``TrainResult.out_of_bag``, per system in request order)."""
+    if len(out_of_bag) != len(systems):
+        raise ValueError(f"out_of_bag has {len(out_of_bag)} systems, the request {len(systems)}")
+    trained: set[str] = set()
+    for sysdir, held in zip(systems, out_of_bag):
+        hashes = manifest_systems[Path(sysdir).name]
+        held = set(held)
+        trained.update(h for j, h in enumerate(hashes) if j not in held)
+    return trained
+
+
+def out_of_bag_members(dataset: Sequence[str], trained: Mapping[int, set[str]]) -> dict[str, tuple[int, ...]]:
+    """Per frame of ``dataset`` (hashes), the members (sorted) that never trained on it;
+    frames every member trained on are left out."""
+    out = {}
+    for h in dataset:
+        members = tuple(sorted(m for m, seen in trained.items() if h not in seen))
+        if members:
+            out[h] = members
+    return out
+
+
+def _manifest(state, g: int) -> dict | None:
+    row = state.db.execute("SELECT path FROM datasets WHERE generation=?", (g,)).fetchone()
+    path = Path(row["path"]) / "manifest.json" if row else None
+    return json.loads(path.read_text()) if path and path.exists() else None
+
+
+def oob_frames(state, g: int) -> tuple[list[str], tuple[tuple[int, ...], ...]]:
+    """Generation g's out-of-bag calibration frames: (frame hashes, per frame the indices of
+    the members, in ``state.models(g)`` order, that never trained on it)."""
+    members = [m["member"] for m in state.models(g)]
+    trained: dict[int, set[str]] = {}
+    for m in members:
+        seen: set[str] = set()
+        k = g
+        while k >= 0:  # the chain of generations this member continued from
+            row = state.task(f"train:g{k}:m{m}")
+            manifest = _manifest(state, k)
+            if row is None or row["result"] is None or manifest is None:
+                return [], ()  # bookkeeping incomplete (an old campaign): no out-of-bag frames
+            req, res = json.loads(row["request"]), json.loads(row["result"])
+            if not res.get("out_of_bag"):
+                return [], ()
+            seen |= member_trained_hashes(req["systems"], manifest["systems"], res["out_of_bag"])
+            if not req.get("init_model"):
+                break
+            k -= 1
+        trained[m] = seen
+    dataset = [h for hashes in _manifest(state, g)["systems"].values() for h in hashes]
+    oob = out_of_bag_members(dataset, trained)
+    index = {m: i for i, m in enumerate(members)}
+    hashes = sorted(oob)
+    return hashes, tuple(tuple(index[m] for m in oob[h]) for h in hashes)
+
+
+def _pairs(result: dict | None) -> tuple[list, list, list, list, int]:
+    if not result or result.get("atom_force_width") is None or result.get("energy_error") is None:
+        return [], [], [], [], 0
+    return (list(result["atom_force_width"]), list(result["atom_force_error"]), list(result["energy_width"]),
+            list(result["energy_error"]), int(result["n_frames"]))
+
+
+def calibrate_generation(campaign_dir: Path, generation: int, test_result: dict | None,
+                         oob_result: dict | None, selection, n_members: int) -> Calibration | None:
+    """Fit generation ``generation``'s calibration from its evaluated test and out-of-bag
+    frames (UQResult dicts) and write it; None when neither gives pairs."""
+    parts = [_pairs(test_result), _pairs(oob_result)]
+    aw, ae, ew, ee = ([x for p in parts for x in p[k]] for k in range(4))
+    n_frames = sum(p[4] for p in parts)
+    if not aw:
         return None
-    natoms = result["natoms"]
+    sources = [name for name, p in zip(("held-out test frames", "out-of-bag frames"), parts) if p[4]]
     cal = fit_calibration(
-        generation,
-        result["atom_force_width"],
-        result["atom_force_error"],
-        result["energy_width"],
-        result["energy_error"],
-        n_frames=int(result["n_frames"]),
-        n_members=n_members,
-        coverage_level=selection.confidence,
-        fallback=latest_calibration(campaign_dir, up_to=generation - 1),
+        generation, np.array(aw), np.array(ae), np.array(ew), np.array(ee), n_frames=n_frames, n_members=n_members,
+        coverage_level=selection.confidence, fallback=latest_calibration(campaign_dir, up_to=generation - 1),
         min_frames=selection.calibration_min_frames,
     )
-    assert len(result["atom_force_width"]) == sum(natoms)
+    from dataclasses import replace
+
+    cal = replace(cal, source=" + ".join(f"{p[4]} {name}" for name, p in zip(sources, [q for q in parts if q[4]])))
     write_calibration(campaign_dir, cal)
     return cal

@@ -97,13 +97,14 @@ def cmd_run(args) -> int:
     backend = _backend_for(cfg, args)
     sites, transfer = _sites_for(cfg, args)
     t0 = time.time()
-    reason = Campaign(cfg, backend, status_every_s=args.status_every, sites=sites, transfer=transfer).run()
+    campaign = Campaign(cfg, backend, status_every_s=args.status_every, sites=sites, transfer=transfer)
+    reason = campaign.run()
     print(f"wall time of this run: {time.time() - t0:.0f} s; campaign directory: {cfg.directory}")
     if args.report:
         from driver.status import print_status
 
         print_status(cfg.directory)
-    return 0 if not reason.startswith("training of generation") else 1
+    return 1 if campaign.stop_kind == "failed" else 0
 
 
 def _campaign_dir(target: str) -> Path:
@@ -208,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         add_report = None
     if add_report:
         add_report(sub)
+    from driver.predict import add_subcommands as add_predict
+
+    add_predict(sub)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -92,6 +92,7 @@ class Campaign:
         sites: Mapping[str, Site] | None = None,
         transfer: Transfer | None = None,
     ):
+        preflight(cfg)  # a bad campaign creates nothing, from the CLI or from Python
         self.cfg = cfg
         self.dir = cfg.directory
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -121,7 +122,6 @@ class Campaign:
     # ------------------------------------------------------------- lifecycle
     def run(self, max_ticks: int | None = None) -> str:
         """Run until the campaign is done (returns the stop reason) or ``max_ticks``."""
-        preflight(self.cfg)
         lock = CampaignLock(self.dir)
         lock.acquire()
         try:
@@ -184,6 +184,11 @@ class Campaign:
     def _fingerprint(self) -> tuple:
         n = self.state.db.execute("SELECT COUNT(*), COALESCE(SUM(status='done'), 0) FROM tasks").fetchone()
         return (self.phase, self.round, n[0], n[1], self.state.get_meta("stop_reason"))
+
+    @property
+    def stop_kind(self) -> str:
+        """The kind of the recorded stop (``STOP_KINDS``), "" while running."""
+        return self.state.get_meta("stop_kind", "") or ""
 
     @property
     def phase(self) -> str:
@@ -447,6 +452,9 @@ class Campaign:
     def _record_eval(self, row, result: dict, req: dict) -> None:
         scope = req.get("_scope", "generation")
         g = row["generation"]
+        if scope == "oob":  # out-of-bag frames: calibration pairs only, no accuracy metrics
+            self._calibrate(g, oob_result=result)
+            return
         vals = {"n_test": result["n_frames"]}
         if result.get("energy_error") is not None:
             e = np.array(result["energy_error"])
@@ -457,27 +465,45 @@ class Campaign:
             vals["force_rmse_eV_A"] = float(np.sqrt(np.sum(f**2 * natoms * 3) / np.sum(natoms * 3)))
             vals["force_inside_ci"] = float(np.average(result["force_inside_ci"], weights=natoms))
             vals["force_width_mean"] = float(np.mean(result["force_width"]))
-        sel = self.cfg.selection
-        if scope == "generation":
-            from driver.calibrate import calibrate_generation
-
-            cal = calibrate_generation(self.cfg.directory, g, result, sel, int(result["n_members"]))
-            if cal is not None:
-                vals.update(force_scale=cal.force_scale, energy_scale=cal.energy_scale,
-                            calibrated=float(cal.force_calibrated), n_calibration_atoms=cal.n_force_pairs)
-                if sel.force_threshold_mode == "calibrated":
-                    vals["force_threshold"] = float(min(cal.force_width_threshold(sel.target_force_error),
-                                                        0.99 * sel.force_upper))
-                self.state.event("calibration", (
-                    f"generation {g}: 95 % force bound = {cal.force_scale:.2f} x width, energy bound = "
-                    f"{cal.energy_scale:.2f} x width ({cal.n_frames} frames, {cal.n_force_pairs} atoms"
-                    + (f"; {cal.note}" if cal.note else "") + ")"))
         for name, v in vals.items():
-            self.state.db.execute(
-                "INSERT INTO metrics(scope, idx, name, value) VALUES(?,?,?,?) "
-                "ON CONFLICT(scope, idx, name) DO UPDATE SET value=excluded.value",
-                (scope, g, name, v),
-            )
+            self.state.set_metric(scope, g, name, v)
+        if scope == "generation":
+            self._calibrate(g, test_result=result)
+
+    def _calibrate(self, g: int, test_result: dict | None = None, oob_result: dict | None = None) -> None:
+        """Fit generation g's calibration once its test and out-of-bag evaluations are both
+        in (whichever is recorded last calls with its result; the other is read back)."""
+        from driver.calibrate import calibrate_generation
+
+        def done(key: str) -> tuple[bool, dict | None]:
+            t = self.state.task(key)
+            if t is None:
+                return True, None  # not asked for (no such frames)
+            return t["status"] == "done", json.loads(t["result"]) if t["status"] == "done" else None
+
+        if test_result is None:
+            ready, test_result = done(f"eval:g{g}")
+            if not ready:
+                return
+        if oob_result is None:
+            ready, oob_result = done(f"oob:g{g}")
+            if not ready:
+                return
+        sel = self.cfg.selection
+        cal = calibrate_generation(self.cfg.directory, g, test_result, oob_result, sel, len(self.state.models(g)))
+        if cal is None:
+            return
+        vals = dict(force_scale=cal.force_scale, energy_scale=cal.energy_scale,
+                    calibrated=float(cal.force_calibrated), n_calibration_atoms=cal.n_force_pairs)
+        if sel.force_threshold_mode == "calibrated":
+            vals["force_threshold"] = float(min(cal.force_width_threshold(sel.target_force_error),
+                                                0.99 * sel.force_upper))
+        for name, v in vals.items():
+            self.state.set_metric("generation", g, name, v)
+        self.state.event("calibration", (
+            f"generation {g}: 95 % force bound = {cal.force_scale:.2f} x width, energy bound = "
+            f"{cal.energy_scale:.2f} x width ({cal.source}; {cal.n_force_pairs} atoms"
+            + (f"; {cal.note}" if cal.note else "") + ")"))
 
     def _add_task(self, key: str, function: str, round_: int, generation: int, request: dict) -> None:
         pool = POOL_OF[function]
@@ -541,12 +567,16 @@ class Campaign:
             return True
         return False
 
-    def _stop(self, reason: str, phase: str | None = None) -> None:
-        """Record the stop reason. Asynchronous campaigns drain their tasks in flight first."""
+    def _stop(self, reason: str, phase: str | None = None, kind: str = "budget") -> None:
+        """Record the stop reason and its kind (``STOP_KINDS``: what the CLI's exit status
+        follows). Asynchronous campaigns drain their tasks in flight first."""
+        if kind not in STOP_KINDS:
+            raise ValueError(f"unknown stop kind {kind!r}")
         if phase is None:
             phase = "async" if self.phase == "async" else "final_eval"
         with self.state.transaction():
             self.state.set_meta("stop_reason", reason)
+            self.state.set_meta("stop_kind", kind)
             self.state.set_meta("phase", phase)
         self.state.event("stop", reason)
         self.say(f"stopping: {reason}")
@@ -623,6 +653,12 @@ class Campaign:
                             continue
                         self.state.decide(0, sid, "label" if split == "train" else "test",
                                           f"initial data: rattled up to {1.5 * cfg.initial.rattle_A:.3f} A, strained {cfg.initial.strain}")
+            n_train = sum(1 for r in self.state.structures(round=0) if r["split"] == "train" and r["status"] == "selected")
+            if n_train == 0:
+                first = next((r["reason"] for r in self.state.structures(round=0) if r["status"] == "filtered"), "")
+                self._stop(f"no training data: every initial frame was removed by the structure filter "
+                           f"({first}); lower selection.min_distance_A or initial.rattle_A", phase="done", kind="failed")
+                return
             self.state.set_meta("phase", "label")
         n = len(self.state.structures(round=0))
         self.say(f"round 0: generated {n} initial structures from {len(cfg.structures)} structures"
@@ -669,7 +705,7 @@ class Campaign:
         if self._open_tasks(g, "train"):
             return
         if len(self.state.models(g)) < self.cfg.training.ensemble_size:
-            self._stop(f"training of generation {g} failed (see quarantined tasks)")
+            self._stop(f"training of generation {g} failed (see quarantined tasks)", kind="failed")
             return
         self._set_phase("evaluate")
 
@@ -695,25 +731,39 @@ class Campaign:
         rows = self.state.label_rows("ok", "test")
         return "".join(r["extxyz"] for r in rows), len(rows)
 
-    def _add_eval_task(self, key: str, g: int, scope: str, frames_extxyz: str) -> None:
+    def _add_eval_task(self, key: str, g: int, scope: str, frames_extxyz: str,
+                       oob_members: tuple[tuple[int, ...], ...] = ()) -> None:
         """Evaluate generation g's ensemble on labeled held-out frames (metrics scope ``scope``)."""
         req = UQRequest(
             task_key=key, workdir=self.workdir(key),
             model_paths=tuple(m["path"] for m in self.state.models(g)),
-            frames_extxyz=frames_extxyz, confidence=self.cfg.selection.confidence,
+            frames_extxyz=frames_extxyz, confidence=self.cfg.selection.confidence, oob_members=oob_members,
         ).to_dict()
         req["_scope"] = scope
         self._add_task(key, "uq", self.round, g, req)
+
+    def _add_calibration_tasks(self, g: int) -> int:
+        """Generation g's evaluation on the held-out test frames and on its out-of-bag
+        frames (driver.calibrate); returns the number of test frames."""
+        from driver.calibrate import oob_frames
+
+        text, n = self._test_frames_extxyz()
+        if n and self.state.task(f"eval:g{g}") is None:
+            self._add_eval_task(f"eval:g{g}", g, "generation", text)
+        hashes, members = oob_frames(self.state, g)
+        if hashes and self.state.task(f"oob:g{g}") is None:
+            frames = "".join(self.store.frame(h)["extxyz"] for h in hashes)
+            self._add_eval_task(f"oob:g{g}", g, "oob", frames, oob_members=members)
+        return n
 
     def _phase_evaluate(self) -> None:
         r, g = self.round, self.round
         key = f"eval:g{g}"
         if self.state.task(key) is None:
-            text, n = self._test_frames_extxyz()
+            with self.state.transaction():
+                n = self._add_calibration_tasks(g)
             if n == 0:
                 self._stop_or_next(r)
-                return
-            self._add_eval_task(key, g, "generation", text)
             return
         if self._open_tasks(r, "uq"):
             return
@@ -856,7 +906,8 @@ class Campaign:
             + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
         )
         if share >= cfg.selection.converged_share and counts.get("label", 0) == 0:
-            self._stop(f"converged: {share:.1%} of explored frames confident (target {cfg.selection.converged_share:.0%})")
+            self._stop(f"converged: {share:.1%} of explored frames confident (target {cfg.selection.converged_share:.0%})",
+                       kind="converged")
             return
         self._set_phase("label")
 
@@ -957,7 +1008,7 @@ class Campaign:
         if training and not training_open:
             g_new = max(t["generation"] for t in training)
             if len(self.state.models(g_new)) < cfg.training.ensemble_size:
-                self._stop(f"training of generation {g_new} failed (see quarantined tasks)")
+                self._stop(f"training of generation {g_new} failed (see quarantined tasks)", kind="failed")
                 return
             self._generation_ready(g_new)
             return
@@ -977,7 +1028,8 @@ class Campaign:
                 self._start_training(r, next_round=r + 1)
                 return
             if drained and new == 0:
-                self._stop(self._no_more_work_reason(r))
+                why, kind = self._no_more_work_reason(r)
+                self._stop(why, kind=kind)
                 return
         # keep the GPU busy: a new exploration whenever a GPU slot would otherwise idle, for
         # the first label round (this one, or up to `lookahead_rounds` ahead) that wants more
@@ -995,16 +1047,18 @@ class Campaign:
     def _current_generation(self) -> int:
         return int(self.state.get_meta("current_generation", "0"))
 
-    def _no_more_work_reason(self, r: int) -> str:
+    def _no_more_work_reason(self, r: int) -> tuple[str, str]:
+        """Why an asynchronous round has nothing left to do, and the stop kind."""
         budget = self.cfg.campaign.max_label_calls
         used = self.state.db.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
         if budget and used >= budget:
-            return f"labeler budget of {budget} calls reached ({used} used)"
+            return f"labeler budget of {budget} calls reached ({used} used)", "budget"
         m = self.state.metrics("round").get(r, {})
         share = m.get("confident_share")
         if share is not None and share >= self.cfg.selection.converged_share:
-            return f"converged: {share:.1%} of explored frames confident (target {self.cfg.selection.converged_share:.0%})"
-        return f"no uncertain structures left to label after {self.cfg.steering.max_sweeps_per_generation} sweeps"
+            return (f"converged: {share:.1%} of explored frames confident "
+                    f"(target {self.cfg.selection.converged_share:.0%})", "converged")
+        return f"no uncertain structures left to label after {self.cfg.steering.max_sweeps_per_generation} sweeps", "budget"
 
     def _gpu_idle(self) -> bool:
         """Room for another exploration: fewer explorations (MD and their UQ) open than GPU
@@ -1189,11 +1243,8 @@ class Campaign:
 
     def _generation_ready(self, g: int) -> None:
         """Generation g is complete: make it current, evaluate it, check the round budget."""
-        key = f"eval:g{g}"
-        text, n = self._test_frames_extxyz()
         with self.state.transaction():
-            if n and self.state.task(key) is None:
-                self._add_eval_task(key, g, "generation", text)
+            self._add_calibration_tasks(g)
             self.state.set_meta("current_generation", str(g))
             if self.cfg.steering.mode == "async" and self.cfg.steering.recheck_selections:
                 self._recheck_selections(g)
@@ -1286,6 +1337,10 @@ class Campaign:
             f"{'/' + str(budget) if budget else ''} ok, {n_failed} failed{unc}"
         )
 
+
+# How a campaign stopped: "converged" (its own criterion), "budget" (rounds, labels, wall
+# time, no more work) or "failed" (a generation could not be trained, no training data).
+STOP_KINDS = ("converged", "budget", "failed")
 
 _CRASH_VISITS: dict[str, int] = {}
 

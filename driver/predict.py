@@ -147,3 +147,43 @@ def write_predictions(frames_path: str | Path, predictions: list[Prediction], ou
                       force_bound_max=p.force_bound, generation=p.generation, calibrated=p.calibrated)
     write(str(out), frames, format="extxyz")
     return Path(out)
+
+
+# ------------------------------------------------------------------------ the CLI
+def _campaign_dir(target: str) -> Path:
+    p = Path(target)
+    if p.is_file() and p.suffix == ".toml":
+        from driver.config import load_config
+
+        return load_config(p).directory
+    if not (p / "state.sqlite").exists():
+        raise ConfigError(target, "no campaign here (no state.sqlite)", "give a campaign directory or its TOML file")
+    return p
+
+
+def cmd_predict(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    cdir = _campaign_dir(args.campaign)
+    preds = predict(cdir, args.structures, generation=args.generation)
+    table = Table(title=f"generation {preds[0].generation}: ensemble mean, seed width (95 % CI of the mean) and "
+                        f"calibrated 95 % bound" + ("" if preds[0].calibrated else " (calibration is a fallback)"))
+    for col in ("frame", "formula", "E (eV/atom)", "E width", "E bound", "F width (max, eV/Å)", "F bound (max, eV/Å)"):
+        table.add_column(col, justify="right")
+    for p in preds:
+        table.add_row(str(p.index), p.formula, f"{p.energy_eV_atom:.4f}", f"{p.energy_width_eV_atom:.4f}",
+                      f"{p.energy_bound_eV_atom:.4f}", f"{p.force_width:.3f}", f"{p.force_bound:.3f}")
+    Console().print(table)
+    if args.output:
+        print(f"wrote {write_predictions(args.structures, preds, args.output)}")
+    return 0
+
+
+def add_subcommands(subparsers) -> None:
+    p = subparsers.add_parser("predict", help="energies, forces and calibrated 95 % error bounds for any structures")
+    p.add_argument("campaign", help="campaign directory or TOML file")
+    p.add_argument("structures", help="extxyz, POSCAR or CIF file (every frame)")
+    p.add_argument("--generation", type=int, help="generation to use (default: the current one)")
+    p.add_argument("-o", "--output", help="write the frames with the predictions (extxyz)")
+    p.set_defaults(func=cmd_predict)

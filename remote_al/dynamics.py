@@ -259,9 +259,14 @@ def evaluate_uncertainty(req: UQRequest) -> UQResult:
     if all(labeled):
         e_ref = np.array([a.calc.results["energy"] for a in frames]) / natoms
         e_err, f_rmse, f_max, inside, atom_w, atom_e = [], [], [], [], [], []
+        if req.oob_members and len(req.oob_members) != len(frames):
+            raise ValueError(f"oob_members has {len(req.oob_members)} entries for {len(frames)} frames")
+        subsets = [list(o) if req.oob_members and o else list(range(len(req.model_paths))) for o in
+                   (req.oob_members or [()] * len(frames))]
+        e_sub = np.array([energies[s, i].mean() for i, s in enumerate(subsets)]) / natoms
         for i, a in enumerate(frames):
             f_ref = np.asarray(a.calc.results["forces"])
-            f_mean = forces[i].mean(axis=0)
+            f_mean = forces[i][subsets[i]].mean(axis=0)
             d = f_mean - f_ref
             f_rmse.append(float(np.sqrt(np.mean(d**2))))
             f_max.append(float(np.abs(d).max()))
@@ -269,7 +274,7 @@ def evaluate_uncertainty(req: UQRequest) -> UQResult:
             inside.append(float(np.mean(np.abs(d) <= width / 2.0)))
             atom_w.extend(width.max(axis=1).tolist())
             atom_e.extend(atom_force_errors(f_mean, f_ref).tolist())
-        e_err = (e_mean - e_ref).tolist()
+        e_err = (e_sub - e_ref).tolist()
         result.update(
             energy_error=tuple(e_err),
             force_rmse=tuple(f_rmse),

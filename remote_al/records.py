@@ -92,6 +92,9 @@ class UQRequest(_Record):
     device: str = "auto"
     # also return the ensemble-mean forces and per-atom widths of every frame (remote-al predict)
     return_forces: bool = False
+    # per frame, the members (indices into model_paths) that did not train on it: errors are
+    # then those of these members' mean (out-of-bag calibration); empty: every member
+    oob_members: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,8 @@ class TrainResult(_Record):
     n_total_frames: int
     wall_s: float
     device: str = "cpu"
+    # per system of the request, the frame indices this member did not train on (calibration)
+    out_of_bag: tuple[tuple[int, ...], ...] = ()
 
 
 # ------------------------------------------------------------------ relaxation

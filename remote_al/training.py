@@ -103,9 +103,12 @@ def deepmd_input(
 
 
 def split_member_data(systems, workdir: Path, fraction: float, seed: int):
-    """Per system, a seeded random ``fraction`` of frames for training, the rest validation."""
+    """Per system, a seeded random ``fraction`` of frames for training, the rest validation.
+
+    Returns (train dirs, validation dirs, frames kept, frames in all, and per system the
+    sorted indices of the frames this member did NOT train on: its out-of-bag frames)."""
     rng = np.random.default_rng(seed)
-    train, valid = [], []
+    train, valid, held_out = [], [], []
     total = kept = 0
     for i, sysdir in enumerate(systems):
         n = n_frames(sysdir)
@@ -118,11 +121,12 @@ def split_member_data(systems, workdir: Path, fraction: float, seed: int):
         name = f"{i:03d}-{Path(sysdir).name}"
         t = subset_system(sysdir, workdir / "data" / "train" / name, np.sort(perm[:n_train]))
         v = subset_system(sysdir, workdir / "data" / "valid" / name, np.sort(perm[n_train:]))
+        held_out.append(tuple(int(j) for j in np.sort(perm[n_train:])))
         if t:
             train.append(t)
         if v:
             valid.append(v)
-    return train, valid, kept, total
+    return train, valid, kept, total, tuple(held_out)
 
 
 def deepmd_env(device: str = "auto") -> dict:
@@ -177,7 +181,7 @@ def train_member(req: TrainRequest) -> TrainResult:
     workdir.mkdir(parents=True)
     if not req.systems:
         raise TrainingError("no training systems given", str(workdir))
-    train, valid, kept, total = split_member_data(req.systems, workdir, req.subset_fraction, req.seed)
+    train, valid, kept, total, held_out = split_member_data(req.systems, workdir, req.subset_fraction, req.seed)
     inp = deepmd_input(req.type_map, train, valid, req.numb_steps, req.seed, req.deepmd)
     (workdir / "input.json").write_text(json.dumps(inp, indent=2))
     env = deepmd_env(req.device)
@@ -206,6 +210,7 @@ def train_member(req: TrainRequest) -> TrainResult:
         n_train_frames=kept,
         n_total_frames=total,
         wall_s=time.time() - t0,
+        out_of_bag=held_out,
         device=device,
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,3 +168,48 @@ def test_reliability_is_cross_validated_and_near_nominal():
     # too few pairs for 99 %: NaN, not a number that looks measured
     small = reliability(w[:40], e[:40], groups[:40], levels=(0.5, 0.99))
     assert np.isfinite(small[0.5]) and np.isnan(small[0.99])
+
+
+# ------------------------------------------------------ out-of-bag bookkeeping
+def test_out_of_bag_frames_exclude_what_a_member_trained_on_including_earlier_generations(tmp_path):
+    """Real member splits (remote_al.training.split_member_data on deepmd/npy systems): a
+    member is never calibrated on a frame it trained on, in this generation or in the one it
+    was continued from."""
+    from ase.build import bulk
+
+    from driver.calibrate import member_trained_hashes, out_of_bag_members
+    from remote_al.deepmd_data import write_systems
+    from remote_al.training import split_member_data
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for k in range(30):
+        a = bulk("Ni", "fcc", a=3.52, cubic=True) if k % 2 else bulk("Cu", "fcc", a=3.6, cubic=True)
+        a.positions += rng.normal(0, 0.05, a.positions.shape)
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        a.calc = SinglePointCalculator(a, energy=float(k), forces=np.zeros((len(a), 3)))
+        frames.append(a)
+    hashes = [f"h{k}" for k in range(30)]
+    systems = write_systems(frames, tmp_path / "ds", ["Ni", "Cu"])
+    manifest = {}
+    for s in systems:
+        name = Path(s).name
+        manifest[name] = [h for h, a in zip(hashes, frames) if ("Ni" in name) == (a[0].symbol == "Ni")]
+    trained = {}
+    for m in range(4):
+        _, _, kept, total, held = split_member_data(systems, tmp_path / f"m{m}", 0.8, seed=100 + m)
+        trained[m] = member_trained_hashes(systems, manifest, held)
+        assert len(trained[m]) == kept and total == 30
+    oob = out_of_bag_members(hashes, trained)
+    assert oob  # some frames are held out by some member
+    for h, members in oob.items():
+        for m in range(4):
+            assert (m in members) == (h not in trained[m])
+    # a member continued from an earlier generation keeps what it saw there
+    earlier = {0: set(hashes[:10])}
+    chain = {m: trained[m] | earlier.get(m, set()) for m in trained}
+    oob2 = out_of_bag_members(hashes, chain)
+    assert all(0 not in members for h, members in oob2.items() if h in earlier[0])
+    with pytest.raises(ValueError, match="systems"):
+        member_trained_hashes(systems, manifest, held[:1])

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from remote_al.structures import from_extxyz
+
 from driver.backends.local import LocalBackend
 from driver.config import parse_config
 from driver.errors import CampaignLocked
@@ -93,6 +95,34 @@ def test_one_round_mini_campaign(tmp_path, mode):
     assert final[(0, "n_test")] == final[(1, "n_test")] == 3
     assert final[(0, "force_rmse_eV_A")] > 0 and final[(1, "force_rmse_eV_A")] > 0
     assert any("stopping: round budget" in line for line in lines)
+
+    # each generation is calibrated on its held-out and out-of-bag frames; no member is
+    # calibrated on a frame it trained on (in its generation or the one it continued from)
+    from remote_al.calibration import read_calibration
+
+    for g in (0, 1):
+        cal = read_calibration(cfg.directory, g)
+        assert cal is not None and cal.n_force_pairs > 0 and "out-of-bag" in cal.source, cal
+        oob = db.execute("SELECT request FROM tasks WHERE key=?", (f"oob:g{g}",)).fetchone()
+        oreq = json.loads(oob[0])
+        frames = from_extxyz(oreq["frames_extxyz"])
+        assert len(frames) == len(oreq["oob_members"]) > 0
+        from driver.dataset import frame_hash
+
+        seen = {m: set() for m in range(2)}
+        for k in range(g + 1):
+            treq = {m: json.loads(db.execute("SELECT request, result FROM tasks WHERE key=?",
+                                             (f"train:g{k}:m{m}",)).fetchone()[0]) for m in range(2)}
+            tres = {m: json.loads(db.execute("SELECT result FROM tasks WHERE key=?",
+                                             (f"train:g{k}:m{m}",)).fetchone()[0]) for m in range(2)}
+            man = json.loads((cfg.directory / "datasets" / f"gen-{k:03d}" / "manifest.json").read_text())
+            for m in range(2):
+                for sysdir, held in zip(treq[m]["systems"], tres[m]["out_of_bag"]):
+                    hs = man["systems"][Path(sysdir).name]
+                    seen[m] |= {h for j, h in enumerate(hs) if j not in set(held)}
+        for a, members in zip(frames, oreq["oob_members"]):
+            for m in members:
+                assert frame_hash(a) not in seen[m]
 
     # running a finished campaign again does nothing and says so
     again = Campaign(cfg, LocalBackend(cfg.directory / "engine", 1, 1), say=lines.append).run()

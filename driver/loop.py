@@ -465,6 +465,7 @@ class Campaign:
             vals["force_rmse_eV_A"] = float(np.sqrt(np.sum(f**2 * natoms * 3) / np.sum(natoms * 3)))
             vals["force_inside_ci"] = float(np.average(result["force_inside_ci"], weights=natoms))
             vals["force_width_mean"] = float(np.mean(result["force_width"]))
+            vals.update(_energy_by_composition(req["frames_extxyz"], e))
         for name, v in vals.items():
             self.state.set_metric(scope, g, name, v)
         if scope == "generation":
@@ -1360,6 +1361,21 @@ def crash_point(name: str) -> None:
 
         sys.stdout.flush()
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _energy_by_composition(frames_extxyz: str, energy_error) -> dict[str, float]:
+    """Mean (bias) and RMSE of the energy error per composition, meV/atom: metric names
+    ``energy_bias_meV_atom:<composition>`` and ``energy_rmse_meV_atom:<composition>``."""
+    from remote_al.structures import composition_label, from_extxyz
+
+    comps = [composition_label(a) for a in from_extxyz(frames_extxyz)]
+    e = np.asarray(energy_error, dtype=float) * 1000
+    out = {}
+    for c in sorted(set(comps)):
+        mine = e[[k for k, x in enumerate(comps) if x == c]]
+        out[f"energy_bias_meV_atom:{c}"] = float(mine.mean())
+        out[f"energy_rmse_meV_atom:{c}"] = float(np.sqrt(np.mean(mine ** 2)))
+    return out
 
 
 def _hms(s: float) -> str:

@@ -27,6 +27,7 @@ class CalibrationView:
     calibrations: dict[int, Calibration]
     used_thresholds: dict[int, float]  # round -> width threshold its selection used
     reliability: dict[str, dict[str, dict[float, float]]] = field(default_factory=dict)
+    energy_by_composition: dict[str, dict[int, dict[str, dict[str, float]]]] = field(default_factory=dict)
     mode: str = "fixed"
     configured_threshold: float = 0.0
     target_force_error: float = 0.0
@@ -59,7 +60,14 @@ def gather_calibration(state, campaign_dir: Path, selection) -> CalibrationView:
                                                         frame_of_atom, RELIABILITY_LEVELS)
         rel["energies (per frame)"][f"g{g}"] = reliability(res["energy_width"], res["energy_error"],
                                                            np.arange(len(res["natoms"])), RELIABILITY_LEVELS)
-    return CalibrationView(cals, used, rel, selection.force_threshold_mode, selection.force_threshold,
+    by_comp: dict[str, dict[int, dict[str, dict[str, float]]]] = {}
+    for scope in ("generation", "final"):
+        for g, m in state.metrics(scope).items():
+            for name, v in m.items():
+                kind, _, comp = name.partition(":")
+                if comp and kind in ("energy_bias_meV_atom", "energy_rmse_meV_atom"):
+                    by_comp.setdefault(scope, {}).setdefault(g, {}).setdefault(comp, {})[kind] = v
+    return CalibrationView(cals, used, rel, by_comp, selection.force_threshold_mode, selection.force_threshold,
                            selection.target_force_error)
 
 
@@ -94,6 +102,13 @@ def calibration_html(view: CalibrationView, outdir: Path, table: Callable, figur
     out.append("<h3>Targets in physical units</h3>" + table(
         ["95 % force error target (eV/Å)", f"width threshold with generation {latest.generation}'s calibration (eV/Å)"],
         [[f"{t:g}", f"{latest.force_width_threshold(t):.3g}"] for t in TARGETS]))
+    for scope, gens in view.energy_by_composition.items():
+        rows = [[str(g), html.escape(c), f"{v.get('energy_bias_meV_atom', float('nan')):+.1f}",
+                 f"{v.get('energy_rmse_meV_atom', float('nan')):.1f}"]
+                for g, comps in sorted(gens.items()) for c, v in sorted(comps.items())]
+        what = "each generation's own held-out frames" if scope == "generation" else "the full held-out set (final)"
+        out.append(f"<h3>Energy error per composition ({what})</h3>"
+                   + table(["generation", "composition", "mean error (meV/atom)", "RMSE (meV/atom)"], rows))
     if any(view.reliability.values()):
         plots.plot_reliability(view.reliability, outdir / "reliability.png")
         out.append(figure("reliability.png", "Reliability: share of held-out errors inside the calibrated bound "

@@ -1060,10 +1060,12 @@ class Bench:
 
     def jobs(self) -> list[tuple[str, str, int]]:
         """(pool, strategy, seed) in training order: the first three strategies (random, the
-        default, the oracle: the headline) pool by pool, then the others strategy by strategy."""
+        default, the oracle: the headline) pool by pool and seed by seed, so that an interrupted
+        run has paired comparisons on as many seeds as it got to; then the others strategy by
+        strategy."""
         s = self.s
         seeds = range(s.seeds)
-        return ([(pool, st, seed) for pool in s.pools for st in s.strategies[:3] for seed in seeds]
+        return ([(pool, st, seed) for pool in s.pools for seed in seeds for st in s.strategies[:3]]
                 + [(pool, st, seed) for st in s.strategies[3:] for pool in s.pools for seed in seeds])
 
     def collect(self) -> list[dict]:
@@ -1281,6 +1283,43 @@ def plot(path: Path, summary: dict, settings: dict) -> None:
     plt.close(fig)
 
 
+def illustrate(path: Path, k: int = 12, seed: int = 0) -> None:
+    """A synthetic 2-D pool (a dense cluster with low widths, a medium one, a small far one
+    with the highest widths: 300 K, 700 K and 1000 K/rattled frames in caricature) and the
+    picks of six rules: the picture behind the measured differences (docs/benchmarks.md)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from driver.strategies import Candidates, select
+
+    rng = np.random.default_rng(seed)
+    parts = [(240, (0.0, 0.0), 0.8, (0.2, 0.6)), (120, (3.5, 1.0), 0.6, (0.4, 1.0)), (40, (7.0, -2.0), 0.5, (0.9, 2.0))]
+    x = np.vstack([rng.normal(c, sd, (n, 2)) for n, c, sd, _ in parts])
+    u = np.concatenate([rng.uniform(lo, hi, n) for n, _, _, (lo, hi) in parts])
+    groups = tuple(np.repeat(["A", "B", "C"], [p[0] for p in parts]))
+    cands = Candidates(u, x, groups)
+    rules = (("random", None, False), ("topk", "topk", False), ("fps", "fps_uncertain", False),
+             ("lcmd", "lcmd", False), ("lcmd_group", "lcmd", True), ("kmeans_group", "kmeans_uncertain", True))
+    fig, axes = plt.subplots(2, 3, figsize=(12, 7.2), sharex=True, sharey=True)
+    for ax, (name, rule, quota) in zip(axes.ravel(), rules):
+        if rule is None:
+            picked = select_random(range(len(u)), k, np.random.default_rng(seed))
+        else:
+            picked = [c.index for c in select(rule, cands, k, np.random.default_rng(seed), quota=quota)]
+        sc = ax.scatter(x[:, 0], x[:, 1], c=u, s=9, cmap="viridis", alpha=0.6)
+        ax.scatter(x[picked, 0], x[picked, 1], s=70, facecolors="none", edgecolors="red", linewidths=1.6)
+        share = ", ".join(f"{g} {sum(groups[i] == g for i in picked)}" for g in "ABC")
+        ax.set_title(f"{name}: {share}", fontsize=10)
+    fig.colorbar(sc, ax=axes, shrink=0.8, label="uncertainty (force CI width)")
+    fig.suptitle(f"{k} picks (red) from a synthetic pool: A dense and confident, B medium, C small, far and "
+                 "most uncertain (240/120/40 frames)", fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def print_summary(summaries: dict, say) -> None:
     for pool, summ in summaries.items():
         t = summ.get("targets", {}).get(HEADLINE_KEY)
@@ -1314,10 +1353,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--fresh", action="store_true", help="delete the workdir first")
     ap.add_argument("--stage0-only", action="store_true", help="build (or show) the cached data and stop")
     ap.add_argument("--report", action="store_true", help="train nothing: write the results from the cached rounds")
+    ap.add_argument("--illustrate", metavar="PNG", help="draw the rules' picks on a synthetic 2-D pool and stop")
     ap.add_argument("--pools", help=f"comma-separated subset of {','.join(POOLS)} (default both)")
     ap.add_argument("--strategies", help=f"comma-separated, in training order; 'all' for {','.join(STRATEGIES)} "
                     f"(default: the first pass, {','.join(STRATEGIES[:5])}); random is the reference")
     args = ap.parse_args(argv)
+    if args.illustrate:
+        illustrate(Path(args.illustrate))
+        return {}
 
     s = Settings.quick() if args.quick else Settings()
     for name in ("seeds", "rounds", "k", "members", "steps_initial", "steps_continue", "workers", "launcher"):

@@ -16,14 +16,12 @@ import traceback
 from pathlib import Path
 
 from driver.errors import ConfigError, RemoteALError
-
-
-from driver.state import StateMeta  # noqa: E402  (re-exported for older imports)
+from driver.state import StateMeta
 
 
 def _read_team(path):
     """The team file, checked before anything is created (ConfigError if unusable)."""
-    from driver.endpoints import read_team
+    from driver.team import read_team
 
     try:
         return read_team(path)

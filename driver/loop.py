@@ -36,7 +36,7 @@ from driver.preflight import build_structure, preflight
 from driver.dataset import DatasetError, LabelRejected
 from driver.errors import BackendUnavailable, CampaignLocked, TaskFailed
 from driver.selection import Candidate, SelectionPolicy, fingerprint, select, structure_hash
-from driver.endpoints import Site
+from driver.team import Site
 from driver.placement import Placement, StagingFailed
 from driver.state import State, StateMeta
 from driver.transfer import Transfer, TransferError, TransferNeedsAction

@@ -31,7 +31,7 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Mapping, MutableMapping
 
-from driver.endpoints import Site
+from driver.team import Site
 from driver.errors import ConfigError
 from driver.transfer import FAILED, SUCCEEDED, Transfer, TransferError, TransferItem, relative_to_root
 

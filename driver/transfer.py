@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Mapping, MutableMapping, Sequence
 
-from driver.endpoints import Site
+from driver.team import Site
 from driver.errors import BackendUnavailable, ConfigError, RemoteALError
 
 ACTIVE, SUCCEEDED, FAILED = "ACTIVE", "SUCCEEDED", "FAILED"

@@ -84,8 +84,8 @@ def pull_items(state, root, kinds: Iterable[str], local: bool = True) -> list[Tr
 
 
 def cmd_pull(args) -> int:
-    from driver.cli import StateMeta
-    from driver.endpoints import Site, read_team
+    from driver.state import StateMeta
+    from driver.team import Site, read_team
     from driver.loop import open_campaign_state
     from driver.transfer import GlobusTransfer, LocalTransfer, safe_join, wait_for
 
@@ -136,7 +136,7 @@ def cmd_pull(args) -> int:
 
 
 def cmd_login(args) -> int:
-    from driver.endpoints import read_team
+    from driver.team import read_team
     from driver.globus_auth import login, service_credentials
 
     collections = list(args.collection)

@@ -10,13 +10,8 @@ import numpy as np
 from remote_al.calibration import atom_force_errors, atom_force_widths
 from remote_al.records import MDRequest, MDResult, UQRequest, UQResult
 from remote_al.structures import from_extxyz, min_distance, to_extxyz
+from remote_al.torch_env import single_thread_torch
 from remote_al.uq import ensemble_ci_width, frame_uncertainty
-
-
-def _torch_threads():
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def run_md(req: MDRequest) -> MDResult:
@@ -31,7 +26,7 @@ def run_md(req: MDRequest) -> MDResult:
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
-    _torch_threads()
+    single_thread_torch()
     from deepmd.calculator import DP
 
     if req.ensemble == "relax":

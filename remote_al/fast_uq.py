@@ -225,9 +225,9 @@ def predict_ensemble(model_paths, frames, batch_size: int = 64, reference: bool 
     """
     from deepmd.infer import DeepPot
 
-    from remote_al.dynamics import _torch_threads
+    from remote_al.torch_env import single_thread_torch
 
-    _torch_threads()
+    single_thread_torch()
     batch_size = max(1, int(batch_size))
     groups: dict[tuple, list[int]] = {}
     for i, a in enumerate(frames):

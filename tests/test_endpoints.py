@@ -23,18 +23,14 @@ from driver.endpoints import (
     MULTI_USER,
     TEMPLATES_DIR,
     LoadedEndpoint,
-    Site,
-    TeamFile,
     compare_environments,
     driver_environment,
-    dumps_toml,
     load_rendered,
-    read_team,
     register_functions,
     render_template,
     template_names,
-    write_team,
 )
+from driver.team import Site, TeamFile, dumps_toml, read_team, write_team
 from driver.errors import ConfigError
 
 WORKER_INIT = "module use /soft/modulefiles\nmodule load conda\nsource /eagle/P/remote-al/venv/bin/activate"

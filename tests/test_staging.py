@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from driver.backends.local import LocalBackend
-from driver.endpoints import Site
+from driver.team import Site
 from driver.loop import Campaign
 from driver.state import State, StateMeta
 from driver.transfer import LocalTransfer

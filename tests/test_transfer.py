@@ -21,7 +21,7 @@ import requests
 import responses
 from globus_sdk.testing import RegisteredResponse, get_last_request, load_response
 
-from driver.endpoints import Site
+from driver.team import Site
 from driver.errors import BackendUnavailable, ConfigError
 from driver.transfer import (
     ACTIVE,

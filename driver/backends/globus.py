@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, MutableMapping, Sequence
 
 from driver.backends.base import FUNCTIONS, MAX_PAYLOAD_BYTES, Backend, Submission
-from driver.endpoints import TeamFile, read_team
+from driver.team import TeamFile, read_team
 from driver.errors import (
     BackendUnavailable,
     ConfigError,

@@ -14,7 +14,7 @@ from driver.backends.base import FUNCTIONS
 
 
 def add_subcommands(subparsers) -> argparse.ArgumentParser:
-    from driver.endpoints import template_names
+    from driver.templates import template_names
 
     endpoint = subparsers.add_parser(
         "endpoint", help="Globus Compute endpoints: render configs, register functions, doctor",
@@ -73,7 +73,8 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_render(args) -> int:
-    from driver.endpoints import MULTI_USER, load_rendered, read_team, render_template
+    from driver.team import read_team
+    from driver.templates import MULTI_USER, load_rendered, render_template
 
     team = read_team(args.team) if args.team else None
     allowed = team.function_ids(args.functions.split(",") if args.functions else None) if team else None
@@ -112,7 +113,7 @@ def cmd_render(args) -> int:
 def cmd_register(args) -> int:
     from globus_compute_sdk import Client
 
-    from driver.endpoints import register_functions
+    from driver.team import register_functions
 
     endpoints = {pool: eid for pool, eid in (("gpu", args.gpu_endpoint), ("cpu", args.cpu_endpoint)) if eid}
     team = register_functions(Client(), args.output, group=args.group, endpoints=endpoints,
@@ -132,7 +133,7 @@ def cmd_register(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from driver.endpoints import doctor
+    from driver.doctor import doctor
 
     findings = doctor(args.team, timeout_s=args.timeout)
     for finding in findings:

@@ -24,6 +24,8 @@ The **team file** (TOML) is what a team shares to use the same endpoints::
     collection = "<Globus collection id>"
 
 It is read with :mod:`tomllib` and written by the tiny writer below (no dependency).
+:func:`register_functions` registers the remote functions and writes the file, with the
+driver's versions (:func:`driver_environment`) it was registered with.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import uuid
 from dataclasses import dataclass, field
+from importlib import import_module, metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -261,3 +265,69 @@ def _toml_value(value: Any) -> str:
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
+
+# --------------------------------------------------------------- registration
+def register_functions(
+    client,
+    team_path: str | Path,
+    group: str | None = None,
+    endpoints: Mapping[str, str] | None = None,
+    reregister: bool = False,
+) -> TeamFile:
+    """Register the FUNCTIONS with Globus Compute and write the team file.
+
+    ``client`` is a ``globus_compute_sdk.Client``. An existing team file is updated:
+    functions it already has keep their ids (endpoint configs list them) unless
+    ``reregister``; ``endpoints`` and ``group`` are merged in. Functions are registered
+    by reference to ``remote_al.functions`` (dill), so the endpoint needs remote-al
+    installed; with ``group`` they are shared with that Globus group.
+    """
+    path = Path(team_path)
+    team = read_team(path) if path.exists() else TeamFile()
+    group = group or team.group
+    if group:
+        check_uuid(group, "group")
+    for pool, eid in (endpoints or {}).items():
+        check_uuid(eid, f"endpoints.{pool}")
+    functions = dict(team.functions)
+    for name, import_path in FUNCTIONS.items():
+        if name in functions and not reregister:
+            continue
+        module, _, attr = import_path.partition(":")
+        fn = getattr(import_module(module), attr)
+        functions[name] = str(client.register_function(fn, group=group))
+    team = TeamFile(
+        endpoints={**team.endpoints, **(endpoints or {})},
+        functions=functions,
+        group=group,
+        slots=team.slots,
+        user_endpoint_config=team.user_endpoint_config,
+        sites=team.sites,
+        registered_with=driver_environment(keys=("python_minor", "remote_al", "dill",
+                                                 "globus_compute_sdk")),
+    )
+    write_team(team, path)
+    return team
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def driver_environment(keys: Iterable[str] | None = None) -> dict[str, Any]:
+    """The driver's side of what ``probe_environment`` reports (no heavy imports)."""
+    import remote_al
+
+    env = {
+        "python": ".".join(map(str, sys.version_info[:3])),
+        "python_minor": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "remote_al": _version("remote-al") or remote_al.__version__,
+        "deepmd_kit": _version("deepmd-kit"),
+        "dill": _version("dill"),
+        "globus_compute_sdk": _version("globus-compute-sdk"),
+        "globus_compute_endpoint": _version("globus-compute-endpoint"),
+    }
+    return {k: env[k] for k in keys} if keys else env

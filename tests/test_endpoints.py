@@ -19,18 +19,9 @@ import responses
 from globus_sdk.testing import RegisteredResponse
 
 from driver.backends.base import FUNCTIONS
-from driver.endpoints import (
-    MULTI_USER,
-    TEMPLATES_DIR,
-    LoadedEndpoint,
-    compare_environments,
-    driver_environment,
-    load_rendered,
-    register_functions,
-    render_template,
-    template_names,
-)
-from driver.team import Site, TeamFile, dumps_toml, read_team, write_team
+from driver.doctor import compare_environments
+from driver.team import Site, TeamFile, driver_environment, dumps_toml, read_team, register_functions, write_team
+from driver.templates import MULTI_USER, TEMPLATES_DIR, LoadedEndpoint, load_rendered, render_template, template_names
 from driver.errors import ConfigError
 
 WORKER_INIT = "module use /soft/modulefiles\nmodule load conda\nsource /eagle/P/remote-al/venv/bin/activate"

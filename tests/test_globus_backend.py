@@ -25,8 +25,8 @@ from globus_sdk.testing import RegisteredResponse, load_response
 from driver.backends import make_backend
 from driver.backends.base import FUNCTIONS, MAX_PAYLOAD_BYTES
 from driver.backends.globus import GlobusBackend
-from driver.endpoints import doctor, driver_environment
-from driver.team import TeamFile, write_team
+from driver.doctor import doctor
+from driver.team import TeamFile, driver_environment, write_team
 from driver.errors import BackendUnavailable, FunctionNotAllowed, PayloadTooLarge, TaskFailed
 from remote_al.records import MDRequest
 

@@ -1,29 +1,4 @@
-"""Endpoints: the team file, config templates, function registration and ``doctor``.
-
-The **team file** (TOML) is what a team shares to use the same endpoints::
-
-    format = 1
-    group = "<Globus group id>"          # optional: functions are shared with it
-
-    [endpoints]                          # pool -> Globus Compute endpoint id
-    gpu = "<uuid>"
-    cpu = "<uuid>"
-
-    [functions]                          # FUNCTIONS name -> registered function id
-    md = "<uuid>"
-    ...
-
-    [slots]                              # optional: tasks kept in flight per pool
-    gpu = 8
-
-    [user_endpoint_config.gpu]           # optional: for multi-user endpoints
-    account = "MYPROJ"
-
-    [sites.polaris]                      # for the transfer seam
-    root = "/eagle/MYPROJ/remote-al"
-    collection = "<Globus collection id>"
-
-It is read with :mod:`tomllib` and written by the tiny writer below (no dependency).
+"""Endpoint config templates: render an endpoint directory and load it as the endpoint does.
 
 **Templates** live in ``endpoints/``. globus-compute-endpoint 4.x keeps an endpoint's
 engine in ``user_config_template.yaml.j2`` (it renders that file itself, per user
@@ -32,30 +7,21 @@ writes both files of an endpoint directory: ``config.yaml`` (display name, the t
 file's function ids as ``allowed_functions``) and the engine template of a partition
 (account, queue, ``worker_init``, sizes). :func:`load_rendered` loads the directory
 with the endpoint package's own loader and renderer.
-
-:func:`doctor` probes every endpoint with the registered ``probe`` function and lists
-what differs from the driver, each finding with the fix.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 import shlex
 import sys
 import uuid
-from dataclasses import dataclass, field
-from importlib import import_module, metadata
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
-from driver.backends.base import FUNCTIONS
 from driver.errors import ConfigError
-from driver.team import Site, TeamFile, check_uuid, read_team, write_team  # noqa: F401
-
-if TYPE_CHECKING:
-    from driver.backends.globus import GlobusBackend
+from driver.team import check_uuid
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "endpoints"
 TEMPLATE_SUFFIX = ".yaml.j2"
@@ -65,7 +31,6 @@ USER_SCHEMA = "user_config_schema.json"
 MULTI_USER = "multi-user"  # ships USER_TEMPLATE and USER_SCHEMA as they are
 
 
-# ------------------------------------------------------------------ templates
 @dataclass(frozen=True)
 class RenderedEndpoint:
     """Files of an endpoint directory (``~/.globus_compute/<name>/``): name -> text."""
@@ -326,232 +291,3 @@ def load_rendered(endpoint_dir: str | Path, user_opts: Mapping[str, Any] | None 
     except jsonschema.ValidationError as err:
         raise ConfigError("user_endpoint_config", f"refused by {USER_SCHEMA}: {err.message}",
                           "fix the team file's [user_endpoint_config.<pool>] table") from None
-
-
-# --------------------------------------------------------------- registration
-def register_functions(
-    client,
-    team_path: str | Path,
-    group: str | None = None,
-    endpoints: Mapping[str, str] | None = None,
-    reregister: bool = False,
-) -> TeamFile:
-    """Register the FUNCTIONS with Globus Compute and write the team file.
-
-    ``client`` is a ``globus_compute_sdk.Client``. An existing team file is updated:
-    functions it already has keep their ids (endpoint configs list them) unless
-    ``reregister``; ``endpoints`` and ``group`` are merged in. Functions are registered
-    by reference to ``remote_al.functions`` (dill), so the endpoint needs remote-al
-    installed; with ``group`` they are shared with that Globus group.
-    """
-    path = Path(team_path)
-    team = read_team(path) if path.exists() else TeamFile()
-    group = group or team.group
-    if group:
-        check_uuid(group, "group")
-    for pool, eid in (endpoints or {}).items():
-        check_uuid(eid, f"endpoints.{pool}")
-    functions = dict(team.functions)
-    for name, import_path in FUNCTIONS.items():
-        if name in functions and not reregister:
-            continue
-        module, _, attr = import_path.partition(":")
-        fn = getattr(import_module(module), attr)
-        functions[name] = str(client.register_function(fn, group=group))
-    team = TeamFile(
-        endpoints={**team.endpoints, **(endpoints or {})},
-        functions=functions,
-        group=group,
-        slots=team.slots,
-        user_endpoint_config=team.user_endpoint_config,
-        sites=team.sites,
-        registered_with=driver_environment(keys=("python_minor", "remote_al", "dill",
-                                                 "globus_compute_sdk")),
-    )
-    write_team(team, path)
-    return team
-
-
-# --------------------------------------------------------------------- doctor
-@dataclass(frozen=True)
-class Finding:
-    level: str  # "ok", "warning" or "error"
-    check: str  # e.g. "python", "gpus", "endpoint-status"
-    message: str
-    fix: str = ""
-    pool: str | None = None
-
-    def __str__(self) -> str:
-        where = f"[{self.pool}] " if self.pool else ""
-        text = f"{self.level.upper():7s} {where}{self.check}: {self.message}"
-        return text + (f"\n        fix: {self.fix}" if self.fix else "")
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def driver_environment(keys: Iterable[str] | None = None) -> dict[str, Any]:
-    """The driver's side of what ``probe_environment`` reports (no heavy imports)."""
-    import remote_al
-
-    env = {
-        "python": ".".join(map(str, sys.version_info[:3])),
-        "python_minor": f"{sys.version_info.major}.{sys.version_info.minor}",
-        "remote_al": _version("remote-al") or remote_al.__version__,
-        "deepmd_kit": _version("deepmd-kit"),
-        "dill": _version("dill"),
-        "globus_compute_sdk": _version("globus-compute-sdk"),
-        "globus_compute_endpoint": _version("globus-compute-endpoint"),
-    }
-    return {k: env[k] for k in keys} if keys else env
-
-
-def _minor(version: str | None) -> str | None:
-    return ".".join(version.split(".")[:2]) if version else None
-
-
-def compare_environments(
-    driver: Mapping[str, Any], reports: Mapping[str, Mapping[str, Any]], gpu_pools: Iterable[str] = ("gpu",)
-) -> list[Finding]:
-    """Findings from the driver's versions and each pool's ``probe_environment`` dict."""
-    found: list[Finding] = []
-    reinstall = "pip install 'remote-al[endpoint]==<driver's version>' in the endpoint environment"
-    for pool, rep in reports.items():
-        def add(level, check, message, fix=""):
-            found.append(Finding(level, check, message, fix, pool))
-
-        ep_py = rep.get("python_minor") or _minor(rep.get("python"))
-        if ep_py != driver["python_minor"]:
-            add("error", "python", f"endpoint runs Python {ep_py}, driver {driver['python_minor']}: "
-                "functions and arguments are pickled per minor version",
-                f"build the endpoint environment with Python {driver['python_minor']} "
-                f"(or run the driver with Python {ep_py})")
-        else:
-            add("ok", "python", f"Python {ep_py} on both sides")
-        if rep.get("remote_al") != driver["remote_al"]:
-            add("error", "remote-al", f"endpoint has remote-al {rep.get('remote_al')}, driver "
-                f"{driver['remote_al']}", reinstall)
-        else:
-            add("ok", "remote-al", f"remote-al {driver['remote_al']} on both sides")
-        if rep.get("dill") != driver["dill"]:
-            add("error", "dill", f"endpoint has dill {rep.get('dill')}, driver {driver['dill']}: "
-                "the registered functions are dill pickles",
-                f"pip install dill=={driver['dill']} in the endpoint environment (or match the driver)")
-        else:
-            add("ok", "dill", f"dill {driver['dill']} on both sides")
-        ep_gc = rep.get("globus_compute_endpoint") or rep.get("globus_compute_sdk")
-        if _minor(ep_gc) != _minor(driver.get("globus_compute_sdk")):
-            add("warning", "globus-compute", f"endpoint has globus-compute {ep_gc}, driver SDK "
-                f"{driver.get('globus_compute_sdk')}",
-                "install the same globus-compute-sdk/-endpoint minor version on both sides")
-        else:
-            add("ok", "globus-compute", f"globus-compute {ep_gc}")
-        ep_dp = rep.get("deepmd_kit")
-        if pool in gpu_pools and not ep_dp:
-            add("error", "deepmd-kit", "deepmd-kit is not installed in the endpoint environment",
-                "pip install 'remote-al[endpoint]' in the environment that worker_init activates")
-        elif driver.get("deepmd_kit") and ep_dp and _minor(ep_dp) != _minor(driver["deepmd_kit"]):
-            add("warning", "deepmd-kit", f"endpoint has deepmd-kit {ep_dp}, driver {driver['deepmd_kit']}",
-                "use one deepmd-kit version so models trained remotely load locally")
-        elif ep_dp:
-            add("ok", "deepmd-kit", f"deepmd-kit {ep_dp}")
-        if pool in gpu_pools:
-            gpus = rep.get("gpus") or []
-            if not gpus:
-                add("error", "gpus", f"no GPU visible to the worker (CUDA_VISIBLE_DEVICES="
-                    f"{rep.get('cuda_visible_devices')!r}, torch {rep.get('torch')})",
-                    "check the template's available_accelerators / select ngpus, that worker_init "
-                    "loads the CUDA module, and that torch is a CUDA build")
-            else:
-                add("ok", "gpus", f"{len(gpus)} visible: {', '.join(map(str, gpus))}")
-
-    dp = {p: r.get("deepmd_kit") for p, r in reports.items() if r.get("deepmd_kit")}
-    if len(set(dp.values())) > 1:
-        found.append(Finding("warning", "deepmd-kit", f"pools differ: {dp}",
-                             "install one deepmd-kit version on every endpoint"))
-    return found
-
-
-def doctor(
-    team: TeamFile | str | Path,
-    client=None,
-    *,
-    backend: GlobusBackend | None = None,
-    timeout_s: float = 600.0,
-    driver: Mapping[str, Any] | None = None,
-) -> list[Finding]:
-    """Check every endpoint of the team file; return findings, each with its fix.
-
-    Asks each endpoint's status and allow-list, runs the registered ``probe`` function on
-    it and compares versions with the driver's (:func:`compare_environments`). A probe
-    still queued after ``timeout_s`` (a batch job waiting for nodes) is reported, not
-    waited for.
-    """
-    from concurrent.futures import wait
-
-    from driver.backends.globus import GlobusBackend
-    from driver.errors import BackendUnavailable, RemoteALError
-
-    team = team if isinstance(team, TeamFile) else read_team(team)
-    backend = backend or GlobusBackend(team, meta={}, client=client)
-    found: list[Finding] = []
-    futures = {}
-    try:
-        for pool in team.endpoints:
-            try:
-                status = backend.endpoint_status(pool)
-            except RemoteALError as err:
-                found.append(Finding("error", "endpoint-status", str(err), pool=pool))
-                continue
-            if status != "online":
-                found.append(Finding("error", "endpoint-status", f"endpoint {team.endpoints[pool]} "
-                                     f"is {status}", "on the cluster: globus-compute-endpoint start <name>",
-                                     pool))
-                continue
-            found.append(Finding("ok", "endpoint-status", "online", pool=pool))
-            found.extend(_check_allowlist(backend, team, pool))
-            try:
-                futures[pool] = backend.submit(pool, "probe", {}, task_key=f"doctor-{pool}").future
-            except (BackendUnavailable, RemoteALError) as err:
-                found.append(Finding("error", "probe", str(err), pool=pool))
-        done, not_done = wait(list(futures.values()), timeout=timeout_s)
-        reports = {}
-        for pool, fut in futures.items():
-            if fut in not_done:
-                found.append(Finding("warning", "probe", f"no answer after {timeout_s:.0f} s (the "
-                                     "endpoint may be waiting for a batch job)",
-                                     "rerun doctor once the job runs; check `qstat`/`squeue`", pool))
-            elif fut.exception() is not None:
-                found.append(Finding("error", "probe", str(fut.exception()), pool=pool))
-            else:
-                reports[pool] = fut.result()
-        gpu_pools = [p for p in team.endpoints if p.startswith("gpu")]
-        found.extend(compare_environments(driver or driver_environment(), reports, gpu_pools))
-    finally:
-        backend.shutdown()
-    return found
-
-
-def _check_allowlist(backend: GlobusBackend, team: TeamFile, pool: str) -> list[Finding]:
-    from driver.errors import RemoteALError
-
-    try:
-        allowed = backend.allowed_functions(pool)
-    except RemoteALError as err:
-        return [Finding("warning", "allowed-functions", f"could not read: {err}", pool=pool)]
-    if allowed is None:
-        return [Finding("warning", "allowed-functions", "the endpoint runs any function",
-                        "render its config with --team team.toml (allowed_functions) and restart it",
-                        pool)]
-    missing = sorted(n for n, fid in team.functions.items() if fid not in allowed)
-    if missing:
-        level = "error" if "probe" in missing else "warning"
-        return [Finding(level, "allowed-functions", f"the endpoint refuses {missing} of this team "
-                        "file (tasks of these sent to this pool will fail)",
-                        "remote-al endpoint render ... --team team.toml -o ~/.globus_compute/<name>, then "
-                        "globus-compute-endpoint restart <name>", pool)]
-    return [Finding("ok", "allowed-functions", "all team functions allowed", pool=pool)]

@@ -33,6 +33,7 @@ def summary(directory: Path) -> dict:
                 for r in st.tasks(status="quarantined")
             ],
             "volume": _volume_rows(st),
+            "calibration": _calibration(st, Path(directory)),
             "last_events": [
                 {"ts": r["ts"], "kind": r["kind"], "message": r["message"]}
                 for r in db.execute("SELECT * FROM events ORDER BY id DESC LIMIT 8")
@@ -41,6 +42,17 @@ def summary(directory: Path) -> dict:
         return out
     finally:
         st.close()
+
+
+def _calibration(st: State, directory: Path) -> dict:
+    """The threshold settings the campaign runs with and each generation's calibration."""
+    from remote_al.calibration import read_calibration
+
+    raw = json.loads(st.get_meta("config_json") or "{}").get("selection", {})
+    gens = sorted({m["generation"] for m in st.models()})
+    cals = {g: c.to_dict() for g in gens if (c := read_calibration(directory, g)) is not None}
+    return {"mode": raw.get("force_threshold_mode", "fixed"), "force_threshold": raw.get("force_threshold"),
+            "target_force_error": raw.get("target_force_error"), "generations": cals}
 
 
 def _volume_rows(st: State) -> list[dict]:
@@ -93,6 +105,21 @@ def print_status(directory: Path, as_json: bool = False) -> None:
                   _fmt(f.get("n_test"), ".0f"), _fmt(f.get("energy_rmse_meV_atom"), ".2f"), _fmt(f.get("force_rmse_eV_A")),
                   _fmt(f.get("force_inside_ci"), ".2f"))
     con.print(t)
+    c = s["calibration"]
+    if c["generations"]:
+        how = (f"calibrated: 95 % force error target {c['target_force_error']:g} eV/A" if c["mode"] == "calibrated"
+               else f"fixed width threshold {c['force_threshold']:g} eV/A")
+        t = Table(title=f"calibrated 95 % bounds per generation (threshold {how})")
+        for col in ("generation", "F bound / width", "E bound / width", "frames", "calibrated F/E",
+                    f"width for {c['target_force_error']:g} eV/A", "threshold used"):
+            t.add_column(col, justify="right")
+        for g, cal in sorted(c["generations"].items()):
+            used = s["generation_metrics"].get(g, {}).get("force_threshold")
+            t.add_row(str(g), f"{cal['force_scale']:.2f}", f"{cal['energy_scale']:.2f}", str(cal["n_frames"]),
+                      f"{'yes' if cal['force_calibrated'] else 'no'}/{'yes' if cal['energy_calibrated'] else 'no'}",
+                      f"{c['target_force_error'] / cal['force_scale']:.3f}",
+                      _fmt(used) if c["mode"] == "calibrated" else f"{c['force_threshold']:g}")
+        con.print(t)
     t = Table(title="tasks")
     t.add_column("function/status")
     t.add_column("n", justify="right")

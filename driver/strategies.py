@@ -184,6 +184,17 @@ def _labeled_scale(c: Candidates, u_eligible: np.ndarray) -> np.ndarray | None:
     return np.full(len(c.labeled_features), float(np.median(u_eligible)) if len(u_eligible) else 1.0)
 
 
+def _prepare(c: Candidates, k: int, threshold: float, upper: float, name: str, rng=None):
+    """For the feature-space rules: the eligible indices (most uncertain first), their
+    standardized features and the training frames' (same scaling), their uncertainties and,
+    given ``rng``, the RBF length scale; None when there is nothing to choose."""
+    idx = _order_by_uncertainty(c.uncertainty, eligible(c.uncertainty, threshold, upper))
+    if len(idx) == 0 or k <= 0:
+        return None
+    x, lx = _features_with_labeled(c, idx, name)
+    return idx, x, lx, c.uncertainty[idx], None if rng is None else _lengthscale(x, rng)
+
+
 # ---------------------------------------------------------------------- strategies
 def topk(c: Candidates, k: int, rng: np.random.Generator, *, threshold: float = 0.0,
          upper: float = np.inf) -> list[Choice]:
@@ -211,10 +222,10 @@ def fps_uncertain(c: Candidates, k: int, rng: np.random.Generator, *, threshold:
     then each step the frame farthest from the training frames and those chosen so far;
     ties go to the more uncertain frame (``rng`` unused)."""
     u = c.uncertainty
-    idx = _order_by_uncertainty(u, eligible(u, threshold, upper))
-    if len(idx) == 0 or k <= 0:
+    prep = _prepare(c, k, threshold, upper, "fps_uncertain")
+    if prep is None:
         return []
-    x, lx = _features_with_labeled(c, idx, "fps_uncertain")
+    idx, x, lx, _, _ = prep
     dmin = np.full(len(idx), np.inf) if lx is None else _sq_dist(x, lx).min(axis=1)
     out = [Choice(int(idx[0]), f"most uncertain eligible frame ({u[idx[0]]:.3f} above {threshold:g})")]
     dmin = np.minimum(dmin, _sq_dist(x, x[:1])[:, 0])
@@ -302,13 +313,10 @@ def maxdet(c: Candidates, k: int, rng: np.random.Generator, *, threshold: float 
     median pairwise distance of the eligible frames): each step takes the frame with the
     largest posterior variance given the training frames and those chosen so far (pivoted
     Cholesky; the first pick without a training set is the most uncertain frame)."""
-    u = c.uncertainty
-    idx = _order_by_uncertainty(u, eligible(u, threshold, upper))
-    if len(idx) == 0 or k <= 0:
+    prep = _prepare(c, k, threshold, upper, "maxdet", rng)
+    if prep is None:
         return []
-    x, lx = _features_with_labeled(c, idx, "maxdet")
-    ue = u[idx]
-    ell = _lengthscale(x, rng)
+    idx, x, lx, ue, ell = prep
     n = len(idx)
     xa = x if lx is None else np.vstack([x, lx])  # eligible frames, then the training frames
     ua = ue if lx is None else np.concatenate([ue, _labeled_scale(c, ue)])
@@ -344,13 +352,10 @@ def lcmd(c: Candidates, k: int, rng: np.random.Generator, *, threshold: float = 
     far; without a training set the first centre is the most uncertain frame); each step
     takes, in the cluster with the largest sum of squared distances to its centre, the
     frame farthest from that centre."""
-    u = c.uncertainty
-    idx = _order_by_uncertainty(u, eligible(u, threshold, upper))
-    if len(idx) == 0 or k <= 0:
+    prep = _prepare(c, k, threshold, upper, "lcmd", rng)
+    if prep is None:
         return []
-    x, lx = _features_with_labeled(c, idx, "lcmd")
-    ue = u[idx]
-    ell = _lengthscale(x, rng)
+    idx, x, lx, ue, ell = prep
     out: list[Choice] = []
     taken = np.zeros(len(idx), bool)
     if lx is None:

@@ -105,20 +105,12 @@ def cmd_run(args) -> int:
     return 1 if campaign.stop_kind == "failed" else 0
 
 
-def _campaign_dir(target: str) -> Path:
-    p = Path(target)
-    if p.is_file() and p.suffix == ".toml":
-        from driver.config import load_config
-
-        return load_config(p).directory
-    return p
-
-
 def cmd_status(args) -> int:
+    from driver.config import campaign_directory
     from driver.status import list_campaigns, print_status
 
     if args.campaign:
-        d = _campaign_dir(args.campaign)
+        d = campaign_directory(args.campaign)
         if (d / "state.sqlite").exists():
             print_status(d, as_json=args.json)
             return 0
@@ -207,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         add_report = None
     if add_report:
         add_report(sub)
+    from driver.sweep import add_subcommands as add_sweep
+
+    add_sweep(sub)
     from driver.predict import add_subcommands as add_predict
 
     add_predict(sub)

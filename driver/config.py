@@ -584,6 +584,14 @@ def load_config(path: str | Path) -> CampaignConfig:
     return parse_config(data, source=path.resolve(), base_dir=path.resolve().parent)
 
 
+def campaign_directory(target: str | Path) -> Path:
+    """The campaign directory of a campaign TOML file, or ``target`` itself (a directory)."""
+    p = Path(target)
+    if p.is_file() and p.suffix == ".toml":
+        return load_config(p).directory
+    return p
+
+
 def override(cfg: CampaignConfig, dotted: str, value: Any, option: str) -> CampaignConfig:
     """``cfg`` with ``section.key`` set to ``value`` (a command-line override), validated
     like the file; a bad value is a ConfigError naming ``option``."""

@@ -1,5 +1,8 @@
 """``remote-al report``: an HTML page with a campaign's settings, provenance, tables and plots.
 
+This module writes the page; ``driver.report_data`` gathers what it shows and
+``driver.report_calibration`` is the calibration section.
+
 ``write_report(campaign_dir)`` writes ``campaign_dir/report/index.html`` with its PNGs
 next to it, referenced by relative path (the folder is self-contained: copy or zip it
 whole). It reads the campaign state (``state.sqlite``), the copied ``campaign.toml``
@@ -18,25 +21,33 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
-import json
-import logging
-import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from driver import plots
+from driver.config import campaign_directory
 from driver.metrics import calibration_table, parity_metrics
 from driver.report_calibration import calibration_html, gather_calibration
+from driver.report_data import (
+    PARITY_CACHE,
+    ParityData,
+    campaign_settings,
+    dist_version,
+    labels_by_round,
+    learning_curves,
+    provenance_counts,
+    remote_al_version,
+    report_parity,
+    selection_used,
+    volume_rows,
+    widths_by_round,
+)
 from driver.state import State
 from remote_al.calibration import latest_calibration
 
-log = logging.getLogger(__name__)
-
 REPORT_DIR = "report"
-PARITY_CACHE = "parity.npz"
 
 ROUND_COLUMNS = (
     ("n_explored", "explored", ".0f"), ("confident_share", "confident share", ".2f"),
@@ -51,231 +62,6 @@ EVAL_COLUMNS = (
     ("force_rmse_eV_A", "F RMSE (eV/Å)", ".3f"), ("force_inside_ci", "F inside CI", ".2f"),
     ("force_width_mean", "mean F width (eV/Å)", ".3f"),
 )
-
-
-# ------------------------------------------------------------------ parity data
-@dataclass(frozen=True)
-class ParityData:
-    """Ensemble predictions against labels on held-out frames (flat numpy arrays)."""
-
-    source: str  # "predict_ensemble" or "stored evaluation"
-    generation: int
-    n_members: int
-    energy_pred: np.ndarray  # (F,) eV/atom, ensemble mean
-    energy_ref: np.ndarray  # (F,) eV/atom
-    frame_force_width: np.ndarray  # (F,) eV/A, max CI width over components
-    frame_force_error: np.ndarray  # (F,) eV/A, max |mean - label| over components
-    energy_width: np.ndarray | None = None  # (F,) eV/atom
-    force_pred: np.ndarray | None = None  # (K,) eV/A, every component of every frame
-    force_ref: np.ndarray | None = None
-    force_width: np.ndarray | None = None  # (K,) eV/A
-
-
-def parity_arrays(energies, forces, natoms, energy_ref, forces_ref, confidence: float = 0.95) -> dict:
-    """Flat parity/calibration arrays from ensemble predictions.
-
-    energies: (M, F) total energies; forces: F arrays (M, N_f, 3); natoms: (F,);
-    energy_ref: (F,) total energies; forces_ref: F arrays (N_f, 3).
-    """
-    from remote_al.uq import ensemble_ci_width
-
-    energies = np.asarray(energies, dtype=float)
-    natoms = np.asarray(natoms, dtype=float)
-    m = energies.shape[0]
-    per_atom = energies / natoms[None, :]
-    f_pred, f_ref, f_w, frame_w, frame_e = [], [], [], [], []
-    for fi, ref in zip(forces, forces_ref):
-        fi = np.asarray(fi, dtype=float)
-        mean = fi.mean(axis=0)
-        ref = np.asarray(ref, dtype=float).reshape(mean.shape)
-        w = ensemble_ci_width(fi, confidence, axis=0) if m >= 2 else np.full(mean.shape, np.nan)
-        f_pred.append(mean.ravel())
-        f_ref.append(ref.ravel())
-        f_w.append(w.ravel())
-        frame_w.append(float(np.max(w)))
-        frame_e.append(float(np.max(np.abs(mean - ref))))
-    return {
-        "n_members": m,
-        "energy_pred": per_atom.mean(axis=0),
-        "energy_ref": np.asarray(energy_ref, dtype=float) / natoms,
-        "energy_width": ensemble_ci_width(per_atom, confidence, axis=0) if m >= 2 else np.full(natoms.shape, np.nan),
-        "force_pred": np.concatenate(f_pred),
-        "force_ref": np.concatenate(f_ref),
-        "force_width": np.concatenate(f_w),
-        "frame_force_width": np.array(frame_w),
-        "frame_force_error": np.array(frame_e),
-    }
-
-
-def _cache_key(model_paths: list[str], structure_ids: list[int], confidence: float) -> str:
-    stamps = []
-    for p in model_paths:
-        st = Path(p).stat()
-        stamps.append([p, st.st_size, int(st.st_mtime)])
-    return json.dumps({"models": stamps, "frames": structure_ids, "confidence": confidence}, sort_keys=True)
-
-
-def _predicted_parity(state: State, outdir: Path, confidence: float) -> tuple[ParityData | None, str]:
-    """Evaluate the latest generation on the held-out frames (cached); (None, why) if not possible."""
-    gens = sorted({m["generation"] for m in state.models()})
-    if not gens:
-        return None, "no trained generation yet"
-    g = gens[-1]
-    paths = [m["path"] for m in state.models(g)]
-    missing = [p for p in paths if not Path(p).exists()]
-    if missing:
-        return None, (f"the model files of generation {g} are not on this machine (e.g. {missing[0]}): "
-                      "they live on the endpoint's filesystem; transfer them or run the report there")
-    rows = state.label_rows("ok", "test")
-    if not rows:
-        return None, "no labeled held-out frames yet"
-    ids = [int(r["structure_id"]) for r in rows]
-    key = _cache_key(paths, ids, confidence)
-    cache = outdir / PARITY_CACHE
-    if cache.exists():
-        with np.load(cache, allow_pickle=False) as z:
-            if str(z["key"]) == key:
-                return _parity_from_npz(z, "predict_ensemble"), ""
-    try:
-        from remote_al.dynamics import predict_ensemble
-        import deepmd.infer  # noqa: F401  (fails without deepmd-kit/torch)
-    except ImportError as exc:
-        return None, (f"deepmd-kit is not importable here ({exc}); force parity and per-component "
-                      "calibration need it (pip install 'remote-al[endpoint]')")
-    from remote_al.structures import from_extxyz
-
-    frames = [from_extxyz(r["extxyz"])[0] for r in rows]
-    energies, forces = predict_ensemble(paths, frames, batch_size=64)
-    arrays = parity_arrays(
-        energies, forces, [len(a) for a in frames],
-        [a.calc.results["energy"] for a in frames], [a.calc.results["forces"] for a in frames], confidence,
-    )
-    outdir.mkdir(parents=True, exist_ok=True)
-    tmp = outdir / (PARITY_CACHE + ".tmp.npz")
-    np.savez(tmp, key=np.array(key), generation=np.array(g), structure_ids=np.array(ids), **arrays)
-    tmp.replace(cache)
-    with np.load(cache, allow_pickle=False) as z:
-        return _parity_from_npz(z, "predict_ensemble"), ""
-
-
-def _parity_from_npz(z, source: str) -> ParityData:
-    return ParityData(
-        source=source, generation=int(z["generation"]), n_members=int(z["n_members"]),
-        energy_pred=z["energy_pred"], energy_ref=z["energy_ref"], energy_width=z["energy_width"],
-        force_pred=z["force_pred"], force_ref=z["force_ref"], force_width=z["force_width"],
-        frame_force_width=z["frame_force_width"], frame_force_error=z["frame_force_error"],
-    )
-
-
-def _stored_parity(state: State) -> ParityData | None:
-    """Per-frame energies and force summary of the latest generation's stored evaluation."""
-    best = None
-    for row in state.tasks(status="done", function="uq"):
-        if not (row["key"].startswith("eval:") or row["key"].startswith("final-eval:")):
-            continue
-        res = json.loads(row["result"] or "{}")
-        if res.get("energy_error") is None:
-            continue
-        rank = (row["generation"], row["key"].startswith("final-eval:"))
-        if best is None or rank > best[0]:
-            best = (rank, row["generation"], res)
-    if best is None:
-        return None
-    _, g, res = best
-    e_mean = np.array(res["energy_mean"], dtype=float)
-    return ParityData(
-        source="stored evaluation", generation=int(g), n_members=int(res.get("n_members", 0)),
-        energy_pred=e_mean, energy_ref=e_mean - np.array(res["energy_error"], dtype=float),
-        energy_width=np.array(res["energy_width"], dtype=float),
-        frame_force_width=np.array(res["force_width"], dtype=float),
-        frame_force_error=np.array(res["force_error_max"], dtype=float),
-    )
-
-
-# ------------------------------------------------------------------ gathering
-def _campaign_settings(campaign_dir: Path) -> tuple[str, dict]:
-    path = campaign_dir / "campaign.toml"
-    if not path.exists():
-        return "", {}
-    text = path.read_text()
-    try:
-        return text, tomllib.loads(text)
-    except tomllib.TOMLDecodeError:
-        return text, {}
-
-
-def _selection_used(state: State, campaign_dir: Path, settings: dict):
-    """The selection settings the campaign ran with: from the configuration stored in its
-    state (not the campaign file read again with defaults, which may have changed since)."""
-    from driver.config import SelectionSection, parse_config
-
-    raw = state.get_meta("config_json")
-    if raw:
-        return parse_config(json.loads(raw), base_dir=campaign_dir).selection
-    sel = settings.get("selection", {}) if isinstance(settings.get("selection"), dict) else {}
-    return SelectionSection(**{k: v for k, v in sel.items() if k in ("confidence", "force_threshold", "force_upper")})
-
-
-def _learning_curves(state: State) -> list[tuple[int, dict[str, dict], str]]:
-    """Per generation: (generation, {member label: lcurve columns}, note)."""
-    from remote_al.deepmd_data import parse_lcurve
-
-    out = []
-    seen: dict[str, int] = {}
-    by_gen: dict[int, list] = {}
-    for m in state.models():
-        by_gen.setdefault(m["generation"], []).append(m)
-    for g, members in sorted(by_gen.items()):
-        curves, notes = {}, []
-        carried = [m for m in members if m["lcurve_path"] in seen]
-        if carried and len(carried) == len(members):
-            out.append((g, {}, f"same models as generation {seen[members[0]['lcurve_path']]} (no new labels)"))
-            continue
-        for m in members:
-            seen.setdefault(m["lcurve_path"], g)
-            p = Path(m["lcurve_path"])
-            if not p.exists():
-                notes.append(f"member {m['member']}: {p} not on this machine")
-                continue
-            try:
-                curves[f"m{m['member']}"] = parse_lcurve(p)
-            except ValueError as exc:
-                notes.append(f"member {m['member']}: {exc}")
-        out.append((g, curves, "; ".join(notes)))
-    return out
-
-
-def _labels_by_round(state: State) -> dict[int, dict[str, int]]:
-    out: dict[int, dict[str, int]] = {}
-    for r in state.label_rows(status=None):
-        kind = "failed" if r["status"] != "ok" else ("held out" if r["split"] == "test" else "train")
-        d = out.setdefault(int(r["round"]), {})
-        d[kind] = d.get(kind, 0) + 1
-    return out
-
-
-def _widths_by_round(state: State) -> dict[int, list[float]]:
-    out: dict[int, list[float]] = {}
-    for r in state.db.execute(
-        "SELECT round, force_width FROM structures WHERE origin='md' AND force_width IS NOT NULL ORDER BY round"
-    ):
-        out.setdefault(int(r[0]), []).append(float(r[1]))
-    return out
-
-
-def _version() -> str:
-    from remote_al import __version__
-
-    return __version__
-
-
-def _dist_version(name: str) -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 # ------------------------------------------------------------------------ HTML
@@ -338,29 +124,21 @@ def write_report(
 
 
 def _write(state: State, campaign_dir: Path, outdir: Path, compute_parity: bool) -> Path:
-    toml_text, settings = _campaign_settings(campaign_dir)
-    selection = _selection_used(state, campaign_dir, settings)
+    toml_text, settings = campaign_settings(campaign_dir)
+    selection = selection_used(state, campaign_dir, settings)
     sel = {"confidence": selection.confidence, "force_threshold": selection.force_threshold,
            "force_upper": selection.force_upper}
     name = settings.get("campaign", {}).get("name") or campaign_dir.name
-    db = state.db
     sections: list[str] = []
 
     # --- provenance -------------------------------------------------------
-    labelers = db.execute(
-        "SELECT labeler, labeler_note, COUNT(*) FROM labels WHERE status='ok' GROUP BY labeler, labeler_note"
-    ).fetchall()
-    n_ok = db.execute("SELECT COUNT(*) FROM labels WHERE status='ok'").fetchone()[0]
-    n_failed = db.execute("SELECT COUNT(*) FROM labels WHERE status='failed'").fetchone()[0]
+    counts = provenance_counts(state)
+    labelers, n_ok, n_failed = counts["labelers"], counts["n_ok"], counts["n_failed"]
+    datasets, digests, last_ts = counts["datasets"], counts["digests"], counts["last_ts"]
     n_test = len(state.label_rows("ok", "test"))
     gens = sorted({m["generation"] for m in state.models()})
     members = {g: len(state.models(g)) for g in gens}
-    datasets = {r["generation"]: r["n_frames"] for r in db.execute("SELECT generation, n_frames FROM datasets")}
-    digests = {}
-    if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='dataset_versions'").fetchone():
-        digests = {r[0]: r[1] for r in db.execute("SELECT generation, digest FROM dataset_versions")}
     started = float(state.get_meta("started", "0") or 0)
-    last_ts = db.execute("SELECT MAX(ts) FROM events").fetchone()[0]
     stop = state.get_meta("stop_reason") or ""
     phase = state.get_meta("phase") or "not started"
     standin = any(lab[0] == "chgnet" or "stand-in" in (lab[1] or "").lower() for lab in labelers)
@@ -374,7 +152,7 @@ def _write(state: State, campaign_dir: Path, outdir: Path, compute_parity: bool)
             "this report is measured against CHGNet, which stands in for DFT so the loop runs in minutes.</div>"
         )
     prov = [
-        ["remote-al version", html.escape(_version())],
+        ["remote-al version", html.escape(remote_al_version())],
         ["report written", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")],
         ["campaign directory", html.escape(str(campaign_dir.resolve()))],
         ["phase", html.escape(phase) + (f" (round {html.escape(state.get_meta('round', '0') or '0')})")],
@@ -389,7 +167,7 @@ def _write(state: State, campaign_dir: Path, outdir: Path, compute_parity: bool)
         ["dataset sizes (training frames)", ", ".join(f"g{g}: {n}" for g, n in sorted(datasets.items())) or "–"],
         *([["dataset digests", ", ".join(f"g{g}: <code>{html.escape(str(d)[:12])}</code>"
                                          for g, d in sorted(digests.items()))]] if digests else []),
-        ["deepmd-kit on this machine", html.escape(_dist_version("deepmd-kit"))],
+        ["deepmd-kit on this machine", html.escape(dist_version("deepmd-kit"))],
     ]
     sections.append("<h2>Provenance</h2>" + _table(["", ""], prov))
     counts = state.task_counts()
@@ -431,7 +209,7 @@ def _write(state: State, campaign_dir: Path, outdir: Path, compute_parity: bool)
 
     # --- plots ----------------------------------------------------------------
     figs: list[str] = ["<h2>Learning curves</h2>"]
-    for g, curves, note in _learning_curves(state):
+    for g, curves, note in learning_curves(state):
         if not curves:
             figs.append(f"<p class='note'>Generation {g}: {html.escape(note or 'no learning curves')}</p>")
             continue
@@ -444,31 +222,18 @@ def _write(state: State, campaign_dir: Path, outdir: Path, compute_parity: bool)
         figs.append("<p class='note'>No trained members yet.</p>")
 
     figs.append("<h2>Exploration</h2>")
-    plots.plot_rounds(_labels_by_round(state), {r: m.get("confident_share") for r, m in rounds.items()},
+    plots.plot_rounds(labels_by_round(state), {r: m.get("confident_share") for r, m in rounds.items()},
                       outdir / "rounds.png")
     figs.append(_figure("rounds.png", "Labels per round (training, held-out, failed) and the share of explored "
                         f"frames at or below the force threshold {sel['force_threshold']:g} eV/Å."))
-    plots.plot_uncertainty_histograms(_widths_by_round(state), outdir / "uncertainty.png",
+    plots.plot_uncertainty_histograms(widths_by_round(state), outdir / "uncertainty.png",
                                       sel["force_threshold"], sel["force_upper"])
     figs.append(_figure("uncertainty.png", "Force CI width of every explored frame per round; red: selection "
                         "threshold, dashed: trust bound (above it frames count as unphysical)."))
 
     figs.append("<h2>Held-out accuracy and calibration</h2>")
-    parity, why = None, ""
-    if compute_parity:
-        try:
-            parity, why = _predicted_parity(state, outdir, sel["confidence"])
-        except Exception as exc:  # a failed evaluation must not cost the rest of the report
-            log.warning("parity evaluation failed: %s", exc)
-            parity, why = None, f"evaluating the models failed: {type(exc).__name__}: {exc}"
-    else:
-        why = "local evaluation switched off (--no-parity)"
-        cache = outdir / PARITY_CACHE
-        if cache.exists():
-            with np.load(cache, allow_pickle=False) as z:
-                parity = _parity_from_npz(z, "predict_ensemble (cached)")
-    if parity is None:
-        parity = _stored_parity(state)
+    parity, why, stored = report_parity(state, outdir, sel["confidence"], compute_parity)
+    if stored:
         if why:
             figs.append(f"<p class='note'>Force parity and per-component calibration not shown: "
                         f"{html.escape(why)}. Energies and per-frame force summaries below come from the "
@@ -490,7 +255,7 @@ def _write(state: State, campaign_dir: Path, outdir: Path, compute_parity: bool)
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         f"<title>remote-al report: {html.escape(name)}</title><style>{CSS}</style></head><body>"
         f"<h1>Campaign {html.escape(name)}</h1>"
-        f"<p class='note'>remote-al {html.escape(_version())} · {html.escape(phase)}"
+        f"<p class='note'>remote-al {html.escape(remote_al_version())} · {html.escape(phase)}"
         f"{' · ' + html.escape(stop) if stop else ''}</p>"
         + "\n".join(sections)
         + "</body></html>\n"
@@ -541,18 +306,13 @@ def _accuracy_figures(p: ParityData, outdir: Path, confidence: float, cal) -> li
 
 def _volume_section(state: State, campaign_dir: Path, outdir: Path) -> list[str]:
     """The volume-change curve and table (driver.volume), when the campaign computed it."""
-    if not state.db.execute("SELECT 1 FROM tasks WHERE function IN ('relax', 'relax_label') LIMIT 1").fetchone():
+    rows, error = volume_rows(state, campaign_dir)
+    if rows is None and error is None:
         return []
-    from driver import volume
-    from driver.config import parse_config
-
     out = ["<h2>Volume change with Li content</h2>"]
-    try:  # the configuration the driver ran with, as stored in the state
-        cfg = parse_config(json.loads(state.get_meta("config_json")), base_dir=campaign_dir)
-    except Exception as exc:
+    if error is not None:
         return out + [f"<p class='note'>the campaign's stored settings could not be read "
-                      f"({html.escape(type(exc).__name__)}: {html.escape(str(exc))}).</p>"]
-    rows = volume.summarize(state, cfg)
+                      f"({html.escape(type(error).__name__)}: {html.escape(str(error))}).</p>"]
     plots.plot_volume_curve(rows, outdir / "volume.png")
     out.append(_figure("volume.png", "Relaxed volume per formula unit and hexagonal lattice parameters a, c "
                        "against Li content: mean over the final ensemble's members, band: 95 % Student-t "
@@ -579,17 +339,8 @@ def _metric_cells(m: dict, scale: float) -> list[str]:
 
 
 # ------------------------------------------------------------------------- CLI
-def _campaign_dir(target: str) -> Path:
-    p = Path(target)
-    if p.is_file() and p.suffix == ".toml":
-        from driver.config import load_config
-
-        return load_config(p).directory
-    return p
-
-
 def cmd_report(args) -> int:
-    d = _campaign_dir(args.campaign)
+    d = campaign_directory(args.campaign)
     if not (d / "state.sqlite").exists():
         import sys
 
@@ -600,26 +351,13 @@ def cmd_report(args) -> int:
     return 0
 
 
-def cmd_sweep(args) -> int:
-    from driver.sweep import load_sweep, run_sweep
-
-    spec = load_sweep(args.sweep)
-    outcome = run_sweep(spec, gpu_slots=args.gpu_slots, say=print)
-    print(f"sweep results: {outcome.table_csv}, {outcome.heatmap}")
-    return 1 if outcome.failed else 0
-
-
 def add_subcommands(subparsers) -> None:
-    """``remote-al report`` and ``remote-al sweep``."""
+    """``remote-al report``."""
     p = subparsers.add_parser("report", help="write an HTML report with tables and plots of a campaign")
     p.add_argument("campaign", help="campaign directory or campaign TOML")
     p.add_argument("--no-parity", action="store_true",
                    help="do not evaluate the final ensemble locally (use stored results and the cache only)")
     p.set_defaults(func=cmd_report)
-    p = subparsers.add_parser("sweep", help="train and evaluate DeePMD loss prefactors on the same data")
-    p.add_argument("sweep", help="sweep TOML (see docs/reports.md)")
-    p.add_argument("--gpu-slots", type=int, default=None, help="members trained at once (override [backend])")
-    p.set_defaults(func=cmd_sweep)
 
 
-__all__ = ["ParityData", "add_subcommands", "parity_arrays", "write_report"]
+__all__ = ["PARITY_CACHE", "add_subcommands", "write_report"]

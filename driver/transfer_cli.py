@@ -50,15 +50,6 @@ def add_subcommands(subparsers) -> None:
     login.set_defaults(func=cmd_login)
 
 
-def _campaign_dir(target: str) -> Path:
-    p = Path(target)
-    if p.is_file() and p.suffix == ".toml":
-        from driver.config import load_config
-
-        return load_config(p).directory
-    return p
-
-
 def pull_items(state, root, kinds: Iterable[str], local: bool = True) -> list[TransferItem]:
     """What to pull, as paths relative to ``root`` (the campaign directory when local,
     the source site's root for Globus). A recorded path outside ``root`` is refused."""
@@ -84,12 +75,13 @@ def pull_items(state, root, kinds: Iterable[str], local: bool = True) -> list[Tr
 
 
 def cmd_pull(args) -> int:
+    from driver.config import campaign_directory
     from driver.state import StateMeta
     from driver.team import Site, read_team
     from driver.loop import open_campaign_state
     from driver.transfer import GlobusTransfer, LocalTransfer, safe_join, wait_for
 
-    cdir = _campaign_dir(args.campaign)
+    cdir = campaign_directory(args.campaign)
     state = open_campaign_state(cdir)
     name = cdir.name
     kinds = [k.strip() for k in args.what.split(",") if k.strip()]

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from driver.errors import ConfigError
-from driver.sweep import Prefactors, load_sweep, parse_sweep, prepare_data, run_sweep
+from driver.sweep import prepare_data, run_sweep
+from driver.sweep_spec import Prefactors, load_sweep, parse_sweep
 
 TYPE_MAP = ["Li", "Ni", "O"]
 

@@ -761,7 +761,7 @@ def evaluate(model_paths, test, pool, initial) -> dict:
     features of the initial data (the training set's part that is not in the pool)."""
     from deepmd.infer import DeepPot
 
-    from remote_al.dynamics import predict_ensemble
+    from remote_al.ensemble import predict_ensemble
     from remote_al.features import ensemble_features
     from remote_al.uq import ensemble_ci_width, frame_uncertainty
 

@@ -135,7 +135,7 @@ def independent_test_set(cfg, cache: Path, frames: int, equil: int, interval: in
 def ensemble_pairs(model_paths, frames, confidence: float) -> dict:
     """Per-atom force widths/errors and per-frame energy widths/errors (eV/atom)."""
     from remote_al.calibration import atom_force_errors, atom_force_widths
-    from remote_al.dynamics import predict_ensemble
+    from remote_al.ensemble import predict_ensemble
     from remote_al.uq import ensemble_ci_width
 
     energies, forces = predict_ensemble(model_paths, frames)

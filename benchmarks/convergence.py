@@ -58,7 +58,7 @@ def main(argv=None) -> dict:
     gens = sorted({m["generation"] for m in st.models()})
     g = gens[-1]
     p = cal.ensemble_pairs([m["path"] for m in st.models(g)], frames, cfg.selection.confidence)
-    from remote_al.dynamics import predict_ensemble
+    from remote_al.ensemble import predict_ensemble
 
     _, forces = predict_ensemble([m["path"] for m in st.models(g)], frames)
     comp_err = np.concatenate([(f.mean(axis=0) - a_.get_forces()).ravel() for f, a_ in zip(forces, frames)])

@@ -39,7 +39,8 @@ def stage(name: str, device: str, data: Path, work: Path, steps: int, md_steps: 
 
     import numpy as np
 
-    from remote_al.dynamics import predict_ensemble, run_md
+    from remote_al.dynamics import run_md
+    from remote_al.ensemble import predict_ensemble
     from remote_al.records import MDRequest, TrainRequest
     from remote_al.structures import cathode_cell, from_extxyz, to_extxyz
     from remote_al.training import train_member

@@ -61,7 +61,8 @@ for _p in (ROOT, ROOT / "benchmarks"):
 
 def compress(model: str) -> str | None:
     """``dp --pt compress`` of a frozen model, cached as model-compress.pth beside it."""
-    from remote_al.training import _dp_command, deepmd_env
+    from remote_al.torch_env import deepmd_env
+    from remote_al.training import _dp_command
 
     src = Path(model).resolve()
     out = src.with_name(src.stem + "-compress.pth")
@@ -204,8 +205,8 @@ def main(argv=None) -> dict:
     import torch
 
     from remote_al import fast_uq
-    from remote_al.dynamics import _device_name
-    from remote_al.dynamics import predict_ensemble_deeppot as predict_ensemble
+    from remote_al.torch_env import device_name as _device_name
+    from remote_al.ensemble import predict_ensemble_deeppot as predict_ensemble
     from remote_al.structures import perturb
 
     models, members, base, frames = setting(args)

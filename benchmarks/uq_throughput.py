@@ -109,7 +109,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default="benchmarks/results/uq_throughput.json")
     args = ap.parse_args(argv)
 
-    from remote_al.dynamics import _device_name, predict_ensemble, predict_ensemble_deeppot
+    from remote_al.ensemble import predict_ensemble, predict_ensemble_deeppot
+    from remote_al.torch_env import device_name as _device_name
 
     _, members, base, frames = setting(args)
 

@@ -11,7 +11,7 @@ and the members' ``lcurve.out`` files; nothing in the campaign is changed.
 Parity and per-component calibration need predictions the state does not keep (it stores
 summary numbers only). Where deepmd-kit is importable and the final generation's model
 files are on this machine, the report evaluates that ensemble on the held-out labeled
-frames with ``remote_al.dynamics.predict_ensemble`` and caches the arrays in
+frames with ``remote_al.ensemble.predict_ensemble`` and caches the arrays in
 ``report/parity.npz`` (reused while the models and held-out frames are unchanged).
 Otherwise it falls back to what the stored evaluation results hold (energy per frame,
 force width and max force error per frame) and says why in the report.

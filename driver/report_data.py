@@ -106,7 +106,7 @@ def predicted_parity(state: State, outdir: Path, confidence: float) -> tuple[Par
             if str(z["key"]) == key:
                 return parity_from_npz(z, "predict_ensemble"), ""
     try:
-        from remote_al.dynamics import predict_ensemble
+        from remote_al.ensemble import predict_ensemble
         import deepmd.infer  # noqa: F401  (fails without deepmd-kit/torch)
     except ImportError as exc:
         return None, (f"deepmd-kit is not importable here ({exc}); force parity and per-component "

@@ -1,4 +1,7 @@
-"""Molecular dynamics with one DeePMD-kit model, and batched ensemble evaluation."""
+"""Exploration with one DeePMD-kit model: ASE molecular dynamics and relaxation paths.
+
+The ensemble's evaluation (uncertainty, the MD guard) is in ``remote_al.ensemble``.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from remote_al.calibration import atom_force_errors, atom_force_widths
-from remote_al.records import MDRequest, MDResult, UQRequest, UQResult
+from remote_al.ensemble import guard_width
+from remote_al.records import MDRequest, MDResult
 from remote_al.structures import from_extxyz, min_distance, to_extxyz
-from remote_al.torch_env import single_thread_torch
-from remote_al.uq import ensemble_ci_width, frame_uncertainty
+from remote_al.torch_env import device_name, single_thread_torch
 
 
 def run_md(req: MDRequest) -> MDResult:
@@ -93,7 +95,7 @@ def run_md(req: MDRequest) -> MDResult:
             stop_reason = f"atoms {dmin:.2f} A apart at step {steps_done}"
             break
         if guards is not None:
-            width = _guard_width(guards, atoms)
+            width = guard_width(guards, atoms)
             snap.info["force_width_guard"] = width
             if width > req.stop_force_width:
                 stop_reason = f"ensemble force CI width {width:.2f} eV/A above {req.stop_force_width:g} at step {steps_done}"
@@ -108,7 +110,7 @@ def run_md(req: MDRequest) -> MDResult:
         mean_temperature_K=float(np.mean(temps)) if temps else 0.0,
         volume_start_A3=float(v0),
         volume_end_A3=float(atoms.get_volume()),
-        device=_device_name(),
+        device=device_name(),
         stop_reason=stop_reason,
     )
 
@@ -173,110 +175,6 @@ def run_relax_exploration(req: MDRequest) -> MDResult:
         mean_temperature_K=0.0,
         volume_start_A3=float(v0),
         volume_end_A3=float(atoms.get_volume()),
-        device=_device_name(),
+        device=device_name(),
         stop_reason=stop_reason,
     )
-
-
-def _guard_width(models, atoms) -> float:
-    """Max force-component CI width of the ensemble on one frame (the MD guard)."""
-    coords = atoms.get_positions().reshape(1, -1)
-    cell = np.asarray(atoms.get_cell()).reshape(1, -1)
-    symbols = atoms.get_chemical_symbols()
-    forces = []
-    for dp in models:
-        tm = dp.get_type_map()
-        _, f, _ = dp.eval(coords, cell, np.array([tm.index(s) for s in symbols]))
-        forces.append(np.asarray(f).reshape(len(symbols), 3))
-    return float(ensemble_ci_width(np.array(forces), 0.95, axis=0).max())
-
-
-def _device_name() -> str:
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except Exception:
-        return "cpu"
-
-
-def predict_ensemble(model_paths, frames, batch_size: int = 64):
-    """Energies (M, F) and forces list of F arrays (M, N_f, 3), evaluated in batches.
-
-    ``model_paths``: frozen model files, or already loaded ``DeepPot`` objects. Frames with
-    the same species sequence are stacked, ``batch_size`` per model call, with one
-    neighbour list per chunk shared by the members (``remote_al.fast_uq``; the same
-    numbers as ``predict_ensemble_deeppot`` to ~1e-13).
-    """
-    from remote_al.fast_uq import predict_ensemble as fast
-
-    return fast(model_paths, frames, batch_size)
-
-
-def predict_ensemble_deeppot(model_paths, frames, batch_size: int = 64):
-    """The reference evaluation: ``DeepPot.eval`` on stacks of ``batch_size`` frames of one
-    species sequence (``batch_size=1``: one frame at a time, as an ASE calculator does),
-    with PyTorch's default TorchScript executor. Used by the benchmarks and tests as the
-    baseline of ``predict_ensemble``."""
-    from remote_al.fast_uq import predict_ensemble as fast
-
-    return fast(model_paths, frames, batch_size, reference=True)
-
-
-def evaluate_uncertainty(req: UQRequest) -> UQResult:
-    """Student-t CI widths over the ensemble for every frame; errors if labels are present."""
-    t0 = time.time()
-    if len(req.model_paths) < 2:
-        raise ValueError(f"ensemble UQ needs at least 2 models, got {len(req.model_paths)}")
-    frames = from_extxyz(req.frames_extxyz)
-    if not frames:
-        raise ValueError("no frames to evaluate")
-    energies, forces = predict_ensemble(req.model_paths, frames, req.batch_size)
-    natoms = np.array([len(a) for a in frames])
-    e_w, f_w = frame_uncertainty(energies, forces, natoms, req.confidence)
-    e_mean = energies.mean(axis=0) / natoms
-    result = dict(
-        task_key=req.task_key,
-        n_members=len(req.model_paths),
-        n_frames=len(frames),
-        natoms=tuple(int(n) for n in natoms),
-        energy_width=tuple(float(x) for x in e_w),
-        force_width=tuple(float(x) for x in f_w),
-        energy_mean=tuple(float(x) for x in e_mean),
-    )
-    if req.return_forces:
-        result.update(
-            forces_mean=tuple(tuple(tuple(float(c) for c in row) for row in f.mean(axis=0)) for f in forces),
-            energy_total_mean=tuple(float(x) for x in energies.mean(axis=0)),
-            atom_force_width=tuple(float(x) for f in forces for x in atom_force_widths(f, req.confidence)),
-        )
-    labeled = [a.calc is not None and "energy" in a.calc.results and "forces" in a.calc.results for a in frames]
-    if all(labeled):
-        e_ref = np.array([a.calc.results["energy"] for a in frames]) / natoms
-        e_err, f_rmse, f_max, inside, atom_w, atom_e = [], [], [], [], [], []
-        if req.oob_members and len(req.oob_members) != len(frames):
-            raise ValueError(f"oob_members has {len(req.oob_members)} entries for {len(frames)} frames")
-        subsets = [list(o) if req.oob_members and o else list(range(len(req.model_paths))) for o in
-                   (req.oob_members or [()] * len(frames))]
-        e_sub = np.array([energies[s, i].mean() for i, s in enumerate(subsets)]) / natoms
-        for i, a in enumerate(frames):
-            f_ref = np.asarray(a.calc.results["forces"])
-            f_mean = forces[i][subsets[i]].mean(axis=0)
-            d = f_mean - f_ref
-            f_rmse.append(float(np.sqrt(np.mean(d**2))))
-            f_max.append(float(np.abs(d).max()))
-            width = ensemble_ci_width(forces[i], req.confidence, axis=0)
-            inside.append(float(np.mean(np.abs(d) <= width / 2.0)))
-            atom_w.extend(width.max(axis=1).tolist())
-            atom_e.extend(atom_force_errors(f_mean, f_ref).tolist())
-        e_err = (e_sub - e_ref).tolist()
-        result.update(
-            energy_error=tuple(e_err),
-            force_rmse=tuple(f_rmse),
-            force_error_max=tuple(f_max),
-            force_inside_ci=tuple(inside),
-            atom_force_width=tuple(float(x) for x in atom_w),
-            atom_force_error=tuple(float(x) for x in atom_e),
-        )
-    result.update(wall_s=time.time() - t0, device=_device_name())
-    return UQResult(**result)

@@ -1,4 +1,4 @@
-"""Faster batched ensemble evaluation for UQ: what ``dynamics.predict_ensemble`` runs.
+"""Faster batched ensemble evaluation for UQ: what ``ensemble.predict_ensemble`` runs.
 
 Same arguments, same results (energies ``(M, F)``, a list of ``F`` force arrays
 ``(M, N_f, 3)``), same numbers to ~1e-13 eV and eV/A. Where the time of
@@ -216,7 +216,7 @@ def _plain_interpreter():
 def predict_ensemble(model_paths, frames, batch_size: int = 64, reference: bool = False):
     """Energies (M, F) and forces list of F arrays (M, N_f, 3), evaluated in batches.
 
-    What ``remote_al.dynamics.predict_ensemble`` runs (see the module docstring).
+    What ``remote_al.ensemble.predict_ensemble`` runs (see the module docstring).
     ``model_paths``: frozen model files, or already loaded ``DeepPot`` objects.
     Frames with the same species sequence are stacked, ``batch_size`` per model call;
     their neighbour list is built once and shared by the members. ``reference=True``:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from remote_al.records import (
     LabelRequest,
@@ -20,44 +20,51 @@ from remote_al.records import (
     TrainRequest,
     UQRequest,
 )
-
-_THREAD_ENV = {
-    "OMP_NUM_THREADS": "1",
-    "DP_INTRA_OP_PARALLELISM_THREADS": "1",
-    "DP_INTER_OP_PARALLELISM_THREADS": "1",
-}
+from remote_al.torch_env import task_environment
 
 
 def _prepare(cls, request):
-    for k, v in _THREAD_ENV.items():
-        os.environ.setdefault(k, v)
+    """The ``cls`` record of ``request`` (the record or its dict); ``TypeError`` otherwise.
+
+    It leaves ``os.environ`` alone: what a worker needs there (one thread, no GPU for
+    ``device="cpu"``) is set for the duration of the task by ``_run``, through
+    ``remote_al.torch_env.task_environment``, because DeePMD-kit and torch read it when
+    they are imported, inside the task.
+    """
     if isinstance(request, Mapping):
         request = cls.from_dict(request)
     if not isinstance(request, cls):
         raise TypeError(f"expected a {cls.__name__} or its dict, got {type(request).__name__}")
-    device = getattr(request, "device", "auto")
-    if device == "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     return request
+
+
+def _run(cls, request, work: Callable[[Any], Any]) -> dict:
+    """``work(record)`` in the task's thread and device environment, as a dict."""
+    req = _prepare(cls, request)
+    with task_environment(getattr(req, "device", "auto")):
+        return work(req).to_dict()
+
+
+def _md(req: MDRequest):
+    if req.engine == "lammps":
+        from remote_al.lammps_md import run_md_lammps as run
+    elif req.engine == "ase":
+        from remote_al.dynamics import run_md as run
+    else:
+        raise ValueError(f"unknown MD engine {req.engine!r}: use 'ase' or 'lammps'")
+    return run(req)
 
 
 def run_md(request: MDRequest | Mapping[str, Any]) -> dict:
     """MD with one DeePMD model; returns MDResult as a dict."""
-    req = _prepare(MDRequest, request)
-    if req.engine == "lammps":
-        from remote_al.lammps_md import run_md_lammps as _run
-    elif req.engine == "ase":
-        from remote_al.dynamics import run_md as _run
-    else:
-        raise ValueError(f"unknown MD engine {req.engine!r}: use 'ase' or 'lammps'")
-    return _run(req).to_dict()
+    return _run(MDRequest, request, _md)
 
 
 def evaluate_uncertainty(request: UQRequest | Mapping[str, Any]) -> dict:
     """Ensemble Student-t CI widths per frame; returns UQResult as a dict."""
-    from remote_al.dynamics import evaluate_uncertainty as _eval
+    from remote_al.ensemble import evaluate_uncertainty as _eval
 
-    return _eval(_prepare(UQRequest, request)).to_dict()
+    return _run(UQRequest, request, _eval)
 
 
 def label_structures(request: LabelRequest | Mapping[str, Any]) -> dict:
@@ -66,13 +73,16 @@ def label_structures(request: LabelRequest | Mapping[str, Any]) -> dict:
     Labeled frames are also written to ``workdir/labeled.extxyz`` (with the structure id,
     labeler and status in each frame's info) for provenance.
     """
+    return _run(LabelRequest, request, _label)
+
+
+def _label(req: LabelRequest) -> LabelResult:
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.io import write
 
     from remote_al.labelers import get_labeler
     from remote_al.structures import from_extxyz
 
-    req = _prepare(LabelRequest, request)
     t0 = time.time()
     workdir = Path(req.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -97,21 +107,21 @@ def label_structures(request: LabelRequest | Mapping[str, Any]) -> dict:
         labels=tuple(lab.to_dict() for lab in labels),
         output_path=str(path),
         wall_s=time.time() - t0,
-    ).to_dict()
+    )
 
 
 def train_member(request: TrainRequest | Mapping[str, Any]) -> dict:
     """Train and freeze one ensemble member; returns TrainResult as a dict."""
     from remote_al.training import train_member as _train
 
-    return _train(_prepare(TrainRequest, request)).to_dict()
+    return _run(TrainRequest, request, _train)
 
 
 def relax_structure(request: RelaxRequest | Mapping[str, Any]) -> dict:
     """Relax positions and cell with each ensemble member or with the labeler; RelaxResult as a dict."""
     from remote_al.relax import relax_structure as _relax
 
-    return _relax(_prepare(RelaxRequest, request)).to_dict()
+    return _run(RelaxRequest, request, _relax)
 
 
 def probe_environment(_: Any = None) -> dict:

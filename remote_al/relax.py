@@ -19,6 +19,7 @@ import numpy as np
 
 from remote_al.records import RelaxRequest, RelaxResult
 from remote_al.structures import from_extxyz, to_extxyz
+from remote_al.torch_env import device_name, single_thread_torch
 
 
 def relax_atoms(atoms, calc, fmax: float = 0.02, max_steps: int = 300, logfile=None) -> dict:
@@ -45,15 +46,6 @@ def relax_atoms(atoms, calc, fmax: float = 0.02, max_steps: int = 300, logfile=N
     }
 
 
-def _torch_threads():
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except Exception:
-        pass
-
-
 def relax_structure(req: RelaxRequest) -> RelaxResult:
     """Relax with each model of ``req.model_paths``, or with ``req.labeler``."""
     t0 = time.time()
@@ -68,16 +60,14 @@ def relax_structure(req: RelaxRequest) -> RelaxResult:
     if req.model_paths:
         if req.labeler:
             raise ValueError("give model_paths (ensemble relaxation) or labeler, not both")
-        _torch_threads()
+        single_thread_torch()
         from deepmd.calculator import DP
 
         for k, path in enumerate(req.model_paths):
             runs.append(relax_atoms(atoms, DP(model=path), req.fmax, req.max_steps,
                                     logfile=str(workdir / f"relax-m{k}.log")))
         method = "ensemble"
-        from remote_al.dynamics import _device_name
-
-        device = _device_name()
+        device = device_name()
     elif req.labeler:
         from remote_al.labelers import get_labeler
 

@@ -3,17 +3,67 @@
 DeePMD-kit reads ``OMP_NUM_THREADS`` and ``DP_INTRA/INTER_OP_PARALLELISM_THREADS`` when
 it is imported, and CUDA reads ``CUDA_VISIBLE_DEVICES`` when it starts, so these are
 environment variables, not arguments. Ensemble members and tasks run as parallel
-single-thread processes (docs: one thread per member is what was measured fastest), so
-every variable here says "one thread".
+single-thread processes (one thread per member is what was measured fastest), so every
+variable here says "one thread".
+
+- :func:`deepmd_env`: the environment of a DeePMD-kit subprocess (``dp train``).
+- :func:`task_environment`: the same variables in this process for the duration of one
+  registered function (DeePMD-kit and torch are imported inside it).
+- :func:`single_thread_torch`, :func:`device_name`: torch's thread count and device.
 """
 
 from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator, Mapping
 
 THREAD_ENV = {
     "OMP_NUM_THREADS": "1",
     "DP_INTRA_OP_PARALLELISM_THREADS": "1",
     "DP_INTER_OP_PARALLELISM_THREADS": "1",
 }
+
+
+def deepmd_env(device: str = "auto", base: Mapping[str, str] | None = None) -> dict:
+    """Environment of a DeePMD-kit subprocess: ``base`` (this process's environment by
+    default) with one thread, no DataLoader workers and, for ``device="cpu"``, no GPU."""
+    env = dict(os.environ if base is None else base)
+    env.update(THREAD_ENV)
+    # DeePMD-kit's PyTorch DataLoader otherwise forks min(4, ncpu) loader processes per
+    # epoch; with small per-member datasets and one thread per member they cost more
+    # than they give. Parallelism comes from members in separate processes.
+    env.setdefault("NUM_WORKERS", "0")
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+@contextlib.contextmanager
+def task_environment(device: str = "auto") -> Iterator[None]:
+    """This process's environment for one task: the thread variables where the endpoint
+    has not set them, and no GPU for ``device="cpu"``; restored on exit.
+
+    Why the environment and not arguments: a registered function imports DeePMD-kit and
+    torch inside its body, in the worker's own process, and both read these variables
+    only there (at import, and when CUDA starts). Why restored: a worker runs many tasks;
+    one task's ``device="cpu"`` must not hide the GPU from the next task's subprocesses
+    (``dp train`` builds its environment from this one). What the imports did with the
+    variables (torch's thread count, a CUDA context) stays for the process's lifetime.
+    """
+    wanted = {k: v for k, v in THREAD_ENV.items() if k not in os.environ}
+    if device == "cpu":
+        wanted["CUDA_VISIBLE_DEVICES"] = ""
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def single_thread_torch() -> None:
@@ -23,3 +73,13 @@ def single_thread_torch() -> None:
     except ImportError:
         return
     torch.set_num_threads(1)
+
+
+def device_name() -> str:
+    """``"cuda"`` where torch sees a GPU, else ``"cpu"`` (also without torch)."""
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except Exception:
+        return "cpu"

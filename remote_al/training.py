@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import numpy as np
 
 from remote_al.deepmd_data import n_frames, parse_lcurve, subset_system
 from remote_al.records import TrainRequest, TrainResult
+from remote_al.torch_env import deepmd_env
 
 DEFAULT_SEL = {"O": 48}  # neighbours within rcut 5 A in layered oxides; others 24
 
@@ -127,22 +127,6 @@ def split_member_data(systems, workdir: Path, fraction: float, seed: int):
         if v:
             valid.append(v)
     return train, valid, kept, total, tuple(held_out)
-
-
-def deepmd_env(device: str = "auto") -> dict:
-    env = dict(os.environ)
-    env.update(
-        OMP_NUM_THREADS="1",
-        DP_INTRA_OP_PARALLELISM_THREADS="1",
-        DP_INTER_OP_PARALLELISM_THREADS="1",
-    )
-    # DeePMD-kit's PyTorch DataLoader otherwise forks min(4, ncpu) loader processes per
-    # epoch; with small per-member datasets and one thread per member they cost more
-    # than they give. Parallelism comes from members in separate processes.
-    env.setdefault("NUM_WORKERS", "0")
-    if device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    return env
 
 
 def _dp_command() -> list[str]:

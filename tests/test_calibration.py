@@ -125,7 +125,7 @@ def test_predict_gives_ensemble_values_widths_and_calibrated_bounds(tiny_ensembl
 
     from driver.predict import predict, write_predictions
     from driver.state import State
-    from remote_al.dynamics import predict_ensemble
+    from remote_al.ensemble import predict_ensemble
     from remote_al.uq import ensemble_ci_width
 
     camp = tmp_path / "camp"

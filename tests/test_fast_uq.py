@@ -8,7 +8,7 @@ import pytest
 from ase import Atoms
 
 from remote_al import fast_uq
-from remote_al.dynamics import predict_ensemble, predict_ensemble_deeppot
+from remote_al.ensemble import predict_ensemble, predict_ensemble_deeppot
 from remote_al.structures import cathode_cell, perturb
 
 

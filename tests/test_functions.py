@@ -108,7 +108,7 @@ def test_uq_through_backend(tiny_ensemble, labeled_dir, local_backend, tmp_path)
 
 
 def test_batched_uq_equals_one_frame_at_a_time(tiny_ensemble, labeled_dir):
-    from remote_al.dynamics import predict_ensemble
+    from remote_al.ensemble import predict_ensemble
 
     models = [r.model_path for r in tiny_ensemble]
     frames = labeled_dir["frames"][:5]

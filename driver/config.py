@@ -705,7 +705,7 @@ def validate(cfg: CampaignConfig) -> None:
 # Settings class of each labeler; its from_mapping raises LabelingError from a pydantic
 # ValidationError (the field paths) when the settings cannot be used.
 LABELER_SETTINGS = {
-    "vasp": "remote_al.labelers.vasp:VaspSettings",
+    "vasp": "remote_al.labelers.vasp_inputs:VaspSettings",
     "gpaw": "remote_al.labelers.gpaw:GPAWSettings",
     "chgnet": "remote_al.labelers.chgnet:CHGNetSettings",
 }

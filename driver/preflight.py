@@ -30,7 +30,7 @@ _INITIAL_FRAMES_CHECKED = 64
 def build_structure(spec):
     """The starting structure of a structure spec (built in code or read from a file)."""
     from driver.config import spec_metals
-    from remote_al.composition import layered_structure
+    from remote_al.orderings import layered_structure
     from remote_al.structures import read_structure_file
 
     if spec.generator == "file":

@@ -84,7 +84,8 @@ def _lattice(cell9, supercell) -> tuple[float, float]:
     lattice (a member that distorted the cell: its volume still counts)."""
     from ase import Atoms
 
-    from remote_al.composition import CompositionError, hexagonal_lattice
+    from remote_al.composition import CompositionError
+    from remote_al.lattice import hexagonal_lattice
 
     try:
         return hexagonal_lattice(Atoms(cell=np.reshape(cell9, (3, 3)), pbc=True), tuple(supercell))

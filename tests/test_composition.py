@@ -7,17 +7,10 @@ import itertools
 import numpy as np
 import pytest
 
-from remote_al import composition as comp
-from remote_al.composition import (
-    CompositionError,
-    distinct_orderings,
-    hexagonal_lattice,
-    layered_structure,
-    oxidation_states,
-    parse_metals,
-    site_counts,
-    suggest_supercell,
-)
+from remote_al import lattice, orderings
+from remote_al.composition import CompositionError, oxidation_states, parse_metals, site_counts, suggest_supercell
+from remote_al.lattice import hexagonal_lattice
+from remote_al.orderings import distinct_orderings, layered_structure
 from remote_al.structures import check_structure, layered_limo2
 
 AL_DOPED = {"Ni": 0.75, "Al": 0.25}
@@ -120,7 +113,7 @@ def test_distinct_orderings_are_inequivalent_sorted_and_complete(metals, x, n_ar
         assert not sm.fit(_pmg(a), _pmg(b))
 
     # Independent count of symmetry-distinct arrangements: group all of them with the matcher.
-    enum = comp._get_enumeration(metals, x, (2, 2, 1), 0, 4000)
+    enum = orderings._get_enumeration(metals, x, (2, 2, 1), 0, 4000)
     assert len(enum.labels) == n_arrangements and not enum.sampled
     groups = sm.group_structures([enum.structure(k) for k in range(len(enum.labels))])
     everything = distinct_orderings(metals, x, (2, 2, 1), n=100)
@@ -133,7 +126,7 @@ def test_distinct_orderings_are_inequivalent_sorted_and_complete(metals, x, n_ar
 def test_quadratic_form_matches_direct_ewald():
     from pymatgen.analysis.ewald import EwaldSummation
 
-    enum = comp._get_enumeration(AL_DOPED, 0.5, (2, 2, 1), 0, 4000)
+    enum = orderings._get_enumeration(AL_DOPED, 0.5, (2, 2, 1), 0, 4000)
     ks = range(len(enum.labels))
     quad = np.array([enum.energies[k] for k in ks])
     direct = np.array([EwaldSummation(enum.structure(k, oxidation=True)).total_energy for k in ks])
@@ -161,8 +154,8 @@ def test_reproducible_with_sampling():
     sc = suggest_supercell("NMC811", 0.5)
     args = dict(metals="NMC811", li_content=0.5, supercell=sc, n=2, seed=3, max_enumerate=300)
     a = distinct_orderings(**args)
-    assert comp._get_enumeration("NMC811", 0.5, sc, 3, 300).sampled
-    comp._enumeration.cache_clear()
+    assert orderings._get_enumeration("NMC811", 0.5, sc, 3, 300).sampled
+    orderings._enumeration.cache_clear()
     b = distinct_orderings(**args)
     assert len(a) == len(b) == 2
     for x, y in zip(a, b):
@@ -197,7 +190,7 @@ def test_hexagonal_lattice_reference_and_scaling(supercell):
     assert a2 == pytest.approx(s * 2.878, abs=1e-6) and c2 == pytest.approx(s * 14.19, abs=1e-6)
     # c-axis strain changes c only.
     strained = ref.copy()
-    hexmap = comp._hexagonal_map(tuple(supercell))
+    hexmap = lattice._hexagonal_map(tuple(supercell))
     h = hexmap @ ref.cell[:]
     h[2] *= 1.05
     strained.set_cell(np.linalg.solve(hexmap, h), scale_atoms=True)

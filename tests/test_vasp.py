@@ -17,19 +17,16 @@ from ase.io import read
 from ase.spacegroup import crystal
 
 from remote_al.labelers import LabelingError, get_labeler
-from remote_al.labelers.vasp import (
-    VaspLabeler,
-    VaspOutputError,
+from remote_al.labelers.vasp import VaspLabeler
+from remote_al.labelers.vasp_inputs import (
     VaspSettings,
-    parse_outcar,
-    parse_vasp_outputs,
-    parse_vasprun_xml,
+    find_potcars,
     poscar_order,
+    potcar_root,
     unpermute,
     write_vasp_inputs,
-    find_potcars,
-    potcar_root,
 )
+from remote_al.labelers.vasp_outputs import VaspOutputError, parse_outcar, parse_vasp_outputs, parse_vasprun_xml
 
 DATA = Path(__file__).parent / "data" / "vasp"
 

@@ -15,6 +15,7 @@ wrong shape, turn it into ``failed``, so they can never reach a training set.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import importlib
 import math
 from pathlib import Path
@@ -86,3 +87,45 @@ def validate_label(label: Label, natoms: int) -> Label:
         reason="invalid label: " + "; ".join(problems),
         wall_s=label.wall_s,
     )
+
+
+def validated_settings(cls, settings: Mapping[str, Any], bounds=None, refusals=None):
+    """``cls(**settings)`` for the settings dataclass ``cls`` of a labeler, once pydantic has
+    checked every key: no unknown key (with a did-you-mean), the annotated types, strictly
+    (no "4" for 4, no true for 1), finite numbers, and ``bounds`` ({field: {"ge": .., "le":
+    ..}}). ``refusals(settings)`` yields (location, reason, fix) for well-typed values that
+    cannot be used. Raises LabelingError from the pydantic ValidationError, whose locations
+    are the field paths (the driver names them as ``labeler.settings.<path>``)."""
+    import difflib
+    import typing
+
+    from pydantic import ConfigDict, Field, ValidationError, create_model
+    from pydantic_core import InitErrorDetails, PydanticCustomError
+
+    label = cls.__name__.removesuffix("Settings").lower()
+    if not isinstance(settings, Mapping):
+        raise LabelingError(f"{label} settings must be a table, got {type(settings).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {
+        f.name: (hints[f.name], Field(f.default if f.default is not dataclasses.MISSING else f.default_factory(),
+                                      **(bounds or {}).get(f.name, {})))
+        for f in dataclasses.fields(cls)
+    }
+    model = create_model(f"{cls.__name__}Check", __config__=ConfigDict(extra="forbid", strict=True,
+                                                                      allow_inf_nan=False), **fields)
+    try:
+        model.model_validate(dict(settings))
+        problems = [InitErrorDetails(type=PydanticCustomError("refused", "{problem}", {"problem": reason, "fix": fix}),
+                                     loc=tuple(loc), input=settings)
+                    for loc, reason, fix in (refusals(settings) if refusals else ())]
+        if problems:
+            raise ValidationError.from_exception_data(model.__name__, problems)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        hint = f" (fix: {err['ctx']['fix']})" if err["type"] == "refused" else ""
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(err["loc"][-1]), list(fields), n=1)
+            hint = (f" (did you mean {close[0]!r}?)" if close else "") + f"; known settings: {sorted(fields)}"
+        where = ".".join(str(p) for p in err["loc"])
+        raise LabelingError(f"{label} settings: {where}: {err['msg']}{hint}") from exc
+    return cls(**dict(settings))

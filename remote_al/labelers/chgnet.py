@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from remote_al.labelers.base import Labeler, LabelingError, validate_label
-from remote_al.labelers.vasp import validated_settings
+from remote_al.labelers.base import Labeler, LabelingError, validate_label, validated_settings
 from remote_al.records import STAND_IN_NOTE, Label
 
 

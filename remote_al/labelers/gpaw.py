@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from remote_al.labelers.base import Labeler, LabelingError, validate_label
-from remote_al.labelers.vasp import HUBBARD_U, validated_settings
+from remote_al.labelers.base import Labeler, LabelingError, validate_label, validated_settings
+from remote_al.labelers.vasp_inputs import HUBBARD_U
 from remote_al.records import Label
 
 # Initial moments (mu_B): Ni3+ (low-spin d7) and Co4+ carry about 1, Mn4+ 3; others 0.

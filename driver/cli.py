@@ -62,7 +62,6 @@ def _sites_for(cfg, args):
     if not team_path:
         return None, None
     from driver.state import State
-    from driver.transfer import make_transfer
 
     team = _read_team(team_path)
     if not any(site.pools for site in team.sites.values()):
@@ -71,6 +70,19 @@ def _sites_for(cfg, args):
     meta = StateMeta(State(cfg.directory / "state.sqlite"))
     kind = "globus" if (args.backend or cfg.backend.kind) == "globus" else "local"
     return team.sites, make_transfer(kind, team.sites, meta)
+
+
+def make_transfer(kind: str, sites, meta=None, **kwargs):
+    """``local`` or ``globus``, by name."""
+    if kind == "local":
+        from driver.transfer_local import LocalTransfer
+
+        return LocalTransfer(sites, meta, **kwargs)
+    if kind == "globus":
+        from driver.transfer_globus import GlobusTransfer
+
+        return GlobusTransfer(sites, meta, **kwargs)
+    raise ConfigError("transfer", f"unknown transfer {kind!r}", "use 'local' or 'globus'")
 
 
 def cmd_run(args) -> int:

@@ -79,7 +79,9 @@ def cmd_pull(args) -> int:
     from driver.state import StateMeta
     from driver.team import Site, read_team
     from driver.loop import open_campaign_state
-    from driver.transfer import GlobusTransfer, LocalTransfer, safe_join, wait_for
+    from driver.transfer import safe_join, wait_for
+    from driver.transfer_globus import GlobusTransfer
+    from driver.transfer_local import LocalTransfer
 
     cdir = campaign_directory(args.campaign)
     state = open_campaign_state(cdir)

@@ -10,7 +10,7 @@ from driver.backends.local import LocalBackend
 from driver.team import Site
 from driver.loop import Campaign
 from driver.state import State, StateMeta
-from driver.transfer import LocalTransfer
+from driver.transfer_local import LocalTransfer
 
 pytestmark = pytest.mark.slow
 

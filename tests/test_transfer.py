@@ -28,8 +28,6 @@ from driver.transfer import (
     FAILED,
     SUCCEEDED,
     ConsentRequired,
-    GlobusTransfer,
-    LocalTransfer,
     TransferError,
     TransferFailed,
     TransferItem,
@@ -40,6 +38,8 @@ from driver.transfer import (
     sha256_file,
     wait_for,
 )
+from driver.transfer_globus import GlobusTransfer
+from driver.transfer_local import LocalTransfer
 
 pytestmark = pytest.mark.timeout(60)
 

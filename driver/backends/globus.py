@@ -14,6 +14,8 @@ and polls task status over HTTPS, instead of wrapping ``globus_compute_sdk.Execu
 - Every exchange is an HTTP request, so tests use the real clients with
   ``globus_sdk.testing`` responses and no AMQP broker.
 
+Serialization, task documents and error translation are in ``driver.backends.globus_wire``.
+
 What stays as in the Executor: submission by registered function id, results that the
 endpoint serializes with ``JSONData`` (``result_serializers``), and a task group per
 pool (``meta["task_group_id:<pool>"]``) so one campaign's tasks stay together and can
@@ -37,65 +39,28 @@ import time
 import uuid
 from concurrent.futures import Future, InvalidStateError
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, MutableMapping, Sequence
+from typing import Any, Mapping, MutableMapping, Sequence
 
 from driver.backends.base import FUNCTIONS, MAX_PAYLOAD_BYTES, Backend, Submission
-from driver.team import TeamFile, read_team
-from driver.errors import (
-    BackendUnavailable,
-    ConfigError,
-    FunctionNotAllowed,
-    PayloadTooLarge,
-    TaskFailed,
+from driver.backends.globus_wire import (
+    Pending,
+    as_json_ready,
+    chunks_by_size,
+    decode_result,
+    is_uuid,
+    json_import_path,
+    json_serializer,
+    task_failure,
+    translate_error,
 )
+from driver.errors import BackendUnavailable, ConfigError, PayloadTooLarge, TaskFailed
+from driver.team import TeamFile, read_team
 
 log = logging.getLogger(__name__)
 
 META_TASK_GROUP = "task_group_id:{pool}"
 STATUS_BATCH = 128  # task ids per batch_status request (as the SDK does)
-# Error codes after which running the same task again cannot help.
-NOT_RETRYABLE = {"FUNCTION_NOT_ALLOWED", "MaxResultSizeExceeded", "ResultNotJSON"}
-
-
-@dataclass
-class _Pending:
-    pool: str
-    function: str
-    task_key: str
-    future: Future
-    status: str = "submitted"
-
-
-def _json_serializer():
-    """Arguments and results as JSON; only JSON data is deserialized."""
-    from globus_compute_sdk.serialize import ComputeSerializer, DillCode, JSONData
-
-    # An allow-list needs a code entry too; results are checked to be JSON before this.
-    return ComputeSerializer(strategy_data=JSONData(), allowed_deserializer_types=[JSONData, DillCode])
-
-
-def _json_import_path() -> str:
-    from globus_compute_sdk.serialize import JSONData
-
-    return f"{JSONData.__module__}.{JSONData.__qualname__}"
-
-
-def _as_json_ready(request: Any) -> Any:
-    if hasattr(request, "to_dict"):
-        return request.to_dict()
-    if isinstance(request, Mapping):
-        return dict(request)
-    return request
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(str(value))
-    except ValueError:
-        return False
-    return True
 
 
 class GlobusBackend(Backend):
@@ -129,7 +94,7 @@ class GlobusBackend(Backend):
         self.last_submit_error: Exception | None = None
         self._client = client
         self._status_client = None
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, Pending] = {}
         self._online_until: dict[str, float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -140,7 +105,7 @@ class GlobusBackend(Backend):
         if self._client is None:
             self._client = self._connect()
         if self._status_client is None:
-            self._client.fx_serializer = _json_serializer()
+            self._client.fx_serializer = json_serializer()
             self._status_client = self._make_status_client(self._client)
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
@@ -202,7 +167,7 @@ class GlobusBackend(Backend):
                 raise ConfigError("function", f"unknown function {function!r}",
                                   f"one of {sorted(FUNCTIONS)}")
             function_id = self.team.function_id(function)
-            args = (_as_json_ready(request),)
+            args = (as_json_ready(request),)
             try:
                 payload = serde.pack_buffers([serde.serialize(args), serde.serialize({})])
             except Exception as err:  # the SDK raises SerializationError
@@ -219,7 +184,7 @@ class GlobusBackend(Backend):
         self._require_online(pool, endpoint_id)
         submissions: list[Submission] = []
         self.last_submit_error = None
-        for chunk in _chunks_by_size(prepared, self.max_payload_bytes):
+        for chunk in chunks_by_size(prepared, self.max_payload_bytes):
             try:
                 submissions.extend(self._send(pool, endpoint_id, chunk))
             except Exception as err:
@@ -236,7 +201,7 @@ class GlobusBackend(Backend):
         batch = self._client.create_batch(
             task_group_id=self.meta.get(key),
             user_endpoint_config=dict(self.team.user_endpoint_config.get(pool, {})) or None,
-            result_serializers=[_json_import_path()],
+            result_serializers=[json_import_path()],
         )
         for _, _, function_id, args, _ in chunk:
             batch.add(function_id, args=args)
@@ -250,7 +215,7 @@ class GlobusBackend(Backend):
             for function, task_key, function_id, _, _ in chunk:
                 task_id = str(ids_by_function[str(uuid.UUID(function_id))].pop(0))
                 fut: Future = Future()
-                self._pending[task_id] = _Pending(pool, function, task_key, fut)
+                self._pending[task_id] = Pending(pool, function, task_key, fut)
                 submissions.append(Submission(backend_id=task_id, future=fut))
         return submissions
 
@@ -291,32 +256,7 @@ class GlobusBackend(Backend):
         try:
             yield
         except (globus_sdk.GlobusAPIError, globus_sdk.NetworkError) as err:
-            raise self._translate(err, pool, endpoint_id) from err
-
-    @staticmethod
-    def _translate(err: Exception, pool: str, endpoint_id: str) -> Exception:
-        """Map a Globus network or API error to the driver's errors (by status and code)."""
-        import globus_sdk
-
-        if not isinstance(err, globus_sdk.GlobusAPIError):
-            return BackendUnavailable(f"Globus Compute unreachable ({type(err).__name__}): {err}")
-        status, code = err.http_status, (err.code or "")
-        if status == 403 and code == "FUNCTION_NOT_PERMITTED":
-            return FunctionNotAllowed(_not_allowed_message(pool, endpoint_id, err.message))
-        if status == 429 or status >= 500:
-            return BackendUnavailable(f"Globus Compute answered {status} {code}; retry later")
-        if status in (401, 403):
-            return ConfigError(
-                f"team.endpoints.{pool}", f"not allowed to use endpoint {endpoint_id} "
-                f"({status} {code}: {err.message})",
-                "log in as an identity the endpoint accepts, or set GLOBUS_COMPUTE_CLIENT_ID/"
-                "GLOBUS_COMPUTE_CLIENT_SECRET to the team's service identity (docs/sharing.md)")
-        if status == 404:
-            return ConfigError(f"team.endpoints.{pool}", f"the service does not know endpoint "
-                               f"{endpoint_id} or a function id ({err.message})",
-                               "check the team file; re-register with remote-al endpoint register")
-        return TaskFailed(f"Globus Compute refused the request ({status} {code}): {err.message}",
-                          code=code or f"HTTP{status}", retryable=False)
+            raise translate_error(err, pool, endpoint_id) from err
 
     # -------------------------------------------------------------- reattach
     def reattach(self, pool: str, function: str, backend_id: str, task_key: str) -> Future | None:
@@ -325,7 +265,7 @@ class GlobusBackend(Backend):
         Raises ``BackendUnavailable`` when the service cannot be asked: then do not
         resubmit, try again later.
         """
-        if not _is_uuid(backend_id):
+        if not is_uuid(backend_id):
             return None
         self.start()
         import globus_sdk
@@ -339,9 +279,9 @@ class GlobusBackend(Backend):
         except (globus_sdk.GlobusAPIError, globus_sdk.NetworkError) as err:
             if isinstance(err, globus_sdk.GlobusAPIError) and err.http_status == 404:
                 return None
-            raise self._translate(err, pool, self.team.endpoints.get(pool, "?")) from err
+            raise translate_error(err, pool, self.team.endpoints.get(pool, "?")) from err
         fut: Future = Future()
-        entry = _Pending(pool, function, task_key, fut)
+        entry = Pending(pool, function, task_key, fut)
         if not self._settle(backend_id, entry, doc):
             with self._lock:
                 self._pending[backend_id] = entry
@@ -425,7 +365,7 @@ class GlobusBackend(Backend):
             return 0
         return self._settle_pending(task_id, doc)
 
-    def _settle(self, task_id: str, entry: _Pending, doc: Mapping[str, Any]) -> bool:
+    def _settle(self, task_id: str, entry: Pending, doc: Mapping[str, Any]) -> bool:
         """Resolve ``entry.future`` from a task document; False while it is pending."""
         status = str(doc.get("status", "unknown")).lower()
         entry.status = status
@@ -433,53 +373,12 @@ class GlobusBackend(Backend):
             return False
         if status == "success":
             try:
-                _resolve(entry.future, result=self._decode_result(task_id, entry, doc))
+                _resolve(entry.future, result=decode_result(self._client.fx_serializer, task_id, entry, doc))
             except TaskFailed as err:
                 _resolve(entry.future, exc=err)
         else:
-            _resolve(entry.future, exc=self._failure(task_id, entry, doc))
+            _resolve(entry.future, exc=task_failure(task_id, entry, doc, self.team.endpoints.get(entry.pool, "?")))
         return True
-
-    def _decode_result(self, task_id: str, entry: _Pending, doc: Mapping[str, Any]) -> dict:
-        from globus_compute_sdk.serialize import JSONData
-
-        payload = doc.get("result")
-        if not isinstance(payload, str) or not payload.startswith(JSONData.identifier):
-            raise TaskFailed(
-                f"{entry.function} task {task_id} ({entry.task_key}): the result is not JSON; "
-                "the driver does not unpickle remote data. Use a globus-compute-endpoint that "
-                "honours result_serializers and functions that return plain dicts",
-                code="ResultNotJSON", retryable=False)
-        try:
-            value = self._client.fx_serializer.deserialize(payload)
-        except Exception as err:
-            raise TaskFailed(f"{entry.function} task {task_id}: unreadable JSON result: {err}",
-                             code="ResultNotJSON", retryable=False) from err
-        if not isinstance(value, dict):
-            raise TaskFailed(f"{entry.function} task {task_id} returned {type(value).__name__}, "
-                             "not a dict", code="ResultNotJSON", retryable=False)
-        return value
-
-    def _failure(self, task_id: str, entry: _Pending, doc: Mapping[str, Any]) -> TaskFailed:
-        details = doc.get("details") if isinstance(doc.get("details"), Mapping) else {}
-        error = doc.get("error_details") if isinstance(doc.get("error_details"), Mapping) else {}
-        code = str(error.get("code") or "RemoteExecutionError")
-        text = str(doc.get("exception") or doc.get("reason") or "no error text from the service")
-        # The endpoint marks its refusal with error code FUNCTION_NOT_ALLOWED and the
-        # refused function and endpoint ids (fid, eid) in the result details.
-        if code == "FUNCTION_NOT_ALLOWED" or {"fid", "eid"} <= set(details):
-            eid = str(details.get("eid") or self.team.endpoints.get(entry.pool, "?"))
-            return FunctionNotAllowed(_not_allowed_message(entry.pool, eid, text))
-        return TaskFailed(f"{entry.function} task {task_id} ({entry.task_key}) failed on the "
-                          f"{entry.pool} endpoint:\n{text}", code=code, retryable=code not in NOT_RETRYABLE)
-
-
-def _not_allowed_message(pool: str, endpoint_id: str, text: str) -> str:
-    return (f"the {pool} endpoint {endpoint_id} refuses this function ({text.strip()}). Its "
-            "allowed_functions do not list the team file's function ids: re-render its config "
-            "with `remote-al endpoint render ... --team team.toml` and restart it, or, if the "
-            "functions were re-registered, share the new team file")
-
 
 def _resolve(fut: Future, result: Any = None, exc: BaseException | None = None) -> None:
     try:
@@ -489,17 +388,3 @@ def _resolve(fut: Future, result: Any = None, exc: BaseException | None = None) 
             fut.set_result(result)
     except InvalidStateError:  # cancelled by the caller meanwhile
         pass
-
-
-def _chunks_by_size(prepared: Iterable[tuple], limit: int) -> Iterable[list]:
-    chunk: list = []
-    total = 0
-    for item in prepared:
-        size = item[-1]
-        if chunk and total + size > limit:
-            yield chunk
-            chunk, total = [], 0
-        chunk.append(item)
-        total += size
-    if chunk:
-        yield chunk

@@ -842,16 +842,41 @@ class Bench:
         return 100000 * (seed + 1) + 1000 * rnd + 10 * m
 
     def train(self, tag: str, seed: int, rnd: int, pool_ids: Sequence[int], init: Sequence[str] | None):
-        from remote_al.deepmd_data import write_systems
-        from remote_al.records import TrainRequest
+        """Train the round's members (continuing from ``init`` checkpoints); members that all
+        finished in an interrupted run (``trained.json`` with the same request) are reused."""
+        from remote_al.deepmd_data import system_name, write_systems
 
         s = self.s
         base = self.workdir / "runs" / tag
+        frames = list(self.initial) + [self.pool[i] for i in pool_ids]
+        systems = [str(base / "data" / system_name(sym)) for sym in sorted({tuple(a.get_chemical_symbols()) for a in frames})]
+        reqs = self._train_requests(tag, seed, rnd, init, base, systems)
+        marks = [Path(r.workdir) / "trained.json" for r in reqs]
+        if all(m.exists() for m in marks):  # every member finished before an interruption: reuse them
+            done = [json.loads(m.read_text()) for m in marks]
+            if all(d["request"] == r.to_dict() and Path(d["model_path"]).exists() for d, r in zip(done, reqs)):
+                ids = json.loads((base / "pool_ids.json").read_text()) if (base / "pool_ids.json").exists() else None
+                if ids == [int(i) for i in pool_ids]:
+                    return [Trained.of(d) for d in done]
         if base.exists():
             shutil.rmtree(base)
-        frames = list(self.initial) + [self.pool[i] for i in pool_ids]
-        systems = write_systems(frames, base / "data", TYPE_MAP)
-        reqs = [
+        if write_systems(frames, base / "data", TYPE_MAP) != systems:
+            raise RuntimeError(f"{base / 'data'}: deepmd systems are not where the requests expect them")
+        (base / "pool_ids.json").write_text(json.dumps([int(i) for i in pool_ids]))
+        futs = [self.train_pool.submit(_train, {"request": r.to_dict(), "launcher": s.launcher}) for r in reqs]
+        out = []
+        for r, f, mark in zip(reqs, futs, marks):
+            d = f.result()
+            mark.write_text(json.dumps({"request": r.to_dict(), "model_path": d["model_path"],
+                                        "checkpoint_path": d["checkpoint_path"], "wall_s": d.get("wall_s", 0.0)}))
+            out.append(Trained.of(d))
+        return out
+
+    def _train_requests(self, tag, seed, rnd, init, base, systems) -> list:
+        from remote_al.records import TrainRequest
+
+        s = self.s
+        return [
             TrainRequest(
                 task_key=f"{tag}/m{m}", workdir=str(base / f"m{m}"), systems=tuple(systems), type_map=TYPE_MAP,
                 member=m, seed=self.member_seed(seed, rnd, m), subset_fraction=s.subset_fraction,
@@ -860,8 +885,6 @@ class Bench:
             )
             for m in range(s.members)
         ]
-        futs = [self.train_pool.submit(_train, {"request": r.to_dict(), "launcher": s.launcher}) for r in reqs]
-        return [Trained.of(f.result()) for f in futs]
 
     def evaluate(self, model_paths) -> dict:
         key = tuple(model_paths)

@@ -136,7 +136,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from driver.config import bounds_table, schema_text
+    from driver.config_schema import bounds_table, schema_text
 
     text = bounds_table() if args.bounds else schema_text()
     if args.output is None:

@@ -31,7 +31,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from driver.backends.base import Backend
-from driver.config import CampaignConfig
+from driver.config_models import CampaignConfig
 from driver.preflight import build_structure, preflight
 from driver.dataset import DatasetError, LabelRejected
 from driver.errors import BackendUnavailable, CampaignLocked, TaskFailed

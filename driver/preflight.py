@@ -18,7 +18,8 @@ import logging
 
 import numpy as np
 
-from driver.config import MAX_ATOMS, MIN_VOLUME_PER_ATOM_A3, CampaignConfig, entry_field
+from driver.config import entry_field
+from driver.config_models import MAX_ATOMS, MIN_VOLUME_PER_ATOM_A3, CampaignConfig
 from driver.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ def _check_initial_frames(cfg: CampaignConfig, spec, atoms, rng) -> None:
 def check_deepmd_overrides(cfg: CampaignConfig) -> str | None:
     """DeePMD-kit's own argument checker (``deepmd.utils.argcheck.normalize``, after its
     input-version update, as ``dp train`` does) on the input.json a member trains with:
-    ``remote_al.training.deepmd_input`` with the campaign's ``[training.deepmd]``
+    ``remote_al.deepmd_input.deepmd_input`` with the campaign's ``[training.deepmd]``
     overrides, for both step counts. ConfigError with DeePMD-kit's message, prefixed by the
     field. Returns a note (and checks nothing) when DeePMD-kit is not importable here."""
     try:
@@ -167,7 +168,7 @@ def check_deepmd_overrides(cfg: CampaignConfig) -> str | None:
     except ImportError as exc:
         return (f"note: [training.deepmd] not checked here: DeePMD-kit is not importable ({exc}); "
                 "it is checked when training starts on the endpoint")
-    from remote_al.training import deepmd_input
+    from remote_al.deepmd_input import deepmd_input
 
     t = cfg.training
     valid = ["valid-systems"] if t.subset_fraction < 1.0 else []

@@ -176,7 +176,8 @@ def campaign_settings(campaign_dir: Path) -> tuple[str, dict]:
 def selection_used(state: State, campaign_dir: Path, settings: dict):
     """The selection settings the campaign ran with: from the configuration stored in its
     state (not the campaign file read again with defaults, which may have changed since)."""
-    from driver.config import SelectionSection, parse_config
+    from driver.config import parse_config
+    from driver.config_models import SelectionSection
 
     raw = state.get_meta("config_json")
     if raw:

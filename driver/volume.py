@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from driver.config import CampaignConfig, StructureSpec
+from driver.config_models import CampaignConfig, StructureSpec
 from remote_al.records import RelaxRequest
 
 

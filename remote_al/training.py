@@ -8,98 +8,30 @@ columns. A member continues from the previous generation's checkpoint with
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping
 
 import numpy as np
 
 from remote_al.deepmd_data import n_frames, parse_lcurve, subset_system
+from remote_al.deepmd_input import deepmd_input
+from remote_al.errors import RemoteALError
 from remote_al.records import TrainRequest, TrainResult
 from remote_al.torch_env import deepmd_env
 
-DEFAULT_SEL = {"O": 48}  # neighbours within rcut 5 A in layered oxides; others 24
 
+class TrainingError(RemoteALError, RuntimeError):
+    """Raised when a member cannot be trained: no systems, a missing checkpoint to continue
+    from, ``dp train``/``dp freeze`` exiting non-zero (with the log's tail) or no checkpoint
+    written. ``workdir`` is the member's folder."""
 
-class TrainingError(RuntimeError):
     def __init__(self, message: str, workdir: str):
         self.workdir = workdir
         super().__init__(f"{message} (workdir: {workdir})")
-
-
-def deep_update(base: dict, override: Mapping) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in override.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = deep_update(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-def deepmd_input(
-    type_map,
-    train_systems,
-    valid_systems,
-    numb_steps: int,
-    seed: int,
-    overrides: Mapping[str, Any] | None = None,
-) -> dict:
-    """DeePMD-kit input.json for one member; ``overrides`` deep-update the defaults."""
-    sel = [DEFAULT_SEL.get(el, 24) for el in type_map]
-    disp = max(1, numb_steps // 20)
-    inp = {
-        "model": {
-            "type_map": list(type_map),
-            "descriptor": {
-                "type": "se_e2_a",
-                "sel": sel,
-                "rcut_smth": 0.5,
-                "rcut": 5.0,
-                "neuron": [8, 16, 32],
-                "axis_neuron": 4,
-                "resnet_dt": False,
-                "seed": seed,
-            },
-            "fitting_net": {"neuron": [32, 32, 32], "resnet_dt": True, "seed": seed + 1},
-        },
-        "learning_rate": {
-            "type": "exp",
-            "decay_steps": max(1, numb_steps // 20),
-            "start_lr": 1.0e-3,
-            "stop_lr": 3.0e-5,
-        },
-        "loss": {
-            "type": "ener",
-            "start_pref_e": 0.02,
-            "limit_pref_e": 1.0,
-            "start_pref_f": 1000.0,
-            "limit_pref_f": 1.0,
-            "start_pref_v": 0.0,
-            "limit_pref_v": 0.0,
-        },
-        "training": {
-            "training_data": {"systems": list(train_systems), "batch_size": "auto"},
-            "numb_steps": int(numb_steps),
-            "seed": seed + 2,
-            "disp_file": "lcurve.out",
-            "disp_freq": disp,
-            "save_freq": int(numb_steps),
-            "save_ckpt": "model.ckpt",
-        },
-    }
-    if valid_systems:
-        inp["training"]["validation_data"] = {
-            "systems": list(valid_systems),
-            "batch_size": "auto",
-            "numb_btch": 1,
-        }
-    return deep_update(inp, overrides or {})
 
 
 def split_member_data(systems, workdir: Path, fraction: float, seed: int):

@@ -405,14 +405,14 @@ def test_the_installed_command_exits_2_without_a_traceback(case_id, tmp_path):
 
 
 def test_schema_file_is_the_generated_one():
-    from driver.config import schema_text
+    from driver.config_schema import schema_text
 
     assert (ROOT / "docs" / "campaign.schema.json").read_text() == schema_text(), \
         "run `remote-al schema -o docs/campaign.schema.json`"
 
 
 def test_validation_doc_has_the_generated_bounds_table():
-    from driver.config import bounds_table
+    from driver.config_schema import bounds_table
 
     assert bounds_table() in (ROOT / "docs" / "validation.md").read_text(), \
         "paste `remote-al schema --bounds` into docs/validation.md"

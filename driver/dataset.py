@@ -74,11 +74,13 @@ CREATE TABLE IF NOT EXISTS dataset_versions (
 
 
 class LabelRejected(RemoteALError, ValueError):
-    """A label that must never enter a training set (failed, NaN, missing)."""
+    """Raised by ``DatasetStore.add`` for a label that must never enter a training set
+    (failed, NaN, missing); the loop records the label as failed instead."""
 
 
 class DatasetError(RemoteALError):
-    """A dataset version is inconsistent with the store (unknown frame, changed set)."""
+    """Raised when a dataset version is inconsistent with the store (an unknown frame, a
+    held-out frame in a training set, a recorded training set that would change)."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""Errors of the driver, grouped by when they happen.
+"""Errors of the driver, grouped by when they happen. All derive from
+``remote_al.errors.RemoteALError``, the one base of both sides (errors of the transfer seam,
+the dataset store and Globus logins live next to their code and derive from it too).
 
 - ``ConfigError``: raised before any work, when a campaign/team file is wrong.
 - ``BackendUnavailable``: the endpoint cannot take work right now (offline, network);
@@ -11,9 +13,10 @@
 
 from __future__ import annotations
 
+from remote_al.errors import RemoteALError
 
-class RemoteALError(Exception):
-    """Base of every error remote-al raises on purpose."""
+__all__ = ["RemoteALError", "ConfigError", "BackendUnavailable", "TaskFailed", "PayloadTooLarge",
+           "FunctionNotAllowed", "CampaignLocked"]
 
 
 class ConfigError(RemoteALError, ValueError):
@@ -37,11 +40,15 @@ class ConfigError(RemoteALError, ValueError):
 
 
 class BackendUnavailable(RemoteALError):
-    """The backend cannot accept or report work right now; retry later."""
+    """Raised by a backend or transfer when the endpoint or service cannot accept or report
+    work right now (offline, unreachable, rate-limited); the driver retries later, nothing
+    is lost."""
 
 
 class TaskFailed(RemoteALError):
-    """A remote function raised, or its result could not be used."""
+    """A remote function raised, or its result could not be used (set on the task's future,
+    or raised by ``submit`` for a request that cannot be sent). ``retryable`` says whether
+    running it again can help; the loop retries up to a limit, then quarantines."""
 
     def __init__(self, message: str, code: str = "RemoteExecutionError", retryable: bool = True):
         self.code = code
@@ -50,14 +57,19 @@ class TaskFailed(RemoteALError):
 
 
 class PayloadTooLarge(TaskFailed):
+    """Raised by ``submit`` before sending a request over the 10 MB Globus Compute limit."""
+
     def __init__(self, message: str):
         super().__init__(message, code="PayloadTooLarge", retryable=False)
 
 
 class FunctionNotAllowed(TaskFailed):
+    """The endpoint refuses a function id (not in its ``allowed_functions``): raised by
+    ``submit`` or set on the task's future; never retried."""
+
     def __init__(self, message: str):
         super().__init__(message, code="FUNCTION_NOT_ALLOWED", retryable=False)
 
 
 class CampaignLocked(RemoteALError):
-    """A second driver tried to run a campaign that another driver holds."""
+    """Raised when a second driver tries to run a campaign that another driver holds."""

@@ -41,7 +41,8 @@ PATH_LISTS = ("systems", "validation_systems")
 
 
 class StagingFailed(TransferError):
-    """A transfer a task waits on failed; the message carries the transfer's reason."""
+    """Raised while staging a task's inputs when a transfer it waits on failed; the message
+    carries the transfer's reason."""
 
 
 class Placement:

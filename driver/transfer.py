@@ -51,7 +51,8 @@ CHUNK = 1 << 20
 
 # ---------------------------------------------------------------------- errors
 class TransferError(RemoteALError):
-    """A transfer could not be started or watched."""
+    """Raised when a transfer cannot be started or watched (no files, a missing source, a
+    checksum mismatch, a refused request); base of the transfer seam's errors."""
 
 
 class UnsafePath(TransferError, ValueError):
@@ -81,7 +82,8 @@ class TransferNeedsAction(TransferError):
 
 
 class ConsentRequired(TransferNeedsAction):
-    """Globus needs consent to a collection's ``data_access`` scope."""
+    """Raised by a Globus transfer's ``submit`` or ``poll`` when Globus needs consent to a
+    collection's ``data_access`` scope; the message names the ``remote-al login`` to run."""
 
     def __init__(self, collections: Sequence[str], scopes: Sequence[str], where: str,
                  transfer_id: str | None = None):

@@ -18,11 +18,14 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from remote_al.errors import RemoteALError
 from remote_al.structures import layered_limo2
 
 
-class CompositionError(ValueError):
-    """A composition, Li content or supercell that cannot be built; the message says how to fix it."""
+class CompositionError(RemoteALError, ValueError):
+    """Raised when a composition, Li content, supercell or ordering cannot be built (fractions
+    that do not sum to one, no charge balance, fractional atom counts); the message says how
+    to fix it."""
 
 
 NMC_PRESETS: dict[str, dict[str, float]] = {

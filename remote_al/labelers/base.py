@@ -21,6 +21,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from remote_al.errors import RemoteALError
 from remote_al.records import Label
 
 # name -> "module:Class"
@@ -31,8 +32,9 @@ LABELERS: dict[str, str] = {
 }
 
 
-class LabelingError(RuntimeError):
-    """The labeler cannot run at all (setup problem). Raised before any calculation."""
+class LabelingError(RemoteALError, RuntimeError):
+    """The labeler cannot run at all (setup problem: settings, executable, pseudopotentials).
+    Raised before any calculation; one bad structure gives a failed label instead."""
 
 
 class Labeler(abc.ABC):

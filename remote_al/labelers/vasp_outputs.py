@@ -23,8 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-class VaspOutputError(ValueError):
-    """A run directory holds no usable VASP output."""
+from remote_al.errors import RemoteALError
+
+class VaspOutputError(RemoteALError, ValueError):
+    """Raised by ``parse_vasp_outputs`` when a run directory holds no usable VASP output
+    (no vasprun.xml or OUTCAR with a complete ionic step)."""
 
     def __init__(self, message: str, rundir: Path | None = None):
         super().__init__(message)

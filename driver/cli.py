@@ -108,7 +108,7 @@ def cmd_run(args) -> int:
     sites, transfer = _sites_for(cfg, args)
     t0 = time.time()
     campaign = Campaign(cfg, backend, status_every_s=args.status_every, sites=sites, transfer=transfer)
-    reason = campaign.run()
+    campaign.run()
     print(f"wall time of this run: {time.time() - t0:.0f} s; campaign directory: {cfg.directory}")
     if args.report:
         from driver.status import print_status

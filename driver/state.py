@@ -318,10 +318,6 @@ class State:
             "SELECT * FROM models WHERE generation=? ORDER BY member", (generation,)
         ).fetchall()
 
-    def latest_generation(self) -> int | None:
-        row = self.db.execute("SELECT MAX(generation) FROM models").fetchone()
-        return row[0]
-
 
 class StateMeta:
     """A dict-like view of the campaign state's meta table (for backends and transfers

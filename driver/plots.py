@@ -220,21 +220,23 @@ def plot_uncertainty_histograms(
     if not rounds or not allw.size:
         _no_data(axes[0, 0], "no explored frames with a force width yet")
         return _save(fig, path)
-    lo = min(allw.min(), threshold) * 0.8
+    lo = min(allw.min(), threshold if threshold > 0 else allw.min()) * 0.8  # a log axis: no 0
     hi = max(allw.max(), threshold, upper if upper and upper < 10 * allw.max() else 0) * 1.25
     edges = np.geomspace(lo, hi, 30)
     for ax, r in zip(axes[:, 0], rounds):
         w = np.asarray(widths_by_round[r], dtype=float)
         w = w[np.isfinite(w) & (w > 0)]
         ax.hist(np.clip(w, lo, hi), bins=edges, color="C0", alpha=0.8)
-        ax.axvline(threshold, color="C3", lw=1.5, label=f"threshold {threshold:g} eV/Å")
+        if threshold > 0:
+            ax.axvline(threshold, color="C3", lw=1.5, label=f"threshold {threshold:g} eV/Å")
         if upper is not None and upper <= hi:
             ax.axvline(upper, color="k", lw=1, ls="--", label=f"trust bound {upper:g} eV/Å")
         share = float(np.mean(w <= threshold)) if w.size else float("nan")
         ax.set_ylabel(f"round {r}\nframes", fontsize=8)
         ax.text(0.99, 0.9, f"{w.size} frames, {share:.0%} ≤ threshold", transform=ax.transAxes,
                 ha="right", va="top", fontsize=8)
-    axes[0, 0].legend(fontsize=7, loc="upper left")
+    if axes[0, 0].get_legend_handles_labels()[0]:
+        axes[0, 0].legend(fontsize=7, loc="upper left")
     ax = axes[-1, 0]
     _log_axis(ax, "x")
     ax.set_xlabel("force CI width of a frame (max over atoms and components, eV/Å)")

@@ -6,7 +6,7 @@
 Four members evaluate ``--frames`` rattled 32-atom LiNiO2 cells
 (``cathode_cell(1.0, supercell=(2, 2, 2))``) three ways:
 
-* ``batched``: ``remote_al.dynamics.predict_ensemble`` with ``batch_size=64``, what a
+* ``batched``: ``remote_al.ensemble.predict_ensemble`` with ``batch_size=64``, what a
   UQ task runs (frames of one species sequence stacked per model call, one neighbour
   list per chunk shared by the members, no TorchScript warm-up on CPU);
 * ``one_at_a_time``: the naive loop, ``DeepPot.eval`` on one frame at a time per member

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
-import logging
 import os
 import random
 import shutil
@@ -42,7 +41,6 @@ from driver.state import State, StateMeta
 from driver.transfer import Transfer, TransferError, TransferNeedsAction
 from remote_al.records import LabelRequest, MDRequest, TrainRequest, UQRequest
 
-log = logging.getLogger("remote_al.driver")
 
 POOL_OF = {"md": "gpu", "uq": "gpu", "train": "gpu", "label": "cpu", "relax": "gpu", "relax_label": "cpu"}
 STATE_FILE = "state.sqlite"

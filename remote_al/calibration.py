@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -202,10 +202,6 @@ def fit_calibration(
         e_scale = pi if e_scale is None else e_scale
     return Calibration(force_scale=f_scale, energy_scale=e_scale, note="; ".join(notes) + f"; using {what}",
                        **flags, **base)
-
-
-def with_generation(cal: Calibration, generation: int) -> Calibration:
-    return replace(cal, generation=generation)
 
 
 # ------------------------------------------------------------------ the stored file

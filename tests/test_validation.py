@@ -425,7 +425,7 @@ def test_schema_validates_the_examples():
     import jsonschema
 
     schema = json.loads((ROOT / "docs" / "campaign.schema.json").read_text())
-    for name in ("linio2.toml", "delithiation.toml"):
+    for name in ("linio2.toml", "delithiation.toml", "convergence.toml"):
         jsonschema.validate(tomllib.loads((ROOT / "examples" / name).read_text()), schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"campaign": {"name": "x", "type_map": ["Li"]}, "structures": [{"name": "a"}],

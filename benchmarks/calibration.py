@@ -73,34 +73,22 @@ def run_campaign(campaign: Path, workdir: Path, name: str) -> Path:
 
 
 def _labeler_md(job: dict) -> str:
-    """Langevin MD driven by the labeler (CHGNet); labeled frames after equilibration."""
-    import torch
-    from ase import units
-    from ase.calculators.singlepoint import SinglePointCalculator
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    """Langevin MD driven by the labeler (CHGNet): benchmarks/al_efficiency.py's run, with
+    each frame tagged with its group and composition."""
+    import importlib.util
 
-    from remote_al.labelers import get_labeler
     from remote_al.structures import from_extxyz, to_extxyz
 
-    torch.set_num_threads(1)
-    atoms = from_extxyz(job["structure_extxyz"])[0]
-    atoms.calc = get_labeler("chgnet")._calculator()
-    rng = np.random.default_rng(job["seed"])
-    MaxwellBoltzmannDistribution(atoms, temperature_K=job["temperature_K"], rng=rng)
-    Stationary(atoms)
-    dyn = Langevin(atoms, timestep=1.0 * units.fs, temperature_K=job["temperature_K"],
-                   friction=0.02 / units.fs, rng=rng, fixcm=True)
-    dyn.run(job["equil"])
-    frames = []
-    for _ in range(job["frames"]):
-        dyn.run(job["interval"])
-        snap = atoms.copy()
-        snap.calc = SinglePointCalculator(snap, energy=float(atoms.get_potential_energy()),
-                                          forces=np.array(atoms.get_forces()))
+    spec = importlib.util.spec_from_file_location("al_efficiency", ROOT / "benchmarks" / "al_efficiency.py")
+    al = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(al)
+    text = al._chgnet_md({"structure_extxyz": job["structure_extxyz"], "temperature_K": job["temperature_K"],
+                          "seed": job["seed"], "equil_steps": job["equil"], "interval": job["interval"],
+                          "n_frames": job["frames"]})
+    frames = from_extxyz(text)
+    for snap in frames:
         snap.info["group"] = job["group"]
         snap.info["composition"] = job["composition"]
-        frames.append(snap)
     return to_extxyz(frames)
 
 

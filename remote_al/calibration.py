@@ -174,20 +174,18 @@ def fit_calibration(
         return prediction_interval_scale(n_members)
 
     notes = []
-    try:
-        if n_frames < min_frames:
-            raise ValueError(f"{n_frames} frames, fewer than the {min_frames} asked for")
-        f_scale = scale(fw, fe)
-    except ValueError as exc:
-        notes.append(f"forces: {exc}")
-        f_scale = None
-    try:
-        if n_frames < min_frames:
-            raise ValueError(f"{n_frames} frames, fewer than the {min_frames} asked for")
-        e_scale = scale(ew, ee)
-    except ValueError as exc:
-        notes.append(f"energies: {exc}")
-        e_scale = None
+
+    def fitted(what: str, w, e) -> float | None:
+        try:
+            if n_frames < min_frames:
+                raise ValueError(f"{n_frames} frames, fewer than the {min_frames} asked for")
+            return scale(w, e)
+        except ValueError as exc:
+            notes.append(f"{what}: {exc}")
+            return None
+
+    f_scale = fitted("forces", fw, fe)
+    e_scale = fitted("energies", ew, ee)
     flags = dict(force_calibrated=f_scale is not None, energy_calibrated=e_scale is not None)
     if f_scale is not None and e_scale is not None:
         return Calibration(force_scale=f_scale, energy_scale=e_scale, **flags, **base)

@@ -81,6 +81,7 @@ def _labeler_md(job: dict) -> str:
 
     spec = importlib.util.spec_from_file_location("al_efficiency", ROOT / "benchmarks" / "al_efficiency.py")
     al = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("al_efficiency", al)  # its dataclasses look their module up there
     spec.loader.exec_module(al)
     text = al._chgnet_md({"structure_extxyz": job["structure_extxyz"], "temperature_K": job["temperature_K"],
                           "seed": job["seed"], "equil_steps": job["equil"], "interval": job["interval"],

@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 def _calibration_benchmark():
     spec = importlib.util.spec_from_file_location("calibration_benchmark", ROOT / "benchmarks" / "calibration.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("calibration_benchmark", mod)
     spec.loader.exec_module(mod)
     return mod
 

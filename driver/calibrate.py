@@ -100,14 +100,12 @@ def calibrate_generation(campaign_dir: Path, generation: int, test_result: dict 
     n_frames = sum(p[4] for p in parts)
     if not aw:
         return None
-    sources = [name for name, p in zip(("held-out test frames", "out-of-bag frames"), parts) if p[4]]
+    source = " + ".join(f"{p[4]} {name}" for name, p in zip(("held-out test frames", "out-of-bag frames"), parts)
+                        if p[4])
     cal = fit_calibration(
         generation, np.array(aw), np.array(ae), np.array(ew), np.array(ee), n_frames=n_frames, n_members=n_members,
         coverage_level=selection.confidence, fallback=latest_calibration(campaign_dir, up_to=generation - 1),
-        min_frames=selection.calibration_min_frames,
+        min_frames=selection.calibration_min_frames, source=source,
     )
-    from dataclasses import replace
-
-    cal = replace(cal, source=" + ".join(f"{p[4]} {name}" for name, p in zip(sources, [q for q in parts if q[4]])))
     write_calibration(campaign_dir, cal)
     return cal

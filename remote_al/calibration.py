@@ -157,6 +157,7 @@ def fit_calibration(
     method: str = "conformal",
     fallback: Calibration | None = None,
     min_frames: int = 1,
+    source: str = "held-out test frames",
 ) -> Calibration:
     """Fit one generation's calibration; see the module docstring for the rules."""
     if method not in METHODS:
@@ -164,7 +165,7 @@ def fit_calibration(
     fw, fe = _pairs(atom_widths, atom_errors)
     ew, ee = _pairs(energy_widths, energy_errors)
     base = dict(generation=generation, method=method, coverage=coverage_level, n_frames=int(n_frames),
-                n_force_pairs=int(fw.size), n_energy_pairs=int(ew.size), n_members=int(n_members))
+                n_force_pairs=int(fw.size), n_energy_pairs=int(ew.size), n_members=int(n_members), source=source)
 
     def scale(w, e):
         if method == "conformal":

@@ -151,11 +151,9 @@ def write_predictions(frames_path: str | Path, predictions: list[Prediction], ou
 
 # ------------------------------------------------------------------------ the CLI
 def _campaign_dir(target: str) -> Path:
-    p = Path(target)
-    if p.is_file() and p.suffix == ".toml":
-        from driver.config import load_config
+    from driver.config import campaign_directory
 
-        return load_config(p).directory
+    p = campaign_directory(target)
     if not (p / "state.sqlite").exists():
         raise ConfigError(target, "no campaign here (no state.sqlite)", "give a campaign directory or its TOML file")
     return p

@@ -102,7 +102,7 @@ def cmd_run(args) -> int:
     except ConfigError as exc:
         exc.source = exc.source or cfg.source
         raise
-    from driver.loop import Campaign
+    from driver.campaign import Campaign
 
     backend = _backend_for(cfg, args)
     sites, transfer = _sites_for(cfg, args)

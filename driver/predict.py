@@ -73,7 +73,7 @@ def predict(campaign_dir: str | Path, structures: str | Path, generation: int | 
     """Predictions for every frame of ``structures`` with generation ``generation``'s ensemble.
 
     ``backend``: a started backend; default: a local one in ``<campaign>/predict-engine``."""
-    from driver.loop import open_campaign_state
+    from driver.campaign import open_campaign_state
     from remote_al.structures import to_extxyz
 
     campaign_dir = Path(campaign_dir)

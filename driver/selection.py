@@ -9,7 +9,6 @@ near-duplicates among those chosen, then the per-round cap on the highest widths
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -119,11 +118,3 @@ def near_duplicate(a: tuple | None, b: tuple | None, tol: float) -> bool:
         return True
     return float(np.max(np.abs(a[1] - b[1]))) < tol
 
-
-def structure_hash(atoms, decimals: int = 4) -> str:
-    """Content hash: species, positions and cell at fixed precision."""
-    h = hashlib.sha256()
-    h.update(" ".join(atoms.get_chemical_symbols()).encode())
-    h.update((np.round(atoms.get_positions(), decimals) + 0.0).astype(np.float64).tobytes())
-    h.update((np.round(np.asarray(atoms.get_cell()), decimals) + 0.0).astype(np.float64).tobytes())
-    return h.hexdigest()

@@ -78,7 +78,7 @@ def cmd_pull(args) -> int:
     from driver.config import campaign_directory
     from driver.state import StateMeta
     from driver.team import Site, read_team
-    from driver.loop import open_campaign_state
+    from driver.campaign import open_campaign_state
     from driver.transfer import safe_join, wait_for
     from driver.transfer_globus import GlobusTransfer
     from driver.transfer_local import LocalTransfer

@@ -113,11 +113,9 @@ def summarize(state, cfg: CampaignConfig) -> list[dict]:
         n_fu = int(np.prod(spec.supercell))
         row = {"name": spec.name, "family": family(spec), "x": spec.li_content, "formula_units": n_fu,
                "status": "pending"}
-        ens = state.db.execute(
-            "SELECT * FROM tasks WHERE function='relax' AND key LIKE ? ORDER BY generation DESC",
-            (f"relax:g%:{spec.name}",),
-        ).fetchall()
-        ens = [t for t in ens if t["key"].split(":", 2)[2] == spec.name]
+        ens = sorted((t for t in state.tasks(function="relax")
+                      if t["key"].startswith("relax:g") and t["key"].split(":", 2)[2] == spec.name),
+                     key=lambda t: -t["generation"])
         if ens:
             t = ens[0]
             row["generation"] = t["generation"]

@@ -11,7 +11,7 @@ from remote_al.structures import from_extxyz
 from driver.backends.local import LocalBackend
 from driver.config import parse_config
 from driver.errors import CampaignLocked
-from driver.loop import Campaign, CampaignLock
+from driver.campaign import Campaign, CampaignLock
 
 pytestmark = pytest.mark.slow
 

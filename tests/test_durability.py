@@ -2,9 +2,10 @@
 workload (the functions' real contracts through the real serializer and engine, with
 sleeps instead of physics, so a whole campaign takes seconds).
 
-The driver runs as a separate process and is killed with SIGKILL — by itself at named
-points (``REMOTE_AL_CRASH_AT``), and from outside at random moments — then restarted,
-until the campaign completes. Nothing may be lost and no label stored twice.
+The driver runs as a separate process and is killed with SIGKILL — by itself at the
+engine's named points (a hook passed to the engine: tests/crash_driver.py), and from
+outside at random moments — then restarted, until the campaign completes. Nothing may be
+lost and no label stored twice.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pytest
 from driver.backends.local import LocalBackend
 from driver.config import parse_config
 from driver.errors import BackendUnavailable
-from driver.loop import Campaign
+from driver.campaign import Campaign
 from remote_al.simulated import FUNCTIONS as SIM_FUNCTIONS
 
 SIM = {
@@ -68,13 +69,18 @@ def sim_env(tmp_path: Path, **extra) -> dict:
     return env
 
 
-def run_driver(toml: Path, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the driver to its end (or its SIGKILL). Output goes through files, not pipes: a
-    worker process that outlives a killed driver must not keep the test waiting for EOF."""
+CRASH_DRIVER = Path(__file__).parent / "crash_driver.py"
+
+
+def run_driver(toml: Path, env: dict, timeout: float = 300, crash_at: str = "") -> subprocess.CompletedProcess:
+    """Run the driver to its end (or its SIGKILL at ``crash_at``, POINT:N). Output goes
+    through files, not pipes: a worker process that outlives a killed driver must not keep
+    the test waiting for EOF."""
     out, err = toml.with_suffix(".out"), toml.with_suffix(".err")
+    argv = ([sys.executable, str(CRASH_DRIVER), str(toml), crash_at] if crash_at else
+            [sys.executable, "-m", "driver.cli", "run", str(toml), "--status-every", "2"])
     with open(out, "w") as fo, open(err, "w") as fe:
-        proc = subprocess.run([sys.executable, "-m", "driver.cli", "run", str(toml), "--status-every", "2"],
-                              env=env, stdout=fo, stderr=fe, timeout=timeout)
+        proc = subprocess.run(argv, env=env, stdout=fo, stderr=fe, timeout=timeout)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out.read_text(), err.read_text())
 
 
@@ -119,7 +125,7 @@ def test_sigkill_at_named_points_then_resume(tmp_path):
               "after_export:2", "phase:3", "after_submit:25", "in_record:30"]
     kills = 0
     for point in points:
-        r = run_driver(toml, sim_env(tmp_path, REMOTE_AL_CRASH_AT=point))
+        r = run_driver(toml, sim_env(tmp_path), crash_at=point)
         if r.returncode == -signal.SIGKILL:
             kills += 1
         else:

@@ -8,7 +8,7 @@ import pytest
 
 from driver.backends.local import LocalBackend
 from driver.team import Site
-from driver.loop import Campaign
+from driver.campaign import Campaign
 from driver.state import State, StateMeta
 from driver.transfer_local import LocalTransfer
 

@@ -9,7 +9,7 @@ import sqlite3
 
 from driver.backends.local import LocalBackend
 from driver.config import load_config
-from driver.loop import Campaign
+from driver.campaign import Campaign
 from remote_al.simulated import FUNCTIONS as SIM_FUNCTIONS
 from test_durability import write_campaign
 

@@ -35,7 +35,7 @@ def test_grid_and_orderings_expand_to_named_structures(tmp_path):
 
 
 def test_sweep_follows_each_structure_schedule(tmp_path):
-    from driver.loop import Campaign
+    from driver.campaign import Campaign
 
     cfg = _cfg(tmp_path)
     sweep = Campaign._sweep(type("C", (), {"cfg": cfg})())
@@ -192,7 +192,7 @@ def test_campaign_with_volume_curve_end_to_end(tmp_path):
     """Li_x NiO2 at two contents, NPT exploration, then the volume phase and its report."""
     from driver import volume
     from driver.backends.local import LocalBackend
-    from driver.loop import Campaign
+    from driver.campaign import Campaign
     from driver.report import write_report
     from driver.state import State
 

@@ -1,0 +1,140 @@
+"""The phases of round 0 and of synchronous rounds: generate, label, train, evaluate,
+explore and select. Each reads the view and returns operations; an empty list means
+"waiting for tasks in flight"."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from driver.campaign import requests
+from driver.campaign.plan import (AddStructure, AddTask, Phase, SetPhase, SetStructureStatus, Say, StartTraining,
+                                  StopKind, UpdateRoundMetrics)
+from driver.campaign.rules import (confident_share, converged_reason, decision_ops, pick_tests, policy, stop,
+                                   stop_or_next)
+from driver.campaign.tasks import TaskKind, TaskSpec
+from driver.campaign.view import CampaignView
+from driver.dataset import frame_hash
+from driver.selection import select
+
+
+def initial_relaxations(view: CampaignView) -> tuple[list, bool]:
+    """[initial] relax: the labeler relaxations to create, and whether any is still open."""
+    from driver import volume
+
+    ops = []
+    for spec in view.cfg.structures:
+        key, fn, req = volume.labeler_relax_request(view.cfg, spec, view.workdir)
+        if not view.has_task(key):
+            ops.append(AddTask(TaskSpec(key, TaskKind(fn), 0, -1, req)))
+    if ops:
+        ops.append(Say(f"round 0: {len(ops)} structures relaxed with the {view.cfg.labeler.kind} labeler before "
+                       "the initial data are built around them"))
+    return ops, bool(ops or view.open_tasks(kind=TaskKind.RELAX_LABEL))
+
+
+def generate(view: CampaignView) -> list:
+    """Round 0's training and test frames: rattled and strained copies of each structure."""
+    from remote_al.structures import check_structure, composition_label, initial_perturbations, to_extxyz
+
+    cfg = view.cfg
+    if cfg.initial.relax:
+        ops, pending = initial_relaxations(view)
+        if pending:
+            return ops
+    rng = np.random.default_rng(cfg.campaign.seed)
+    ops, n_filtered, n_train, first_reason = [], 0, 0, ""
+    note = f"initial data: rattled up to {1.5 * cfg.initial.rattle_A:.3f} A, strained {cfg.initial.strain}"
+    for spec in cfg.structures:
+        base = view.start_structure(spec)
+        for split, n in (("train", cfg.initial.n_per_structure), ("test", cfg.test.n_initial_per_structure)):
+            for atoms in initial_perturbations(base, n, cfg.initial.rattle_A, cfg.initial.strain, rng):
+                check = check_structure(atoms, min_dist_A=cfg.selection.min_distance_A)
+                row = dict(hash=frame_hash(atoms), origin="initial", split=split, round=0, generation=-1,
+                           spec=spec.name, composition=composition_label(atoms), natoms=len(atoms),
+                           extxyz=to_extxyz(atoms), status="selected" if check.ok else "filtered")
+                if not check.ok:  # before it costs a labeler call
+                    n_filtered += 1
+                    first_reason = first_reason or check.reason
+                    ops.append(AddStructure({**row, "reason": check.reason}, (0, "filtered", check.reason)))
+                    continue
+                n_train += split == "train"
+                ops.append(AddStructure(row, (0, "label" if split == "train" else "test", note)))
+    if n_train == 0:
+        return ops + [stop(view, f"no training data: every initial frame was removed by the structure filter "
+                                 f"({first_reason}); lower selection.min_distance_A or initial.rattle_A",
+                           StopKind.FAILED, Phase.DONE)]
+    return ops + [SetPhase(Phase.LABEL, logged=False), Say(
+        f"round 0: generated {len(ops)} initial structures from {len(cfg.structures)} structures"
+        + (f"; {n_filtered} rejected by the structure filters" if n_filtered else ""))]
+
+
+def label(view: CampaignView) -> list:
+    r = view.round
+    todo = view.structures(round=r, status="selected")
+    if todo:
+        specs = requests.labels(view, r, todo)
+        return [AddTask(s) for s in specs] + [
+            SetStructureStatus(tuple(x["id"] for x in todo), "labeling"),
+            Say(f"round {r}: {len(todo)} structures sent to the {view.cfg.labeler.kind} labeler")]
+    if view.open_tasks(r, TaskKind.LABEL):
+        return []
+    n_new = sum(1 for x in view.label_rows("ok", "train") if x["round"] == r)
+    if r > 0 and n_new == 0:
+        return [Say(f"round {r}: no new training labels; keeping generation {r - 1}")] + stop_or_next(
+            view, r, keep_generation=True)
+    return [SetPhase(Phase.TRAIN)]
+
+
+def train(view: CampaignView) -> list:
+    g = view.round
+    if not [t for t in view.tasks(kind=TaskKind.TRAIN) if t["generation"] == g]:
+        return [StartTraining(g)]
+    if view.open_tasks(g, TaskKind.TRAIN):
+        return []
+    if len(view.models(g)) < view.cfg.training.ensemble_size:
+        return [stop(view, f"training of generation {g} failed (see quarantined tasks)", StopKind.FAILED)]
+    return [SetPhase(Phase.EVALUATE)]
+
+
+def evaluate(view: CampaignView) -> list:
+    r = g = view.round
+    if not view.has_task(f"eval:g{g}"):
+        specs, n = requests.calibration(view, g)
+        ops = [AddTask(s) for s in specs]
+        return ops + (stop_or_next(view, r) if n == 0 else [])
+    if view.open_tasks(r, (TaskKind.EVAL, TaskKind.OOB, TaskKind.SCORE, TaskKind.RECHECK)):
+        return []
+    m = view.metrics("generation").get(g, {})
+    ops = [Say(f"generation {g} on {int(m.get('n_test', 0))} held-out frames: energy RMSE "
+               f"{m.get('energy_rmse_meV_atom', float('nan')):.2f} meV/atom, force RMSE "
+               f"{m.get('force_rmse_eV_A', float('nan')):.3f} eV/A")] if m else []
+    return ops + stop_or_next(view, r)
+
+
+def explore(view: CampaignView) -> list:
+    r = view.round
+    if not view.tasks(kind=TaskKind.MD, round_=r):
+        n = len(view.sweep())  # one sweep, the same tasks the asynchronous mode creates
+        ops = [AddTask(requests.exploration(view, r, r - 1, index=i)) for i in range(n)]
+        return ops + [Say(f"round {r}: exploring with generation {r - 1}: {n} MD runs")]
+    if view.open_tasks(r, (TaskKind.MD, TaskKind.SCORE)):
+        return []
+    return [SetPhase(Phase.SELECT)]
+
+
+def select_round(view: CampaignView) -> list:
+    r, cfg = view.round, view.cfg
+    cands = view.candidates(view.structures(round=r, status="candidate"))
+    test_ids = pick_tests(view, r, cands, cfg.test.n_per_round)
+    decisions = select([c for c in cands if c.id not in test_ids], policy(view, cfg.selection.max_per_round))
+    ops, counts = decision_ops(r, decisions, test_ids)
+    filtered = {d.id for d in decisions if d.decision == "filtered"}
+    explored = [(row["force_width"], "filtered" if row["id"] in filtered else row["status"])
+                for row in view.structures(origin="md", round=r)]
+    share = confident_share(explored, view.force_threshold())
+    ops += [UpdateRoundMetrics(r), Say(
+        f"round {r}: {len(cands)} frames explored, confident share {share:.2f}, "
+        + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))]
+    if share >= cfg.selection.converged_share and counts.get("label", 0) == 0:
+        return ops + [stop(view, converged_reason(share, cfg.selection.converged_share), StopKind.CONVERGED)]
+    return ops + [SetPhase(Phase.LABEL)]

@@ -1,0 +1,106 @@
+"""Rules shared by the phases: stopping, budgets, held-out picks, selection policy and the
+numbers of a round (all pure: they read the view and return operations or values)."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import numpy as np
+
+from driver.campaign.plan import Decide, Phase, SetPhase, Stop, StopKind, UpdateStructure, CarryModels
+from driver.campaign.view import CampaignView
+from driver.selection import SelectionPolicy
+
+# a structure's status after each selection decision
+STATUS_OF = {"label": "selected", "confident": "confident", "unphysical": "unphysical",
+             "filtered": "filtered", "duplicate": "duplicate", "skipped": "skipped"}
+
+
+def stop(view: CampaignView, reason: str, kind: StopKind = StopKind.BUDGET, phase: Phase | None = None) -> Stop:
+    """Stop with ``reason``; asynchronous campaigns drain their tasks in flight first."""
+    if phase is None:
+        phase = Phase.ASYNC if view.phase == Phase.ASYNC else Phase.FINAL_EVAL
+    return Stop(reason, kind, phase)
+
+
+def check_budgets(view: CampaignView) -> list:
+    """The wall-time budget (the round and label budgets are checked where rounds end)."""
+    if view.phase in (Phase.FINAL_EVAL, Phase.VOLUME, Phase.DONE) or view.stop_reason:
+        return []
+    c = view.cfg.campaign
+    started = view.started
+    if c.max_wall_hours > 0 and started is not None and time.time() - started > c.max_wall_hours * 3600:
+        return [stop(view, f"wall-time budget of {c.max_wall_hours:g} h reached")]
+    return []
+
+
+def stop_or_next(view: CampaignView, r: int, keep_generation: bool = False) -> list:
+    """Round r is complete: stop on a budget, or go on to round r + 1 (carrying the
+    ensemble over unchanged when there was nothing new to train on)."""
+    c = view.cfg.campaign
+    n_labels = view.label_count()
+    if r >= c.max_rounds:
+        return [stop(view, f"round budget of {c.max_rounds} rounds reached")]
+    if c.max_label_calls and n_labels >= c.max_label_calls:
+        return [stop(view, f"labeler budget of {c.max_label_calls} calls reached ({n_labels} used)")]
+    ops: list = [CarryModels(r - 1, r)] if keep_generation else []
+    return ops + [SetPhase(Phase.ASYNC if view.cfg.steering.mode == "async" else Phase.EXPLORE, r + 1)]
+
+
+def policy(view: CampaignView, cap: int, cap_note: str = "") -> SelectionPolicy:
+    s = view.cfg.selection
+    return SelectionPolicy(view.force_threshold(), s.force_upper, s.energy_threshold, cap, s.dedup_tolerance_A,
+                           cap_note=cap_note)
+
+
+def pick_tests(view: CampaignView, r: int, cands, n: int, salt: int = 0) -> set[int]:
+    """n random held-out frames among the sane candidates (deterministic per campaign seed)."""
+    s = view.cfg.selection
+    rng = random.Random(view.cfg.campaign.seed * 31 + r * 1009 + salt)
+    sane = [c.id for c in cands if c.filter_ok and c.force_width is not None and c.force_width <= s.force_upper]
+    return set(rng.sample(sane, min(n, len(sane))))
+
+
+def decision_ops(r: int, decisions, test_ids) -> tuple[list, dict[str, int]]:
+    """The operations that store selection decisions and statuses, and their counts."""
+    ops: list = []
+    counts: dict[str, int] = {}
+    for sid in sorted(test_ids):
+        ops += [Decide(r, sid, "test", "random held-out frame for evaluation (never trained on)"),
+                UpdateStructure(sid, {"status": "selected", "split": "test", "reason": "held-out audit frame"})]
+        counts["test"] = counts.get("test", 0) + 1
+    for d in decisions:
+        ops += [Decide(r, d.id, d.decision, d.reason), UpdateStructure(d.id, {"status": STATUS_OF[d.decision],
+                                                                             "reason": d.reason})]
+        counts[d.decision] = counts.get(d.decision, 0) + 1
+    return ops, counts
+
+
+def confident_share(widths_statuses, thr: float) -> float:
+    """Share of the evaluated (scored, not filtered) explored frames at or below ``thr``."""
+    evaluated = [w for w, st in widths_statuses if w is not None and st != "filtered"]
+    return sum(1 for w in evaluated if w <= thr) / len(evaluated) if evaluated else 0.0
+
+
+def round_metrics(view: CampaignView, r: int) -> dict:
+    """Per-round numbers from the structures explored in round r (both modes)."""
+    thr, upper = view.force_threshold(), view.cfg.selection.force_upper
+    rows = [(row["force_width"], row["status"]) for row in view.explored_widths(r)]
+    dec = view.decision_counts(r)
+    widths = [w for w, _ in rows if w is not None]
+    return {
+        "n_explored": len(rows), "n_selected": dec.get("label", 0), "n_confident": dec.get("confident", 0),
+        "n_unphysical": dec.get("unphysical", 0), "n_filtered": dec.get("filtered", 0),
+        "n_duplicate": dec.get("duplicate", 0), "n_skipped": dec.get("skipped", 0), "n_test": dec.get("test", 0),
+        "confident_share": confident_share(rows, thr),
+        "force_width_median": float(np.median(widths)) if widths else None,
+        "force_width_p90": float(np.percentile(widths, 90)) if widths else None,
+        "force_width_max": float(np.max(widths)) if widths else None,
+        "n_above_upper": sum(1 for w in widths if w > upper),
+        "force_threshold": thr,
+    }
+
+
+def converged_reason(share: float, target: float) -> str:
+    return f"converged: {share:.1%} of explored frames confident (target {target:.0%})"

@@ -1,0 +1,215 @@
+"""A read-only view of a campaign for the planners: its configuration, its state and what
+follows from them (the threshold in use, the exploration sweep, candidates)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from driver.campaign.plan import Phase
+from driver.campaign.tasks import Task, TaskKind, workdir_name
+from driver.config_models import CampaignConfig
+from driver.dataset import DatasetStore
+from driver.preflight import build_structure
+from driver.selection import Candidate, fingerprint
+from driver.state import State
+
+OPEN = ("pending", "submitted")
+
+
+class CampaignView:
+    """What planners read. It never writes: the engine applies what they return."""
+
+    def __init__(self, cfg: CampaignConfig, state: State, store: DatasetStore, gpu_slots: int,
+                 say: Callable[[str], None]):
+        self.cfg = cfg
+        self._state = state
+        self._store = store
+        self.gpu_slots = gpu_slots
+        self.say = say  # for notes while reading (e.g. a relaxation that could not be used)
+        # structure id -> (filter result, fingerprint): structures never change, and each
+        # selection looks again at the round's chosen ones (near-duplicate checks)
+        self._screened: dict[int, tuple] = {}
+        self._starts: dict[str, object] = {}  # start_structure per structure name
+
+    # ------------------------------------------------------------- position
+    @property
+    def directory(self) -> Path:
+        return self.cfg.directory
+
+    def workdir(self, key: str) -> str:
+        """The folder of the task with this key (under the campaign's ``work/``)."""
+        return str(self.cfg.directory / "work" / workdir_name(key))
+
+    @property
+    def phase(self) -> Phase:
+        return Phase(self._state.get_meta("phase", Phase.GENERATE.value))
+
+    @property
+    def round(self) -> int:
+        return int(self._state.get_meta("round", "0"))
+
+    @property
+    def stop_reason(self) -> str:
+        return self._state.get_meta("stop_reason", "") or ""
+
+    @property
+    def current_generation(self) -> int:
+        return int(self._state.get_meta("current_generation", "0"))
+
+    @property
+    def started(self) -> float | None:
+        v = self._state.get_meta("started")
+        return None if v is None else float(v)
+
+    def force_threshold(self) -> float:
+        """The one force-width threshold in use: the configured one, or in calibrated mode
+        the latest generation's (its calibration turned the target into a width)."""
+        s = self.cfg.selection
+        if s.force_threshold_mode == "calibrated":
+            value = self._state.latest_metric("generation", "force_threshold")
+            if value is not None:
+                return value
+        return s.force_threshold
+
+    # ---------------------------------------------------------------- tasks
+    def task(self, key: str) -> Task | None:
+        row = self._state.task(key)
+        return None if row is None else Task.from_row(row)
+
+    def has_task(self, key: str) -> bool:
+        return self._state.task(key) is not None
+
+    def tasks(self, status=None, kind: TaskKind | tuple[TaskKind, ...] | None = None, round_: int | None = None):
+        """Task rows (key, kind, status, round, generation, ...)."""
+        kinds = None if kind is None else ([kind.value] if isinstance(kind, TaskKind) else [k.value for k in kind])
+        return self._state.tasks(status=status, kind=kinds, round_=round_)
+
+    def open_tasks(self, round_: int | None = None, kind=None):
+        return self.tasks(OPEN, kind, round_)
+
+    # ---------------------------------------------------- models and data
+    def models(self, generation: int | None = None):
+        return self._state.models(generation)
+
+    def model_paths(self, generation: int) -> tuple[str, ...]:
+        return tuple(m["path"] for m in self._state.models(generation))
+
+    def dataset(self, generation: int):
+        return self._state.dataset(generation)
+
+    def dataset_ids(self, generation: int) -> set[int]:
+        row = self._state.dataset(generation)
+        return set(json.loads(row["structure_ids"])) if row else set()
+
+    def structures(self, **where):
+        return self._state.structures(**where)
+
+    def decided(self, round_: int, decision: str):
+        return self._state.decided(round_, decision)
+
+    def decision_counts(self, round_: int) -> dict[str, int]:
+        return self._state.decision_counts(round_)
+
+    def selected_before(self, round_: int, ids, generation: int):
+        return self._state.selected_before(round_, ids, generation)
+
+    def label_rows(self, status: str | None = "ok", split: str | None = None):
+        return self._state.label_rows(status, split)
+
+    def label_count(self, status: str | None = None) -> int:
+        return self._state.label_count(status)
+
+    def count_structures(self, status: str) -> int:
+        return self._state.count_structures(status)
+
+    def explored_widths(self, round_: int):
+        return self._state.explored_widths(round_)
+
+    def widths_from(self, task_keys):
+        return self._state.widths_from(task_keys)
+
+    def metrics(self, scope: str):
+        return self._state.metrics(scope)
+
+    def test_frames_extxyz(self) -> tuple[str, int]:
+        rows = self._state.label_rows("ok", "test")
+        return "".join(r["extxyz"] for r in rows), len(rows)
+
+    # ------------------------------------------------------------ derived
+    def sweep(self) -> list[tuple]:
+        """One exploration sweep: (spec, temperature, pressure or "relax" or None, walker)
+        for every combination of each structure's schedule ([exploration], overridden per
+        structure)."""
+        e = self.cfg.exploration
+        n_members = self.cfg.training.ensemble_size
+        # relaxation explorations first, member-major: a round that fills its cap early has
+        # seen every structure
+        out = [(spec, 0.0, "relax", m) for m in range(n_members) for spec in self.cfg.structures] if e.relax else []
+        for spec in self.cfg.structures:
+            ensemble = spec.ensemble or e.ensemble
+            pressures = (spec.pressures_GPa or e.pressures_GPa or (e.pressure_GPa,)) if ensemble == "npt" else (None,)
+            for t in spec.temperatures_K or e.temperatures_K:
+                for p in pressures:
+                    out += [(spec, t, p, w) for w in range(e.walkers)]
+        return out
+
+    def start_structure(self, spec):
+        """Where the initial data and the MD of a structure start: the labeler-relaxed
+        structure when ``[initial] relax`` produced one, else the built structure."""
+        if not self.cfg.initial.relax:
+            return build_structure(spec)
+        if spec.name not in self._starts:
+            self._starts[spec.name] = self._relaxed_by_labeler(spec) or build_structure(spec)
+        return self._starts[spec.name].copy()
+
+    def _relaxed_by_labeler(self, spec):
+        """The structure of task relax-label:<name>, or None (with the reason said)."""
+        from remote_al.structures import check_structure, from_extxyz
+
+        task = self.task(f"relax-label:{spec.name}")
+        res = task.result if task is not None and task.status == "done" else {}
+        if not res or not res.get("relaxed_extxyz"):
+            self.say(f"no labeler relaxation of {spec.name} ({task.status if task else 'missing'}); "
+                     "starting from the built structure")
+            return None
+        atoms = from_extxyz(res["relaxed_extxyz"])[0]
+        atoms.calc = None
+        chk = check_structure(atoms, min_dist_A=self.cfg.selection.min_distance_A)
+        if not chk.ok:
+            self.say(f"labeler-relaxed {spec.name} fails the structure filters ({chk.reason}); "
+                     "starting from the built structure")
+            return None
+        return atoms
+
+    def candidates(self, rows) -> list[Candidate]:
+        """Selection candidates of structure rows, screened once by the structure filters."""
+        from remote_al.structures import check_structure, from_extxyz
+
+        s = self.cfg.selection
+        out = []
+        for row in rows:
+            screened = self._screened.get(row["id"])
+            if screened is None:
+                a = from_extxyz(row["extxyz"])[0]
+                chk = check_structure(a, min_dist_A=s.min_distance_A)
+                screened = self._screened[row["id"]] = (chk, fingerprint(a) if chk.ok else None)
+            chk, fp = screened
+            out.append(Candidate(row["id"], row["energy_width"], row["force_width"], chk.ok, chk.reason, fp))
+        return out
+
+    def volume_rows(self) -> list[dict]:
+        """The volume curve so far (driver.volume.summarize)."""
+        from driver import volume
+
+        return volume.summarize(self._state, self.cfg)
+
+    def frame_extxyz(self, frame_hash: str) -> str:
+        return self._store.frame(frame_hash)["extxyz"]
+
+    def oob_frames(self, generation: int):
+        """Hashes of generation ``generation``'s out-of-bag frames and the members each is out of bag for."""
+        from driver.calibrate import oob_frames
+
+        return oob_frames(self._state, generation)

@@ -1,0 +1,177 @@
+"""Structures, their decisions and labels; models and the datasets they trained on."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from typing import Any, Iterable, Sequence
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class StructureTable:
+    """Every generated or explored structure, what was decided about it, and its label."""
+
+    db: sqlite3.Connection
+
+    def add_structure(self, **row: Any) -> int | None:
+        """Insert a structure; returns its id, or None if its hash is already stored."""
+        row.setdefault("created", time.time())
+        cols = ",".join(row)
+        with self.transaction():
+            cur = self.db.execute(
+                f"INSERT OR IGNORE INTO structures({cols}) VALUES({_marks(len(row))})", tuple(row.values()))
+            return cur.lastrowid if cur.rowcount == 1 else None
+
+    def structures(self, **where: Any) -> list[sqlite3.Row]:
+        q, args = "SELECT * FROM structures WHERE 1=1", []
+        for k, v in where.items():
+            if isinstance(v, (list, tuple, set)):
+                q += f" AND {k} IN ({_marks(len(v))})"
+                args += list(v)
+            else:
+                q += f" AND {k}=?"
+                args.append(v)
+        return self.db.execute(q + " ORDER BY id", args).fetchall()
+
+    def update_structure(self, sid: int, **values: Any) -> None:
+        sets = ",".join(f"{k}=?" for k in values)
+        with self.transaction():
+            self.db.execute(f"UPDATE structures SET {sets} WHERE id=?", (*values.values(), sid))
+
+    def set_structure_status(self, ids: Sequence[int], status: str) -> None:
+        with self.transaction():
+            self.db.execute(f"UPDATE structures SET status=? WHERE id IN ({_marks(len(ids))})", (status, *ids))
+
+    def set_widths(self, rows: Iterable[tuple[int, float, float]]) -> None:
+        """(structure id, energy width, force width) of each scored structure."""
+        with self.transaction():
+            self.db.executemany("UPDATE structures SET energy_width=?, force_width=? WHERE id=?",
+                                [(ew, fw, sid) for sid, ew, fw in rows])
+
+    def explored_widths(self, round_: int) -> list[sqlite3.Row]:
+        """(force_width, status) of every structure explored (MD) in round ``round_``."""
+        return self.db.execute(
+            "SELECT force_width, status FROM structures WHERE origin='md' AND round=?", (round_,)).fetchall()
+
+    def widths_from(self, task_keys: Sequence[str]) -> list[sqlite3.Row]:
+        """(force_width, status) of the structures the given MD tasks explored."""
+        return self.db.execute(
+            f"SELECT force_width, status FROM structures WHERE source_task IN ({_marks(len(task_keys))})",
+            tuple(task_keys)).fetchall()
+
+    # ------------------------------------------------------------- decisions
+    def decide(self, round_: int, sid: int, decision: str, reason: str) -> None:
+        with self.transaction():
+            self.db.execute(
+                "INSERT OR REPLACE INTO decisions(round, structure_id, decision, reason, created) VALUES(?,?,?,?,?)",
+                (round_, sid, decision, reason, time.time()),
+            )
+
+    def decision_counts(self, round_: int) -> dict[str, int]:
+        return dict(self.db.execute(
+            "SELECT decision, COUNT(*) FROM decisions WHERE round=? GROUP BY decision", (round_,)).fetchall())
+
+    def decided(self, round_: int, decision: str) -> list[sqlite3.Row]:
+        """The structures given ``decision`` in round ``round_``."""
+        return self.db.execute(
+            "SELECT s.* FROM structures s JOIN decisions d ON d.structure_id = s.id "
+            "WHERE d.round=? AND d.decision=? ORDER BY s.id", (round_, decision)).fetchall()
+
+    def selected_before(self, round_: int, ids: Sequence[int], generation: int) -> list[sqlite3.Row]:
+        """Of ``ids``, those chosen for labeling in ``round_`` by an ensemble older than
+        ``generation``."""
+        return self.db.execute(
+            f"SELECT s.* FROM structures s JOIN decisions d ON d.structure_id = s.id AND d.round = ? "
+            f"AND d.decision = 'label' WHERE s.id IN ({_marks(len(ids))}) AND s.generation < ? ORDER BY s.id",
+            (round_, *ids, generation)).fetchall()
+
+    # ---------------------------------------------------------------- labels
+    def add_label(self, sid: int, task_key: str, labeler: str, labeler_note: str, energy: float,
+                  extxyz: str) -> bool:
+        """Store a good label (once per structure); returns False if it had one."""
+        with self.transaction():
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO labels(structure_id, task_key, labeler, labeler_note, status, reason, "
+                "energy, extxyz, created) VALUES(?,?,?,?,'ok','',?,?,?)",
+                (sid, task_key, labeler, labeler_note, energy, extxyz, time.time()))
+            self.db.execute("UPDATE structures SET status='labeled' WHERE id=?", (sid,))
+            return cur.rowcount == 1
+
+    def fail_label(self, sid: int, task_key: str, labeler: str, reason: str) -> None:
+        """A structure that could not be labeled: kept with its reason, never trained on."""
+        with self.transaction():
+            self.db.execute(
+                "INSERT OR IGNORE INTO labels(structure_id, task_key, labeler, labeler_note, status, reason, "
+                "created) VALUES(?,?,?,'','failed',?,?)", (sid, task_key, labeler, reason, time.time()))
+            self.db.execute("UPDATE structures SET status='label_failed', reason=? WHERE id=?", (reason, sid))
+
+    def label_rows(self, status: str | None = "ok", split: str | None = None) -> list[sqlite3.Row]:
+        q = (
+            "SELECT l.*, s.split, s.round, s.spec, s.composition, s.origin FROM labels l "
+            "JOIN structures s ON s.id = l.structure_id WHERE 1=1"
+        )
+        args: list = []
+        if status:
+            q += " AND l.status=?"
+            args.append(status)
+        if split:
+            q += " AND s.split=?"
+            args.append(split)
+        return self.db.execute(q + " ORDER BY l.structure_id", args).fetchall()
+
+    def label_count(self, status: str | None = None) -> int:
+        """Labels stored (every labeler call counts when ``status`` is None)."""
+        if status is None:
+            return self.db.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
+        return self.db.execute("SELECT COUNT(*) FROM labels WHERE status=?", (status,)).fetchone()[0]
+
+    def count_structures(self, status: str) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM structures WHERE status=?", (status,)).fetchone()[0]
+
+
+class ModelTable:
+    """The members of each generation and the training set each generation saw."""
+
+    db: sqlite3.Connection
+
+    def add_model(self, generation: int, member: int, task_key: str, path: str, checkpoint: str = "",
+                  lcurve_path: str = "", lcurve_last: dict | None = None, n_train_frames: int = 0,
+                  wall_s: float = 0.0) -> None:
+        """Record (or replace) member ``member`` of generation ``generation``."""
+        with self.transaction():
+            self.db.execute(
+                "INSERT OR REPLACE INTO models(generation, member, task_key, path, checkpoint, lcurve_path, "
+                "lcurve_last, n_train_frames, wall_s, created) VALUES(?,?,?,?,?,?,?,?,?,?)",
+                (generation, member, task_key, path, checkpoint, lcurve_path, json.dumps(lcurve_last or {}),
+                 n_train_frames, wall_s, time.time()),
+            )
+
+    def models(self, generation: int | None = None) -> list[sqlite3.Row]:
+        if generation is None:
+            return self.db.execute("SELECT * FROM models ORDER BY generation, member").fetchall()
+        return self.db.execute(
+            "SELECT * FROM models WHERE generation=? ORDER BY member", (generation,)
+        ).fetchall()
+
+    def carry_models(self, source: int, target: int) -> None:
+        """Generation ``target`` is generation ``source`` unchanged (no new data to train on)."""
+        with self.transaction():
+            self.db.execute(
+                "INSERT OR IGNORE INTO models SELECT ?, member, task_key, path, checkpoint, lcurve_path, "
+                "lcurve_last, n_train_frames, wall_s, created FROM models WHERE generation=?", (target, source))
+
+    def record_dataset(self, generation: int, path: str, systems: Sequence[str], structure_ids: Sequence[int],
+                       n_frames: int) -> None:
+        with self.transaction():
+            self.db.execute(
+                "INSERT OR REPLACE INTO datasets(generation, path, systems, structure_ids, n_frames, created) "
+                "VALUES(?,?,?,?,?,?)",
+                (generation, path, json.dumps(list(systems)), json.dumps(list(structure_ids)), n_frames,
+                 time.time()))
+
+    def dataset(self, generation: int) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM datasets WHERE generation=?", (generation,)).fetchone()

@@ -300,7 +300,7 @@ def knn_error_skill(features: np.ndarray, error: np.ndarray, k: int = 5) -> floa
     """How much a feature space says about where the model is wrong: the Spearman correlation
     between each frame's true error and the mean error of its k nearest other frames
     (standardized features). Diversity in a space where it is near 0 spreads labels blindly."""
-    from driver.strategies import _sq_dist, standardize
+    from driver.feature_space import sq_dist as _sq_dist, standardize
 
     x = standardize(features)
     d = _sq_dist(x, x)
@@ -315,7 +315,7 @@ def knn_error_skill(features: np.ndarray, error: np.ndarray, k: int = 5) -> floa
 
 def cluster_purity(features: np.ndarray, groups: Sequence, seed: int = 0) -> float:
     """Share of frames whose k-means cluster (k = number of groups) is mostly their own group."""
-    from driver.strategies import kmeans, standardize
+    from driver.feature_space import kmeans, standardize
 
     g = np.asarray([str(x) for x in groups])
     names = sorted(set(g))
@@ -944,7 +944,7 @@ class Bench:
     def dist_features(self) -> tuple[np.ndarray, np.ndarray]:
         """Neighbour-distance histograms (``driver.selection.fingerprint``) of the pool and initial frames."""
         from driver.selection import fingerprint
-        from driver.strategies import distance_histogram
+        from driver.feature_space import distance_histogram
 
         if self._dist is None:
             fr = list(self.pool) + list(self.initial)
@@ -955,7 +955,7 @@ class Bench:
     def features(self, ev: dict, kind: str) -> tuple[np.ndarray, np.ndarray]:
         """(pool features, initial-data features) of one kind: 'desc' (per-type mean DeePMD
         descriptor), 'awh' (per-atom width histogram) or 'dist' (distance histogram)."""
-        from driver.strategies import atom_width_histogram
+        from driver.feature_space import atom_width_histogram
 
         if kind == "desc":
             return ev["pool_desc"], ev["initial_desc"]

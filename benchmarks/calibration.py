@@ -47,7 +47,7 @@ def say(msg: str) -> None:
 
 def run_campaign(campaign: Path, workdir: Path, name: str) -> Path:
     """The campaign run into workdir/name (resumed or reused when already done)."""
-    from driver.loop import open_campaign_state
+    from driver.campaign import open_campaign_state
 
     text = campaign.read_text()
     cdir = (workdir / name).resolve()
@@ -170,7 +170,7 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
 
     from driver.config import parse_config
-    from driver.loop import open_campaign_state
+    from driver.campaign import open_campaign_state
     from remote_al.calibration import coverage, read_calibration
 
     workdir = Path(a.workdir)

@@ -48,7 +48,7 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
 
     from driver.config import parse_config
-    from driver.loop import open_campaign_state
+    from driver.campaign import open_campaign_state
 
     cal = _calibration_benchmark()
     workdir = Path(a.workdir)

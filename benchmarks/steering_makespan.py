@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from driver.backends.local import LocalBackend  # noqa: E402
 from driver.config import parse_config  # noqa: E402
-from driver.loop import Campaign  # noqa: E402
+from driver.campaign import Campaign  # noqa: E402
 from remote_al.simulated import DEFAULT_DURATIONS, FUNCTIONS  # noqa: E402
 
 SLOTS = {"gpu": 2, "cpu": 4}

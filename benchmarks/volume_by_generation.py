@@ -44,7 +44,7 @@ def _model_path(campaign: Path, stored: str) -> str:
 
 def main(argv=None) -> int:
     from driver.config import parse_config
-    from driver.loop import open_campaign_state
+    from driver.campaign import open_campaign_state
     from driver.preflight import build_structure
     from driver.volume import volume_specs
     from remote_al.functions import relax_structure

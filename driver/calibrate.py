@@ -51,7 +51,7 @@ def out_of_bag_members(dataset: Sequence[str], trained: Mapping[int, set[str]]) 
 
 
 def _manifest(state, g: int) -> dict | None:
-    row = state.db.execute("SELECT path FROM datasets WHERE generation=?", (g,)).fetchone()
+    row = state.dataset(g)
     path = Path(row["path"]) / "manifest.json" if row else None
     return json.loads(path.read_text()) if path and path.exists() else None
 

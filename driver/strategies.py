@@ -1,7 +1,6 @@
 """Batch selection strategies: which uncertain frames to label, as indices with a reason each.
 
-Pure functions over numpy arrays (no scikit-learn, no torch). Every strategy has the same
-signature::
+Pure numpy functions (no scikit-learn, no torch), with the same signature::
 
     strategy(candidates: Candidates, k: int, rng: np.random.Generator, *,
              threshold: float = 0.0, upper: float = inf, **options) -> list[Choice]
@@ -38,81 +37,18 @@ Strategies (``STRATEGIES``):
 in proportion to each group's eligible frames, or equally) and the strategy runs within
 each group. ``select(name, ...)`` looks a strategy up by name.
 
-Features without a model change: ``distance_histogram`` (the sorted neighbour distances of
-``driver.selection.fingerprint`` as a fixed-length histogram) and ``atom_width_histogram``
-(the distribution of per-atom force widths in a frame). Per-frame means of the DeePMD
-descriptor come from ``remote_al.features`` on the endpoint.
+Features: per-frame means of the DeePMD descriptor (``remote_al.features``, on the
+endpoint), or the model-free ones of ``driver.feature_space``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
-
-class SelectionInputError(ValueError):
-    """Raised before selecting: the candidates' arrays do not fit together, or an option is invalid."""
-
-
-@dataclass(frozen=True)
-class Choice:
-    index: int  # into the candidates
-    reason: str
-
-
-@dataclass(frozen=True)
-class Candidates:
-    """Per-frame inputs of a selection (``n`` frames), checked on construction."""
-
-    uncertainty: np.ndarray  # (n,) force CI width, max over atoms, eV/A (or another per-frame score)
-    features: np.ndarray | None = None  # (n, d)
-    groups: tuple | None = None  # (n,) hashable condition labels
-    atom_uncertainty: tuple | None = None  # n arrays of per-atom widths
-    labeled_features: np.ndarray | None = None  # (m, d): frames already in the training set
-    labeled_uncertainty: np.ndarray | None = None  # (m,) their uncertainty, for the scaled kernels
-
-    def __post_init__(self):
-        u = np.asarray(self.uncertainty, dtype=float).reshape(-1)
-        object.__setattr__(self, "uncertainty", u)
-        n = len(u)
-        if self.features is not None:
-            x = np.asarray(self.features, dtype=float)
-            if x.ndim != 2 or len(x) != n:
-                raise SelectionInputError(f"features must be ({n}, d), got shape {x.shape}")
-            object.__setattr__(self, "features", x)
-        if self.groups is not None:
-            g = tuple(self.groups)
-            if len(g) != n:
-                raise SelectionInputError(f"groups must have {n} labels, got {len(g)}")
-            object.__setattr__(self, "groups", g)
-        if self.atom_uncertainty is not None and len(self.atom_uncertainty) != n:
-            raise SelectionInputError(f"atom_uncertainty must have {n} arrays, got {len(self.atom_uncertainty)}")
-        if self.labeled_features is not None:
-            lx = np.asarray(self.labeled_features, dtype=float).reshape(len(self.labeled_features), -1)
-            if self.features is None or lx.shape[1] != self.features.shape[1]:
-                raise SelectionInputError("labeled_features need features of the same width")
-            object.__setattr__(self, "labeled_features", lx)
-            if self.labeled_uncertainty is not None:
-                lu = np.asarray(self.labeled_uncertainty, dtype=float).reshape(-1)
-                if len(lu) != len(lx):
-                    raise SelectionInputError(f"labeled_uncertainty must have {len(lx)} values, got {len(lu)}")
-                object.__setattr__(self, "labeled_uncertainty", lu)
-
-    def __len__(self) -> int:
-        return len(self.uncertainty)
-
-    def subset(self, idx: np.ndarray) -> "Candidates":
-        idx = np.asarray(idx, dtype=int)
-        return Candidates(
-            self.uncertainty[idx],
-            None if self.features is None else self.features[idx],
-            None if self.groups is None else tuple(self.groups[i] for i in idx),
-            None if self.atom_uncertainty is None else tuple(self.atom_uncertainty[i] for i in idx),
-            self.labeled_features,
-            self.labeled_uncertainty,
-        )
+from driver.candidates import Candidates, Choice, SelectionInputError
+from driver.feature_space import kmeans, lengthscale, scaled_rbf, sq_dist, standardize
 
 
 # ------------------------------------------------------------------ shared pieces
@@ -131,39 +67,6 @@ def _need_features(c: Candidates, name: str) -> np.ndarray:
     if c.features is None:
         raise SelectionInputError(f"strategy {name!r} needs per-frame features")
     return c.features
-
-
-def standardize(x: np.ndarray, ref: np.ndarray | None = None) -> np.ndarray:
-    """Columns to zero mean and unit variance over ``ref`` (default ``x``), divided by
-    sqrt(d) so that distances do not grow with the width; constant columns become 0."""
-    x = np.asarray(x, dtype=float)
-    ref = x if ref is None else np.asarray(ref, dtype=float)
-    mu = ref.mean(axis=0)
-    sd = ref.std(axis=0)
-    sd = np.where(sd > 1e-12 * (np.abs(mu) + 1.0), sd, np.inf)
-    return (x - mu) / sd / np.sqrt(max(1, x.shape[1]))
-
-
-def _sq_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distances (len(a), len(b)), clipped at 0."""
-    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
-    return np.maximum(d, 0.0)
-
-
-def _lengthscale(x: np.ndarray, rng: np.random.Generator, sample: int = 400) -> float:
-    """Median pairwise distance of (a sample of) the rows: the RBF kernel's length scale."""
-    if len(x) < 2:
-        return 1.0
-    if len(x) > sample:
-        x = x[rng.choice(len(x), size=sample, replace=False)]
-    d = np.sqrt(_sq_dist(x, x)[np.triu_indices(len(x), 1)])
-    med = float(np.median(d))
-    return med if med > 1e-12 else 1.0
-
-
-def _scaled_rbf(xa, ua, xb, ub, ell) -> np.ndarray:
-    """k(a, b) = u_a u_b exp(-|a - b|^2 / (2 ell^2)): the uncertainty-scaled kernel, k(a, a) = u_a^2."""
-    return ua[:, None] * ub[None, :] * np.exp(-_sq_dist(xa, xb) / (2.0 * ell * ell))
 
 
 def _features_with_labeled(c: Candidates, idx: np.ndarray, name: str):
@@ -192,7 +95,7 @@ def _prepare(c: Candidates, k: int, threshold: float, upper: float, name: str, r
     if len(idx) == 0 or k <= 0:
         return None
     x, lx = _features_with_labeled(c, idx, name)
-    return idx, x, lx, c.uncertainty[idx], None if rng is None else _lengthscale(x, rng)
+    return idx, x, lx, c.uncertainty[idx], None if rng is None else lengthscale(x, rng)
 
 
 # ---------------------------------------------------------------------- strategies
@@ -226,9 +129,9 @@ def fps_uncertain(c: Candidates, k: int, rng: np.random.Generator, *, threshold:
     if prep is None:
         return []
     idx, x, lx, _, _ = prep
-    dmin = np.full(len(idx), np.inf) if lx is None else _sq_dist(x, lx).min(axis=1)
+    dmin = np.full(len(idx), np.inf) if lx is None else sq_dist(x, lx).min(axis=1)
     out = [Choice(int(idx[0]), f"most uncertain eligible frame ({u[idx[0]]:.3f} above {threshold:g})")]
-    dmin = np.minimum(dmin, _sq_dist(x, x[:1])[:, 0])
+    dmin = np.minimum(dmin, sq_dist(x, x[:1])[:, 0])
     taken = np.zeros(len(idx), bool)
     taken[0] = True
     while len(out) < min(k, len(idx)):
@@ -237,40 +140,8 @@ def fps_uncertain(c: Candidates, k: int, rng: np.random.Generator, *, threshold:
         taken[j] = True
         out.append(Choice(int(idx[j]), f"farthest from the chosen and trained frames (distance "
                           f"{np.sqrt(d[j]):.3f}), uncertainty {u[idx[j]]:.3f}"))
-        dmin = np.minimum(dmin, _sq_dist(x, x[j : j + 1])[:, 0])
+        dmin = np.minimum(dmin, sq_dist(x, x[j : j + 1])[:, 0])
     return out
-
-
-def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iterations: int = 30) -> tuple[np.ndarray, np.ndarray]:
-    """Lloyd's k-means with k-means++ seeding (Arthur & Vassilvitskii 2007). Returns
-    (labels (n,), centres (k, d)); an emptied cluster is re-seeded at the point farthest
-    from its centre."""
-    n = len(x)
-    k = min(k, n)
-    centres = np.empty((k, x.shape[1]))
-    centres[0] = x[rng.integers(n)]
-    d2 = _sq_dist(x, centres[:1])[:, 0]
-    for j in range(1, k):
-        tot = d2.sum()
-        i = int(rng.choice(n, p=d2 / tot)) if tot > 0 else int(rng.integers(n))
-        centres[j] = x[i]
-        d2 = np.minimum(d2, _sq_dist(x, centres[j : j + 1])[:, 0])
-    labels = np.full(n, -1)
-    for _ in range(iterations):
-        dist = _sq_dist(x, centres)
-        new = dist.argmin(axis=1)
-        if np.array_equal(new, labels):
-            break
-        labels = new
-        for j in range(k):
-            members = labels == j
-            if members.any():
-                centres[j] = x[members].mean(axis=0)
-            else:
-                far = int(dist[np.arange(n), labels].argmax())
-                centres[j] = x[far]
-                labels[far] = j
-    return labels, centres
 
 
 def kmeans_uncertain(c: Candidates, k: int, rng: np.random.Generator, *, threshold: float = 0.0,
@@ -324,7 +195,7 @@ def maxdet(c: Candidates, k: int, rng: np.random.Generator, *, threshold: float 
     basis: list[np.ndarray] = []  # columns of the pivoted Cholesky factor over all frames
 
     def pivot(j: int) -> None:
-        kj = _scaled_rbf(xa, ua, xa[j : j + 1], ua[j : j + 1], ell)[:, 0]
+        kj = scaled_rbf(xa, ua, xa[j : j + 1], ua[j : j + 1], ell)[:, 0]
         col = (kj - sum(b * b[j] for b in basis)) / np.sqrt(max(var[j], noise))
         basis.append(col)
         np.maximum(var - col * col, 0.0, out=var)
@@ -361,14 +232,14 @@ def lcmd(c: Candidates, k: int, rng: np.random.Generator, *, threshold: float = 
     if lx is None:
         out.append(Choice(int(idx[0]), f"most uncertain eligible frame ({ue[0]:.3f} above {threshold:g}), first centre"))
         taken[0] = True
-        d2 = ue * ue + ue[0] ** 2 - 2.0 * _scaled_rbf(x, ue, x[:1], ue[:1], ell)[:, 0]
+        d2 = ue * ue + ue[0] ** 2 - 2.0 * scaled_rbf(x, ue, x[:1], ue[:1], ell)[:, 0]
         centre = np.zeros(len(idx), dtype=int)  # centre id: -1 - t for training frame t, else position in out
     else:
         lu = _labeled_scale(c, ue)
         best_d2 = np.full(len(idx), np.inf)
         centre = np.zeros(len(idx), dtype=int)
         for s in range(0, len(lx), 256):
-            kk = _scaled_rbf(x, ue, lx[s : s + 256], lu[s : s + 256], ell)
+            kk = scaled_rbf(x, ue, lx[s : s + 256], lu[s : s + 256], ell)
             dd = ue[:, None] ** 2 + lu[None, s : s + 256] ** 2 - 2.0 * kk
             j = dd.argmin(axis=1)
             better = dd[np.arange(len(idx)), j] < best_d2
@@ -388,7 +259,7 @@ def lcmd(c: Candidates, k: int, rng: np.random.Generator, *, threshold: float = 
         out.append(Choice(int(idx[j]), f"farthest ({np.sqrt(d2[j]):.3f}) in the largest cluster (around {what}, "
                           f"{len(in_big)} frames, size {sizes.max():.3g}), uncertainty {ue[j]:.3f}"))
         taken[j] = True
-        nd = ue * ue + ue[j] ** 2 - 2.0 * _scaled_rbf(x, ue, x[j : j + 1], ue[j : j + 1], ell)[:, 0]
+        nd = ue * ue + ue[j] ** 2 - 2.0 * scaled_rbf(x, ue, x[j : j + 1], ue[j : j + 1], ell)[:, 0]
         nd = np.maximum(nd, 0.0)
         closer = nd < d2
         d2 = np.where(closer, nd, d2)
@@ -473,30 +344,3 @@ def select(name: str, c: Candidates, k: int, rng: np.random.Generator, *, quota:
     if quota:
         return per_group(name, c, k, rng, share=share, **options)
     return STRATEGIES[name](c, k, rng, **options)
-
-
-# ------------------------------------------------------------------------ features
-def distance_histogram(distances: Sequence[np.ndarray], n_atoms: Sequence[int], r_max: float = 4.0,
-                       bins: int = 24) -> np.ndarray:
-    """Fixed-length features from neighbour distances (``driver.selection.fingerprint``'s sorted
-    array per frame): the count of pairs per bin of [0, r_max) divided by the number of atoms."""
-    edges = np.linspace(0.0, r_max, bins + 1)
-    out = np.zeros((len(distances), bins))
-    for i, (d, n) in enumerate(zip(distances, n_atoms)):
-        out[i] = np.histogram(np.asarray(d, dtype=float), bins=edges)[0] / max(1, int(n))
-    return out
-
-
-def atom_width_histogram(atom_widths: Sequence[np.ndarray], edges: np.ndarray | None = None) -> np.ndarray:
-    """Per frame, the share of atoms per bin of log10(per-atom force width) (default edges:
-    20 bins over 10^-2.5 ... 10^1 eV/A, the outer ones open), plus the mean and max of
-    log10 width: where in a frame the ensemble disagrees, not only how much at most."""
-    edges = np.linspace(-2.5, 1.0, 21) if edges is None else np.asarray(edges, dtype=float)
-    out = np.zeros((len(atom_widths), len(edges) + 1))
-    for i, w in enumerate(atom_widths):
-        lw = np.log10(np.maximum(np.asarray(w, dtype=float), 1e-12))
-        h = np.histogram(np.clip(lw, edges[0], edges[-1]), bins=edges)[0]
-        out[i, : len(edges) - 1] = h / max(1, len(lw))
-        out[i, -2] = lw.mean()
-        out[i, -1] = lw.max()
-    return out

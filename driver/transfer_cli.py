@@ -64,7 +64,7 @@ def pull_items(state, root, kinds: Iterable[str], local: bool = True) -> list[Tr
                 if p and (not local or Path(p).exists()):
                     found[relative_to_root(root, p, local=local)] = False
     if "datasets" in kinds:
-        for (p,) in state.db.execute("SELECT path FROM datasets ORDER BY generation"):
+        for p in state.dataset_paths():
             if not local or Path(p).is_dir():
                 found[relative_to_root(root, p, local=local)] = True
     if "reports" in kinds and local:

@@ -130,13 +130,15 @@ def test_ten_thousand_candidates_select():
 
 
 def test_features():
-    h = st.distance_histogram([np.array([1.0, 1.1, 2.9]), np.array([])], [2, 3], r_max=4.0, bins=4)
+    from driver import feature_space as fs
+
+    h = fs.distance_histogram([np.array([1.0, 1.1, 2.9]), np.array([])], [2, 3], r_max=4.0, bins=4)
     assert h.shape == (2, 4) and h[0].tolist() == [0.0, 1.0, 0.5, 0.0] and h[1].sum() == 0
-    w = st.atom_width_histogram([np.array([0.01, 0.1, 1.0, 100.0])])
+    w = fs.atom_width_histogram([np.array([0.01, 0.1, 1.0, 100.0])])
     assert w.shape == (1, 22)
     assert w[0, :20].sum() == pytest.approx(1.0)  # outer bins are open
     assert w[0, -1] == pytest.approx(2.0) and w[0, -2] == pytest.approx(-0.25)
-    x = st.standardize(np.array([[1.0, 5.0], [3.0, 5.0]]))
+    x = fs.standardize(np.array([[1.0, 5.0], [3.0, 5.0]]))
     assert np.allclose(x[:, 1], 0.0) and np.allclose(x[:, 0], [-1 / np.sqrt(2), 1 / np.sqrt(2)])
 
 

@@ -175,3 +175,7 @@ class ModelTable:
 
     def dataset(self, generation: int) -> sqlite3.Row | None:
         return self.db.execute("SELECT * FROM datasets WHERE generation=?", (generation,)).fetchone()
+
+    def dataset_paths(self) -> list[str]:
+        """The exported folder of every generation's training set, oldest first."""
+        return [r[0] for r in self.db.execute("SELECT path FROM datasets ORDER BY generation")]

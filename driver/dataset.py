@@ -39,40 +39,6 @@ FORMATS = ("deepmd", "extxyz")
 EXTXYZ_NAME = "train.extxyz"
 MANIFEST_NAME = "manifest.json"
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS frames (
-    hash TEXT PRIMARY KEY,
-    structure_id INTEGER,
-    composition TEXT NOT NULL,
-    species TEXT NOT NULL,               -- atom order (one deepmd system per value)
-    natoms INTEGER NOT NULL,
-    split TEXT NOT NULL,                 -- train | test (held out, never trained on)
-    round INTEGER NOT NULL,
-    labeler TEXT NOT NULL,
-    labeler_settings_json TEXT NOT NULL,
-    task_key TEXT NOT NULL,              -- the label task
-    exploration TEXT NOT NULL,           -- the MD task key that found it, or 'initial'
-    model_generation INTEGER NOT NULL,   -- the ensemble that explored it (-1: initial)
-    energy REAL NOT NULL,
-    extxyz TEXT NOT NULL,                -- the labeled frame, exactly as exported
-    created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS frame_duplicates (
-    hash TEXT PRIMARY KEY REFERENCES frames(hash),
-    count INTEGER NOT NULL,
-    last_task_key TEXT NOT NULL,
-    last_seen REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS dataset_versions (
-    generation INTEGER PRIMARY KEY,
-    hashes_json TEXT NOT NULL,           -- ordered frame hashes
-    n_frames INTEGER NOT NULL,
-    digest TEXT NOT NULL,                -- sha256 of the ordered hashes
-    created REAL NOT NULL
-);
-"""
-
-
 class LabelRejected(RemoteALError, ValueError):
     """Raised by ``DatasetStore.add`` for a label that must never enter a training set
     (failed, NaN, missing); the loop records the label as failed instead."""
@@ -169,11 +135,7 @@ class DatasetStore:
     """Labeled frames and dataset versions over a campaign's :class:`State`."""
 
     def __init__(self, state: State):
-        self.state = state
-        # One statement at a time: executescript() would commit a caller's open transaction.
-        for statement in SCHEMA.split(";"):
-            if statement.strip():
-                state.db.execute(statement)
+        self.state = state  # its frames tables: driver.state.frames
 
     # -- frames
     def add(
@@ -208,40 +170,26 @@ class DatasetStore:
 
         h = frame_hash(atoms)
         now = time.time()
+        row = dict(hash=h, structure_id=structure_id, composition=composition_label(atoms),
+                   species=" ".join(atoms.get_chemical_symbols()), natoms=len(atoms), split=split, round=round_,
+                   labeler=labeler, labeler_settings_json=json.dumps(dict(labeler_settings or {}), sort_keys=True),
+                   task_key=task_key, exploration=exploration, model_generation=model_generation,
+                   energy=float(atoms.calc.results["energy"]), extxyz=_canonical_extxyz(atoms, h), created=now)
         with self.state.transaction():
-            cur = self.state.db.execute(
-                "INSERT OR IGNORE INTO frames(hash, structure_id, composition, species, natoms, split, round, "
-                "labeler, labeler_settings_json, task_key, exploration, model_generation, energy, extxyz, created) "
-                "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (h, structure_id, composition_label(atoms), " ".join(atoms.get_chemical_symbols()), len(atoms),
-                 split, round_, labeler, json.dumps(dict(labeler_settings or {}), sort_keys=True), task_key,
-                 exploration, model_generation, float(atoms.calc.results["energy"]),
-                 _canonical_extxyz(atoms, h), now),
-            )
-            if cur.rowcount == 1:
+            if self.state.insert_frame(row):
                 return AddResult(h, True)
-            self.state.db.execute(
-                "INSERT INTO frame_duplicates(hash, count, last_task_key, last_seen) VALUES(?,1,?,?) "
-                "ON CONFLICT(hash) DO UPDATE SET count=count+1, last_task_key=excluded.last_task_key, "
-                "last_seen=excluded.last_seen",
-                (h, task_key, now),
-            )
+            self.state.count_duplicate(h, task_key, now)
         return AddResult(h, False)
 
     def frame(self, h: str):
-        return self.state.db.execute("SELECT * FROM frames WHERE hash=?", (h,)).fetchone()
+        return self.state.frame(h)
 
     def duplicates(self, h: str) -> int:
-        row = self.state.db.execute("SELECT count FROM frame_duplicates WHERE hash=?", (h,)).fetchone()
-        return row[0] if row else 0
+        return self.state.duplicate_count(h)
 
     def select(self, split: str = "train", max_round: int | None = None) -> list[str]:
         """Hashes of stored frames of ``split`` (up to ``max_round``), in insertion order."""
-        q, args = "SELECT hash FROM frames WHERE split=?", [split]
-        if max_round is not None:
-            q += " AND round<=?"
-            args.append(max_round)
-        return [r[0] for r in self.state.db.execute(q + " ORDER BY rowid", args)]
+        return self.state.frame_hashes(split, max_round)
 
     def lineage(self, h: str) -> dict[str, Any]:
         """Where a frame came from and which generations trained on it."""
@@ -273,37 +221,26 @@ class DatasetStore:
             if held_out:
                 raise DatasetError(f"generation {generation}: {len(held_out)} held-out test frames may not "
                                    f"be trained on (first {held_out[0]})")
-            old = self.state.db.execute("SELECT digest FROM dataset_versions WHERE generation=?",
-                                        (generation,)).fetchone()
+            old = self.state.version_row(generation)
             if old is not None:
-                if old[0] != digest:
+                if old["digest"] != digest:
                     raise DatasetError(f"generation {generation} has a recorded training set already "
                                        "and it differs; a generation's set never changes")
                 return digest
-            self.state.db.execute(
-                "INSERT INTO dataset_versions(generation, hashes_json, n_frames, digest, created) VALUES(?,?,?,?,?)",
-                (generation, json.dumps(hashes), len(hashes), digest, time.time()),
-            )
+            self.state.insert_version(generation, hashes, digest)
         return digest
 
     def version(self, generation: int) -> list[str]:
-        row = self.state.db.execute("SELECT hashes_json FROM dataset_versions WHERE generation=?",
-                                    (generation,)).fetchone()
+        row = self.state.version_row(generation)
         if row is None:
             raise DatasetError(f"no dataset version recorded for generation {generation}")
-        return json.loads(row[0])
+        return json.loads(row["hashes_json"])
 
     def _versions(self) -> list[tuple[int, set[str]]]:
-        return [(r[0], set(json.loads(r[1]))) for r in
-                self.state.db.execute("SELECT generation, hashes_json FROM dataset_versions ORDER BY generation")]
+        return [(r["generation"], set(json.loads(r["hashes_json"]))) for r in self.state.version_rows()]
 
     def _rows(self, hashes: Sequence[str]) -> list:
-        rows = []
-        for i in range(0, len(hashes), 500):  # SQLite's limit on bound parameters
-            chunk = hashes[i:i + 500]
-            rows += self.state.db.execute(
-                f"SELECT * FROM frames WHERE hash IN ({','.join('?' * len(chunk))})", chunk).fetchall()
-        return rows
+        return self.state.frames_of(hashes)
 
     # -- export
     def export(self, generation: int, outdir: str | os.PathLike, type_map: Sequence[str] | None = None,

@@ -13,12 +13,13 @@ this package (``driver/state/``); the schema and its migrations in ``schema.py``
 from __future__ import annotations
 
 from driver.state.base import StateBase, StateMeta
+from driver.state.frames import FrameTable
 from driver.state.schema import SCHEMA_VERSION, StateVersionError
 from driver.state.science import ModelTable, StructureTable
 from driver.state.tasks import TaskTable
 
 
-class State(TaskTable, StructureTable, ModelTable, StateBase):
+class State(TaskTable, StructureTable, ModelTable, FrameTable, StateBase):
     """One campaign's state file. Use ``with state.transaction():`` around changes that
     belong together."""
 

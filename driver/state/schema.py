@@ -120,6 +120,38 @@ CREATE TABLE IF NOT EXISTS events (
     kind TEXT NOT NULL,
     message TEXT NOT NULL
 );
+-- the dataset store (driver.dataset): labeled frames by content hash, and what each
+-- generation trained on
+CREATE TABLE IF NOT EXISTS frames (
+    hash TEXT PRIMARY KEY,
+    structure_id INTEGER,
+    composition TEXT NOT NULL,
+    species TEXT NOT NULL,               -- atom order (one deepmd system per value)
+    natoms INTEGER NOT NULL,
+    split TEXT NOT NULL,                 -- train | test (held out, never trained on)
+    round INTEGER NOT NULL,
+    labeler TEXT NOT NULL,
+    labeler_settings_json TEXT NOT NULL,
+    task_key TEXT NOT NULL,              -- the label task
+    exploration TEXT NOT NULL,           -- the MD task key that found it, or 'initial'
+    model_generation INTEGER NOT NULL,   -- the ensemble that explored it (-1: initial)
+    energy REAL NOT NULL,
+    extxyz TEXT NOT NULL,                -- the labeled frame, exactly as exported
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS frame_duplicates (
+    hash TEXT PRIMARY KEY REFERENCES frames(hash),
+    count INTEGER NOT NULL,
+    last_task_key TEXT NOT NULL,
+    last_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dataset_versions (
+    generation INTEGER PRIMARY KEY,
+    hashes_json TEXT NOT NULL,           -- ordered frame hashes
+    n_frames INTEGER NOT NULL,
+    digest TEXT NOT NULL,                -- sha256 of the ordered hashes
+    created REAL NOT NULL
+);
 """
 
 # indexes on columns that version 1 lacks: created after the migration

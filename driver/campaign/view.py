@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from driver.campaign.plan import Phase
-from driver.campaign.tasks import Task, TaskKind, workdir_name
+from driver.campaign.tasks import Task, TaskKind, task_dir_name
 from driver.config_models import CampaignConfig
 from driver.dataset import DatasetStore
 from driver.preflight import build_structure
@@ -38,9 +38,10 @@ class CampaignView:
     def directory(self) -> Path:
         return self.cfg.directory
 
-    def workdir(self, key: str) -> str:
-        """The folder of the task with this key (under the campaign's ``work/``)."""
-        return str(self.cfg.directory / "work" / workdir_name(key))
+    def task_dir(self, key: str) -> str:
+        """The folder of the task with this key (``work/<key>`` in the campaign folder);
+        the request's ``workdir`` on the local site."""
+        return str(self.cfg.directory / "work" / task_dir_name(key))
 
     @property
     def phase(self) -> Phase:

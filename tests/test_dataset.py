@@ -232,3 +232,25 @@ def test_add_joins_the_callers_transaction(state, frames):
         DatasetStore(state)  # creating the tables inside a transaction keeps it open
         store.add(frames[0], labeler="chgnet", task_key="label:r0:b0", structure_id=1)
     assert len(store.select()) == 1
+
+
+@pytest.mark.parametrize("dense_max", [None, 0])  # the numpy path, and ASE's neighbour list
+def test_pair_distances_match_ase_neighbour_list(monkeypatch, dense_max):
+    from ase.build import bulk
+    from ase.neighborlist import neighbor_list
+
+    import remote_al.structures as structures
+
+    if dense_max is not None:
+        monkeypatch.setattr(structures, "_DENSE_PAIRS_MAX", dense_max)
+    rng = np.random.default_rng(3)
+    fcc = bulk("Cu", "fcc", a=3.6) * (2, 2, 2)
+    skewed = fcc.copy()  # a sheared cell, atoms moved outside it
+    skewed.set_cell(skewed.cell.array + [[0, 0, 0], [2.0, 0, 0], [1.0, 1.5, 0]], scale_atoms=True)
+    skewed.positions += rng.normal(0, 0.3, skewed.positions.shape) + 10.0
+    tiny = bulk("Ni", "hcp", a=2.5, c=4.0)  # 2 atoms: many images inside the cutoff
+    for atoms in (fcc, skewed, tiny, bulk("Si", "diamond", 5.43) * (2, 2, 2)):
+        ref = np.sort(neighbor_list("d", atoms, 4.0))
+        got = np.sort(structures.pair_distances(atoms, 4.0))
+        assert got.shape == ref.shape and np.allclose(got, ref)
+        assert structures.min_distance(atoms) == pytest.approx(ref.min())

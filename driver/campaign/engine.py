@@ -178,10 +178,12 @@ class Campaign:
                 self.state.event("reattach", f"{row['key']}: reattached")
 
     def _submit(self) -> None:
+        """Submit pending tasks up to each pool's free slots. A backend with
+        ``submit_many`` (Globus Compute) gets each pool's tasks in one call, a few HTTP
+        requests whatever their number; the backend ids are stored in one transaction."""
         now = time.time()
         busy: dict[str, int] = {}
-        for key in self.inflight:
-            pool = self.state.task(key)["pool"]
+        for pool in self.state.pools_of(list(self.inflight)):
             busy[pool] = busy.get(pool, 0) + 1
         r_now = self.round
 
@@ -191,6 +193,7 @@ class Campaign:
                 k = 3
             return (k, row["id"])
 
+        chosen: dict[str, list] = {}
         for row in sorted(self.state.tasks(status="pending"), key=rank):
             pool = row["pool"]
             if row["not_before"] > now or self._pool_blocked_until.get(pool, 0) > now:
@@ -199,21 +202,46 @@ class Campaign:
                 continue
             if not self._staged(row):
                 continue
+            chosen.setdefault(pool, []).append(row)
+            busy[pool] = busy.get(pool, 0) + 1
+        for pool, rows in chosen.items():
+            many = getattr(self.backend, "submit_many", None)
+            if many is not None and len(rows) > 1:
+                try:
+                    subs = many(pool, [(r["function"], json.loads(r["request"]), r["key"]) for r in rows])
+                except BackendUnavailable as exc:
+                    self._offline(pool, exc)
+                    continue
+                except TaskFailed:  # one task refused before sending: find it one by one
+                    self._submit_each(pool, rows)
+                    continue
+                self.hooks.at("after_submit")
+                with self.state.transaction():
+                    for row, sub in zip(rows, subs):  # a shorter list: the rest stays pending
+                        self.state.mark_submitted(row["key"], sub.backend_id)
+                        self.inflight[row["key"]] = sub.future
+            else:
+                self._submit_each(pool, rows)
+
+    def _submit_each(self, pool: str, rows) -> None:
+        for row in rows:
             try:
                 sub = self.backend.submit(pool, row["function"], json.loads(row["request"]), row["key"])
             except BackendUnavailable as exc:
-                wait_s = min(300.0, max(5.0, self.cfg.backend.retry_backoff_s))
-                self._pool_blocked_until[pool] = now + wait_s
-                self.state.event("offline", f"{pool} endpoint unavailable: {exc}")
-                self.say(f"{pool} endpoint unavailable ({exc}); queued work kept, retrying in {wait_s:.0f} s")
-                continue
+                self._offline(pool, exc)
+                return
             except TaskFailed as exc:  # refused before sending (too large, not allowed)
                 self._fail(row, exc)
                 continue
             self.hooks.at("after_submit")
             self.state.mark_submitted(row["key"], sub.backend_id)
             self.inflight[row["key"]] = sub.future
-            busy[pool] = busy.get(pool, 0) + 1
+
+    def _offline(self, pool: str, exc: BackendUnavailable) -> None:
+        wait_s = min(300.0, max(5.0, self.cfg.backend.retry_backoff_s))
+        self._pool_blocked_until[pool] = time.time() + wait_s
+        self.state.event("offline", f"{pool} endpoint unavailable: {exc}")
+        self.say(f"{pool} endpoint unavailable ({exc}); queued work kept, retrying in {wait_s:.0f} s")
 
     def _staged(self, row) -> bool:
         """True when the task's inputs are on its pool's site (starting their transfers)."""
@@ -314,8 +342,8 @@ class Campaign:
             return
         self._last_status = now
         running = {"gpu": 0, "cpu": 0}
-        for key in self.inflight:
-            running[self.state.task(key)["pool"]] += 1
+        for pool in self.state.pools_of(list(self.inflight)):
+            running[pool] += 1
         self.say(progress_line(self.view, self.state.task_counts(), running,
                                {p: self.backend.slots(p) for p in running}, now))
 

@@ -45,6 +45,15 @@ class TaskTable:
             args.append(round_)
         return self.db.execute(q + " ORDER BY id", args).fetchall()
 
+    def pools_of(self, keys: list[str]) -> list[str]:
+        """The pool of each task in ``keys`` (in one query per 500 keys)."""
+        out: list[str] = []
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            out += [r[0] for r in self.db.execute(
+                f"SELECT pool FROM tasks WHERE key IN ({','.join('?' * len(chunk))})", chunk)]
+        return out
+
     def task_totals(self) -> tuple[int, int]:
         """(tasks, tasks done): how the engine tells that a tick changed something."""
         n = self.db.execute("SELECT COUNT(*), COALESCE(SUM(status='done'), 0) FROM tasks").fetchone()

@@ -65,6 +65,16 @@ def test_a_thousand_tasks_take_a_few_requests_per_tick(service, tmp_path, monkey
         assert len(camp.inflight) == N
         assert 1 <= len(service.submits) <= 2  # one batch (split only by the 10 MB payload limit)
         assert len(camp.state.tasks(status="submitted")) == N  # every backend id stored
+        # a driver restarted with all of them in flight reattaches in batches too
+        again_backend = GlobusBackend(team, meta={}, client=new_client(), poll_interval_s=3600)
+        again = Campaign(cfg, again_backend, say=lambda m: None)
+        before = calls(service, "/v2/batch_status")
+        again._reattach()
+        assert len(again.inflight) == N
+        assert calls(service, "/v2/batch_status") - before == math.ceil(N / STATUS_BATCH)
+        assert not [c for c in service.rsps.calls if "/v2/tasks/" in c.request.url]  # none asked alone
+        again_backend.shutdown()
+        again.state.close()
         for tid in list(service.tasks):  # the endpoint runs them
             (request,), _ = service.args(tid)
             service.finish(tid, label_structures(request))

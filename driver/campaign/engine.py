@@ -70,6 +70,7 @@ class Campaign:
         self._pool_blocked_until: dict[str, float] = {}
         self._staging_until: dict[str, float] = {}  # task key -> when to look at its staging again
         self._last_status = 0.0
+        self._unattached = False  # tasks of an earlier driver not reattached yet (backend unreachable)
         # pools on other filesystems (team file [sites]): request paths and staging
         self.placement = Placement(self.dir, sites, transfer, meta=StateMeta(self.state))
         self.view = CampaignView(cfg, self.state, self.store, backend.slots("gpu"), self.say)
@@ -99,6 +100,8 @@ class Campaign:
             self._reattach()
             ticks = idle_ticks = 0
             while self.view.phase != Phase.DONE:
+                if self._unattached:
+                    self._reattach()
                 self._collect(timeout=0)
                 before = self._fingerprint()
                 self._advance()
@@ -164,18 +167,29 @@ class Campaign:
 
     # ----------------------------------------------------------- the backend
     def _reattach(self) -> None:
-        for row in self.state.tasks(status="submitted"):
-            try:
-                fut = self.backend.reattach(row["pool"], row["function"], row["backend_id"], row["key"])
-            except BackendUnavailable as exc:
-                self.say(f"cannot reach the backend to reattach {row['key']}: {exc}; will retry")
-                continue
-            if fut is None:
-                self.state.mark_retry(row["key"], "backend had no record after restart; resubmitting", 0)
-                self.state.event("resubmit", f"{row['key']}: lost with the previous driver, resubmitting")
-            else:
-                self.inflight[row["key"]] = fut
-                self.state.event("reattach", f"{row['key']}: reattached")
+        """Futures for the tasks an earlier driver submitted (those not in flight here):
+        reattached, or resubmitted when the backend has no record of them. A backend that
+        cannot be reached now is asked again at the next tick."""
+        rows = [r for r in self.state.tasks(status="submitted") if r["key"] not in self.inflight]
+        self._unattached = False
+        if not rows:
+            return
+        items = [(r["pool"], r["function"], r["backend_id"], r["key"]) for r in rows]
+        try:
+            many = getattr(self.backend, "reattach_many", None)
+            futures = many(items) if many is not None else [self.backend.reattach(*item) for item in items]
+        except BackendUnavailable as exc:
+            self.say(f"cannot reach the backend to reattach {len(rows)} tasks: {exc}; will retry")
+            self._unattached = True
+            return
+        with self.state.transaction():
+            for row, fut in zip(rows, futures):
+                if fut is None:
+                    self.state.mark_retry(row["key"], "backend had no record after restart; resubmitting", 0)
+                    self.state.event("resubmit", f"{row['key']}: lost with the previous driver, resubmitting")
+                else:
+                    self.inflight[row["key"]] = fut
+                    self.state.event("reattach", f"{row['key']}: reattached")
 
     def _submit(self) -> None:
         """Submit pending tasks up to each pool's free slots. A backend with

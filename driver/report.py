@@ -22,8 +22,10 @@ from __future__ import annotations
 import datetime as _dt
 import html
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Callable
 
+import click
 import numpy as np
 
 from driver import plots
@@ -48,6 +50,9 @@ from driver.state import State
 from remote_al.calibration import latest_calibration
 
 REPORT_DIR = "report"
+# What write_report does, in order (its on_stage callback gets each name as it starts).
+STAGES = ("provenance and tables", "learning curves", "exploration plots", "held-out parity (evaluating the models)",
+          "calibration", "volume", "writing the page")
 
 ROUND_COLUMNS = (
     ("n_explored", "explored", ".0f"), ("confident_share", "confident share", ".2f"),
@@ -102,11 +107,13 @@ def write_report(
     campaign_dir: str | Path,
     *,
     compute_parity: bool = True,
+    on_stage: Callable[[str], None] | None = None,
 ) -> Path:
     """Write ``campaign_dir/report/index.html`` (PNGs next to it); return its path.
 
     ``compute_parity=False`` skips the local model evaluation (only stored results and
-    an existing ``parity.npz`` of the same models and frames are used).
+    an existing ``parity.npz`` of the same models and frames are used). ``on_stage`` is
+    called with each of :data:`STAGES` as it starts (a progress display).
     """
     campaign_dir = Path(campaign_dir)
     state_path = campaign_dir / "state.sqlite"
@@ -118,12 +125,14 @@ def write_report(
         old.unlink()
     state = State(state_path)
     try:
-        return _write(state, campaign_dir, outdir, compute_parity)
+        return _write(state, campaign_dir, outdir, compute_parity, on_stage or (lambda stage: None))
     finally:
         state.close()
 
 
-def _write(state: State, campaign_dir: Path, outdir: Path, compute_parity: bool) -> Path:
+def _write(state: State, campaign_dir: Path, outdir: Path, compute_parity: bool,
+           on_stage: Callable[[str], None]) -> Path:
+    on_stage(STAGES[0])
     toml_text, settings = campaign_settings(campaign_dir)
     selection = selection_used(state, campaign_dir, settings)
     sel = {"confidence": selection.confidence, "force_threshold": selection.force_threshold,
@@ -208,6 +217,7 @@ def _write(state: State, campaign_dir: Path, outdir: Path, compute_parity: bool)
         )
 
     # --- plots ----------------------------------------------------------------
+    on_stage(STAGES[1])
     figs: list[str] = ["<h2>Learning curves</h2>"]
     for g, curves, note in learning_curves(state):
         if not curves:
@@ -221,6 +231,7 @@ def _write(state: State, campaign_dir: Path, outdir: Path, compute_parity: bool)
     if len(figs) == 1:
         figs.append("<p class='note'>No trained members yet.</p>")
 
+    on_stage(STAGES[2])
     figs.append("<h2>Exploration</h2>")
     plots.plot_rounds(labels_by_round(state), {r: m.get("confident_share") for r, m in rounds.items()},
                       outdir / "rounds.png")
@@ -231,6 +242,7 @@ def _write(state: State, campaign_dir: Path, outdir: Path, compute_parity: bool)
     figs.append(_figure("uncertainty.png", "Force CI width of every explored frame per round; red: selection "
                         "threshold, dashed: trust bound (above it frames count as unphysical)."))
 
+    on_stage(STAGES[3])
     figs.append("<h2>Held-out accuracy and calibration</h2>")
     parity, why, stored = report_parity(state, outdir, sel["confidence"], compute_parity)
     if stored:
@@ -243,8 +255,11 @@ def _write(state: State, campaign_dir: Path, outdir: Path, compute_parity: bool)
     else:
         figs.extend(_accuracy_figures(parity, outdir, sel["confidence"], latest_calibration(campaign_dir)))
     sections.extend(figs)
+    on_stage(STAGES[4])
     sections.extend(calibration_html(gather_calibration(state, campaign_dir, selection), outdir, _table, _figure))
+    on_stage(STAGES[5])
     sections.extend(_volume_section(state, campaign_dir, outdir))
+    on_stage(STAGES[6])
 
     if toml_text:
         sections.append("<h2>Campaign settings (campaign.toml)</h2><pre>" + html.escape(toml_text) + "</pre>")
@@ -339,6 +354,23 @@ def _metric_cells(m: dict, scale: float) -> list[str]:
 
 
 # ------------------------------------------------------------------------- CLI
+def print_report(campaign_dir: str | Path, compute_parity: bool = True) -> Path:
+    """Write the report with a rich progress bar over its stages (on stderr); say where it is."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("report: {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("reading the campaign", total=len(STAGES))
+
+        def on_stage(stage: str) -> None:
+            bar.update(task, description=stage, completed=STAGES.index(stage))
+
+        path = write_report(campaign_dir, compute_parity=compute_parity, on_stage=on_stage)
+    print(f"report written: {path}")
+    return path
+
+
 def cmd_report(args) -> int:
     d = campaign_directory(args.campaign)
     if not (d / "state.sqlite").exists():
@@ -346,18 +378,26 @@ def cmd_report(args) -> int:
 
         print(f"no campaign state at {d / 'state.sqlite'}", file=sys.stderr)
         return 2
-    path = write_report(d, compute_parity=not args.no_parity)
-    print(f"report written: {path}")
+    print_report(d, compute_parity=not args.no_parity)
     return 0
 
 
-def add_subcommands(subparsers) -> None:
+@click.command("report")
+@click.argument("campaign")
+@click.option("--no-parity", is_flag=True,
+              help="do not evaluate the final ensemble locally (use stored results and the cache only)")
+def report_command(**kwargs) -> int:
+    """Write an HTML report with tables and plots of a campaign.
+
+    CAMPAIGN is a campaign directory or campaign TOML; the report goes to its folder as
+    report/index.html with its PNGs next to it.
+    """
+    return cmd_report(SimpleNamespace(**kwargs))
+
+
+def add_subcommands(group: click.Group) -> None:
     """``remote-al report``."""
-    p = subparsers.add_parser("report", help="write an HTML report with tables and plots of a campaign")
-    p.add_argument("campaign", help="campaign directory or campaign TOML")
-    p.add_argument("--no-parity", action="store_true",
-                   help="do not evaluate the final ensemble locally (use stored results and the cache only)")
-    p.set_defaults(func=cmd_report)
+    group.add_command(report_command)
 
 
-__all__ = ["PARITY_CACHE", "add_subcommands", "write_report"]
+__all__ = ["PARITY_CACHE", "STAGES", "add_subcommands", "print_report", "write_report"]

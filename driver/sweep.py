@@ -19,8 +19,10 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
+import click
 import numpy as np
 
 from driver.errors import ConfigError, TaskFailed
@@ -272,12 +274,20 @@ def cmd_sweep(args) -> int:
     return 1 if outcome.failed else 0
 
 
-def add_subcommands(subparsers) -> None:
+@click.command("sweep")
+@click.argument("sweep")
+@click.option("--gpu-slots", type=int, default=None, help="members trained at once (override [backend])")
+def sweep_command(**kwargs) -> int:
+    """Train and evaluate DeePMD loss prefactors on the same data.
+
+    SWEEP is the sweep TOML file (docs/reports.md).
+    """
+    return cmd_sweep(SimpleNamespace(**kwargs))
+
+
+def add_subcommands(group: click.Group) -> None:
     """``remote-al sweep``."""
-    p = subparsers.add_parser("sweep", help="train and evaluate DeePMD loss prefactors on the same data")
-    p.add_argument("sweep", help="sweep TOML (see docs/reports.md)")
-    p.add_argument("--gpu-slots", type=int, default=None, help="members trained at once (override [backend])")
-    p.set_defaults(func=cmd_sweep)
+    group.add_command(sweep_command)
 
 
 __all__ = ["SweepOutcome", "add_subcommands", "prepare_data", "run_sweep"]

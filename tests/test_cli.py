@@ -1,0 +1,132 @@
+"""The ``remote-al`` command line: help for every verb, versions, shell completion, and the
+status tables at narrow and wide terminals, whose counts add up."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import click
+import pytest
+
+from driver.cli import cli, main
+from test_report import _synthetic_campaign
+
+ROOT = Path(__file__).resolve().parents[1]
+VERBS = ("run", "status", "schema", "report", "sweep", "predict", "pull", "login", "endpoint")
+
+
+def _all_commands(group: click.Group, prefix=()):
+    for name, cmd in group.commands.items():
+        yield (*prefix, name), cmd
+        if isinstance(cmd, click.Group):
+            yield from _all_commands(cmd, (*prefix, name))
+
+
+def test_every_verb_is_kept_and_has_help(capsys):
+    names = {path for path, _ in _all_commands(cli)}
+    assert {(v,) for v in VERBS} <= names
+    assert {("endpoint", "render"), ("endpoint", "register"), ("endpoint", "doctor")} <= names
+    for path, cmd in _all_commands(cli):
+        assert main([*path, "--help"]) == 0, path
+        out = capsys.readouterr().out
+        assert out.startswith(f"Usage: remote-al {' '.join(path)}"), out
+        assert (cmd.help or "").strip(), f"{path} has no help text"
+        for param in cmd.params:  # every option says what it does
+            if isinstance(param, click.Option) and param.name != "help":
+                assert param.help, f"{path}: {param.opts} has no help"
+
+
+def test_exit_statuses():
+    assert main(["--no-such-option"]) == 2
+    assert main(["no-such-verb"]) == 2
+    assert main(["run"]) == 2  # the campaign file is missing
+    assert main(["run", "x.toml", "--backend", "cloud"]) == 2  # not a choice
+    assert main(["schema", "--bounds"]) == 0
+
+
+def test_version_names_every_part(capsys):
+    assert main(["--version"]) == 0
+    out = capsys.readouterr().out
+    for dist in ("remote-al", "deepmd-kit", "torch", "globus-compute-sdk"):
+        try:
+            expected = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            expected = "not installed"
+        assert re.search(rf"^{re.escape(dist)}\s+{re.escape(expected)}$", out, re.M), (dist, out)
+
+
+def test_version_imports_neither_torch_nor_deepmd():
+    code = ("import sys; from driver.cli import main; main(['--version']); "
+            "print('LOADED', sorted(m for m in ('torch', 'deepmd') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+    assert "LOADED []" in out, out
+
+
+def test_shell_completion():
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "_REMOTE_AL_COMPLETE": "bash_source"}
+    script = subprocess.run([sys.executable, "-m", "driver.cli"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120).stdout
+    assert "complete " in script and "_REMOTE_AL_COMPLETE" in script
+    env.update(_REMOTE_AL_COMPLETE="bash_complete", COMP_WORDS="remote-al st", COMP_CWORD="1")
+    words = subprocess.run([sys.executable, "-m", "driver.cli"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=120).stdout
+    assert "plain,status" in words.splitlines()
+
+
+# ---------------------------------------------------------------------- status
+@pytest.mark.parametrize("columns", [80, 200])
+def test_status_fits_the_terminal_and_cuts_nothing(tmp_path, columns, monkeypatch, capsys):
+    d = _synthetic_campaign(tmp_path)
+    monkeypatch.setenv("COLUMNS", str(columns))
+    assert main(["status", str(d)]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out  # rich's mark of a cut cell
+    assert max(len(line) for line in out.splitlines()) <= columns
+    joined = re.sub(r"\s+", "", out)  # a folded cell continues on the next line
+    for text in ("roundbudgetof2roundsreached", "0.60", "0.300", "undecided", "skipped", "heldout", "labelsok",
+                 "yes/no", "3.24", "total"):
+        assert text in joined, text
+    if columns == 200:  # wide enough: no header or cell had to fold
+        assert "F width median" in out and "tasks by function and status" in out
+
+
+def test_status_counts_add_up(tmp_path, capsys, monkeypatch):
+    from driver.state import State
+    from driver.status import ROUND_COUNTS, round_counts, summary, task_table_rows
+
+    d = _synthetic_campaign(tmp_path)
+    st = State(d / "state.sqlite")
+    for name, v in {"n_explored": 40, "n_selected": 5, "n_test": 2, "n_confident": 20, "n_unphysical": 1,
+                    "n_filtered": 3, "n_duplicate": 2, "n_skipped": 4}.items():
+        st.set_metric("round", 3, name, v)
+    st.close()
+    s = summary(d)
+    for r, m in s["rounds"].items():
+        c = round_counts(m)
+        assert sum(v for k, v in c.items() if k != "explored") == c["explored"] == m["n_explored"], r
+    assert round_counts(s["rounds"][3])["skipped"] == 4 and round_counts(s["rounds"][3])["undecided"] == 3
+    assert len(ROUND_COUNTS) == 7
+
+    statuses, rows = task_table_rows(s["tasks"])
+    assert rows[-1][0] == "all" and rows[-1][-1] == sum(s["tasks"].values()) == 2
+    for row in rows:
+        assert sum(row[1:-1]) == row[-1], row
+    assert [sum(r[i] for r in rows[:-1]) for i in range(1, len(statuses) + 2)] == rows[-1][1:]
+
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["status", str(d)]) == 0
+    out = capsys.readouterr().out
+    last = {}  # the rounds table's row label -> its value in the last column (round 3)
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip("│ ").split("│")]
+        if len(cells) == 4 and cells[-1].isdigit():
+            last.setdefault(cells[0], int(cells[-1]))
+    decisions = ("selected", "held out", "confident", "unphysical", "filtered", "duplicate", "skipped", "undecided")
+    assert last["explored"] == 40 and last["skipped"] == 4, last
+    assert sum(last[k] for k in decisions) == 40, last  # explored = the decisions + undecided

@@ -79,10 +79,11 @@ def _fmt(v: Any, spec: str) -> str:
         return html.escape(str(v))
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+def _table(header: list[str] | None, rows: list[list[str]]) -> str:
+    """An HTML table; ``header=None``: none (a table of names and values)."""
+    head = "" if header is None else "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead>"
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<table>{head}<tbody>{body}</tbody></table>"
 
 
 def _figure(name: str, caption: str) -> str:
@@ -178,7 +179,7 @@ def _write(state: State, campaign_dir: Path, outdir: Path, compute_parity: bool,
                                          for g, d in sorted(digests.items()))]] if digests else []),
         ["deepmd-kit on this machine", html.escape(dist_version("deepmd-kit"))],
     ]
-    sections.append("<h2>Provenance</h2>" + _table(["", ""], prov))
+    sections.append("<h2>Provenance</h2>" + _table(None, prov))
     counts = state.task_counts()
     funcs = sorted({f for f, _ in counts})
     statuses = [s for s in ("pending", "submitted", "done", "failed", "quarantined") if any(k[1] == s for k in counts)]

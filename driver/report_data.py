@@ -105,16 +105,20 @@ def predicted_parity(state: State, outdir: Path, confidence: float) -> tuple[Par
         with np.load(cache, allow_pickle=False) as z:
             if str(z["key"]) == key:
                 return parity_from_npz(z, "predict_ensemble"), ""
-    try:
-        from remote_al.ensemble import predict_ensemble
-        import deepmd.infer  # noqa: F401  (fails without deepmd-kit/torch)
-    except ImportError as exc:
-        return None, (f"deepmd-kit is not importable here ({exc}); force parity and per-component "
-                      "calibration need it (pip install 'remote-al[endpoint]')")
     from remote_al.structures import from_extxyz
+    from remote_al.torch_env import task_environment
 
     frames = [from_extxyz(r["extxyz"])[0] for r in rows]
-    energies, forces = predict_ensemble(paths, frames, batch_size=64)
+    # DeePMD-kit warns at import unless its thread variables are set: they are, as in a task
+    # (one thread, and on a CPU DeePMD-kit's own batch size), where the shell has not.
+    with task_environment():
+        try:
+            from remote_al.ensemble import predict_ensemble
+            import deepmd.infer  # noqa: F401  (fails without deepmd-kit/torch)
+        except ImportError as exc:
+            return None, (f"deepmd-kit is not importable here ({exc}); force parity and per-component "
+                          "calibration need it (pip install 'remote-al[endpoint]')")
+        energies, forces = predict_ensemble(paths, frames, batch_size=64)
     arrays = parity_arrays(
         energies, forces, [len(a) for a in frames],
         [a.calc.results["energy"] for a in frames], [a.calc.results["forces"] for a in frames], confidence,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
+from driver.progress import label_progress, running_progress
 from driver.state import State
 
 
@@ -23,6 +25,9 @@ def summary(directory: Path) -> dict:
             "tasks": {f"{f}/{s}": n for (f, s), n in st.task_counts().items()},
             "labels_ok": db.execute("SELECT COUNT(*) FROM labels WHERE status='ok'").fetchone()[0],
             "labels_failed": db.execute("SELECT COUNT(*) FROM labels WHERE status='failed'").fetchone()[0],
+            "labels_asked": label_progress(st)[1],
+            "running": [{"key": t.key, "function": t.function, "progress": t.progress and asdict(t.progress)}
+                        for t in running_progress(st)],
             "labeler_note": (db.execute("SELECT labeler_note FROM labels WHERE status='ok' LIMIT 1").fetchone() or [""])[0],
             "generations": sorted({m["generation"] for m in st.models()}),
             "rounds": st.metrics("round"),
@@ -184,6 +189,13 @@ def status_tables(s: dict, width: int = 80) -> list:
     statuses, rows = task_table_rows(s["tasks"])
     tables.append(_table("tasks by function and status", ("function", *statuses, "total"), rows, width,
                          first_left=True, bold_first="all"))
+    if s["running"]:
+        from driver.progress import PROGRESS_COLUMNS, Progress, TaskProgress, progress_rows
+
+        tasks = [TaskProgress(r["key"], r["function"], r["progress"] and Progress(**r["progress"]))
+                 for r in s["running"]]
+        tables.append(_table("running: training members and MD (from their lcurve.out and trajectory)",
+                             PROGRESS_COLUMNS, progress_rows(tasks), width, first_left=True))
     return tables
 
 
@@ -197,7 +209,8 @@ def print_status(directory: Path, as_json: bool = False) -> None:
     con = Console()
     con.print(f"[bold]{s['campaign']}[/bold]  {s['directory']}", overflow="fold")
     state = (s["phase"] or "not started") + (f" ({s['stop_reason']})" if s["stop_reason"] else "")
-    con.print(f"round {s['round']}, phase {state}; labels ok {s['labels_ok']}, failed {s['labels_failed']}")
+    con.print(f"round {s['round']}, phase {state}; labels ok {s['labels_ok']}, failed {s['labels_failed']} "
+              f"(of {s['labels_asked']} asked)")
     if s["labeler_note"]:
         con.print(f"labeler: {s['labeler_note']}")
     for t in status_tables(s, con.width):

@@ -130,3 +130,35 @@ def test_status_counts_add_up(tmp_path, capsys, monkeypatch):
     decisions = ("selected", "held out", "confident", "unphysical", "filtered", "duplicate", "skipped", "undecided")
     assert last["explored"] == 40 and last["skipped"] == 4, last
     assert sum(last[k] for k in decisions) == 40, last  # explored = the decisions + undecided
+
+
+# ------------------------------------------------------------------ run --report
+class _FinishedCampaign:
+    """Stands in for the campaign engine (driver.loop.Campaign): its run leaves a finished
+    campaign's state in the campaign directory, so the CLI's ending is what is tested."""
+
+    stop_kind = "done"
+
+    def __init__(self, cfg, backend, **kwargs):
+        self.cfg = cfg
+
+    def run(self):
+        _synthetic_campaign(self.cfg.directory.parent)
+
+
+@pytest.mark.parametrize("report", [True, False])
+def test_run_with_report_writes_the_html_report_and_says_where(tmp_path, monkeypatch, capsys, report):
+    from test_report import CAMPAIGN_TOML
+
+    monkeypatch.setattr("driver.loop.Campaign", _FinishedCampaign)
+    monkeypatch.setattr("driver.cli._backend_for", lambda cfg, args: None)
+    toml = tmp_path / "mini.toml"
+    toml.write_text(CAMPAIGN_TOML.replace('name = "mini"', f'name = "mini"\nworkdir = "{tmp_path / "mini"}"'))
+    assert main(["run", str(toml), *(["--report"] if report else [])]) == 0
+    out = capsys.readouterr().out
+    index = tmp_path / "mini" / "report" / "index.html"
+    if report:
+        assert f"report written: {index}" in out and index.stat().st_size > 1000
+        assert "tasks by function and status" in out  # and the status tables before it
+    else:
+        assert not index.exists() and f"next: remote-al status {tmp_path / 'mini'}" in out

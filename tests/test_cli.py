@@ -162,3 +162,11 @@ def test_run_with_report_writes_the_html_report_and_says_where(tmp_path, monkeyp
         assert "tasks by function and status" in out  # and the status tables before it
     else:
         assert not index.exists() and f"next: remote-al status {tmp_path / 'mini'}" in out
+
+
+def test_the_readme_says_how_to_reach_the_command_and_names_real_verbs():
+    readme = (ROOT / "README.md").read_text()
+    assert ".venv/bin/remote-al" in readme and "source .venv/bin/activate" in readme
+    verbs = set(re.findall(r"^remote-al ([a-z][a-z-]*)", readme, re.M))
+    assert {"run", "status", "report", "predict"} <= verbs
+    assert verbs <= set(cli.commands), verbs - set(cli.commands)

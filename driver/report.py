@@ -80,8 +80,11 @@ def _fmt(v: Any, spec: str) -> str:
 
 
 def _table(header: list[str] | None, rows: list[list[str]]) -> str:
-    """An HTML table; ``header=None``: none (a table of names and values)."""
-    head = "" if header is None else "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead>"
+    """An HTML table; ``header=None``: a table of names and values, without a header row."""
+    if header is None:
+        body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+        return f"<table class='fields'><tbody>{body}</tbody></table>"
+    head = "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead>"
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table>{head}<tbody>{body}</tbody></table>"
 
@@ -96,7 +99,7 @@ body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0
 h1{margin-bottom:0.2em} h2{border-bottom:1px solid #ccc;padding-bottom:0.2em;margin-top:1.6em}
 table{border-collapse:collapse;margin:0.6em 0;font-size:0.9em}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right} th{background:#f3f3f3}
-td:first-child,th:first-child{text-align:left}
+td:first-child,th:first-child{text-align:left} table.fields td{text-align:left} table.fields td:first-child{color:#555}
 .standin{background:#fff3cd;border:1px solid #e0b400;padding:0.6em 1em;margin:1em 0}
 .note{color:#666;font-size:0.9em} figure{margin:1em 0} img{max-width:100%}
 figcaption{color:#555;font-size:0.9em} pre{background:#f6f6f6;padding:0.8em;overflow-x:auto;font-size:0.85em}
@@ -360,8 +363,9 @@ def print_report(campaign_dir: str | Path, compute_parity: bool = True) -> Path:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    console = Console(stderr=True)
     with Progress(TextColumn("report: {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+                  TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("reading the campaign", total=len(STAGES))
 
         def on_stage(stage: str) -> None:

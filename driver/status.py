@@ -145,8 +145,8 @@ def _table(title: str, header, rows, width: int, first_left: bool = False, bold_
 
 
 def status_tables(s: dict, width: int = 80) -> list:
-    """The rich tables of :func:`print_status`, built from :func:`summary`'s dict. The
-    rounds table has a column per round (a row per count), so it stays narrow."""
+    """The rich tables (and notes) of :func:`print_status`, built from :func:`summary`'s
+    dict. The rounds table has a column per round (a row per count), so it stays narrow."""
     tables = []
     rounds = sorted(s["rounds"].items())
     counts = [round_counts(m) for _, m in rounds]
@@ -156,9 +156,11 @@ def status_tables(s: dict, width: int = 80) -> list:
              for key, label, spec in (("confident_share", "confident share", ".2f"),
                                       ("force_width_median", "F width median eV/A", ".3f"),
                                       ("force_width_p90", "F width p90 eV/A", ".3f"))]
-    tables.append(_table("rounds: what happened to the frames each round explored (the rows under explored add "
-                         "up to it)", ("round", *[str(r) for r, _ in rounds]), rows, width, first_left=True,
-                         bold_first="explored"))
+    if rounds:
+        tables.append(_table("rounds (explored = the rows under it)", ("round", *[str(r) for r, _ in rounds]), rows,
+                             width, first_left=True, bold_first="explored"))
+    else:
+        tables.append("rounds: no exploration round finished yet")
     rows = []
     for g in s["generations"]:
         m = s["generation_metrics"].get(g, {})
@@ -187,7 +189,7 @@ def status_tables(s: dict, width: int = 80) -> list:
                               f"width for {target:g} eV/A" if target else "width for a target", "threshold used"),
                              rows, width))
     statuses, rows = task_table_rows(s["tasks"])
-    tables.append(_table("tasks by function and status", ("function", *statuses, "total"), rows, width,
+    tables.append(_table("tasks", ("function", *statuses, "total"), rows, width,
                          first_left=True, bold_first="all"))
     if s["running"]:
         from driver.progress import PROGRESS_COLUMNS, Progress, TaskProgress, progress_rows

@@ -93,7 +93,7 @@ def test_status_fits_the_terminal_and_cuts_nothing(tmp_path, columns, monkeypatc
                  "yes/no", "3.24", "total"):
         assert text in joined, text
     if columns == 200:  # wide enough: no header or cell had to fold
-        assert "F width median" in out and "tasks by function and status" in out
+        assert "F width median eV/A" in out and "rounds (explored = the rows under it)" in out
 
 
 def test_status_counts_add_up(tmp_path, capsys, monkeypatch):
@@ -159,7 +159,7 @@ def test_run_with_report_writes_the_html_report_and_says_where(tmp_path, monkeyp
     index = tmp_path / "mini" / "report" / "index.html"
     if report:
         assert f"report written: {index}" in out and index.stat().st_size > 1000
-        assert "tasks by function and status" in out  # and the status tables before it
+        assert "function" in out and "total" in out  # and the status tables before it
     else:
         assert not index.exists() and f"next: remote-al status {tmp_path / 'mini'}" in out
 
@@ -170,3 +170,14 @@ def test_the_readme_says_how_to_reach_the_command_and_names_real_verbs():
     verbs = set(re.findall(r"^remote-al ([a-z][a-z-]*)", readme, re.M))
     assert {"run", "status", "report", "predict"} <= verbs
     assert verbs <= set(cli.commands), verbs - set(cli.commands)
+
+
+def test_status_of_a_campaign_before_its_first_round(tmp_path, capsys):
+    from driver.state import State
+
+    st = State(tmp_path / "fresh" / "state.sqlite")
+    st.set_meta("phase", "label")
+    st.close()
+    assert main(["status", str(tmp_path / "fresh")]) == 0
+    out = capsys.readouterr().out
+    assert "no exploration round finished yet" in out and "phase label" in out

@@ -201,7 +201,7 @@ def test_report_renders_synthetic_campaign(tmp_path):
     page = _check_page(index, PLOTS)
     assert "stand-in for DFT" in page and "Labels are not DFT" in page
     assert "<th></th>" not in page  # no empty header row (the provenance table has none)
-    assert page.index("<h2>Provenance</h2><table><tbody><tr><td>remote-al version</td>") > 0
+    assert page.index("<h2>Provenance</h2><table class='fields'><tbody><tr><td>remote-al version</td>") > 0
     assert "round budget of 2 rounds reached" in page
     assert "not on this machine" in page  # the models live elsewhere: stored results are used
     assert "stored evaluation" in page

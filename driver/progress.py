@@ -7,7 +7,13 @@
   appended to ``traj.extxyz``.
 - :func:`label_progress`: labels done of labels asked, from the campaign state.
 - :func:`running_progress`: all of the above for a campaign's submitted tasks, and
-  :func:`progress_rows` their cells for a table.
+  :func:`progress_rows` their cells for a table; :class:`ProgressBars` shows them as
+  rich progress bars (``remote-al sweep`` does; the campaign loop can, see below).
+
+How a long-running driver shows its members: every few seconds (the campaign loop: at
+each status line) call ``bars.update(running_progress(state))`` inside
+``with ProgressBars() as bars:``; for work that is not in a campaign state (a sweep),
+build the :class:`TaskProgress` list from the workdirs with :func:`training_progress`.
 
 Nothing here changes a file or the state; a workdir that is not there yet (the task
 waits in a queue) or a file caught half-written gives ``None``, never an error. The
@@ -183,5 +189,44 @@ def progress_rows(tasks: list[TaskProgress]) -> list[list[str]]:
 
 PROGRESS_COLUMNS = ("task", "step", "done", "E RMSE eV/atom", "F RMSE eV/A", "time left")
 
-__all__ = ["PROGRESS_COLUMNS", "Progress", "TaskProgress", "label_progress", "md_progress", "progress_rows",
+
+class ProgressBars:
+    """A rich progress bar per running task (training step, force RMSE, time left; MD
+    step), redrawn in place on a terminal, silent elsewhere (a log file gets the caller's
+    own lines). Use as a context manager; call :meth:`update` with the tasks running now:
+    a bar whose task is no longer among them is completed and removed.
+    """
+
+    def __init__(self, console=None):
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        console = console or Console(stderr=True)
+        self._bars = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[step]}"),
+                              TextColumn("{task.fields[rmse]}"), TextColumn("{task.fields[left]}"),
+                              console=console, transient=True, disable=not console.is_terminal)
+        self._ids: dict[str, int] = {}
+
+    def __enter__(self) -> "ProgressBars":
+        self._bars.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._bars.stop()
+
+    def update(self, tasks: list[TaskProgress]) -> None:
+        now = {t.key for t in tasks}
+        for key in [k for k in self._ids if k not in now]:
+            self._bars.remove_task(self._ids.pop(key))
+        for t in tasks:
+            _, step, _, _, rmse_f, left = progress_rows([t])[0]
+            fields = {"step": step, "rmse": f"F RMSE {rmse_f} eV/A" if rmse_f != "-" else "",
+                      "left": f"{left} left" if left != "-" else ""}
+            if t.key not in self._ids:
+                self._ids[t.key] = self._bars.add_task(t.key, total=None, **fields)
+            p = t.progress
+            self._bars.update(self._ids[t.key], total=p.steps_total if p else None, completed=p.step if p else 0,
+                              **fields)
+
+__all__ = ["PROGRESS_COLUMNS", "Progress", "ProgressBars", "TaskProgress", "label_progress", "md_progress", "progress_rows",
            "running_progress", "training_progress"]

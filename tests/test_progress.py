@@ -95,3 +95,28 @@ def test_status_shows_running_members_and_labels_asked(tmp_path, capsys, monkeyp
     assert "(of 3 asked)" in out and "running" in out
     assert re.search(r"train:g1:m0\s*│\s*200/800\s*│\s*25 %\s*│\s*0\.878\s*│\s*0\.902\s*│\s*[45]:\d\d", out), out
     assert re.search(r"train:g1:m2\s*│\s*starting", out), out
+
+
+def test_progress_bars_draw_on_a_terminal_and_stay_silent_elsewhere(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from driver.progress import Progress, ProgressBars, TaskProgress
+
+    running = [TaskProgress("train:g1:m0", "train", Progress(200, 800, 150.0, 0.878, 0.902)),
+               TaskProgress("md:r1:w0", "md", Progress(150, 600, 90.0)),
+               TaskProgress("train:g1:m1", "train", None)]
+    screen = io.StringIO()
+    with ProgressBars(Console(file=screen, force_terminal=True, width=120)) as bars:
+        bars.update(running)
+        bars._bars.refresh()
+        drawn = screen.getvalue()
+        assert "train:g1:m0" in drawn and "200/800" in drawn and "F RMSE 0.902 eV/A" in drawn and "2:30 left" in drawn
+        assert "md:r1:w0" in drawn and "150/600" in drawn and "starting" in drawn
+        bars.update(running[1:])  # m0 finished: its bar goes
+        assert [t.description for t in bars._bars.tasks] == ["md:r1:w0", "train:g1:m1"]
+    log = io.StringIO()
+    with ProgressBars(Console(file=log, force_terminal=False)) as bars:
+        bars.update(running)
+    assert log.getvalue() == ""

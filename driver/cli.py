@@ -22,6 +22,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from types import SimpleNamespace
 
 import click
 
@@ -180,8 +181,6 @@ def _say_error(exc: BaseException, debug: bool) -> None:
               "shows the traceback)", file=sys.stderr)
 
 
-
-
 # ------------------------------------------------------------------ versions
 VERSIONED = ("remote-al", "deepmd-kit", "torch", "globus-compute-sdk", "globus-compute-endpoint")
 
@@ -249,12 +248,6 @@ def cli(verbose: bool, debug: bool) -> None:
                         format="%(levelname)s %(name)s: %(message)s")
 
 
-def _args(**kwargs):
-    from types import SimpleNamespace
-
-    return SimpleNamespace(**kwargs)
-
-
 @cli.command("run")
 @click.argument("campaign")
 @click.option("--backend", type=click.Choice(["local", "globus"]), help="override [backend].kind")
@@ -270,7 +263,7 @@ def run_command(**kwargs) -> int:
     CAMPAIGN is the campaign TOML file. Ctrl-C, a closed lid or a crash lose nothing:
     running the same command again resumes.
     """
-    return cmd_run(_args(**kwargs))
+    return cmd_run(SimpleNamespace(**kwargs))
 
 
 @cli.command("status")
@@ -282,7 +275,7 @@ def status_command(**kwargs) -> int:
     CAMPAIGN is a campaign TOML, a campaign directory, or a directory of campaigns
     (default: ./campaigns).
     """
-    return cmd_status(_args(**kwargs))
+    return cmd_status(SimpleNamespace(**kwargs))
 
 
 @cli.command("schema", short_help="Print the JSON Schema of a campaign file.")
@@ -291,7 +284,7 @@ def status_command(**kwargs) -> int:
 @click.option("--bounds", is_flag=True, help="the table of keys and bounds instead (markdown)")
 def schema_command(**kwargs) -> int:
     """Print the JSON Schema of a campaign file (docs/campaign.schema.json)."""
-    return cmd_schema(_args(**kwargs))
+    return cmd_schema(SimpleNamespace(**kwargs))
 
 
 def _add_verbs(group: click.Group) -> None:

@@ -94,6 +94,10 @@ def test_status_fits_the_terminal_and_cuts_nothing(tmp_path, columns, monkeypatc
         assert text in joined, text
     if columns == 200:  # wide enough: no header or cell had to fold
         assert "F width median eV/A" in out and "rounds (explored = the rows under it)" in out
+    assert main(["status", str(tmp_path)]) == 0  # the folder of campaigns: one row each
+    listing = capsys.readouterr().out
+    assert "…" not in listing and max(len(line) for line in listing.splitlines()) <= columns
+    assert re.search(r"mini\s*│\s*2\s*│\s*done", listing), listing
 
 
 def test_status_counts_add_up(tmp_path, capsys, monkeypatch):
@@ -181,3 +185,10 @@ def test_status_of_a_campaign_before_its_first_round(tmp_path, capsys):
     assert main(["status", str(tmp_path / "fresh")]) == 0
     out = capsys.readouterr().out
     assert "no exploration round finished yet" in out and "phase label" in out
+
+
+def test_make_demo_writes_the_report_and_says_how_to_reach_the_command():
+    make = subprocess.run(["make", "-n", "demo", "STAMP=/dev/null"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60).stdout
+    assert "remote-al run examples/linio2.toml --report" in make
+    assert "source .venv/bin/activate" in make and ".venv/bin/remote-al" in make

@@ -125,3 +125,28 @@ def _md_request(view) -> str:
 
     return json.dumps(MDRequest(task_key="md:r1:LiNiO2:T600:w0", workdir=view.task_dir("md:r1"), model_path="/m.pth",
                                 structure_extxyz="").to_dict())
+
+
+def test_lock_file_is_gone_after_release_and_a_stale_open_does_not_split_the_lock(tmp_path):
+    """No stale driver.lock after a run; a driver that opened the file just before the
+    holder removed it does not end up holding a lock on a file nobody else sees."""
+    from driver.campaign import CampaignLock
+    from driver.errors import CampaignLocked
+
+    first = CampaignLock(tmp_path)
+    first.acquire()
+    assert "driver pid" in first.path.read_text()
+    with pytest.raises(CampaignLocked, match="one driver per campaign"):
+        CampaignLock(tmp_path).acquire()
+    first.release()
+    assert not first.path.exists()
+    second, third = CampaignLock(tmp_path), CampaignLock(tmp_path)
+    second.acquire()
+    stale = open(second.path, "a+")  # opened before the holder leaves
+    second.release()
+    stale.close()
+    third.acquire()  # a fresh file, one holder
+    assert third.path.exists()
+    with pytest.raises(CampaignLocked):
+        CampaignLock(tmp_path).acquire()
+    third.release()

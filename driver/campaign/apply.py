@@ -90,7 +90,7 @@ class Applier:
         if op.round is not None:
             self.state.set_meta("round", str(op.round))
         if op.logged:
-            self.state.event("phase", f"round {self.view.round}: {op.phase.value}")
+            self.state.event("phase", f"round {self.view.shown_round}: {op.phase.value}")
 
     def _stop(self, op: plan.Stop) -> None:
         self.state.set_meta("stop_reason", op.reason)

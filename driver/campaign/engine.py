@@ -112,7 +112,7 @@ class Campaign:
                     idle_ticks += 1
                     if idle_ticks >= 5:
                         raise RuntimeError(
-                            f"the steering loop cannot make progress in round {self.round}, phase {self.phase}: "
+                            f"the steering loop cannot make progress in round {self.view.shown_round}, phase {self.phase}: "
                             "nothing is running or queued and no rule creates work; state is saved in "
                             f"{self.state.path} (please report this)")
                     time.sleep(0.2)
@@ -148,7 +148,7 @@ class Campaign:
             self.state.event("campaign", f"campaign {self.cfg.campaign.name} started")
             self.say(f"campaign {self.cfg.campaign.name}: new, state in {self.state.path}")
         else:
-            self.say(f"campaign {self.cfg.campaign.name}: resuming at round {self.round}, phase {self.phase}")
+            self.say(f"campaign {self.cfg.campaign.name}: resuming at round {self.view.shown_round}, phase {self.phase}")
 
     def _fingerprint(self) -> tuple:
         return (self.phase, self.round, *self.state.task_totals(), self.view.stop_reason)

@@ -52,6 +52,12 @@ class CampaignView:
         return int(self._state.get_meta("round", "0"))
 
     @property
+    def shown_round(self) -> int:
+        """The round as the user counts it: the asynchronous engine moves its label round
+        past the last one when that round's generation starts training; it shows as the last."""
+        return min(self.round, self.cfg.campaign.max_rounds)
+
+    @property
     def stop_reason(self) -> str:
         return self._state.get_meta("stop_reason", "") or ""
 

@@ -97,6 +97,11 @@ class TaskTable:
                 (error, time.time(), key),
             )
 
+    def has_function(self, *functions: str) -> bool:
+        """Whether any task of these functions exists."""
+        return self.db.execute(f"SELECT 1 FROM tasks WHERE function IN ({','.join('?' * len(functions))}) LIMIT 1",
+                               functions).fetchone() is not None
+
     def task_counts(self) -> dict[tuple[str, str], int]:
         rows = self.db.execute("SELECT function, status, COUNT(*) FROM tasks GROUP BY function, status")
         return {(r[0], r[1]): r[2] for r in rows}

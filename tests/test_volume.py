@@ -35,10 +35,10 @@ def test_grid_and_orderings_expand_to_named_structures(tmp_path):
 
 
 def test_sweep_follows_each_structure_schedule(tmp_path):
-    from driver.campaign import Campaign
+    from driver.campaign.view import CampaignView
 
     cfg = _cfg(tmp_path)
-    sweep = Campaign._sweep(type("C", (), {"cfg": cfg})())
+    sweep = CampaignView.sweep(type("V", (), {"cfg": cfg})())
     per = {}
     for spec, t, p, w in sweep:
         per.setdefault(spec.name, set()).add((t, p))
@@ -228,12 +228,13 @@ def test_campaign_with_volume_curve_end_to_end(tmp_path):
     relaxed = {}
     for key, res in db.execute("SELECT key, result FROM tasks WHERE function='relax_label'"):
         relaxed[key.split(":", 1)[1]] = from_extxyz(json.loads(res)["relaxed_extxyz"])[0]
-    md = [json.loads(r[0]) for r in db.execute("SELECT request FROM tasks WHERE function='md'")]
+    md = [(json.loads(r[0]), json.loads(r[1])) for r in db.execute("SELECT request, context FROM tasks "
+                                                                    "WHERE function='md'")]
     # one sweep: each member relaxes each structure, then the NPT runs
-    assert sorted(r["ensemble"] for r in md) == ["npt", "npt"] + ["relax"] * 4
-    for r in md:  # NPT starts from the labeler-relaxed structure; relaxations from the built one
+    assert sorted(r["ensemble"] for r, _ in md) == ["npt", "npt"] + ["relax"] * 4
+    for r, context in md:  # NPT starts from the labeler-relaxed structure; relaxations from the built one
         start = from_extxyz(r["structure_extxyz"])[0]
-        same = np.allclose(start.cell[:], relaxed[r["_spec"]].cell[:], atol=1e-6)
+        same = np.allclose(start.cell[:], relaxed[context["spec"]].cell[:], atol=1e-6)
         assert same == (r["ensemble"] == "npt"), r["task_key"]
     init = [from_extxyz(x[0])[0] for x in db.execute(
         "SELECT extxyz FROM structures WHERE origin='initial' AND spec='L-x0.5'")]

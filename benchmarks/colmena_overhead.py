@@ -85,6 +85,7 @@ def nominal(function: str, request: dict, unit: float) -> float:
 
 
 def campaign(kind: str, root: Path, unit: float) -> dict:
+    root.mkdir(parents=True, exist_ok=True)
     toml = write_campaign(root)
     cfg = load_config(toml)
     os.environ["REMOTE_AL_SIM_UNIT_S"] = str(unit)  # workers inherit the environment at start

@@ -223,3 +223,47 @@ def test_sigkill_at_named_points_then_resume_on_colmena(tmp_path):
     kill_at_points_then_resume(toml, sim_env(tmp_path), points, min_kills=4, backend="colmena")
     # every task server, interchange and worker pool ended with its driver
     assert not _no_orphans(str(tmp_path / "exec-log"))
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    import shutil
+    import socket
+    import subprocess
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("no redis-server on PATH: the RedisQueues path is not tested here")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.slow
+def test_redis_queues_carry_the_tasks_when_a_redis_url_is_given(tmp_path, redis_url, monkeypatch):
+    monkeypatch.setenv("REMOTE_AL_SIM_UNIT_S", "0")
+    backend = ColmenaBackend(tmp_path / "run", 1, 1, functions=SIM_FUNCTIONS, redis_url=redis_url)
+    backend.start()
+    try:
+        assert type(backend._queues).__name__ == "RedisQueues"
+        subs = [backend.submit("gpu", "train", _sim_train(f"train:g0:m{i}").to_dict(), f"train:g0:m{i}")
+                for i in range(3)]
+        results = [s.future.result(timeout=180) for s in subs]
+        assert [r["task_key"] for r in results] == ["train:g0:m0", "train:g0:m1", "train:g0:m2"]
+        assert backend.reattach("gpu", "train", "gone", "train:g0:m1").result() == results[1]  # spooled
+    finally:
+        backend.shutdown()

@@ -2,7 +2,7 @@
 ``colmena`` (a Colmena task server; the ``remote-al[colmena]`` extra)."""
 
 from driver.backends.base import FUNCTIONS, MAX_PAYLOAD_BYTES, Backend, Submission
-from driver.errors import BackendUnavailable
+from driver.errors import ConfigError
 
 __all__ = ["Backend", "Submission", "FUNCTIONS", "MAX_PAYLOAD_BYTES"]
 
@@ -20,8 +20,10 @@ def make_backend(kind: str, **kwargs) -> Backend:
     if kind == "colmena":
         try:
             from driver.backends.colmena import ColmenaBackend
-        except ImportError as exc:
-            raise BackendUnavailable(f"the colmena backend needs Colmena ({exc}): "
-                                     "pip install 'remote-al[colmena]'") from exc
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] != "colmena":
+                raise
+            raise ConfigError("backend.kind", "the colmena backend needs Colmena, which is not installed",
+                              "pip install 'remote-al[colmena]'") from exc
         return ColmenaBackend(**kwargs)
     raise ValueError(f"unknown backend {kind!r}: use 'local', 'globus' or 'colmena'")

@@ -17,7 +17,7 @@ import abc
 import importlib
 import os
 import sys
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +48,17 @@ def venv_bin_on_path() -> None:
     bindir = str(Path(sys.executable).parent)
     if bindir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+
+
+def resolve_future(fut: Future, result=None, exc: BaseException | None = None) -> None:
+    """Set a task's result or error, unless the caller cancelled it meanwhile."""
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+    except InvalidStateError:
+        pass
 
 
 @dataclass(frozen=True)

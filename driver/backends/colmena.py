@@ -37,7 +37,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from driver.backends.base import FUNCTIONS, MAX_PAYLOAD_BYTES, Backend, Submission, load_function, venv_bin_on_path
+from driver.backends.base import (
+    FUNCTIONS,
+    MAX_PAYLOAD_BYTES,
+    Backend,
+    Submission,
+    load_function,
+    resolve_future,
+    venv_bin_on_path,
+)
 from driver.backends.globus_wire import as_json_ready
 from driver.backends.spool import ResultSpool
 from driver.errors import BackendUnavailable, PayloadTooLarge, TaskFailed
@@ -214,10 +222,12 @@ class ColmenaBackend(Backend):
                 if watch:
                     self._check_server()
                 continue
-            except (EOFError, OSError) as exc:
-                if not self._stop.is_set():
-                    log.warning("Colmena %s queue closed: %s", topic, exc)
-                return
+            except Exception as exc:  # a queue that failed (Redis restarting, ...): try again
+                if self._stop.is_set():
+                    return
+                log.warning("reading Colmena's %s queue failed (will retry): %s", topic, exc)
+                self._stop.wait(1.0)
+                continue
             self._settle(result)
 
     def _settle(self, result) -> None:
@@ -229,10 +239,10 @@ class ColmenaBackend(Backend):
         try:
             value = result_value(result, entry.function, entry.task_key)
         except TaskFailed as exc:
-            entry.future.set_exception(exc)
+            resolve_future(entry.future, exc=exc)
             return
         self.spool.write(entry.task_key, value)
-        entry.future.set_result(value)
+        resolve_future(entry.future, value)
 
     def _check_server(self) -> None:
         server = self._server
@@ -241,7 +251,7 @@ class ColmenaBackend(Backend):
         with self._lock:
             lost, self._waiting = self._waiting, {}
         for task_id, entry in lost.items():
-            entry.future.set_exception(TaskFailed(
+            resolve_future(entry.future, exc=TaskFailed(
                 f"{entry.function} task {task_id} ({entry.task_key}): the Colmena task server stopped "
                 f"(exit code {server.exitcode})", code="TaskServerLost"))
 

@@ -32,7 +32,7 @@ from driver.backends.colmena_servers import GlobusComputeTaskServerAdapter  # no
 from driver.campaign import Campaign  # noqa: E402
 from driver.config import load_config  # noqa: E402
 from driver.errors import BackendUnavailable, PayloadTooLarge, TaskFailed  # noqa: E402
-from remote_al.records import TrainRequest  # noqa: E402
+from remote_al.records import LabelRequest, TrainRequest  # noqa: E402
 from remote_al.simulated import FUNCTIONS as SIM_FUNCTIONS  # noqa: E402
 
 
@@ -157,18 +157,19 @@ def test_globus_compute_task_server_adapter_builds_the_executor_the_sdk_accepts(
 
 # ------------------------------------------------ campaigns on a ParslTaskServer
 def _orphans(marker: str) -> list[int]:
-    """Live processes other than this one whose command line or environment mention
-    ``marker``: the task server, its interchanges and worker pools all inherit the
-    driver's environment."""
+    """Live processes other than this one whose command line or open files mention
+    ``marker`` (a run directory): the task server, its interchanges and worker pools all
+    keep a log file there (an interchange overwrites its command line and environment)."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
-            text = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
+            text = (proc / "cmdline").read_bytes().decode(errors="replace")
+            text += " ".join(os.readlink(fd) for fd in (proc / "fd").iterdir())
         except OSError:
             continue
-        if marker.encode() in text:
+        if marker in text:
             found.append(int(proc.name))
     return found
 
@@ -198,7 +199,7 @@ def test_a_short_campaign_runs_on_a_parsl_task_server(tmp_path, monkeypatch):
     assert ids and all(uuid.UUID(i) for i in ids)  # Colmena task ids
     assert not list((run_dir / "spool").glob("*.json"))  # every result recorded, then forgotten
     backend.shutdown()
-    assert not _no_orphans(str(tmp_path / "exec-log"))
+    assert not _no_orphans(str(run_dir))
 
 
 @pytest.mark.slow
@@ -222,7 +223,7 @@ def test_sigkill_at_named_points_then_resume_on_colmena(tmp_path):
     points = ["after_submit:3", "before_record:4", "in_record:5", "after_record:7", "after_export:2"]
     kill_at_points_then_resume(toml, sim_env(tmp_path), points, min_kills=4, backend="colmena")
     # every task server, interchange and worker pool ended with its driver
-    assert not _no_orphans(str(tmp_path / "exec-log"))
+    assert not _no_orphans(str(tmp_path / "camp" / "engine-colmena"))
 
 
 @pytest.fixture
@@ -267,3 +268,26 @@ def test_redis_queues_carry_the_tasks_when_a_redis_url_is_given(tmp_path, redis_
         assert backend.reattach("gpu", "train", "gone", "train:g0:m1").result() == results[1]  # spooled
     finally:
         backend.shutdown()
+
+
+@pytest.mark.slow
+def test_a_task_server_that_dies_fails_its_tasks_and_is_replaced(tmp_path, monkeypatch):
+    monkeypatch.setenv("REMOTE_AL_SIM_UNIT_S", "1")  # a training task sleeps 60 s
+    backend = ColmenaBackend(tmp_path / "run", 1, 1, functions=SIM_FUNCTIONS, restart_every_s=0)
+    backend.start()
+    try:
+        first = backend._server
+        running = backend.submit("gpu", "train", _sim_train("train:g0:m0").to_dict(), "train:g0:m0").future
+        time.sleep(2)
+        first.kill()  # SIGKILL: no cleanup in the task server
+        with pytest.raises(TaskFailed) as err:
+            running.result(timeout=30)
+        assert err.value.code == "TaskServerLost" and err.value.retryable
+        label = backend.submit("cpu", "label", LabelRequest("l", str(tmp_path), "chgnet", (), "").to_dict(), "label:0")
+        assert backend._server is not first and backend._server.is_alive()
+        assert label.future.result(timeout=180)["labels"] == []
+    finally:
+        backend.shutdown()
+    # the dead server's interchanges end with its process group, its workers when they miss
+    # the interchange's heartbeats
+    assert not _no_orphans(str(tmp_path / "run"), wait_s=60)

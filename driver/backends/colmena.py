@@ -22,7 +22,9 @@ task before ``submit`` and the Colmena task id (``backend_id``) right after. Res
 spooled to ``run_dir/spool/<task_key>.json`` the moment they arrive, so a driver killed
 before recording one collects it on restart. The task server is the driver's child and
 stops when the driver is gone (within ``poll_s``): tasks running then are lost with it,
-``reattach`` returns None for them and the engine resubmits.
+``reattach`` returns None for them and the engine resubmits. A task server that stops on
+its own fails its tasks (``TaskServerLost``, retryable) and the next ``submit`` starts a
+new one.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +110,7 @@ class ColmenaBackend(Backend):
         endpoints: dict[str, str] | None = None,
         spool_dir: str | os.PathLike | None = None,
         stop_timeout_s: float = 30.0,
+        restart_every_s: float = 30.0,
     ):
         if server not in ("parsl", "globus"):
             raise ValueError(f"unknown Colmena task server {server!r}: use 'parsl' or 'globus'")
@@ -120,6 +125,8 @@ class ColmenaBackend(Backend):
         self.parsl_config = parsl_config
         self.endpoints = dict(endpoints or {})
         self.stop_timeout_s = stop_timeout_s
+        self.restart_every_s = restart_every_s
+        self._next_restart = 0.0
         self._queues = None
         self._server = None
         self._waiting: dict[str, _Waiting] = {}
@@ -182,6 +189,11 @@ class ColmenaBackend(Backend):
             if server.is_alive():
                 server.terminate()
                 server.join(5)
+        if server is not None:
+            try:  # what the server started and left behind (interchanges), if it did not clean up
+                os.killpg(server.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         for thread in self._listeners:
             thread.join(timeout=2)
         self._listeners = []
@@ -197,7 +209,7 @@ class ColmenaBackend(Backend):
         if self._server is None:
             raise BackendUnavailable("the colmena backend is not started")
         if not self._server.is_alive():
-            raise BackendUnavailable(f"the Colmena task server stopped (exit code {self._server.exitcode})")
+            self._restart()
         args = as_json_ready(request)
         size = len(json.dumps(args))
         if size > MAX_PAYLOAD_BYTES:
@@ -245,6 +257,7 @@ class ColmenaBackend(Backend):
         resolve_future(entry.future, value)
 
     def _check_server(self) -> None:
+        """Fail the tasks of a task server that stopped on its own (retryable)."""
         server = self._server
         if server is None or server.is_alive() or self._stop.is_set():
             return
@@ -254,6 +267,21 @@ class ColmenaBackend(Backend):
             resolve_future(entry.future, exc=TaskFailed(
                 f"{entry.function} task {task_id} ({entry.task_key}): the Colmena task server stopped "
                 f"(exit code {server.exitcode})", code="TaskServerLost"))
+
+    def _restart(self) -> None:
+        """A new task server in place of one that stopped (at most one try per ``restart_every_s``)."""
+        exitcode = self._server.exitcode
+        if time.monotonic() < self._next_restart:
+            raise BackendUnavailable(f"the Colmena task server stopped (exit code {exitcode}); "
+                                     "a new one starts soon")
+        self._next_restart = time.monotonic() + self.restart_every_s
+        log.warning("the Colmena task server stopped (exit code %s): starting a new one", exitcode)
+        self._check_server()
+        self.shutdown()
+        try:
+            self.start()
+        except Exception as exc:
+            raise BackendUnavailable(f"a new Colmena task server could not start: {exc}") from exc
 
     def reattach(self, pool: str, function: str, backend_id: str, task_key: str) -> Future | None:
         with self._lock:

@@ -161,7 +161,10 @@ def build_server(spec: ServerSpec, queues):
 
 def serve(spec: ServerSpec, queues, log_path: str) -> None:
     """The task server process: build the server and run it until the kill signal or the
-    driver's end. Its logging goes to ``log_path``."""
+    driver's end. Its logging goes to ``log_path``. It leads a process group of its own,
+    which parsl's interchanges join, so that the driver can end them all should the
+    server die without cleaning up (``os.killpg``)."""
+    os.setsid()
     logging.basicConfig(filename=log_path, level=logging.INFO, force=True,
                         format="%(asctime)s %(process)d %(name)s: %(message)s")
     build_server(spec, queues).run()

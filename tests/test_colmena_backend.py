@@ -23,7 +23,13 @@ from colmena.models import FailureInformation, Result  # noqa: E402
 from colmena.queue.python import PipeQueues  # noqa: E402
 from colmena.task_server.globus import GlobusComputeTaskServer  # noqa: E402
 from globus_compute_sdk import Executor  # noqa: E402
-from test_durability import check_invariants, kill_at_points_then_resume, sim_env, write_campaign  # noqa: E402
+from test_durability import (  # noqa: E402
+    check_invariants,
+    kill_at_points_then_resume,
+    kill_at_random_moments_then_resume,
+    sim_env,
+    write_campaign,
+)
 from test_globus_backend import FakeCompute, _url, new_client  # noqa: E402
 
 from driver.backends import make_backend  # noqa: E402
@@ -291,3 +297,13 @@ def test_a_task_server_that_dies_fails_its_tasks_and_is_replaced(tmp_path, monke
     # the dead server's interchanges end with its process group, its workers when they miss
     # the interchange's heartbeats
     assert not _no_orphans(str(tmp_path / "run"), wait_s=60)
+
+
+@pytest.mark.slow
+def test_sigkill_from_outside_at_random_moments_on_colmena(tmp_path):
+    import random
+
+    toml = write_campaign(tmp_path, campaign={"seed": 11})
+    # moments spread over start-up (about 20 s here) and the first rounds
+    kill_at_random_moments_then_resume(toml, sim_env(tmp_path), random.Random(24), 5, (3.0, 30.0), backend="colmena")
+    assert not _no_orphans(str(tmp_path / "camp" / "engine-colmena"))

@@ -155,21 +155,29 @@ def kill_at_points_then_resume(toml: Path, env: dict, points: list[str], min_kil
 @pytest.mark.slow
 def test_sigkill_from_outside_at_random_moments(tmp_path):
     toml = write_campaign(tmp_path, campaign={"seed": 9})
-    rng = random.Random(42)
+    kill_at_random_moments_then_resume(toml, sim_env(tmp_path), random.Random(42), 6, (1.5, 5.0))
+
+
+def kill_at_random_moments_then_resume(toml: Path, env: dict, rng: random.Random, runs: int,
+                                       seconds: tuple[float, float], backend: str = "local") -> dict:
+    """Start the driver ``runs`` times and SIGKILL it from outside after a random number of
+    ``seconds`` each time (until a run ends by itself), resume it to its end, and check
+    that nothing was lost or labeled twice."""
+    argv = ([sys.executable, "-m", "driver.cli", "run", str(toml)] if backend == "local" else
+            [sys.executable, str(CRASH_DRIVER), str(toml), "none", backend])
     kills = 0
-    for _ in range(6):
-        proc = subprocess.Popen([sys.executable, "-m", "driver.cli", "run", str(toml)], env=sim_env(tmp_path),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(1.5, 5.0))
+    for _ in range(runs):
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(*seconds))
         if proc.poll() is not None:
             break
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
-    r = run_driver(toml, sim_env(tmp_path))
+    r = run_driver(toml, env, backend=backend)
     assert r.returncode == 0, r.stderr[-3000:]
     assert kills >= 3
-    check_invariants(tmp_path / "camp", tmp_path / "exec-log")
+    return check_invariants(toml.parent / "camp", Path(env["REMOTE_AL_SIM_LOG_DIR"]))
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ client side of Colmena's queues in front of a task server:
 
 - ``server="parsl"`` (default): ``ParslTaskServer`` with one local ``HighThroughputExecutor``
   per pool ("gpu" with ``gpu_slots`` workers, "cpu" with ``cpu_slots``), or the parsl
-  ``Config`` a user passes (executors labelled "gpu" and "cpu");
+  ``Config`` that a user's importable function returns (executors labelled "gpu", "cpu");
 - ``server="globus"``: Colmena's ``GlobusComputeTaskServer`` through the adapter for the
   installed SDK (``colmena_servers.GlobusComputeTaskServerAdapter``), each method sent to
   its pool's endpoint (``endpoints={"gpu": id, "cpu": id}``).
@@ -21,7 +21,7 @@ Durability: the campaign's state stays in the project's SQLite file; the engine 
 task before ``submit`` and the Colmena task id (``backend_id``) right after. Results are
 spooled to ``run_dir/spool/<task_key>.json`` the moment they arrive, so a driver killed
 before recording one collects it on restart. The task server is the driver's child and
-stops when the driver is gone (within ``poll_s``): tasks running then are lost with it,
+stops when the driver is gone (within a second): tasks running then are lost with it,
 ``reattach`` returns None for them and the engine resubmits. A task server that stops on
 its own fails its tasks (``TaskServerLost``, retryable) and the next ``submit`` starts a
 new one.

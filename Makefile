@@ -24,6 +24,8 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/remote-al run examples/linio2.toml --report
+	@echo "remote-al is installed in $(VENV), not on your PATH: run 'source $(VENV)/bin/activate' (or call"
+	@echo "$(VENV)/bin/remote-al), then e.g. 'remote-al status campaigns/linio2'; docs/quickstart.md: what next"
 
 test: $(STAMP)
 	-scripts/install_gpaw.sh $(PY)

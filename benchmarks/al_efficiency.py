@@ -844,12 +844,14 @@ class Bench:
     def train(self, tag: str, seed: int, rnd: int, pool_ids: Sequence[int], init: Sequence[str] | None):
         """Train the round's members (continuing from ``init`` checkpoints); members that all
         finished in an interrupted run (``trained.json`` with the same request) are reused."""
-        from remote_al.deepmd_data import system_name, write_systems
+        from remote_al.deepmd_data import group_frames, legacy_system_name, write_systems
 
         s = self.s
         base = self.workdir / "runs" / tag
         frames = list(self.initial) + [self.pool[i] for i in pool_ids]
-        systems = [str(base / "data" / system_name(sym)) for sym in sorted({tuple(a.get_chemical_symbols()) for a in frames})]
+        # the names the measured runs used, so that an interrupted run still finds its members
+        names = {sym: legacy_system_name(sym) for sym in group_frames(frames)}
+        systems = [str(base / "data" / names[sym]) for sym in sorted(names)]
         reqs = self._train_requests(tag, seed, rnd, init, base, systems)
         marks = [Path(r.workdir) / "trained.json" for r in reqs]
         if all(m.exists() for m in marks):  # every member finished before an interruption: reuse them
@@ -860,7 +862,7 @@ class Bench:
                     return [Trained.of(d) for d in done]
         if base.exists():
             shutil.rmtree(base)
-        if write_systems(frames, base / "data", TYPE_MAP) != systems:
+        if write_systems(frames, base / "data", TYPE_MAP, names) != systems:
             raise RuntimeError(f"{base / 'data'}: deepmd systems are not where the requests expect them")
         (base / "pool_ids.json").write_text(json.dumps([int(i) for i in pool_ids]))
         futs = [self.train_pool.submit(_train, {"request": r.to_dict(), "launcher": s.launcher}) for r in reqs]

@@ -1,19 +1,30 @@
-"""The ``remote-al`` command line.
+"""The ``remote-al`` command line (click).
 
 Exit status: 0 done; 1 a failure during the work (``RemoteALError``) or an unexpected
-error; 2 a user error (``ConfigError``: a campaign, team or structure file or an option),
-found before any state was created or changed, reported in one message that names the file,
-the field and the fix. ``--debug`` adds the traceback.
+error; 2 a user error (``ConfigError``: a campaign, team or structure file or an option;
+or a command line click refuses), found before any state was created or changed, reported
+in one message that names the file, the field and the fix. ``--debug`` adds the traceback.
+``remote-al --version`` prints the versions of remote-al and of what runs the work.
+
+Shell completion (click's): ``eval "$(_REMOTE_AL_COMPLETE=bash_source remote-al)"`` in
+``~/.bashrc`` (``zsh_source`` / ``fish_source`` for zsh and fish).
+
+Each verb is a click command whose handler ``cmd_*(args) -> int`` takes the parsed options
+as attributes of ``args`` and returns the exit status; the verbs of other modules
+(``endpoint``, ``pull``, ``login``, ``report``, ``sweep``, ``predict``) are added by their
+``add_subcommands(group)``.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
 import traceback
 from pathlib import Path
+from types import SimpleNamespace
+
+import click
 
 from driver.errors import ConfigError, RemoteALError
 from driver.state import StateMeta
@@ -111,9 +122,13 @@ def cmd_run(args) -> int:
     campaign.run()
     print(f"wall time of this run: {time.time() - t0:.0f} s; campaign directory: {cfg.directory}")
     if args.report:
+        from driver.report_cli import print_report
         from driver.status import print_status
 
         print_status(cfg.directory)
+        print_report(cfg.directory)
+    else:
+        print(f"next: remote-al status {cfg.directory}; remote-al report {cfg.directory}")
     return 1 if campaign.stop_kind == "failed" else 0
 
 
@@ -166,71 +181,144 @@ def _say_error(exc: BaseException, debug: bool) -> None:
               "shows the traceback)", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="remote-al",
-        description="Active learning of DeePMD-kit force fields for battery cathodes, across partitions.",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    sub = parser.add_subparsers(dest="command", required=True)
+# ------------------------------------------------------------------ versions
+VERSIONED = ("remote-al", "deepmd-kit", "torch", "globus-compute-sdk", "globus-compute-endpoint")
 
-    p = sub.add_parser("run", help="run or resume a campaign until it stops")
-    p.add_argument("campaign", help="campaign TOML file")
-    p.add_argument("--backend", choices=["local", "globus"], help="override [backend].kind")
-    p.add_argument("--engine", choices=["process", "gce"], help="local engine (override [backend].engine)")
-    p.add_argument("--team", help="team file for the globus backend")
-    p.add_argument("--rounds", type=int, help="override campaign.max_rounds")
-    p.add_argument("--status-every", type=float, default=20.0, help="seconds between progress lines")
-    p.add_argument("--report", action="store_true", help="print the status table at the end")
-    p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("status", help="show one campaign, or list the campaigns in a directory")
-    p.add_argument("campaign", nargs="?", help="campaign TOML, campaign directory, or a directory of campaigns")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_status)
+def versions() -> dict[str, str]:
+    """Installed versions of remote-al and what runs its work, read from the distributions'
+    metadata (nothing is imported: the driver never imports torch or deepmd)."""
+    from importlib import metadata
 
-    p = sub.add_parser("schema", help="print the JSON Schema of a campaign file (docs/campaign.schema.json)")
-    p.add_argument("-o", "--output", type=Path, help="write it to this file")
-    p.add_argument("--check", action="store_true", help="with -o: exit 1 if the file differs from the models")
-    p.add_argument("--bounds", action="store_true", help="the table of keys and bounds instead (markdown)")
-    p.set_defaults(func=cmd_schema)
+    out = {}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
 
+
+def _print_version(ctx: click.Context, _param, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    width = max(map(len, VERSIONED))
+    for name, version in versions().items():
+        click.echo(f"{name:{width}s}  {version}")
+    click.echo(f"{'python':{width}s}  {sys.version.split()[0]}")
+    ctx.exit(0)
+
+
+# ---------------------------------------------------------------- the group
+class _RemoteAL(click.Group):
+    """The top-level group: turns errors of a verb into one message and an exit status."""
+
+    def invoke(self, ctx: click.Context):
+        debug = ctx.params.get("debug", False)
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # usage errors, --help, --version: click's own
+        except ConfigError as exc:
+            _say_error(exc, debug)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted: state is saved; `remote-al run` again resumes", file=sys.stderr)
+            return 130
+        except Exception as exc:  # RemoteALError: a failure during the work; else a bug
+            _say_error(exc, debug)
+            return 1
+
+
+@click.group(cls=_RemoteAL, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", is_flag=True, help="debug logging")
+@click.option("--debug", is_flag=True, help="show the traceback of an error")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="print the versions of remote-al, DeePMD-kit, torch and the Globus Compute SDK")
+def cli(verbose: bool, debug: bool) -> None:
+    """Active learning of DeePMD-kit force fields for battery cathodes, across partitions.
+
+    \b
+    Start with:  remote-al run examples/linio2.toml --report
+    Then:        remote-al status campaigns/linio2
+                 remote-al report campaigns/linio2
+    Shell completion: eval "$(_REMOTE_AL_COMPLETE=bash_source remote-al)"
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command("run")
+@click.argument("campaign")
+@click.option("--backend", type=click.Choice(["local", "globus"]), help="override [backend].kind")
+@click.option("--engine", type=click.Choice(["process", "gce"]), help="local engine (override [backend].engine)")
+@click.option("--team", help="team file for the globus backend")
+@click.option("--rounds", type=int, help="override campaign.max_rounds")
+@click.option("--status-every", type=float, default=20.0, show_default=True, help="seconds between progress lines")
+@click.option("--report", is_flag=True, help="at the end, print the status tables and write the HTML report "
+              "into the campaign folder (report/index.html)")
+def run_command(**kwargs) -> int:
+    """Run or resume a campaign until it stops.
+
+    CAMPAIGN is the campaign TOML file. Ctrl-C, a closed lid or a crash lose nothing:
+    running the same command again resumes.
+    """
+    return cmd_run(SimpleNamespace(**kwargs))
+
+
+@cli.command("status")
+@click.argument("campaign", required=False)
+@click.option("--json", "json", is_flag=True, help="machine-readable output")
+def status_command(**kwargs) -> int:
+    """Show one campaign, or list the campaigns in a directory.
+
+    CAMPAIGN is a campaign TOML, a campaign directory, or a directory of campaigns
+    (default: ./campaigns).
+    """
+    return cmd_status(SimpleNamespace(**kwargs))
+
+
+@cli.command("schema", short_help="Print the JSON Schema of a campaign file.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="write it to this file")
+@click.option("--check", is_flag=True, help="with -o: exit 1 if the file differs from the models")
+@click.option("--bounds", is_flag=True, help="the table of keys and bounds instead (markdown)")
+def schema_command(**kwargs) -> int:
+    """Print the JSON Schema of a campaign file (docs/campaign.schema.json)."""
+    return cmd_schema(SimpleNamespace(**kwargs))
+
+
+def _add_verbs(group: click.Group) -> None:
     try:
         from driver.endpoint_cli import add_subcommands
-    except ImportError:
+    except ImportError:  # the endpoint verbs need the optional endpoint templates' packages
         add_subcommands = None
     if add_subcommands:
-        add_subcommands(sub)
+        add_subcommands(group)
+    from driver.predict import add_subcommands as add_predict
+    from driver.report_cli import add_subcommands as add_report
+    from driver.sweep import add_subcommands as add_sweep
     from driver.transfer_cli import add_subcommands as add_transfer
 
-    add_transfer(sub)
+    for add in (add_transfer, add_report, add_sweep, add_predict):
+        add(group)
+
+
+_add_verbs(cli)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
     try:
-        from driver.report import add_subcommands as add_report
-    except ImportError:
-        add_report = None
-    if add_report:
-        add_report(sub)
-    from driver.sweep import add_subcommands as add_sweep
-
-    add_sweep(sub)
-    from driver.predict import add_subcommands as add_predict
-
-    add_predict(sub)
-
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except ConfigError as exc:
-        _say_error(exc, args.debug)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: state is saved; `remote-al run` again resumes", file=sys.stderr)
+        status = cli.main(args=argv, prog_name="remote-al", standalone_mode=False)
+    except click.exceptions.ClickException as exc:  # a command line click refuses: 2
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:  # --help, --version
+        return exc.exit_code
+    except click.exceptions.Abort:
+        print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # RemoteALError: a failure during the work; else a bug
-        _say_error(exc, args.debug)
-        return 1
+    return 0 if status is None else int(status)
 
 
 if __name__ == "__main__":

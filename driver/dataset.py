@@ -243,6 +243,20 @@ class DatasetStore:
         return self.state.frames_of(hashes)
 
     # -- export
+    def system_names(self, generation: int, groups) -> dict[tuple[str, ...], str]:
+        """The deepmd/npy system names of ``generation``'s export (``groups``: its frames by
+        species sequence): by composition and cell (``remote_al.deepmd_data.system_names``),
+        unless the campaign recorded this generation's systems under the names of earlier
+        versions (``Li3Ni4O8-cf324732``): then those, so that the paths its training tasks
+        hold stay valid when the generation is exported again on resume."""
+        from remote_al.deepmd_data import legacy_system_name, system_names
+
+        legacy = {symbols: legacy_system_name(symbols) for symbols in groups}
+        row = self.state.dataset(generation)
+        if row is not None and {Path(p).name for p in json.loads(row["systems"])} == set(legacy.values()):
+            return legacy
+        return system_names(groups)
+
     def export(self, generation: int, outdir: str | os.PathLike, type_map: Sequence[str] | None = None,
                formats: Sequence[str] = FORMATS) -> ExportResult:
         """Write generation ``generation``'s recorded set under ``outdir``.
@@ -253,7 +267,7 @@ class DatasetStore:
         temporary directory and renamed into place; the same generation exports to the
         same bytes every time.
         """
-        from remote_al.deepmd_data import system_name, write_systems
+        from remote_al.deepmd_data import group_frames, write_systems
         from remote_al.structures import from_extxyz
 
         unknown = set(formats) - set(FORMATS)
@@ -269,14 +283,15 @@ class DatasetStore:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         systems: list[str] = []
+        frames = [from_extxyz(t)[0] for t in texts]
+        names = self.system_names(generation, group_frames(frames))
         if "deepmd" in formats:
-            frames = [from_extxyz(t)[0] for t in texts]
-            systems = [Path(p).name for p in write_systems(frames, tmp / "deepmd", type_map)]
+            systems = [Path(p).name for p in write_systems(frames, tmp / "deepmd", type_map, names)]
         if "extxyz" in formats:
             (tmp / EXTXYZ_NAME).write_text("".join(texts))
         per_system: dict[str, list[str]] = defaultdict(list)
         for h in hashes:
-            per_system[system_name(by_hash[h]["species"].split())].append(h)
+            per_system[names[tuple(by_hash[h]["species"].split())]].append(h)
         manifest = {"generation": generation, "n_frames": len(hashes), "digest": hashes_digest(hashes),
                     "type_map": list(type_map or []), "formats": list(formats),
                     "systems": {name: per_system[name] for name in sorted(per_system)}}

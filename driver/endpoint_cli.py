@@ -1,75 +1,90 @@
 """``remote-al endpoint ...``: render endpoint configs, register functions, doctor.
 
-``driver.cli`` calls :func:`add_subcommands` with its subparsers; each command sets
-``func`` to a handler ``(args) -> int`` (the exit status).
+``driver.cli`` calls :func:`add_subcommands` with its click group; each command hands its
+options to a handler ``cmd_*(args) -> int`` (the exit status).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+
+import click
 
 from driver.backends.base import FUNCTIONS
+from driver.templates import template_names
 
 
-def add_subcommands(subparsers) -> argparse.ArgumentParser:
-    from driver.templates import template_names
+@click.group("endpoint", short_help="Globus Compute endpoints: render, register, doctor.")
+def endpoint_group() -> None:
+    """Globus Compute endpoints: render configs, register functions, doctor.
 
-    endpoint = subparsers.add_parser(
-        "endpoint", help="Globus Compute endpoints: render configs, register functions, doctor",
-        description="Set up and check the Globus Compute endpoints of a team (docs/deployment.md).")
-    sub = endpoint.add_subparsers(dest="endpoint_command", required=True)
+    Set up and check the Globus Compute endpoints of a team (docs/deployment.md).
+    """
 
-    render = sub.add_parser(
-        "render", help="write an endpoint's config.yaml and user_config_template.yaml.j2",
-        description="Render the files of an endpoint directory from a template. Run it on the "
-                    "cluster, inside the endpoint environment: --worker-init defaults to "
-                    "activating it. 'multi-user' writes the per-user template and its schema.")
-    render.add_argument("template", help=f"one of {template_names()} or a path to a .yaml.j2 file")
-    render.add_argument("--account", help="scheduler account / project to charge")
-    render.add_argument("--queue", help="batch queue (PBS) or partition (Slurm)")
-    render.add_argument("--worker-init", help="shell lines that activate the endpoint "
-                        "environment (default: activate the one running this command)")
-    render.add_argument("--team", type=Path, help="team file: its function ids become allowed_functions")
-    render.add_argument("--functions", help="comma-separated names to allow (default: all in "
-                        f"the team file; names: {','.join(FUNCTIONS)})")
-    render.add_argument("--walltime", help="batch job walltime, HH:MM:SS")
-    render.add_argument("--nodes", type=int, dest="nodes_per_block", help="nodes per batch job")
-    render.add_argument("--max-blocks", type=int, help="batch jobs at most at once")
-    render.add_argument("--display-name")
-    render.add_argument("--address-interface", help="network interface workers connect to "
-                        "(Polaris: hsn0, the default; '' to let parsl choose)")
-    render.add_argument("--scheduler-options", help="extra #PBS / #SBATCH lines")
-    render.add_argument("--email", help="contact email (required for root-run endpoints)")
-    render.add_argument("--identity-mapping", dest="identity_mapping_config_path",
-                        help="identity mapping JSON of a root-run multi-user endpoint")
-    render.add_argument("-o", "--output", type=Path, help="endpoint directory to write, e.g. "
-                        "~/.globus_compute/remote-al-gpu (default: print the files)")
-    render.set_defaults(func=cmd_render)
 
-    register = sub.add_parser(
-        "register", help="register the functions and write the team file",
-        description="Register remote-al's functions with Globus Compute (once per team) and "
-                    "write or update the team file. Functions already in the team file keep "
-                    "their ids unless --reregister.")
-    register.add_argument("--gpu-endpoint", help="endpoint id of the GPU partition (MD, UQ, training)")
-    register.add_argument("--cpu-endpoint", help="endpoint id of the CPU partition (labeling)")
-    register.add_argument("--group", help="Globus group id to share the functions with")
-    register.add_argument("--reregister", action="store_true",
-                          help="register all functions anew (endpoint configs must be re-rendered)")
-    register.add_argument("-o", "--output", type=Path, default=Path("team.toml"), help="team file")
-    register.set_defaults(func=cmd_register)
+@endpoint_group.command("render", help=(
+    f"Write an endpoint's config.yaml and user_config_template.yaml.j2.\n\nRender the files of an endpoint "
+    f"directory from TEMPLATE: one of {', '.join(template_names())}, or a path to a .yaml.j2 file. Run it on "
+    "the cluster, inside the endpoint environment: --worker-init defaults to activating it. 'multi-user' "
+    "writes the per-user template and its schema."), short_help="Write an endpoint's config.yaml and user template.")
+@click.argument("template")
+@click.option("--account", help="scheduler account / project to charge")
+@click.option("--queue", help="batch queue (PBS) or partition (Slurm)")
+@click.option("--worker-init", help="shell lines that activate the endpoint environment (default: activate the "
+              "one running this command)")
+@click.option("--team", type=click.Path(path_type=Path), help="team file: its function ids become allowed_functions")
+@click.option("--functions", help="comma-separated names to allow (default: all in the team file; names: "
+              f"{','.join(FUNCTIONS)})")
+@click.option("--walltime", help="batch job walltime, HH:MM:SS")
+@click.option("--nodes", "nodes_per_block", type=int, help="nodes per batch job")
+@click.option("--max-blocks", type=int, help="batch jobs at most at once")
+@click.option("--display-name", help="the endpoint's name in the Globus web app (default: remote-al <template>)")
+@click.option("--address-interface", help="network interface workers connect to (Polaris: hsn0, the default; '' "
+              "to let parsl choose)")
+@click.option("--scheduler-options", help="extra #PBS / #SBATCH lines")
+@click.option("--email", help="contact email (required for root-run endpoints)")
+@click.option("--identity-mapping", "identity_mapping_config_path",
+              help="identity mapping JSON of a root-run multi-user endpoint")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="endpoint directory to write, e.g. "
+              "~/.globus_compute/remote-al-gpu (default: print the files)")
+def render_command(**kwargs) -> int:
+    return cmd_render(SimpleNamespace(**kwargs))
 
-    doctor = sub.add_parser(
-        "doctor", help="check the endpoints against this driver",
-        description="Probe each endpoint of the team file and compare Python, remote-al, "
-                    "deepmd-kit, dill and globus-compute versions with this driver's.")
-    doctor.add_argument("--team", type=Path, default=Path("team.toml"))
-    doctor.add_argument("--timeout", type=float, default=600.0,
-                        help="seconds to wait for the probes (a batch job may have to start)")
-    doctor.set_defaults(func=cmd_doctor)
-    return endpoint
+
+@endpoint_group.command("register")
+@click.option("--gpu-endpoint", help="endpoint id of the GPU partition (MD, UQ, training)")
+@click.option("--cpu-endpoint", help="endpoint id of the CPU partition (labeling)")
+@click.option("--group", help="Globus group id to share the functions with")
+@click.option("--reregister", is_flag=True, help="register all functions anew (endpoint configs must be re-rendered)")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("team.toml"), show_default=True,
+              help="team file")
+def register_command(**kwargs) -> int:
+    """Register the functions and write the team file.
+
+    Register remote-al's functions with Globus Compute (once per team) and write or update
+    the team file. Functions already in the team file keep their ids unless --reregister.
+    """
+    return cmd_register(SimpleNamespace(**kwargs))
+
+
+@endpoint_group.command("doctor")
+@click.option("--team", type=click.Path(path_type=Path), default=Path("team.toml"), show_default=True,
+              help="team file written by `remote-al endpoint register`")
+@click.option("--timeout", type=float, default=600.0, show_default=True,
+              help="seconds to wait for the probes (a batch job may have to start)")
+def doctor_command(**kwargs) -> int:
+    """Check the endpoints against this driver.
+
+    Probe each endpoint of the team file and compare Python, remote-al, deepmd-kit, dill
+    and globus-compute versions with this driver's.
+    """
+    return cmd_doctor(SimpleNamespace(**kwargs))
+
+
+def add_subcommands(group: click.Group) -> None:
+    group.add_command(endpoint_group)
 
 
 def cmd_render(args) -> int:

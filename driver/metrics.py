@@ -3,6 +3,7 @@
 - ``parity_metrics``: RMSE, MAE and max |error| of predictions against reference labels.
 - ``calibration_table``: per width bin, how often the true error falls inside the
   ensemble's confidence interval (``|error| <= width / 2``) against the nominal level.
+- ``running_mean``: a centred running mean (of the logarithm) that smooths a learning curve.
 - calibrated bounds and thresholds in physical units live in ``remote_al.calibration``.
 """
 
@@ -11,6 +12,26 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+
+def running_mean(y, window: int, log: bool = True) -> np.ndarray:
+    """Centred running mean of ``y`` over ``window`` points (made odd); near the ends the
+    window is cut at the first or last point (the final value is a mean too, not one
+    noisy step).
+
+    ``log=True`` averages ``log(y)`` (a geometric mean), which is what a curve drawn on a
+    log axis looks smooth in. ``window <= 1`` returns ``y`` unchanged (as floats).
+    """
+    y = np.asarray(y, dtype=float)
+    half = max(0, int(window) // 2)
+    if half == 0 or y.size < 3:
+        return y.copy()
+    v = np.log(y) if log else y
+    csum = np.concatenate([[0.0], np.cumsum(v)])
+    i = np.arange(y.size)
+    lo, hi = np.maximum(i - half, 0), np.minimum(i + half, y.size - 1) + 1
+    out = (csum[hi] - csum[lo]) / (hi - lo)
+    return np.exp(out) if log else out
 
 
 def parity_metrics(pred, ref) -> dict[str, float]:

@@ -11,7 +11,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from driver.metrics import CalibrationTable, parity_metrics
+from driver.metrics import CalibrationTable, parity_metrics, running_mean
+
+LCURVE_SMOOTHING = 10  # a learning curve's running mean spans a tenth of its points
 
 
 def _figure(nrows: int, ncols: int, figsize, **kw):
@@ -61,7 +63,9 @@ def plot_learning_curves(curves: Mapping[str, Mapping[str, np.ndarray]], path, t
 
     ``curves`` maps a member label to ``remote_al.deepmd_data.parse_lcurve`` columns.
     Training columns (``rmse_e_trn``, ``rmse_f_trn``) are solid lines, validation
-    columns (``rmse_e_val``, ``rmse_f_val``) dashed when present.
+    columns (``rmse_e_val``, ``rmse_f_val``) dashed when present. Each curve is drawn
+    faint as recorded, with its running mean (:func:`driver.metrics.running_mean`,
+    over a tenth of its points) on top; the legend sits to the right of the panels.
     """
     fig, axes = _figure(1, 2, (10, 3.8))
     panels = (("e", "energy RMSE (eV/atom)"), ("f", "force RMSE (eV/Å)"))
@@ -75,8 +79,9 @@ def plot_learning_curves(curves: Mapping[str, Mapping[str, np.ndarray]], path, t
                 y = np.asarray(cols.get(f"rmse_{q}_{split}", []), dtype=float)
                 ok = np.isfinite(y) & (y > 0)
                 if y.size and y.size == step.size and ok.any():
-                    ax.plot(step[ok], y[ok], style, color=c, lw=1.2,
-                            label=f"{label} {'train' if split == 'trn' else 'validation'}")
+                    ax.plot(step[ok], y[ok], style, color=c, lw=0.7, alpha=0.25)
+                    ax.plot(step[ok], running_mean(y[ok], max(1, int(ok.sum()) // LCURVE_SMOOTHING)), style,
+                            color=c, lw=1.5, label=f"{label} {'train' if split == 'trn' else 'validation'}")
                     drawn = True
         if drawn:
             _log_axis(ax, "y")
@@ -87,7 +92,8 @@ def plot_learning_curves(curves: Mapping[str, Mapping[str, np.ndarray]], path, t
             _no_data(ax, "no learning-curve data")
     handles, labels = axes[1].get_legend_handles_labels()
     if handles:
-        axes[1].legend(handles, labels, fontsize=7, loc="upper right", ncol=1 + len(handles) // 9)
+        fig.legend(handles, labels, fontsize=7, loc="outside right upper", ncol=1 + len(handles) // 16,
+                   title="running mean\n(faint: as recorded)", title_fontsize=7)
     fig.suptitle(title or "learning curves (solid: train, dashed: validation)")
     return _save(fig, path)
 

@@ -13,7 +13,9 @@ import json
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
+import click
 import numpy as np
 
 from driver.errors import ConfigError
@@ -178,10 +180,20 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def add_subcommands(subparsers) -> None:
-    p = subparsers.add_parser("predict", help="energies, forces and calibrated 95 % error bounds for any structures")
-    p.add_argument("campaign", help="campaign directory or TOML file")
-    p.add_argument("structures", help="extxyz, POSCAR or CIF file (every frame)")
-    p.add_argument("--generation", type=int, help="generation to use (default: the current one)")
-    p.add_argument("-o", "--output", help="write the frames with the predictions (extxyz)")
-    p.set_defaults(func=cmd_predict)
+@click.command("predict", short_help="Energies, forces and calibrated 95 % error bounds.")
+@click.argument("campaign")
+@click.argument("structures")
+@click.option("--generation", type=int, help="generation to use (default: the current one)")
+@click.option("-o", "--output", help="write the frames with the predictions (extxyz)")
+def predict_command(**kwargs) -> int:
+    """Energies, forces and calibrated 95 % error bounds for any structures.
+
+    CAMPAIGN is a campaign directory or TOML file; STRUCTURES an extxyz, POSCAR or CIF
+    file (every frame is predicted).
+    """
+    return cmd_predict(SimpleNamespace(**kwargs))
+
+
+def add_subcommands(group: click.Group) -> None:
+    """``remote-al predict``."""
+    group.add_command(predict_command)

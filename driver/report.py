@@ -22,12 +22,11 @@ from __future__ import annotations
 import datetime as _dt
 import html
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from driver import plots
-from driver.config import campaign_directory
 from driver.metrics import calibration_table, parity_metrics
 from driver.report_calibration import calibration_html, gather_calibration
 from driver.report_data import (
@@ -48,6 +47,9 @@ from driver.state import State
 from remote_al.calibration import latest_calibration
 
 REPORT_DIR = "report"
+# What write_report does, in order (its on_stage callback gets each name as it starts).
+STAGES = ("provenance and tables", "learning curves", "exploration plots", "held-out parity (evaluating the models)",
+          "calibration", "volume", "writing the page")
 
 ROUND_COLUMNS = (
     ("n_explored", "explored", ".0f"), ("confident_share", "confident share", ".2f"),
@@ -74,10 +76,14 @@ def _fmt(v: Any, spec: str) -> str:
         return html.escape(str(v))
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+def _table(header: list[str] | None, rows: list[list[str]]) -> str:
+    """An HTML table; ``header=None``: a table of names and values, without a header row."""
+    if header is None:
+        body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+        return f"<table class='fields'><tbody>{body}</tbody></table>"
+    head = "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead>"
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<table>{head}<tbody>{body}</tbody></table>"
 
 
 def _figure(name: str, caption: str) -> str:
@@ -90,7 +96,7 @@ body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0
 h1{margin-bottom:0.2em} h2{border-bottom:1px solid #ccc;padding-bottom:0.2em;margin-top:1.6em}
 table{border-collapse:collapse;margin:0.6em 0;font-size:0.9em}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right} th{background:#f3f3f3}
-td:first-child,th:first-child{text-align:left}
+td:first-child,th:first-child{text-align:left} table.fields td{text-align:left} table.fields td:first-child{color:#555}
 .standin{background:#fff3cd;border:1px solid #e0b400;padding:0.6em 1em;margin:1em 0}
 .note{color:#666;font-size:0.9em} figure{margin:1em 0} img{max-width:100%}
 figcaption{color:#555;font-size:0.9em} pre{background:#f6f6f6;padding:0.8em;overflow-x:auto;font-size:0.85em}
@@ -102,11 +108,13 @@ def write_report(
     campaign_dir: str | Path,
     *,
     compute_parity: bool = True,
+    on_stage: Callable[[str], None] | None = None,
 ) -> Path:
     """Write ``campaign_dir/report/index.html`` (PNGs next to it); return its path.
 
     ``compute_parity=False`` skips the local model evaluation (only stored results and
-    an existing ``parity.npz`` of the same models and frames are used).
+    an existing ``parity.npz`` of the same models and frames are used). ``on_stage`` is
+    called with each of :data:`STAGES` as it starts (a progress display).
     """
     campaign_dir = Path(campaign_dir)
     state_path = campaign_dir / "state.sqlite"
@@ -118,12 +126,14 @@ def write_report(
         old.unlink()
     state = State(state_path)
     try:
-        return _write(state, campaign_dir, outdir, compute_parity)
+        return _write(state, campaign_dir, outdir, compute_parity, on_stage or (lambda stage: None))
     finally:
         state.close()
 
 
-def _write(state: State, campaign_dir: Path, outdir: Path, compute_parity: bool) -> Path:
+def _write(state: State, campaign_dir: Path, outdir: Path, compute_parity: bool,
+           on_stage: Callable[[str], None]) -> Path:
+    on_stage(STAGES[0])
     toml_text, settings = campaign_settings(campaign_dir)
     selection = selection_used(state, campaign_dir, settings)
     sel = {"confidence": selection.confidence, "force_threshold": selection.force_threshold,
@@ -169,7 +179,7 @@ def _write(state: State, campaign_dir: Path, outdir: Path, compute_parity: bool)
                                          for g, d in sorted(digests.items()))]] if digests else []),
         ["deepmd-kit on this machine", html.escape(dist_version("deepmd-kit"))],
     ]
-    sections.append("<h2>Provenance</h2>" + _table(["", ""], prov))
+    sections.append("<h2>Provenance</h2>" + _table(None, prov))
     counts = state.task_counts()
     funcs = sorted({f for f, _ in counts})
     statuses = [s for s in ("pending", "submitted", "done", "failed", "quarantined") if any(k[1] == s for k in counts)]
@@ -208,6 +218,7 @@ def _write(state: State, campaign_dir: Path, outdir: Path, compute_parity: bool)
         )
 
     # --- plots ----------------------------------------------------------------
+    on_stage(STAGES[1])
     figs: list[str] = ["<h2>Learning curves</h2>"]
     for g, curves, note in learning_curves(state):
         if not curves:
@@ -221,6 +232,7 @@ def _write(state: State, campaign_dir: Path, outdir: Path, compute_parity: bool)
     if len(figs) == 1:
         figs.append("<p class='note'>No trained members yet.</p>")
 
+    on_stage(STAGES[2])
     figs.append("<h2>Exploration</h2>")
     plots.plot_rounds(labels_by_round(state), {r: m.get("confident_share") for r, m in rounds.items()},
                       outdir / "rounds.png")
@@ -231,6 +243,7 @@ def _write(state: State, campaign_dir: Path, outdir: Path, compute_parity: bool)
     figs.append(_figure("uncertainty.png", "Force CI width of every explored frame per round; red: selection "
                         "threshold, dashed: trust bound (above it frames count as unphysical)."))
 
+    on_stage(STAGES[3])
     figs.append("<h2>Held-out accuracy and calibration</h2>")
     parity, why, stored = report_parity(state, outdir, sel["confidence"], compute_parity)
     if stored:
@@ -243,8 +256,11 @@ def _write(state: State, campaign_dir: Path, outdir: Path, compute_parity: bool)
     else:
         figs.extend(_accuracy_figures(parity, outdir, sel["confidence"], latest_calibration(campaign_dir)))
     sections.extend(figs)
+    on_stage(STAGES[4])
     sections.extend(calibration_html(gather_calibration(state, campaign_dir, selection), outdir, _table, _figure))
+    on_stage(STAGES[5])
     sections.extend(_volume_section(state, campaign_dir, outdir))
+    on_stage(STAGES[6])
 
     if toml_text:
         sections.append("<h2>Campaign settings (campaign.toml)</h2><pre>" + html.escape(toml_text) + "</pre>")
@@ -338,26 +354,4 @@ def _metric_cells(m: dict, scale: float) -> list[str]:
     return [f"{m['rmse'] * scale:.4g}", f"{m['mae'] * scale:.4g}", f"{m['max'] * scale:.4g}", str(m["n"])]
 
 
-# ------------------------------------------------------------------------- CLI
-def cmd_report(args) -> int:
-    d = campaign_directory(args.campaign)
-    if not (d / "state.sqlite").exists():
-        import sys
-
-        print(f"no campaign state at {d / 'state.sqlite'}", file=sys.stderr)
-        return 2
-    path = write_report(d, compute_parity=not args.no_parity)
-    print(f"report written: {path}")
-    return 0
-
-
-def add_subcommands(subparsers) -> None:
-    """``remote-al report``."""
-    p = subparsers.add_parser("report", help="write an HTML report with tables and plots of a campaign")
-    p.add_argument("campaign", help="campaign directory or campaign TOML")
-    p.add_argument("--no-parity", action="store_true",
-                   help="do not evaluate the final ensemble locally (use stored results and the cache only)")
-    p.set_defaults(func=cmd_report)
-
-
-__all__ = ["PARITY_CACHE", "add_subcommands", "write_report"]
+__all__ = ["PARITY_CACHE", "STAGES", "write_report"]

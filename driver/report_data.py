@@ -105,16 +105,20 @@ def predicted_parity(state: State, outdir: Path, confidence: float) -> tuple[Par
         with np.load(cache, allow_pickle=False) as z:
             if str(z["key"]) == key:
                 return parity_from_npz(z, "predict_ensemble"), ""
-    try:
-        from remote_al.ensemble import predict_ensemble
-        import deepmd.infer  # noqa: F401  (fails without deepmd-kit/torch)
-    except ImportError as exc:
-        return None, (f"deepmd-kit is not importable here ({exc}); force parity and per-component "
-                      "calibration need it (pip install 'remote-al[endpoint]')")
     from remote_al.structures import from_extxyz
+    from remote_al.torch_env import task_environment
 
     frames = [from_extxyz(r["extxyz"])[0] for r in rows]
-    energies, forces = predict_ensemble(paths, frames, batch_size=64)
+    # DeePMD-kit warns at import unless its thread variables are set: they are, as in a task
+    # (one thread, and on a CPU DeePMD-kit's own batch size), where the shell has not.
+    with task_environment():
+        try:
+            from remote_al.ensemble import predict_ensemble
+            import deepmd.infer  # noqa: F401  (fails without deepmd-kit/torch)
+        except ImportError as exc:
+            return None, (f"deepmd-kit is not importable here ({exc}); force parity and per-component "
+                          "calibration need it (pip install 'remote-al[endpoint]')")
+        energies, forces = predict_ensemble(paths, frames, batch_size=64)
     arrays = parity_arrays(
         energies, forces, [len(a) for a in frames],
         [a.calc.results["energy"] for a in frames], [a.calc.results["forces"] for a in frames], confidence,
@@ -225,12 +229,7 @@ def labels_by_round(state: State) -> dict[int, dict[str, int]]:
 
 
 def widths_by_round(state: State) -> dict[int, list[float]]:
-    out: dict[int, list[float]] = {}
-    for r in state.db.execute(
-        "SELECT round, force_width FROM structures WHERE origin='md' AND force_width IS NOT NULL ORDER BY round"
-    ):
-        out.setdefault(int(r[0]), []).append(float(r[1]))
-    return out
+    return state.explored_widths_by_round()
 
 
 def remote_al_version() -> str:
@@ -250,17 +249,11 @@ def dist_version(name: str) -> str:
 
 def provenance_counts(state: State) -> dict:
     """Labels per labeler, label counts, dataset sizes and digests, the last event's time."""
-    db = state.db
-    labelers = db.execute(
-        "SELECT labeler, labeler_note, COUNT(*) FROM labels WHERE status='ok' GROUP BY labeler, labeler_note"
-    ).fetchall()
-    n_ok = db.execute("SELECT COUNT(*) FROM labels WHERE status='ok'").fetchone()[0]
-    n_failed = db.execute("SELECT COUNT(*) FROM labels WHERE status='failed'").fetchone()[0]
-    datasets = {r["generation"]: r["n_frames"] for r in db.execute("SELECT generation, n_frames FROM datasets")}
-    digests = {}
-    if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='dataset_versions'").fetchone():
-        digests = {r[0]: r[1] for r in db.execute("SELECT generation, digest FROM dataset_versions")}
-    last_ts = db.execute("SELECT MAX(ts) FROM events").fetchone()[0]
+    labelers = state.labelers()
+    n_ok, n_failed = state.label_count("ok"), state.label_count("failed")
+    datasets = state.dataset_sizes()
+    digests = {r["generation"]: r["digest"] for r in state.version_rows()}
+    last_ts = state.last_event_time()
     return {"labelers": labelers, "n_ok": n_ok, "n_failed": n_failed, "datasets": datasets,
             "digests": digests, "last_ts": last_ts}
 
@@ -294,7 +287,7 @@ def volume_rows(state: State, campaign_dir: Path) -> tuple[list[dict] | None, Ex
     """``driver.volume.summarize`` of the campaign, with the configuration stored in its
     state: ``(rows, None)``; ``(None, None)`` when it relaxed nothing; ``(None, error)``
     when the stored configuration cannot be read."""
-    if not state.db.execute("SELECT 1 FROM tasks WHERE function IN ('relax', 'relax_label') LIMIT 1").fetchone():
+    if not state.has_function("relax", "relax_label"):
         return None, None
     from driver import volume
     from driver.config import parse_config

@@ -103,11 +103,11 @@ def select(
 
 def fingerprint(atoms, cutoff: float = 4.0) -> tuple:
     """Composition key and sorted neighbour distances: equal for periodic images/permutations."""
-    from ase.neighborlist import neighbor_list
+    from remote_al.structures import pair_distances
 
     symbols = atoms.get_chemical_symbols()
     key = tuple(sorted((s, symbols.count(s)) for s in set(symbols)))
-    d = np.sort(neighbor_list("d", atoms, cutoff))
+    d = np.sort(pair_distances(atoms, cutoff))
     return (key, d)
 
 

@@ -19,8 +19,10 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
+import click
 import numpy as np
 
 from driver.errors import ConfigError, TaskFailed
@@ -158,12 +160,16 @@ def run_sweep(
     *,
     gpu_slots: int | None = None,
     say: Callable[[str], None] | None = None,
+    on_progress: Callable[[list], None] | None = None,
+    progress_every_s: float = 2.0,
 ) -> SweepOutcome:
     """Train and evaluate every point without a result file; write the table and heat map.
 
     ``backend`` is any started ``driver.backends.base.Backend``; without one a
     ``LocalBackend`` is started under ``OUTPUT/engine`` (only if a point is left to run)
-    and shut down at the end.
+    and shut down at the end. ``on_progress`` is called every ``progress_every_s`` with
+    the training points still running (``driver.progress.TaskProgress``, read from their
+    ``lcurve.out``).
     """
     say = say or (lambda msg: None)
     out = spec.output
@@ -184,14 +190,16 @@ def run_sweep(
             backend = LocalBackend(out / "engine", gpu_slots=gpu_slots or spec.gpu_slots, cpu_slots=1)
             backend.start()
         try:
-            failed = _run_points(spec, todo, backend, systems, test_text, say)
+            failed = _run_points(spec, todo, backend, systems, test_text, say, on_progress, progress_every_s)
         finally:
             if own:
                 backend.shutdown()
     return _finish(spec, tuple(p.id for p in todo if p.id not in failed), skipped, failed)
 
 
-def _run_points(spec, todo, backend, systems, test_text, say) -> dict[str, str]:
+def _run_points(spec, todo, backend, systems, test_text, say, on_progress=None,
+                progress_every_s: float = 2.0) -> dict[str, str]:
+    from driver.progress import TaskProgress, training_progress
     from remote_al.records import UQRequest
 
     pending: dict[Future, tuple[str, Prefactors, dict | None]] = {}
@@ -210,7 +218,11 @@ def _run_points(spec, todo, backend, systems, test_text, say) -> dict[str, str]:
         pending[sub.future] = ("train", p, None)
     say(f"sweep {spec.name}: training {len(todo)} points, {spec.numb_steps} steps each")
     while pending:
-        done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+        done, _ = wait(list(pending), timeout=progress_every_s if on_progress else None,
+                       return_when=FIRST_COMPLETED)
+        if on_progress:
+            on_progress([TaskProgress(p.id, "train", training_progress(spec.output / "points" / p.id / "train"))
+                         for stage, p, _ in pending.values() if stage == "train"])
         for fut in done:
             stage, p, train = pending.pop(fut)
             pdir = spec.output / "points" / p.id
@@ -266,18 +278,29 @@ def _finish(spec: SweepSpec, ran, skipped, failed) -> SweepOutcome:
 
 # ------------------------------------------------------------------ the command
 def cmd_sweep(args) -> int:
+    from driver.progress import ProgressBars
+
     spec = load_sweep(args.sweep)
-    outcome = run_sweep(spec, gpu_slots=args.gpu_slots, say=print)
+    with ProgressBars() as bars:
+        outcome = run_sweep(spec, gpu_slots=args.gpu_slots, say=print, on_progress=bars.update)
     print(f"sweep results: {outcome.table_csv}, {outcome.heatmap}")
     return 1 if outcome.failed else 0
 
 
-def add_subcommands(subparsers) -> None:
+@click.command("sweep")
+@click.argument("sweep")
+@click.option("--gpu-slots", type=int, default=None, help="members trained at once (override [backend])")
+def sweep_command(**kwargs) -> int:
+    """Train and evaluate DeePMD loss prefactors on the same data.
+
+    SWEEP is the sweep TOML file (docs/reports.md).
+    """
+    return cmd_sweep(SimpleNamespace(**kwargs))
+
+
+def add_subcommands(group: click.Group) -> None:
     """``remote-al sweep``."""
-    p = subparsers.add_parser("sweep", help="train and evaluate DeePMD loss prefactors on the same data")
-    p.add_argument("sweep", help="sweep TOML (see docs/reports.md)")
-    p.add_argument("--gpu-slots", type=int, default=None, help="members trained at once (override [backend])")
-    p.set_defaults(func=cmd_sweep)
+    group.add_command(sweep_command)
 
 
 __all__ = ["SweepOutcome", "add_subcommands", "prepare_data", "run_sweep"]

@@ -1,8 +1,8 @@
 """``remote-al pull`` (a campaign's models, datasets and reports to this machine) and
 ``remote-al login`` (Globus login and collection consent for transfers).
 
-``driver.cli`` calls :func:`add_subcommands` with its subparsers; each command sets
-``func`` to a handler ``(args) -> int`` (the exit status).
+``driver.cli`` calls :func:`add_subcommands` with its click group; each command hands its
+options to a handler ``cmd_*(args) -> int`` (the exit status).
 """
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ import json
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterable
+
+import click
 
 from driver.errors import ConfigError
 from driver.transfer import TransferItem, relative_to_root
@@ -21,33 +24,45 @@ REPORT_DIRS = ("report", "reports")  # under the campaign directory
 PULL_RECORD = "pull.json"
 
 
-def add_subcommands(subparsers) -> None:
-    pull = subparsers.add_parser(
-        "pull", help="bring a campaign's models, datasets and reports to this machine",
-        description="Copy what a campaign produced (models with checkpoints and learning curves, "
-                    "each generation's dataset, reports) through the transfer seam: a local copy "
-                    "with sha256 checks, or with --team a Globus transfer between two sites of the "
-                    "team file. Running it again while a transfer is in flight resumes watching it.")
-    pull.add_argument("campaign", help="campaign TOML file or campaign directory")
-    pull.add_argument("--to", help="destination: a directory (local; default ./<campaign>-results), or "
-                      "a path under the --to-site root (globus; default <campaign>)")
-    pull.add_argument("--what", default=",".join(PULL_KINDS), help=f"comma-separated, of {list(PULL_KINDS)}")
-    pull.add_argument("--team", type=Path, help="team file: transfer with Globus between its [sites]")
-    pull.add_argument("--from-site", help="globus: the site holding the campaign's files")
-    pull.add_argument("--to-site", help="globus: the site of this machine (e.g. Globus Connect Personal)")
-    pull.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for a Globus transfer "
-                      "(it goes on afterwards; run pull again to keep watching)")
-    pull.set_defaults(func=cmd_pull)
+@click.command("pull")
+@click.argument("campaign")
+@click.option("--to", help="destination: a directory (local; default ./<campaign>-results), or a path under the "
+              "--to-site root (globus; default <campaign>)")
+@click.option("--what", default=",".join(PULL_KINDS), show_default=True, help=f"comma-separated, of {list(PULL_KINDS)}")
+@click.option("--team", type=click.Path(path_type=Path), help="team file: transfer with Globus between its [sites]")
+@click.option("--from-site", help="globus: the site holding the campaign's files")
+@click.option("--to-site", help="globus: the site of this machine (e.g. Globus Connect Personal)")
+@click.option("--timeout", type=float, default=3600.0, show_default=True, help="seconds to wait for a Globus "
+              "transfer (it goes on afterwards; run pull again to keep watching)")
+def pull_command(**kwargs) -> int:
+    """Bring a campaign's models, datasets and reports to this machine.
 
-    login = subparsers.add_parser(
-        "login", help="log in to Globus for transfers and consent to collections",
-        description="Log in (a browser the first time; with REMOTE_AL_CLIENT_ID/SECRET set, as the "
-                    "team's service identity) and consent to the data_access scope of Globus "
-                    "Connect Server collections. Tokens: REMOTE_AL_TOKEN_FILE, owner-only.")
-    login.add_argument("--collection", action="append", default=[], help="collection id (repeatable)")
-    login.add_argument("--team", type=Path, help="also every collection of the team file's [sites]")
-    login.add_argument("--force", action="store_true", help="log in again even with valid tokens")
-    login.set_defaults(func=cmd_login)
+    Copy what the campaign CAMPAIGN (its TOML file or directory) produced (models with
+    checkpoints and learning curves, each generation's dataset, reports) through the
+    transfer seam: a local copy with sha256 checks, or with --team a Globus transfer
+    between two sites of the team file. Running it again while a transfer is in flight
+    resumes watching it.
+    """
+    return cmd_pull(SimpleNamespace(**kwargs))
+
+
+@click.command("login")
+@click.option("--collection", multiple=True, help="collection id (repeatable)")
+@click.option("--team", type=click.Path(path_type=Path), help="also every collection of the team file's [sites]")
+@click.option("--force", is_flag=True, help="log in again even with valid tokens")
+def login_command(**kwargs) -> int:
+    """Log in to Globus for transfers and consent to collections.
+
+    Log in (a browser the first time; with REMOTE_AL_CLIENT_ID/SECRET set, as the team's
+    service identity) and consent to the data_access scope of Globus Connect Server
+    collections. Tokens: REMOTE_AL_TOKEN_FILE, owner-only.
+    """
+    return cmd_login(SimpleNamespace(**kwargs))
+
+
+def add_subcommands(group: click.Group) -> None:
+    group.add_command(pull_command)
+    group.add_command(login_command)
 
 
 def pull_items(state, root, kinds: Iterable[str], local: bool = True) -> list[TransferItem]:

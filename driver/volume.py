@@ -47,7 +47,7 @@ def family(spec: StructureSpec) -> str:
     return "Li_x (" + "".join(f"{el}{f:g}" for el, f in metals.items()) + ") O2"
 
 
-def relax_requests(cfg: CampaignConfig, generation: int, model_paths, workdir: Callable[[str], str]):
+def relax_requests(cfg: CampaignConfig, generation: int, model_paths, task_dir: Callable[[str], str]):
     """(key, function, request dict) for the ensemble relaxations and the labeler checks."""
     from driver.preflight import build_structure
     from remote_al.structures import to_extxyz
@@ -56,15 +56,15 @@ def relax_requests(cfg: CampaignConfig, generation: int, model_paths, workdir: C
     out = []
     for spec in volume_specs(cfg):
         key = f"relax:g{generation}:{spec.name}"
-        req = RelaxRequest(task_key=key, workdir=workdir(key), structure_extxyz=to_extxyz(build_structure(spec)),
+        req = RelaxRequest(task_key=key, workdir=task_dir(key), structure_extxyz=to_extxyz(build_structure(spec)),
                            model_paths=tuple(model_paths), fmax=v.fmax, max_steps=v.max_steps)
         out.append((key, "relax", req.to_dict()))
     for spec in check_specs(cfg):
-        out.append(labeler_relax_request(cfg, spec, workdir))
+        out.append(labeler_relax_request(cfg, spec, task_dir))
     return out
 
 
-def labeler_relax_request(cfg: CampaignConfig, spec: StructureSpec, workdir: Callable[[str], str]):
+def labeler_relax_request(cfg: CampaignConfig, spec: StructureSpec, task_dir: Callable[[str], str]):
     """(key, "relax_label", request dict): the labeler relaxes the built structure. One task
     per structure, run once and read twice: ``[initial] relax`` starts from its result and
     the volume check compares the ensemble with it."""
@@ -73,7 +73,7 @@ def labeler_relax_request(cfg: CampaignConfig, spec: StructureSpec, workdir: Cal
 
     v = cfg.volume
     key = f"relax-label:{spec.name}"
-    req = RelaxRequest(task_key=key, workdir=workdir(key), structure_extxyz=to_extxyz(build_structure(spec)),
+    req = RelaxRequest(task_key=key, workdir=task_dir(key), structure_extxyz=to_extxyz(build_structure(spec)),
                        labeler=cfg.labeler.kind, labeler_settings=dict(cfg.labeler.settings),
                        fmax=v.fmax, max_steps=v.max_steps)
     return key, "relax_label", req.to_dict()

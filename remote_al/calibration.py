@@ -36,7 +36,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 from remote_al.uq import ensemble_ci_width
 
@@ -78,6 +77,8 @@ def gaussian_scale(widths, errors, coverage: float = 0.95) -> float:
     if w.size < 2:
         raise ValueError("need at least 2 calibration pairs")
     alpha = math.sqrt(float(np.mean((e / w) ** 2)))
+    from scipy import stats  # here: scipy.stats takes a second to import, and the CLI imports this module
+
     return float(alpha * stats.norm.ppf(0.5 + coverage / 2.0))
 
 

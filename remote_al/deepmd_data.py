@@ -2,7 +2,9 @@
 
 A deepmd/npy *system* is one directory with ``type.raw``, ``type_map.raw`` and
 ``set.000/{coord,box,energy,force[,virial]}.npy``; all its frames share the same atoms in
-the same order. Frames are grouped into systems by their species sequence.
+the same order. Frames are grouped into systems by their species sequence; a system's
+directory is named by composition and cell, e.g. ``Li3Ni4O8-5.7x5.7x14.2``
+(:func:`system_names`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -33,30 +35,67 @@ def frame_arrays(atoms) -> dict:
     return out
 
 
-def system_name(symbols: Sequence[str]) -> str:
+def legacy_system_name(symbols: Sequence[str]) -> str:
+    """The name systems had before they were named by cell (``Li3Ni4O8-cf324732``: element
+    counts and a digest of the atom order); campaigns exported that way keep it."""
+    digest = hashlib.sha1(" ".join(symbols).encode()).hexdigest()[:8]
+    return _counts(symbols) + "-" + digest
+
+
+def _counts(symbols: Sequence[str]) -> str:
     counts: dict[str, int] = {}
     for s in symbols:
         counts[s] = counts.get(s, 0) + 1
-    digest = hashlib.sha1(" ".join(symbols).encode()).hexdigest()[:8]
-    return "".join(f"{el}{n}" for el, n in counts.items()) + "-" + digest
+    return "".join(f"{el}{n}" for el, n in counts.items())
 
 
-def write_systems(frames: Sequence, outdir: str | Path, type_map: Sequence[str]) -> list[str]:
-    """Write labeled frames as deepmd/npy systems under ``outdir``; return system paths.
+def system_label(atoms) -> str:
+    """Composition and cell of a frame: ``Li3Ni4O8-5.7x5.7x14.2`` (element counts in atom
+    order, then the lattice lengths a x b x c in Å to 0.1)."""
+    lengths = atoms.cell.lengths()
+    return _counts(atoms.get_chemical_symbols()) + "-" + "x".join(f"{v:.1f}" for v in lengths)
 
-    Raises ValueError naming the element if a frame holds an element not in ``type_map``.
-    """
-    outdir = Path(outdir)
+
+def system_names(groups: Mapping[tuple[str, ...], Sequence]) -> dict[tuple[str, ...], str]:
+    """A directory name for each deepmd/npy system (frames grouped by atom order): the
+    :func:`system_label` of its first frame; atom orders that share a label get ``-2``,
+    ``-3``, ... in the sorted order of their species. The same groups always get the same
+    names."""
+    names: dict[tuple[str, ...], str] = {}
+    taken: dict[str, int] = {}
+    for symbols in sorted(groups):
+        label = system_label(groups[symbols][0])
+        taken[label] = taken.get(label, 0) + 1
+        names[symbols] = label if taken[label] == 1 else f"{label}-{taken[label]}"
+    return names
+
+
+def group_frames(frames: Sequence) -> dict[tuple[str, ...], list]:
+    """Frames by their species sequence (one deepmd/npy system each), in frame order."""
     groups: dict[tuple, list] = defaultdict(list)
     for atoms in frames:
         groups[tuple(atoms.get_chemical_symbols())].append(atoms)
+    return dict(groups)
+
+
+def write_systems(frames: Sequence, outdir: str | Path, type_map: Sequence[str],
+                  names: Mapping[tuple[str, ...], str] | None = None) -> list[str]:
+    """Write labeled frames as deepmd/npy systems under ``outdir``; return system paths.
+
+    Systems are named by :func:`system_names` unless ``names`` (species sequence -> name)
+    is given. Raises ValueError naming the element if a frame holds an element not in
+    ``type_map``.
+    """
+    outdir = Path(outdir)
+    groups = group_frames(frames)
+    names = dict(names) if names is not None else system_names(groups)
     index = {el: i for i, el in enumerate(type_map)}
     paths = []
     for symbols, group in sorted(groups.items()):
         missing = sorted(set(symbols) - set(index))
         if missing:
             raise ValueError(f"elements {missing} are not in the type map {list(type_map)}")
-        sysdir = outdir / system_name(symbols)
+        sysdir = outdir / names[symbols]
         setdir = sysdir / "set.000"
         setdir.mkdir(parents=True, exist_ok=True)
         (sysdir / "type.raw").write_text("\n".join(str(index[s]) for s in symbols) + "\n")

@@ -24,6 +24,7 @@ def run_md(req: MDRequest) -> MDResult:
     frames so far are returned (they are what the ensemble is most unsure of).
     """
     from ase import units
+    from ase.constraints import FixCom
     from ase.io import write
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
@@ -43,11 +44,15 @@ def run_md(req: MDRequest) -> MDResult:
     Stationary(atoms)
     v0 = atoms.get_volume()
     if req.ensemble == "nvt":
+        # The centre of mass stays put through a FixCom constraint, as ASE 3.28 asks
+        # (Langevin's own fixcm=True is deprecated: it warns and samples NVT less exactly).
+        atoms.set_constraint(FixCom())
         dyn = Langevin(
             atoms,
             timestep=req.timestep_fs * units.fs,
             temperature_K=req.temperature_K,
             friction=req.friction_per_fs / units.fs,
+            fixcm=False,
             rng=rng,
         )
     elif req.ensemble == "npt":
@@ -82,6 +87,7 @@ def run_md(req: MDRequest) -> MDResult:
         steps_done += interval
         snap = atoms.copy()
         snap.calc = None
+        snap.set_constraint()  # a frame is a structure: FixCom belongs to the dynamics
         snap.info["md_step"] = steps_done
         snap.info["temperature_K"] = float(atoms.get_temperature())
         temps.append(snap.info["temperature_K"])

@@ -94,13 +94,46 @@ class FilterResult:
     reason: str = ""
 
 
-def min_distance(atoms) -> float:
-    """Smallest interatomic distance under periodic boundary conditions (Angstrom)."""
+# above this many (pair x image) distances, ASE's neighbour list (linear in atoms) is used
+_DENSE_PAIRS_MAX = 2_000_000
+
+
+def pair_distances(atoms, cutoff: float = 4.0) -> np.ndarray:
+    """Every distance below ``cutoff`` from an atom to another atom or to a periodic image
+    (both orders, as ``ase.neighborlist.neighbor_list("d", atoms, cutoff)`` returns them).
+
+    Small cells, the common case here, take all pairs against all images that can lie
+    within the cutoff at once in numpy: about a hundred times faster than ASE's general
+    neighbour list for 16-100 atoms. Larger cells use ASE's."""
+    n = len(atoms)
+    cell = np.asarray(atoms.get_cell(), dtype=float)
+    pbc = np.asarray(atoms.get_pbc(), dtype=bool)
+    volume = abs(np.linalg.det(cell)) if pbc.all() else 0.0
+    if n == 0:
+        return np.zeros(0)
+    if volume > 1e-9:
+        heights = volume / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+        reach = np.ceil(cutoff / heights).astype(int)
+        n_images = int(np.prod(2 * reach + 1))
+        if n * n * n_images <= _DENSE_PAIRS_MAX:
+            frac = np.linalg.solve(cell.T, np.asarray(atoms.get_positions(), dtype=float).T).T
+            pos = (frac % 1.0) @ cell  # wrapped: images within `reach` cells suffice
+            shifts = np.stack(np.meshgrid(*[np.arange(-r, r + 1) for r in reach], indexing="ij"), -1).reshape(-1, 3)
+            vec = pos[None, :, None, :] - pos[:, None, None, :] + (shifts @ cell)[None, None, :, :]
+            d = np.sqrt(np.einsum("ijsk,ijsk->ijs", vec, vec))
+            zero = int(np.flatnonzero((shifts == 0).all(axis=1))[0])
+            d[np.arange(n), np.arange(n), zero] = np.inf  # an atom and itself
+            return d[d < cutoff]
     from ase.neighborlist import neighbor_list
 
+    return neighbor_list("d", atoms, cutoff)
+
+
+def min_distance(atoms) -> float:
+    """Smallest interatomic distance under periodic boundary conditions (Angstrom)."""
     if len(atoms) < 2:
         return float("inf")
-    d = neighbor_list("d", atoms, 4.0)
+    d = pair_distances(atoms, 4.0)
     if len(d) == 0:
         return float("inf")
     return float(d.min())

@@ -8,7 +8,8 @@ variable here says "one thread".
 
 - :func:`deepmd_env`: the environment of a DeePMD-kit subprocess (``dp train``).
 - :func:`task_environment`: the same variables in this process for the duration of one
-  registered function (DeePMD-kit and torch are imported inside it).
+  registered function (DeePMD-kit and torch are imported inside it), and on a CPU
+  DeePMD-kit's inference batch size (:data:`CPU_INFER_BATCH_SIZE`).
 - :func:`single_thread_torch`, :func:`device_name`: torch's thread count and device.
 """
 
@@ -23,6 +24,12 @@ THREAD_ENV = {
     "DP_INTRA_OP_PARALLELISM_THREADS": "1",
     "DP_INTER_OP_PARALLELISM_THREADS": "1",
 }
+# DeePMD-kit's inference batch (atoms per call) on a CPU. Without a GPU its AutoBatchSize
+# never grows past its initial 1024 atoms, and unless DP_INFER_BATCH_SIZE is set it logs a
+# notice each time a model is loaded (123 lines in one demo's workers.log). Setting the
+# same 1024 changes no batch and leaves the log clean. On a GPU the batch grows by itself
+# and nothing is logged, so the variable stays unset there.
+CPU_INFER_BATCH_SIZE = "1024"
 
 
 def deepmd_env(device: str = "auto", base: Mapping[str, str] | None = None) -> dict:
@@ -55,7 +62,10 @@ def task_environment(device: str = "auto") -> Iterator[None]:
     if device == "cpu":
         wanted["CUDA_VISIBLE_DEVICES"] = ""
     saved = {k: os.environ.get(k) for k in wanted}
-    os.environ.update(wanted)
+    os.environ.update(wanted)  # before device_name(): torch reads the thread count at import
+    if "DP_INFER_BATCH_SIZE" not in os.environ and (device == "cpu" or device_name() == "cpu"):
+        saved["DP_INFER_BATCH_SIZE"] = None
+        os.environ["DP_INFER_BATCH_SIZE"] = CPU_INFER_BATCH_SIZE
     try:
         yield
     finally:

@@ -11,7 +11,6 @@ which is what ``scipy.stats.t.interval(c, M - 1, loc=mean, scale=s / sqrt(M))`` 
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
 
 def t_factor(n_members: int, confidence: float = 0.95) -> float:
@@ -20,6 +19,8 @@ def t_factor(n_members: int, confidence: float = 0.95) -> float:
         raise ValueError(f"an ensemble needs at least 2 members for a spread, got {n_members}")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    from scipy import stats  # here: scipy.stats takes a second to import, and the CLI imports this module
+
     return float(2.0 * stats.t.ppf(0.5 + confidence / 2.0, n_members - 1) / np.sqrt(n_members))
 
 

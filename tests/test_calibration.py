@@ -15,7 +15,6 @@ from remote_al.calibration import (
     conformal_scale,
     coverage,
     fit_calibration,
-    gaussian_scale,
     latest_calibration,
     min_pairs,
     prediction_interval_scale,

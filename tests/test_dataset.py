@@ -232,3 +232,73 @@ def test_add_joins_the_callers_transaction(state, frames):
         DatasetStore(state)  # creating the tables inside a transaction keeps it open
         store.add(frames[0], labeler="chgnet", task_key="label:r0:b0", structure_id=1)
     assert len(store.select()) == 1
+
+
+@pytest.mark.parametrize("dense_max", [None, 0])  # the numpy path, and ASE's neighbour list
+def test_pair_distances_match_ase_neighbour_list(monkeypatch, dense_max):
+    from ase.build import bulk
+    from ase.neighborlist import neighbor_list
+
+    import remote_al.structures as structures
+
+    if dense_max is not None:
+        monkeypatch.setattr(structures, "_DENSE_PAIRS_MAX", dense_max)
+    rng = np.random.default_rng(3)
+    fcc = bulk("Cu", "fcc", a=3.6) * (2, 2, 2)
+    skewed = fcc.copy()  # a sheared cell, atoms moved outside it
+    skewed.set_cell(skewed.cell.array + [[0, 0, 0], [2.0, 0, 0], [1.0, 1.5, 0]], scale_atoms=True)
+    skewed.positions += rng.normal(0, 0.3, skewed.positions.shape) + 10.0
+    tiny = bulk("Ni", "hcp", a=2.5, c=4.0)  # 2 atoms: many images inside the cutoff
+    for atoms in (fcc, skewed, tiny, bulk("Si", "diamond", 5.43) * (2, 2, 2)):
+        ref = np.sort(neighbor_list("d", atoms, 4.0))
+        got = np.sort(structures.pair_distances(atoms, 4.0))
+        assert got.shape == ref.shape and np.allclose(got, ref)
+        assert structures.min_distance(atoms) == pytest.approx(ref.min())
+
+
+# ------------------------------------------------------------- system names
+def test_systems_are_named_by_composition_and_cell(state, frames, tmp_path, rng):
+    import re
+
+    from remote_al.deepmd_data import group_frames, system_names
+
+    store = DatasetStore(state)
+    add_all(store, frames)
+    store.record_version(0, store.select("train", max_round=0))
+    out = store.export(0, tmp_path / "gen-000", type_map=TYPE_MAP)
+    names = sorted(Path(p).name for p in out.systems)
+    assert [re.sub(r"\d+\.\d", "L", n) for n in names] == ["Li3Ni4O8-LxLxL", "Li4Ni4O8-LxLxL"], names
+    a, b, c = frames[0].cell.lengths()
+    assert f"Li4Ni4O8-{a:.1f}x{b:.1f}x{c:.1f}" in names  # the first frame's lattice lengths
+    manifest = json.loads((Path(out.path) / "manifest.json").read_text())
+    assert sorted(manifest["systems"]) == names
+
+    # two atom orders with one composition and cell: unique names, whatever the order asked in
+    swapped = frames[0].copy()
+    swapped.symbols[[4, 5]] = swapped.symbols[[5, 4]]  # Li <-> Ni: another atom order
+    groups = group_frames([swapped, *frames])
+    got = system_names(groups)
+    assert len(set(got.values())) == len(groups) == 3
+    assert got == system_names(dict(reversed(list(groups.items()))))
+    assert sorted(v for v in got.values() if v.startswith("Li4")) == [names[1], names[1] + "-2"]
+
+
+def test_a_campaign_exported_with_the_old_names_keeps_them(state, frames, tmp_path):
+    """A state whose generation 0 was exported as ``Li3Ni4O8-cf324732``: exporting it again
+    (the loop does on resume) writes the same names, where its training tasks look."""
+    import time
+
+    from remote_al.deepmd_data import group_frames, legacy_system_name
+
+    store = DatasetStore(state)
+    add_all(store, frames)
+    store.record_version(0, store.select("train", max_round=0))
+    old = [str(tmp_path / "gen-000" / "deepmd" / legacy_system_name(s)) for s in sorted(group_frames(frames))]
+    assert sorted(Path(p).name[:9] for p in old) == ["Li3Ni4O8-", "Li4Ni4O8-"]
+    with state.transaction():
+        state.db.execute("INSERT INTO datasets VALUES(0,?,?,'[]',10,?)", (str(tmp_path / "gen-000"), json.dumps(old),
+                                                                          time.time()))
+    out = store.export(0, tmp_path / "gen-000", type_map=TYPE_MAP)
+    assert list(out.systems) == old and all(Path(p, "type.raw").exists() for p in old)
+    store.record_version(1, store.select("train", max_round=0))  # a generation of its own: the new names
+    assert all("x" in Path(p).name for p in store.export(1, tmp_path / "gen-001", type_map=TYPE_MAP).systems)

@@ -24,7 +24,6 @@ from pathlib import Path
 import pytest
 
 from driver.backends.local import LocalBackend
-from driver.config import parse_config
 from driver.errors import BackendUnavailable
 from driver.campaign import Campaign
 from remote_al.simulated import FUNCTIONS as SIM_FUNCTIONS

@@ -90,6 +90,24 @@ def test_md_through_backend(tiny_ensemble, local_backend, tmp_path):
     assert len(from_extxyz(Path(res.trajectory_path).read_text())) == res.n_frames
     assert not np.allclose(frames[-1].positions, start.positions)  # atoms moved
     assert res.volume_start_A3 == pytest.approx(res.volume_end_A3)  # NVT keeps the cell
+    # the centre of mass stays where it started (FixCom, not Langevin's deprecated fixcm)
+    np.testing.assert_allclose(frames[-1].get_center_of_mass(), start.get_center_of_mass(), atol=1e-6)
+    assert not frames[-1].constraints
+
+
+def test_workers_log_has_no_repeated_notices(tiny_ensemble, labeled_dir, local_backend, tmp_path):
+    """A short MD and an ensemble evaluation leave neither DeePMD-kit's batch-size notice
+    nor ASE's Langevin ``fixcm`` FutureWarning in the workers' log."""
+    models = tuple(r.model_path for r in tiny_ensemble)
+    md = MDRequest(task_key="md-log", workdir=str(tmp_path / "md"), model_path=models[0],
+                   structure_extxyz=to_extxyz(cathode_cell(1.0)), temperature_K=300.0, steps=20, n_frames=2, seed=5)
+    uq = UQRequest(task_key="uq-log", workdir=str(tmp_path / "uq"), model_paths=models,
+                   frames_extxyz=Path(labeled_dir["extxyz"]).read_text())
+    for fn, req in (("md", md), ("uq", uq)):
+        local_backend.submit("gpu", fn, req.to_dict(), req.task_key).future.result(timeout=600)
+    log = (Path(local_backend.run_dir) / "engine-gpu" / "workers.log").read_text()
+    assert "Task processing completed" in log  # the log is the one the tasks ran under
+    assert "DP_INFER_BATCH_SIZE" not in log and "fixcm" not in log and "FutureWarning" not in log
 
 
 def test_uq_through_backend(tiny_ensemble, labeled_dir, local_backend, tmp_path):
@@ -180,3 +198,16 @@ def test_four_functions_through_globus_compute_engine(tiny_ensemble, labeled_dir
     assert MDResult.from_dict(res["md"]).n_frames >= 1
     assert UQResult.from_dict(res["uq"]).n_frames == len(labeled_dir["frames"])
     assert Path(TrainResult.from_dict(res["train"]).model_path).exists()
+
+
+def test_task_environment_sets_the_cpu_batch_size_and_restores(monkeypatch):
+    from remote_al.torch_env import CPU_INFER_BATCH_SIZE, task_environment
+
+    monkeypatch.delenv("DP_INFER_BATCH_SIZE", raising=False)
+    with task_environment("cpu"):
+        assert os.environ["DP_INFER_BATCH_SIZE"] == CPU_INFER_BATCH_SIZE == "1024"
+    assert "DP_INFER_BATCH_SIZE" not in os.environ
+    monkeypatch.setenv("DP_INFER_BATCH_SIZE", "4096")  # the endpoint's own choice wins
+    with task_environment("cpu"):
+        assert os.environ["DP_INFER_BATCH_SIZE"] == "4096"
+    assert os.environ["DP_INFER_BATCH_SIZE"] == "4096"

@@ -7,8 +7,10 @@ lcurve files of real trainings and evaluate real members for the parity plot.
 from __future__ import annotations
 
 import json
-import math
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from driver.state import State
 from remote_al.deepmd_data import parse_lcurve
 
 TYPE_MAP = ("Li", "Ni", "O")
+ROOT = Path(__file__).resolve().parents[1]
+THREAD_VARS = ("OMP_NUM_THREADS", "DP_INTRA_OP_PARALLELISM_THREADS", "DP_INTER_OP_PARALLELISM_THREADS")
 PLOTS = ("lcurve-g000.png", "lcurve-g001.png", "rounds.png", "uncertainty.png", "parity.png", "calibration.png")
 
 
@@ -195,6 +199,8 @@ def test_report_renders_synthetic_campaign(tmp_path):
     assert index == d / "report" / "index.html"
     page = _check_page(index, PLOTS)
     assert "stand-in for DFT" in page and "Labels are not DFT" in page
+    assert "<th></th>" not in page  # no empty header row (the provenance table has none)
+    assert page.index("<h2>Provenance</h2><table class='fields'><tbody><tr><td>remote-al version</td>") > 0
     assert "round budget of 2 rounds reached" in page
     assert "not on this machine" in page  # the models live elsewhere: stored results are used
     assert "stored evaluation" in page
@@ -300,7 +306,17 @@ def test_report_with_real_members(tiny_ensemble, labeled_dir, tmp_path):
             _model(st, g, m, r.model_path, r.lcurve_path)
     st.close()
 
-    index = write_report(d)
+    # the command, as a user's shell runs it: without DeePMD's thread variables set, and
+    # DeePMD-kit imported for the first time: no thread warnings, a progress display, where
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run([sys.executable, "-m", "driver.cli", "report", str(d)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "report written: " + str(d / "report" / "index.html") in proc.stdout
+    for noise in ("recommended to adjust", "OMP_NUM_THREADS", "DP_INFER_BATCH_SIZE"):
+        assert noise not in proc.stdout + proc.stderr, proc.stderr
+    index = d / "report" / "index.html"
     page = _check_page(index, ("lcurve-g000.png", "rounds.png", "uncertainty.png", "parity.png", "calibration.png"))
     assert "source: predict_ensemble" in page and "force component" in page
     assert "same models as generation 0" in page  # generation 1 carried the members over
@@ -318,3 +334,43 @@ def test_report_with_real_members(tiny_ensemble, labeled_dir, tmp_path):
     mtime = cache.stat().st_mtime_ns
     write_report(d)
     assert cache.stat().st_mtime_ns == mtime
+
+
+def test_running_mean_smooths_and_keeps_the_level():
+    from driver.metrics import running_mean
+
+    rng = np.random.default_rng(1)
+    steps = np.arange(400)
+    clean = 2.0 * np.exp(-steps / 150) + 0.1
+    noisy = clean * np.exp(rng.normal(0, 0.3, steps.size))
+    smooth = running_mean(noisy, 41)
+    assert smooth.shape == noisy.shape and np.all(smooth > 0)
+    # much closer to the underlying curve than the raw one, in log terms, and far less jumpy
+    assert np.std(np.log(smooth / clean)) < 0.4 * np.std(np.log(noisy / clean))
+    assert np.abs(np.diff(np.log(smooth))).mean() < 0.2 * np.abs(np.diff(np.log(noisy))).mean()
+    assert abs(np.log(smooth[-1] / clean[-1])) < 0.15  # the end is a mean too
+    np.testing.assert_allclose(running_mean([1.0, 4.0, 16.0], 3), [2.0, 4.0, 8.0])  # geometric
+    np.testing.assert_allclose(running_mean([1.0, 4.0, 16.0], 3, log=False), [2.5, 7.0, 10.0])
+    np.testing.assert_array_equal(running_mean(noisy, 1), noisy)
+
+
+def test_learning_curve_legend_is_outside_the_panels(tmp_path, monkeypatch):
+    """Every legend of the learning-curve figure sits beside the axes, not over the lines,
+    and each curve is drawn twice: faint as recorded, and its running mean."""
+    from matplotlib.figure import Figure
+
+    from driver import plots
+
+    saved = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: saved.append(fig) or Path(path))
+    (tmp_path / "a").write_text(LCURVE_VAL)
+    plots.plot_learning_curves({"m0": parse_lcurve(tmp_path / "a"), "m1": parse_lcurve(tmp_path / "a")}, tmp_path / "x.png")
+    fig = saved[0]
+    assert isinstance(fig, Figure)
+    fig.draw_without_rendering()  # the constrained layout places the legend
+    legends = fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    assert legends and all(leg.get_window_extent().x0 >= max(ax.get_window_extent().x1 for ax in fig.axes)
+                           for leg in legends)
+    energy = fig.axes[0]
+    assert len(energy.get_lines()) == 2 * 2 * 2  # members x (train, validation) x (raw, running mean)
+    assert len(fig.legends[0].get_texts()) == 4  # the running means only

@@ -136,8 +136,14 @@ limit_pref_f = 1.0
     )
     spec = load_sweep(toml)
     lines: list[str] = []
-    outcome = run_sweep(spec, local_backend, say=lines.append)
+    ticks: list = []
+    outcome = run_sweep(spec, local_backend, say=lines.append, on_progress=ticks.append, progress_every_s=0.2)
     ids = [p.id for p in spec.points]
+    # the training points' progress came while they ran: their ids, steps of the 40 asked
+    seen = [t for tick in ticks for t in tick]
+    assert {t.key for t in seen} <= set(ids) and seen
+    steps = [t.progress.step for t in seen if t.progress is not None]
+    assert steps and all(0 < s <= 40 for s in steps) and all(t.progress.steps_total == 40 for t in seen if t.progress)
     assert outcome.ran == tuple(ids) and outcome.skipped == () and outcome.failed == {}
     assert [r["point"] for r in outcome.rows] == ids
     for row in outcome.rows:

@@ -469,8 +469,8 @@ def test_pull_copies_models_datasets_and_reports(tmp_path, monkeypatch):
     import argparse
     import time
 
+    from driver.cli import main
     from driver.state import State
-    from driver.transfer_cli import add_subcommands
 
     camp = tmp_path / "campaigns" / "c1"
     make_tree(camp.parent)  # camp/model.pth, camp/datasets/gen-000/...
@@ -484,11 +484,8 @@ def test_pull_copies_models_datasets_and_reports(tmp_path, monkeypatch):
                       (str(camp / "model.pth"), str(camp / "model.ckpt.pt"), str(camp / "lcurve.out"), time.time()))
         st.db.execute("INSERT INTO datasets VALUES(0,?,'[]','[]',10,?)",
                       (str(camp / "datasets" / "gen-000"), time.time()))
-    parser = argparse.ArgumentParser()
-    add_subcommands(parser.add_subparsers(dest="command"))
     out = tmp_path / "laptop"
-    args = parser.parse_args(["pull", str(camp), "--to", str(out)])
-    assert args.func(args) == 0
+    assert main(["pull", str(camp), "--to", str(out)]) == 0
     for rel in ("model.pth", "model.ckpt.pt", "lcurve.out", "report/status.png",
                 "datasets/gen-000/deepmd/Li4Ni4O8/set.000/energy.npy"):
         assert sha256_file(out / rel) == sha256_file(camp / rel)
@@ -499,9 +496,12 @@ def test_pull_copies_models_datasets_and_reports(tmp_path, monkeypatch):
     with st.transaction():
         st.db.execute("UPDATE models SET path=?", (str(tmp_path / "elsewhere.pth"),))
     (tmp_path / "elsewhere.pth").write_bytes(b"x")
-    args = parser.parse_args(["pull", str(camp), "--to", str(tmp_path / "second")])
+    from driver.transfer_cli import cmd_pull
+
+    args = argparse.Namespace(campaign=str(camp), to=str(tmp_path / "second"), what="models,datasets,reports",
+                              team=None, from_site=None, to_site=None, timeout=3600.0)
     with pytest.raises(UnsafePath, match="outside"):
-        args.func(args)
+        cmd_pull(args)
     assert not any((tmp_path / "second").iterdir())
     st.close()
 

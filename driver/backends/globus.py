@@ -9,26 +9,19 @@ and polls task status over HTTPS, instead of wrapping ``globus_compute_sdk.Execu
 - The Executor collects results over an AMQP connection that drops when a laptop sleeps;
   a poll (one ``batch_status`` request for every pending task) picks up whatever finished
   meanwhile, which is the resume story of the driver.
-- A failed submission raises in the caller (``BackendUnavailable``, ``PayloadTooLarge``,
-  ``FunctionNotAllowed``) instead of stopping an Executor for good.
+- A failed submission raises in the caller instead of stopping an Executor for good.
 - Every exchange is an HTTP request, so tests use the real clients with
-  ``globus_sdk.testing`` responses and no AMQP broker.
+  ``globus_sdk.testing`` responses and no AMQP broker. Serialization, task documents and
+  error translation are in ``driver.backends.globus_wire``.
 
-Serialization, task documents and error translation are in ``driver.backends.globus_wire``.
+As in the Executor: submission by registered function id, results serialized with
+``JSONData`` (``result_serializers``), a task group per pool
+(``meta["task_group_id:<pool>"]``, listed by ``Executor.reload_tasks`` too). Arguments go
+as JSON (the endpoint templates refuse pickled ones); the driver deserializes nothing but
+JSON, and refuses a result whose header is not JSON before reading it.
 
-What stays as in the Executor: submission by registered function id, results that the
-endpoint serializes with ``JSONData`` (``result_serializers``), and a task group per
-pool (``meta["task_group_id:<pool>"]``) so one campaign's tasks stay together and can
-also be listed with ``Executor.reload_tasks``. Task arguments go as JSON too (records
-become dicts), so the endpoint templates can refuse pickled arguments
-(``allowed_serializers``). The driver deserializes nothing but JSON: the client's
-serializer allows ``JSONData`` only for data, and a result whose header is not JSON is
-refused before deserialization.
-
-Auth: by default the SDK's own login (a browser flow the first time, tokens cached in
-``~/.globus_compute``). With ``GLOBUS_COMPUTE_CLIENT_ID`` and
-``GLOBUS_COMPUTE_CLIENT_SECRET`` set, the SDK logs in as that confidential client: the
-team's service identity (see docs/sharing.md).
+Auth: the SDK's own login, or the team's service identity with
+``GLOBUS_COMPUTE_CLIENT_ID`` / ``GLOBUS_COMPUTE_CLIENT_SECRET`` (docs/sharing.md).
 """
 
 from __future__ import annotations
@@ -43,17 +36,8 @@ from pathlib import Path
 from typing import Any, Mapping, MutableMapping, Sequence
 
 from driver.backends.base import FUNCTIONS, MAX_PAYLOAD_BYTES, Backend, Submission, resolve_future
-from driver.backends.globus_wire import (
-    Pending,
-    as_json_ready,
-    chunks_by_size,
-    decode_result,
-    is_uuid,
-    json_import_path,
-    json_serializer,
-    task_failure,
-    translate_error,
-)
+from driver.backends.globus_wire import (Pending, as_json_ready, chunks_by_size, decode_result, is_uuid,
+                                         json_import_path, json_serializer, task_failure, translate_error)
 from driver.errors import BackendUnavailable, ConfigError, PayloadTooLarge, TaskFailed
 from driver.team import TeamFile, read_team
 
@@ -286,6 +270,32 @@ class GlobusBackend(Backend):
             with self._lock:
                 self._pending[backend_id] = entry
         return fut
+
+    def reattach_many(self, items: Sequence[tuple[str, str, str, str]]) -> list[Future | None]:
+        """``reattach`` for many ``(pool, function, backend_id, task_key)`` at once: one
+        batch_status request per ``STATUS_BATCH`` task ids; a task the batch answer lacks
+        is asked alone (404: None, resubmit)."""
+        self.start()
+        ids = [backend_id for _, _, backend_id, _ in items if is_uuid(backend_id)]
+        docs: dict[str, Any] = {}
+        for start in range(0, len(ids), STATUS_BATCH):
+            with self._service_errors(items[0][0], self.team.endpoints.get(items[0][0], "?")):
+                docs.update(self._status_client.get_task_batch(ids[start:start + STATUS_BATCH]).data["results"])
+        out: list[Future | None] = []
+        for pool, function, backend_id, task_key in items:
+            with self._lock:
+                known = self._pending.get(backend_id)
+            doc = docs.get(backend_id)
+            if known is not None or doc is None:
+                out.append(known.future if known is not None else self.reattach(pool, function, backend_id, task_key))
+                continue
+            fut: Future = Future()
+            entry = Pending(pool, function, task_key, fut)
+            if not self._settle(backend_id, entry, doc):
+                with self._lock:
+                    self._pending[backend_id] = entry
+            out.append(fut)
+        return out
 
     # --------------------------------------------------------------- polling
     def pending(self) -> dict[str, str]:

@@ -16,7 +16,7 @@ from driver.campaign.view import CampaignView
 from driver.dataset import DatasetError, DatasetStore, LabelRejected
 from driver.placement import Placement
 from driver.state import State
-from remote_al.structures import from_extxyz
+from remote_al.structures import to_extxyz
 
 
 class Applier:
@@ -90,7 +90,7 @@ class Applier:
         if op.round is not None:
             self.state.set_meta("round", str(op.round))
         if op.logged:
-            self.state.event("phase", f"round {self.view.round}: {op.phase.value}")
+            self.state.event("phase", f"round {self.view.shown_round}: {op.phase.value}")
 
     def _stop(self, op: plan.Stop) -> None:
         self.state.set_meta("stop_reason", op.reason)
@@ -123,7 +123,7 @@ class Applier:
     # ---------------------------------------------------------------- labels
     def _store_label(self, op: plan.StoreLabel) -> None:
         srow = self.state.structures(id=op.structure_id)[0]
-        atoms = from_extxyz(op.frame_extxyz)[0]
+        atoms = op.frame
         try:  # the dataset store refuses NaN/inf or malformed labels: they never reach training
             self.store.add(atoms, structure_id=op.structure_id, labeler=op.labeler,
                            labeler_settings=dict(op.settings), task_key=op.task_key,
@@ -132,7 +132,7 @@ class Applier:
         except LabelRejected as exc:
             self.state.fail_label(op.structure_id, op.task_key, op.labeler, str(exc))
             return
-        self.state.add_label(op.structure_id, op.task_key, op.labeler, op.labeler_note, op.energy, op.frame_extxyz)
+        self.state.add_label(op.structure_id, op.task_key, op.labeler, op.labeler_note, op.energy, to_extxyz(atoms))
 
     def _fail_label(self, op: plan.FailLabel) -> None:
         self.state.fail_label(op.structure_id, op.task_key, op.labeler, op.reason)

@@ -70,6 +70,7 @@ class Campaign:
         self._pool_blocked_until: dict[str, float] = {}
         self._staging_until: dict[str, float] = {}  # task key -> when to look at its staging again
         self._last_status = 0.0
+        self._unattached = False  # tasks of an earlier driver not reattached yet (backend unreachable)
         # pools on other filesystems (team file [sites]): request paths and staging
         self.placement = Placement(self.dir, sites, transfer, meta=StateMeta(self.state))
         self.view = CampaignView(cfg, self.state, self.store, backend.slots("gpu"), self.say)
@@ -99,6 +100,8 @@ class Campaign:
             self._reattach()
             ticks = idle_ticks = 0
             while self.view.phase != Phase.DONE:
+                if self._unattached:
+                    self._reattach()
                 self._collect(timeout=0)
                 before = self._fingerprint()
                 self._advance()
@@ -109,7 +112,7 @@ class Campaign:
                     idle_ticks += 1
                     if idle_ticks >= 5:
                         raise RuntimeError(
-                            f"the steering loop cannot make progress in round {self.round}, phase {self.phase}: "
+                            f"the steering loop cannot make progress in round {self.view.shown_round}, phase {self.phase}: "
                             "nothing is running or queued and no rule creates work; state is saved in "
                             f"{self.state.path} (please report this)")
                     time.sleep(0.2)
@@ -145,7 +148,7 @@ class Campaign:
             self.state.event("campaign", f"campaign {self.cfg.campaign.name} started")
             self.say(f"campaign {self.cfg.campaign.name}: new, state in {self.state.path}")
         else:
-            self.say(f"campaign {self.cfg.campaign.name}: resuming at round {self.round}, phase {self.phase}")
+            self.say(f"campaign {self.cfg.campaign.name}: resuming at round {self.view.shown_round}, phase {self.phase}")
 
     def _fingerprint(self) -> tuple:
         return (self.phase, self.round, *self.state.task_totals(), self.view.stop_reason)
@@ -164,24 +167,37 @@ class Campaign:
 
     # ----------------------------------------------------------- the backend
     def _reattach(self) -> None:
-        for row in self.state.tasks(status="submitted"):
-            try:
-                fut = self.backend.reattach(row["pool"], row["function"], row["backend_id"], row["key"])
-            except BackendUnavailable as exc:
-                self.say(f"cannot reach the backend to reattach {row['key']}: {exc}; will retry")
-                continue
-            if fut is None:
-                self.state.mark_retry(row["key"], "backend had no record after restart; resubmitting", 0)
-                self.state.event("resubmit", f"{row['key']}: lost with the previous driver, resubmitting")
-            else:
-                self.inflight[row["key"]] = fut
-                self.state.event("reattach", f"{row['key']}: reattached")
+        """Futures for the tasks an earlier driver submitted (those not in flight here):
+        reattached, or resubmitted when the backend has no record of them. A backend that
+        cannot be reached now is asked again at the next tick."""
+        rows = [r for r in self.state.tasks(status="submitted") if r["key"] not in self.inflight]
+        self._unattached = False
+        if not rows:
+            return
+        items = [(r["pool"], r["function"], r["backend_id"], r["key"]) for r in rows]
+        try:
+            many = getattr(self.backend, "reattach_many", None)
+            futures = many(items) if many is not None else [self.backend.reattach(*item) for item in items]
+        except BackendUnavailable as exc:
+            self.say(f"cannot reach the backend to reattach {len(rows)} tasks: {exc}; will retry")
+            self._unattached = True
+            return
+        with self.state.transaction():
+            for row, fut in zip(rows, futures):
+                if fut is None:
+                    self.state.mark_retry(row["key"], "backend had no record after restart; resubmitting", 0)
+                    self.state.event("resubmit", f"{row['key']}: lost with the previous driver, resubmitting")
+                else:
+                    self.inflight[row["key"]] = fut
+                    self.state.event("reattach", f"{row['key']}: reattached")
 
     def _submit(self) -> None:
+        """Submit pending tasks up to each pool's free slots. A backend with
+        ``submit_many`` (Globus Compute) gets each pool's tasks in one call, a few HTTP
+        requests whatever their number; the backend ids are stored in one transaction."""
         now = time.time()
         busy: dict[str, int] = {}
-        for key in self.inflight:
-            pool = self.state.task(key)["pool"]
+        for pool in self.state.pools_of(list(self.inflight)):
             busy[pool] = busy.get(pool, 0) + 1
         r_now = self.round
 
@@ -191,6 +207,7 @@ class Campaign:
                 k = 3
             return (k, row["id"])
 
+        chosen: dict[str, list] = {}
         for row in sorted(self.state.tasks(status="pending"), key=rank):
             pool = row["pool"]
             if row["not_before"] > now or self._pool_blocked_until.get(pool, 0) > now:
@@ -199,21 +216,46 @@ class Campaign:
                 continue
             if not self._staged(row):
                 continue
+            chosen.setdefault(pool, []).append(row)
+            busy[pool] = busy.get(pool, 0) + 1
+        for pool, rows in chosen.items():
+            many = getattr(self.backend, "submit_many", None)
+            if many is not None and len(rows) > 1:
+                try:
+                    subs = many(pool, [(r["function"], json.loads(r["request"]), r["key"]) for r in rows])
+                except BackendUnavailable as exc:
+                    self._offline(pool, exc)
+                    continue
+                except TaskFailed:  # one task refused before sending: find it one by one
+                    self._submit_each(pool, rows)
+                    continue
+                self.hooks.at("after_submit")
+                with self.state.transaction():
+                    for row, sub in zip(rows, subs):  # a shorter list: the rest stays pending
+                        self.state.mark_submitted(row["key"], sub.backend_id)
+                        self.inflight[row["key"]] = sub.future
+            else:
+                self._submit_each(pool, rows)
+
+    def _submit_each(self, pool: str, rows) -> None:
+        for row in rows:
             try:
                 sub = self.backend.submit(pool, row["function"], json.loads(row["request"]), row["key"])
             except BackendUnavailable as exc:
-                wait_s = min(300.0, max(5.0, self.cfg.backend.retry_backoff_s))
-                self._pool_blocked_until[pool] = now + wait_s
-                self.state.event("offline", f"{pool} endpoint unavailable: {exc}")
-                self.say(f"{pool} endpoint unavailable ({exc}); queued work kept, retrying in {wait_s:.0f} s")
-                continue
+                self._offline(pool, exc)
+                return
             except TaskFailed as exc:  # refused before sending (too large, not allowed)
                 self._fail(row, exc)
                 continue
             self.hooks.at("after_submit")
             self.state.mark_submitted(row["key"], sub.backend_id)
             self.inflight[row["key"]] = sub.future
-            busy[pool] = busy.get(pool, 0) + 1
+
+    def _offline(self, pool: str, exc: BackendUnavailable) -> None:
+        wait_s = min(300.0, max(5.0, self.cfg.backend.retry_backoff_s))
+        self._pool_blocked_until[pool] = time.time() + wait_s
+        self.state.event("offline", f"{pool} endpoint unavailable: {exc}")
+        self.say(f"{pool} endpoint unavailable ({exc}); queued work kept, retrying in {wait_s:.0f} s")
 
     def _staged(self, row) -> bool:
         """True when the task's inputs are on its pool's site (starting their transfers)."""
@@ -314,8 +356,8 @@ class Campaign:
             return
         self._last_status = now
         running = {"gpu": 0, "cpu": 0}
-        for key in self.inflight:
-            running[self.state.task(key)["pool"]] += 1
+        for pool in self.state.pools_of(list(self.inflight)):
+            running[pool] += 1
         self.say(progress_line(self.view, self.state.task_counts(), running,
                                {p: self.backend.slots(p) for p in running}, now))
 

@@ -41,7 +41,7 @@ def volume_curve(view: CampaignView) -> list:
         return [SetPhase(Phase.DONE)]
     g = gens[-1]
     ops = [AddTask(TaskSpec(key, TaskKind(fn), view.round, g, req))
-           for key, fn, req in volume.relax_requests(view.cfg, g, list(view.model_paths(g)), view.workdir)
+           for key, fn, req in volume.relax_requests(view.cfg, g, list(view.model_paths(g)), view.task_dir)
            if not view.has_task(key)]
     if ops:
         return ops + [Say(f"volume curve: {len(ops)} relaxations (ensemble generation {g}; labeler checks: "

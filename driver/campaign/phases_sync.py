@@ -23,7 +23,7 @@ def initial_relaxations(view: CampaignView) -> tuple[list, bool]:
 
     ops = []
     for spec in view.cfg.structures:
-        key, fn, req = volume.labeler_relax_request(view.cfg, spec, view.workdir)
+        key, fn, req = volume.labeler_relax_request(view.cfg, spec, view.task_dir)
         if not view.has_task(key):
             ops.append(AddTask(TaskSpec(key, TaskKind(fn), 0, -1, req)))
     if ops:

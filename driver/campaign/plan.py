@@ -114,7 +114,7 @@ class StoreLabel:
     labeler: str
     labeler_note: str
     settings: Mapping[str, Any]
-    frame_extxyz: str  # the labeled frame
+    frame: Any  # the labeled frame: ase.Atoms with its energy, forces and stress
     energy: float
 
 

@@ -22,7 +22,7 @@ def progress_line(view: CampaignView, counts: dict[tuple[str, str], int], runnin
         unc = f" | force CI width median {rm['force_width_median']:.3f} p90 {rm['force_width_p90']:.3f} eV/A"
     elapsed = now - (view.started or now)
     return (
-        f"[{hms(elapsed)}] round {view.round} {view.phase.value} | running gpu {running['gpu']}/{slots['gpu']} "
+        f"[{hms(elapsed)}] round {view.shown_round} {view.phase.value} | running gpu {running['gpu']}/{slots['gpu']} "
         f"cpu {running['cpu']}/{slots['cpu']}, queued {pending} | labels {view.label_count('ok')}"
         f"{'/' + str(budget) if budget else ''} ok, {view.label_count('failed')} failed{unc}"
     )

@@ -19,7 +19,7 @@ from driver.dataset import frame_hash
 def record_label(view: CampaignView, task: Task, result: dict) -> list:
     from ase.calculators.singlepoint import SinglePointCalculator
 
-    from remote_al.structures import from_extxyz, to_extxyz
+    from remote_al.structures import from_extxyz
 
     req = task.request
     ops: list = []
@@ -37,7 +37,7 @@ def record_label(view: CampaignView, task: Task, result: dict) -> list:
             stress=None if lab.get("stress") is None else np.array(lab["stress"], dtype=float),
         )
         ops.append(StoreLabel(sid, task.key, result["labeler"], result["labeler_note"], dict(req.settings or {}),
-                              to_extxyz(a), lab["energy"]))
+                              a, lab["energy"]))
     return ops
 
 

@@ -34,14 +34,14 @@ def exploration(view: CampaignView, r: int, g: int, index: int | None = None) ->
     if p == "relax":  # member w relaxes the built structure (as the volume phase does; ASE in every engine)
         key = f"md:r{r}:{spec.name}:relax:m{w}" + (f":s{k}" if k else "")
         req = MDRequest(
-            task_key=key, workdir=view.workdir(key), model_path=models[w % len(models)],
+            task_key=key, workdir=view.task_dir(key), model_path=models[w % len(models)],
             structure_extxyz=to_extxyz(build_structure(spec)), ensemble="relax", temperature_K=0.0,
             steps=e.relax_steps, engine="ase", stop_min_distance_A=guard["stop_min_distance_A"], **common,
         )
     else:
         key = f"md:r{r}:{spec.name}:T{t:g}" + (f":P{p:g}" if p is not None else "") + f":w{w}" + (f":s{k}" if k else "")
         req = MDRequest(
-            task_key=key, workdir=view.workdir(key), model_path=models[(n + r) % len(models)],
+            task_key=key, workdir=view.task_dir(key), model_path=models[(n + r) % len(models)],
             structure_extxyz=to_extxyz(view.start_structure(spec)), temperature_K=t, steps=spec.steps or e.steps,
             timestep_fs=e.timestep_fs, ensemble="npt" if p is not None else "nvt", pressure_GPa=p or 0.0,
             engine=e.engine, **guard, **common,
@@ -59,7 +59,7 @@ def training(view: CampaignView, g: int, systems: tuple[str, ...]) -> tuple[list
     for m in range(cfg.training.ensemble_size):
         key = f"train:g{g}:m{m}"
         req = TrainRequest(
-            task_key=key, workdir=view.workdir(key), systems=tuple(systems), type_map=tuple(cfg.campaign.type_map),
+            task_key=key, workdir=view.task_dir(key), systems=tuple(systems), type_map=tuple(cfg.campaign.type_map),
             member=m, seed=cfg.campaign.seed * 1000 + g * 100 + m * 7 + 1,
             subset_fraction=cfg.training.subset_fraction, numb_steps=steps, deepmd=dict(cfg.training.deepmd),
             init_model=prev.get(m) if cont else None,
@@ -79,7 +79,7 @@ def labels(view: CampaignView, r: int, rows) -> list[TaskSpec]:
         ids = tuple(x["id"] for x in chunk)
         key = f"label:r{r}:{ids[0]}-{ids[-1]}"
         req = LabelRequest(
-            task_key=key, workdir=view.workdir(key), labeler=view.cfg.labeler.kind, structure_ids=ids,
+            task_key=key, workdir=view.task_dir(key), labeler=view.cfg.labeler.kind, structure_ids=ids,
             structures_extxyz=to_extxyz([from_extxyz(x["extxyz"])[0] for x in chunk]),
             settings=dict(view.cfg.labeler.settings),
         )
@@ -90,7 +90,7 @@ def labels(view: CampaignView, r: int, rows) -> list[TaskSpec]:
 def uq(view: CampaignView, key: str, kind: TaskKind, round_: int, g: int, frames_extxyz: str,
        context: Context = Context(), oob_members: tuple[tuple[int, ...], ...] = ()) -> TaskSpec:
     """Generation g's ensemble on frames (scoring, evaluation, out-of-bag, re-check)."""
-    req = UQRequest(task_key=key, workdir=view.workdir(key), model_paths=view.model_paths(g),
+    req = UQRequest(task_key=key, workdir=view.task_dir(key), model_paths=view.model_paths(g),
                     frames_extxyz=frames_extxyz, confidence=view.cfg.selection.confidence, oob_members=oob_members)
     return TaskSpec(key, kind, round_, g, req, context)
 

@@ -120,6 +120,6 @@ class Task:
         )
 
 
-def workdir_name(key: str) -> str:
+def task_dir_name(key: str) -> str:
     """A task's folder name under the campaign's ``work/``."""
     return key.replace(":", "-")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from driver.campaign.plan import Phase
-from driver.campaign.tasks import Task, TaskKind, workdir_name
+from driver.campaign.tasks import Task, TaskKind, task_dir_name
 from driver.config_models import CampaignConfig
 from driver.dataset import DatasetStore
 from driver.preflight import build_structure
@@ -38,9 +38,10 @@ class CampaignView:
     def directory(self) -> Path:
         return self.cfg.directory
 
-    def workdir(self, key: str) -> str:
-        """The folder of the task with this key (under the campaign's ``work/``)."""
-        return str(self.cfg.directory / "work" / workdir_name(key))
+    def task_dir(self, key: str) -> str:
+        """The folder of the task with this key (``work/<key>`` in the campaign folder);
+        the request's ``workdir`` on the local site."""
+        return str(self.cfg.directory / "work" / task_dir_name(key))
 
     @property
     def phase(self) -> Phase:
@@ -49,6 +50,12 @@ class CampaignView:
     @property
     def round(self) -> int:
         return int(self._state.get_meta("round", "0"))
+
+    @property
+    def shown_round(self) -> int:
+        """The round as the user counts it: the asynchronous engine moves its label round
+        past the last one when that round's generation starts training; it shows as the last."""
+        return min(self.round, self.cfg.campaign.max_rounds)
 
     @property
     def stop_reason(self) -> str:

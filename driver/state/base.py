@@ -83,6 +83,9 @@ class StateBase:
             args.append(limit)
         return self.db.execute(q, args).fetchall()
 
+    def last_event_time(self) -> float | None:
+        return self.db.execute("SELECT MAX(ts) FROM events").fetchone()[0]
+
     # --------------------------------------------------------------- metrics
     def set_metric(self, scope: str, idx: int, name: str, value: float | None) -> None:
         with self.transaction():

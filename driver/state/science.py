@@ -129,6 +129,23 @@ class StructureTable:
             return self.db.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
         return self.db.execute("SELECT COUNT(*) FROM labels WHERE status=?", (status,)).fetchone()[0]
 
+    def labels_asked(self) -> int:
+        """Structures sent to a labeler so far (every label task's, whatever its status)."""
+        return self.db.execute("SELECT COALESCE(SUM(json_array_length(request, '$.structure_ids')), 0) "
+                               "FROM tasks WHERE function='label'").fetchone()[0]
+
+    def labelers(self) -> list[sqlite3.Row]:
+        """(labeler, labeler_note, count) of the good labels."""
+        return self.db.execute("SELECT labeler, labeler_note, COUNT(*) FROM labels WHERE status='ok' "
+                               "GROUP BY labeler, labeler_note").fetchall()
+
+    def explored_widths_by_round(self) -> dict[int, list[float]]:
+        out: dict[int, list[float]] = {}
+        for r in self.db.execute("SELECT round, force_width FROM structures WHERE origin='md' "
+                                 "AND force_width IS NOT NULL ORDER BY round"):
+            out.setdefault(int(r[0]), []).append(float(r[1]))
+        return out
+
     def count_structures(self, status: str) -> int:
         return self.db.execute("SELECT COUNT(*) FROM structures WHERE status=?", (status,)).fetchone()[0]
 
@@ -175,6 +192,9 @@ class ModelTable:
 
     def dataset(self, generation: int) -> sqlite3.Row | None:
         return self.db.execute("SELECT * FROM datasets WHERE generation=?", (generation,)).fetchone()
+
+    def dataset_sizes(self) -> dict[int, int]:
+        return {r[0]: r[1] for r in self.db.execute("SELECT generation, n_frames FROM datasets")}
 
     def dataset_paths(self) -> list[str]:
         """The exported folder of every generation's training set, oldest first."""

@@ -45,6 +45,15 @@ class TaskTable:
             args.append(round_)
         return self.db.execute(q + " ORDER BY id", args).fetchall()
 
+    def pools_of(self, keys: list[str]) -> list[str]:
+        """The pool of each task in ``keys`` (in one query per 500 keys)."""
+        out: list[str] = []
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            out += [r[0] for r in self.db.execute(
+                f"SELECT pool FROM tasks WHERE key IN ({','.join('?' * len(chunk))})", chunk)]
+        return out
+
     def task_totals(self) -> tuple[int, int]:
         """(tasks, tasks done): how the engine tells that a tick changed something."""
         n = self.db.execute("SELECT COUNT(*), COALESCE(SUM(status='done'), 0) FROM tasks").fetchone()
@@ -87,6 +96,11 @@ class TaskTable:
                 "UPDATE tasks SET status='quarantined', error=?, finished=? WHERE key=?",
                 (error, time.time(), key),
             )
+
+    def has_function(self, *functions: str) -> bool:
+        """Whether any task of these functions exists."""
+        return self.db.execute(f"SELECT 1 FROM tasks WHERE function IN ({','.join('?' * len(functions))}) LIMIT 1",
+                               functions).fetchone() is not None
 
     def task_counts(self) -> dict[tuple[str, str], int]:
         rows = self.db.execute("SELECT function, status, COUNT(*) FROM tasks GROUP BY function, status")

@@ -1,0 +1,152 @@
+"""Phases and recorders decide; only the engine changes the state. A planner reads a view
+and returns operations (decisions as data): calling it leaves the state file untouched,
+and what it decided can be read before anything is applied."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from driver.campaign import phases_async, phases_sync, plan, recorders
+from driver.campaign.apply import Applier
+from driver.campaign.hooks import Hooks
+from driver.campaign.tasks import ScoreContext, Task, TaskKind
+from driver.campaign.view import CampaignView
+from driver.config import load_config
+from driver.dataset import DatasetStore, frame_hash
+from driver.placement import Placement
+from driver.preflight import build_structure
+from driver.state import State
+from remote_al.structures import composition_label, to_extxyz
+from test_durability import write_campaign
+
+
+@pytest.fixture
+def campaign(tmp_path):
+    cfg = load_config(write_campaign(tmp_path, steering={"mode": "sync"}))
+    state = State(cfg.directory / "state.sqlite")
+    store = DatasetStore(state)
+    said: list[str] = []
+    view = CampaignView(cfg, state, store, gpu_slots=2, say=said.append)
+    applier = Applier(state, store, Placement(cfg.directory, None, None), view, said.append, Hooks())
+    return cfg, state, view, applier, said
+
+
+def add_explored(state, cfg, widths, round_=1):
+    """MD frames of round ``round_`` (rattled copies of the first structure) with force widths."""
+    rng = np.random.default_rng(0)
+    base = build_structure(cfg.structures[0])
+    ids = []
+    for w in widths:
+        a = base.copy()
+        a.positions += rng.normal(0, 0.05, a.positions.shape)
+        ids.append(state.add_structure(
+            hash=frame_hash(a), origin="md", split="train", round=round_, generation=round_ - 1,
+            spec=cfg.structures[0].name, composition=composition_label(a), natoms=len(a), extxyz=to_extxyz(a),
+            status="candidate", source_task="md:r1:x", energy_width=0.001, force_width=w))
+    return ids
+
+
+def snapshot(state):
+    return {t: state.db.execute(f"SELECT * FROM {t}").fetchall()
+            for t in ("meta", "tasks", "structures", "decisions", "metrics", "events")}
+
+
+def test_select_phase_decides_without_writing(campaign):
+    cfg, state, view, applier, said = campaign
+    ids = add_explored(state, cfg, [0.05, 0.3, 0.4, 0.5, 0.9])  # threshold 0.15, upper 0.6
+    state.set_meta("phase", "select")
+    state.set_meta("round", "1")
+    before = snapshot(state)
+    ops = phases_sync.select_round(view)
+    assert snapshot(state) == before  # a planner never writes
+    decisions = {op.structure_id: op.decision for op in ops if isinstance(op, plan.Decide)}
+    assert set(decisions) == set(ids)
+    tests = [sid for sid, d in decisions.items() if d == "test"]  # 2 random sane frames held out
+    assert len(tests) == 2 and ids[4] not in tests
+    assert decisions[ids[4]] == "unphysical"  # above the trust bound
+    assert decisions[ids[0]] in ("confident", "test")  # below the threshold
+    assert all(decisions[i] in ("label", "test") for i in ids[1:4])  # uncertain: labeled unless held out
+    assert ops[-1] == plan.SetPhase(plan.Phase.LABEL)
+    assert not said
+    applier.apply(ops)
+    assert view.phase == plan.Phase.LABEL
+    assert state.decision_counts(1) == {**{d: list(decisions.values()).count(d) for d in set(decisions.values())}}
+    assert view.metrics("round")[1]["n_explored"] == 5
+    assert any(m.startswith("round 1: 5 frames explored") for m in said)
+
+
+def test_confident_round_stops_as_converged(campaign):
+    cfg, state, view, applier, said = campaign
+    add_explored(state, cfg, [0.01] * 6)
+    state.set_meta("phase", "select")
+    state.set_meta("round", "1")
+    ops = phases_sync.select_round(view)
+    stop = ops[-1]
+    assert isinstance(stop, plan.Stop) and stop.kind == plan.StopKind.CONVERGED
+    assert stop.phase == plan.Phase.FINAL_EVAL and "converged" in stop.reason
+
+
+def test_md_result_becomes_candidates_then_one_scoring_task(campaign):
+    cfg, state, view, applier, said = campaign
+    frames = [build_structure(cfg.structures[0]) for _ in range(2)]
+    frames[1].positions[0] += 0.2
+    md_row = dict(key="md:r1:LiNiO2:T600:w0", kind=TaskKind.MD.value, round=1, generation=0, status="submitted",
+                  attempts=1, request=_md_request(view), context='{"spec": "LiNiO2"}', result=None)
+    task = Task.from_row(md_row)
+    result = {"frames_extxyz": to_extxyz(frames)}
+    ops = recorders.record_md(view, task, result)
+    assert [type(op) for op in ops] == [plan.AddStructure, plan.AddStructure]
+    assert all(op.row["status"] == "candidate" and op.row["source_task"] == task.key for op in ops)
+    assert recorders.score_exploration(view, task, result) == []  # nothing stored yet: nothing to score
+    applier.apply(ops)
+    (add,) = recorders.score_exploration(view, task, result)
+    assert add.spec.kind == TaskKind.SCORE and add.spec.key == f"uq:{task.key}"
+    assert isinstance(add.spec.context, ScoreContext) and len(add.spec.context.structure_ids) == 2
+
+
+def test_async_phase_fills_free_gpu_slots_with_explorations(tmp_path):
+    cfg = load_config(write_campaign(tmp_path))  # async, 2 gpu slots
+    state = State(cfg.directory / "state.sqlite")
+    view = CampaignView(cfg, state, DatasetStore(state), gpu_slots=2, say=lambda m: None)
+    state.add_model(0, 0, "train:g0:m0", "/m0.pth")
+    state.add_model(0, 1, "train:g0:m1", "/m1.pth")
+    state.set_meta("phase", "async")
+    state.set_meta("round", "1")
+    (op,) = phases_async.async_phase(view)
+    assert isinstance(op, plan.AddTask) and op.spec.kind == TaskKind.MD and op.spec.round == 1
+    assert op.spec.request.model_path in ("/m0.pth", "/m1.pth")
+
+
+def _md_request(view) -> str:
+    import json
+
+    from remote_al.records import MDRequest
+
+    return json.dumps(MDRequest(task_key="md:r1:LiNiO2:T600:w0", workdir=view.task_dir("md:r1"), model_path="/m.pth",
+                                structure_extxyz="").to_dict())
+
+
+def test_lock_file_is_gone_after_release_and_a_stale_open_does_not_split_the_lock(tmp_path):
+    """No stale driver.lock after a run; a driver that opened the file just before the
+    holder removed it does not end up holding a lock on a file nobody else sees."""
+    from driver.campaign import CampaignLock
+    from driver.errors import CampaignLocked
+
+    first = CampaignLock(tmp_path)
+    first.acquire()
+    assert "driver pid" in first.path.read_text()
+    with pytest.raises(CampaignLocked, match="one driver per campaign"):
+        CampaignLock(tmp_path).acquire()
+    first.release()
+    assert not first.path.exists()
+    second, third = CampaignLock(tmp_path), CampaignLock(tmp_path)
+    second.acquire()
+    stale = open(second.path, "a+")  # opened before the holder leaves
+    second.release()
+    stale.close()
+    third.acquire()  # a fresh file, one holder
+    assert third.path.exists()
+    with pytest.raises(CampaignLocked):
+        CampaignLock(tmp_path).acquire()
+    third.release()

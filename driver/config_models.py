@@ -95,12 +95,19 @@ class CampaignSection(_Section):
 
 
 class BackendSection(_Section):
-    kind: Literal["local", "globus"] = Field("local", description="where the remote functions run")
+    kind: Literal["local", "globus", "colmena"] = Field(
+        "local", description="where the remote functions run: 'colmena' is a Colmena task server "
+                             "(the remote-al[colmena] extra; docs/colmena.md)")
     engine: Literal["process", "gce"] = Field(
         "process", description="local only: ProcessPoolEngine ('process') or GlobusComputeEngine ('gce')")
     gpu_slots: Int = Field(2, ge=1, le=10_000, description="tasks at once on the GPU pool (MD, UQ, training)")
     cpu_slots: Int = Field(2, ge=1, le=10_000, description="tasks at once on the CPU pool (labeling)")
     team: Str = Field("", description="globus only: team file with endpoint and function ids")
+    colmena_server: Literal["parsl", "globus"] = Field(
+        "parsl", description="colmena only: ParslTaskServer with local HighThroughputExecutors ('parsl') or "
+                             "GlobusComputeTaskServer on the team file's endpoints ('globus')")
+    redis_url: Str = Field("", description="colmena only: Redis for Colmena's queues (redis://host:port); "
+                                           "'' uses PipeQueues")
     max_attempts: Int = Field(3, ge=1, le=100, description="tries of a failing task before it is quarantined")
     retry_backoff_s: Float = Field(5.0, ge=0, le=86_400, description="seconds before a failed task is retried")
     workload: Literal["real", "simulated"] = Field(

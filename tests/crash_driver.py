@@ -1,9 +1,11 @@
 """Run a campaign whose driver kills itself with SIGKILL at the N-th visit of one of the
 engine's named points (``driver.campaign.hooks.POINTS``), through the engine's hook seam.
 
-    python tests/crash_driver.py CAMPAIGN.toml POINT:N
+    python tests/crash_driver.py CAMPAIGN.toml POINT:N [BACKEND]
 
-Used by tests/test_durability.py to prove that no moment loses or duplicates work.
+POINT:N "none" runs the campaign to its end; BACKEND is "local" (default) or "colmena".
+Used by tests/test_durability.py and tests/test_colmena_backend.py to prove that no
+moment loses or duplicates work.
 """
 
 from __future__ import annotations
@@ -35,14 +37,18 @@ class KillAt(Hooks):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def main(toml: str, spec: str) -> int:
+def main(toml: str, spec: str, kind: str = "local") -> int:
     from remote_al.simulated import FUNCTIONS
 
-    point, _, nth = spec.partition(":")
     cfg = load_config(toml)
-    backend = make_backend("local", run_dir=cfg.directory / "engine", gpu_slots=cfg.backend.gpu_slots,
-                           cpu_slots=cfg.backend.cpu_slots, engine=cfg.backend.engine, functions=FUNCTIONS)
-    Campaign(cfg, backend, status_every_s=2, hooks=KillAt(point, int(nth or 1))).run()
+    slots = dict(gpu_slots=cfg.backend.gpu_slots, cpu_slots=cfg.backend.cpu_slots, functions=FUNCTIONS)
+    if kind == "local":
+        backend = make_backend("local", run_dir=cfg.directory / "engine", engine=cfg.backend.engine, **slots)
+    else:
+        backend = make_backend(kind, run_dir=cfg.directory / f"engine-{kind}", **slots)
+    point, _, nth = spec.partition(":")
+    hooks = None if spec == "none" else KillAt(point, int(nth or 1))
+    Campaign(cfg, backend, status_every_s=2, hooks=hooks).run()
     return 0
 
 

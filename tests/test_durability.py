@@ -71,13 +71,17 @@ def sim_env(tmp_path: Path, **extra) -> dict:
 CRASH_DRIVER = Path(__file__).parent / "crash_driver.py"
 
 
-def run_driver(toml: Path, env: dict, timeout: float = 300, crash_at: str = "") -> subprocess.CompletedProcess:
-    """Run the driver to its end (or its SIGKILL at ``crash_at``, POINT:N). Output goes
-    through files, not pipes: a worker process that outlives a killed driver must not keep
-    the test waiting for EOF."""
+def run_driver(toml: Path, env: dict, timeout: float = 300, crash_at: str = "",
+               backend: str = "local") -> subprocess.CompletedProcess:
+    """Run the driver to its end (or its SIGKILL at ``crash_at``, POINT:N) on ``backend``
+    (the CLI for the local one, tests/crash_driver.py for others). Output goes through
+    files, not pipes: a worker process that outlives a killed driver must not keep the test
+    waiting for EOF."""
     out, err = toml.with_suffix(".out"), toml.with_suffix(".err")
-    argv = ([sys.executable, str(CRASH_DRIVER), str(toml), crash_at] if crash_at else
-            [sys.executable, "-m", "driver.cli", "run", str(toml), "--status-every", "2"])
+    if crash_at or backend != "local":
+        argv = [sys.executable, str(CRASH_DRIVER), str(toml), crash_at or "none", backend]
+    else:
+        argv = [sys.executable, "-m", "driver.cli", "run", str(toml), "--status-every", "2"]
     with open(out, "w") as fo, open(err, "w") as fe:
         proc = subprocess.run(argv, env=env, stdout=fo, stderr=fe, timeout=timeout)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out.read_text(), err.read_text())
@@ -122,41 +126,57 @@ def test_sigkill_at_named_points_then_resume(tmp_path):
     toml = write_campaign(tmp_path)
     points = ["after_submit:3", "before_record:4", "in_record:5", "after_record:7",
               "after_export:2", "phase:3", "after_submit:25", "in_record:30"]
+    kill_at_points_then_resume(toml, sim_env(tmp_path), points, min_kills=5)
+
+
+def kill_at_points_then_resume(toml: Path, env: dict, points: list[str], min_kills: int,
+                               backend: str = "local") -> dict:
+    """SIGKILL the driver at each named point in turn (until a run ends by itself), resume
+    it to its end, and check that nothing was lost or labeled twice."""
     kills = 0
     for point in points:
-        r = run_driver(toml, sim_env(tmp_path), crash_at=point)
+        r = run_driver(toml, env, crash_at=point, backend=backend)
         if r.returncode == -signal.SIGKILL:
             kills += 1
         else:
             assert r.returncode == 0, r.stderr[-3000:]
             break
-    assert kills >= 5, f"only {kills} crash points were reached"
-    r = run_driver(toml, sim_env(tmp_path))
+    assert kills >= min_kills, f"only {kills} crash points were reached"
+    r = run_driver(toml, env, backend=backend)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming" in r.stdout
-    stats = check_invariants(tmp_path / "camp", tmp_path / "exec-log")
+    stats = check_invariants(toml.parent / "camp", Path(env["REMOTE_AL_SIM_LOG_DIR"]))
     # resubmission only for work in flight at a crash: bounded by the slots per crash
     assert stats["re_executions"] <= kills * 2 * SIM["labeler"]["batch_size"]
+    return stats
 
 
 @pytest.mark.slow
 def test_sigkill_from_outside_at_random_moments(tmp_path):
     toml = write_campaign(tmp_path, campaign={"seed": 9})
-    rng = random.Random(42)
+    kill_at_random_moments_then_resume(toml, sim_env(tmp_path), random.Random(42), 6, (1.5, 5.0))
+
+
+def kill_at_random_moments_then_resume(toml: Path, env: dict, rng: random.Random, runs: int,
+                                       seconds: tuple[float, float], backend: str = "local") -> dict:
+    """Start the driver ``runs`` times and SIGKILL it from outside after a random number of
+    ``seconds`` each time (until a run ends by itself), resume it to its end, and check
+    that nothing was lost or labeled twice."""
+    argv = ([sys.executable, "-m", "driver.cli", "run", str(toml)] if backend == "local" else
+            [sys.executable, str(CRASH_DRIVER), str(toml), "none", backend])
     kills = 0
-    for _ in range(6):
-        proc = subprocess.Popen([sys.executable, "-m", "driver.cli", "run", str(toml)], env=sim_env(tmp_path),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(1.5, 5.0))
+    for _ in range(runs):
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(*seconds))
         if proc.poll() is not None:
             break
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
-    r = run_driver(toml, sim_env(tmp_path))
+    r = run_driver(toml, env, backend=backend)
     assert r.returncode == 0, r.stderr[-3000:]
     assert kills >= 3
-    check_invariants(tmp_path / "camp", tmp_path / "exec-log")
+    return check_invariants(toml.parent / "camp", Path(env["REMOTE_AL_SIM_LOG_DIR"]))
 
 
 @pytest.mark.slow

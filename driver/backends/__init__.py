@@ -1,6 +1,8 @@
-"""Backends: where remote functions run. ``local`` (embedded default) and ``globus``."""
+"""Backends: where remote functions run. ``local`` (embedded default), ``globus`` and
+``colmena`` (a Colmena task server; the ``remote-al[colmena]`` extra)."""
 
 from driver.backends.base import FUNCTIONS, MAX_PAYLOAD_BYTES, Backend, Submission
+from driver.errors import ConfigError
 
 __all__ = ["Backend", "Submission", "FUNCTIONS", "MAX_PAYLOAD_BYTES"]
 
@@ -15,4 +17,13 @@ def make_backend(kind: str, **kwargs) -> Backend:
         from driver.backends.globus import GlobusBackend
 
         return GlobusBackend(**kwargs)
-    raise ValueError(f"unknown backend {kind!r}: use 'local' or 'globus'")
+    if kind == "colmena":
+        try:
+            from driver.backends.colmena import ColmenaBackend
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] != "colmena":
+                raise
+            raise ConfigError("backend.kind", "the colmena backend needs Colmena, which is not installed",
+                              "pip install 'remote-al[colmena]'") from exc
+        return ColmenaBackend(**kwargs)
+    raise ValueError(f"unknown backend {kind!r}: use 'local', 'globus' or 'colmena'")

@@ -14,8 +14,12 @@ endpoint cannot take work now, and ``PayloadTooLarge`` before sending an oversiz
 from __future__ import annotations
 
 import abc
-from concurrent.futures import Future
+import importlib
+import os
+import sys
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
+from pathlib import Path
 
 # Registered function names -> import path of the function on the endpoint.
 FUNCTIONS: dict[str, str] = {
@@ -30,6 +34,31 @@ FUNCTIONS: dict[str, str] = {
 
 # Globus Compute rejects task payloads and results over 10 MB.
 MAX_PAYLOAD_BYTES = 10 * 1000 * 1000
+
+
+def load_function(name: str, functions: dict[str, str] | None = None):
+    """The function registered as ``name`` (``functions``: a workload's own name -> path map)."""
+    module, attr = (functions or FUNCTIONS)[name].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def venv_bin_on_path() -> None:
+    """Put this interpreter's ``bin`` first on PATH: local engines start their workers by
+    command name (``globus-compute-endpoint python-exec``, parsl's ``process_worker_pool.py``)."""
+    bindir = str(Path(sys.executable).parent)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+
+
+def resolve_future(fut: Future, result=None, exc: BaseException | None = None) -> None:
+    """Set a task's result or error, unless the caller cancelled it meanwhile."""
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+    except InvalidStateError:
+        pass
 
 
 @dataclass(frozen=True)

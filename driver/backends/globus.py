@@ -30,12 +30,12 @@ import logging
 import threading
 import time
 import uuid
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Mapping, MutableMapping, Sequence
 
-from driver.backends.base import FUNCTIONS, MAX_PAYLOAD_BYTES, Backend, Submission
+from driver.backends.base import FUNCTIONS, MAX_PAYLOAD_BYTES, Backend, Submission, resolve_future
 from driver.backends.globus_wire import (Pending, as_json_ready, chunks_by_size, decode_result, is_uuid,
                                          json_import_path, json_serializer, task_failure, translate_error)
 from driver.errors import BackendUnavailable, ConfigError, PayloadTooLarge, TaskFailed
@@ -367,7 +367,7 @@ class GlobusBackend(Backend):
                 return 0
             with self._lock:
                 self._pending.pop(task_id, None)
-            _resolve(entry.future, exc=TaskFailed(
+            resolve_future(entry.future, exc=TaskFailed(
                 f"{entry.function} task {task_id} ({entry.task_key}): the service has no record of it",
                 code="TaskLost", retryable=True))
             return 1
@@ -383,18 +383,9 @@ class GlobusBackend(Backend):
             return False
         if status == "success":
             try:
-                _resolve(entry.future, result=decode_result(self._client.fx_serializer, task_id, entry, doc))
+                resolve_future(entry.future, result=decode_result(self._client.fx_serializer, task_id, entry, doc))
             except TaskFailed as err:
-                _resolve(entry.future, exc=err)
+                resolve_future(entry.future, exc=err)
         else:
-            _resolve(entry.future, exc=task_failure(task_id, entry, doc, self.team.endpoints.get(entry.pool, "?")))
+            resolve_future(entry.future, exc=task_failure(task_id, entry, doc, self.team.endpoints.get(entry.pool, "?")))
         return True
-
-def _resolve(fut: Future, result: Any = None, exc: BaseException | None = None) -> None:
-    try:
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(result)
-    except InvalidStateError:  # cancelled by the caller meanwhile
-        pass

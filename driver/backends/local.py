@@ -18,19 +18,23 @@ returns None for them and the loop resubmits.
 
 from __future__ import annotations
 
-import importlib
-import json
 import logging
 import multiprocessing
 import os
-import shutil
-import sys
 import threading
 import uuid
 from concurrent.futures import Future, wait
 from pathlib import Path
 
-from driver.backends.base import FUNCTIONS, MAX_PAYLOAD_BYTES, Backend, Submission
+from driver.backends.base import (
+    FUNCTIONS,
+    MAX_PAYLOAD_BYTES,
+    Backend,
+    Submission,
+    load_function,
+    venv_bin_on_path,
+)
+from driver.backends.spool import ResultSpool
 from driver.errors import BackendUnavailable, PayloadTooLarge, TaskFailed
 
 log = logging.getLogger(__name__)
@@ -51,11 +55,6 @@ def _init_worker(log_path: str) -> None:
     os.dup2(fd, 2)
     os.close(fd)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s: %(message)s")
-
-
-def _load_function(name: str, functions: dict[str, str] | None = None):
-    module, attr = (functions or FUNCTIONS)[name].split(":")
-    return getattr(importlib.import_module(module), attr)
 
 
 def make_serializer():
@@ -95,6 +94,7 @@ class LocalBackend(Backend):
     ):
         self.run_dir = Path(run_dir)
         self.spool_dir = Path(spool_dir) if spool_dir else self.run_dir / "spool"
+        self.spool = ResultSpool(self.spool_dir)
         self._slots = {"gpu": int(gpu_slots), "cpu": int(cpu_slots)}
         if engine not in ("process", "gce"):
             raise ValueError(f"unknown local engine {engine!r}: use 'process' or 'gce'")
@@ -123,10 +123,7 @@ class LocalBackend(Backend):
         from globus_compute_endpoint.engines import GlobusComputeEngine
         from parsl.providers import LocalProvider
 
-        # The engine starts `globus-compute-endpoint python-exec` workers: the venv's bin on PATH.
-        bindir = str(Path(sys.executable).parent)
-        if bindir not in os.environ.get("PATH", "").split(os.pathsep):
-            os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+        venv_bin_on_path()  # the engine starts `globus-compute-endpoint python-exec` workers
         return GlobusComputeEngine(
             address="127.0.0.1",
             encrypted=False,
@@ -165,7 +162,7 @@ class LocalBackend(Backend):
     # ------------------------------------------------------------------- tasks
     def _function_buffer(self, function: str) -> str:
         if function not in self._fn_buffers:
-            fn = _load_function(function, self.functions)
+            fn = load_function(function, self.functions)
             self._fn_buffers[function] = self._serde.pack_buffers([self._serde.serialize(fn)])
         return self._fn_buffers[function]
 
@@ -184,10 +181,6 @@ class LocalBackend(Backend):
             )
         task = Task(task_id=uuid.uuid4(), task_buffer=self._function_buffer(function) + payload)
         return messagepack.pack(task), task.task_id
-
-    def _spool_path(self, task_key: str) -> Path:
-        safe = task_key.replace("/", "_")
-        return self.spool_dir / f"{safe}.json"
 
     def _resolve(self, packed: bytes) -> dict:
         from globus_compute_common import messagepack
@@ -208,7 +201,6 @@ class LocalBackend(Backend):
         body, task_id = self.pack(function, request)
         gcf = GCFuture(task_id)
         out: Future = Future()
-        spool = self._spool_path(task_key)
 
         def _done(f: Future) -> None:
             # Whatever happens here, `out` must resolve: a future left pending would hang the loop.
@@ -220,13 +212,7 @@ class LocalBackend(Backend):
             except BaseException as exc:  # engine-level failure (broken pool, cancelled, ...)
                 out.set_exception(TaskFailed(f"{type(exc).__name__}: {exc}", code="EngineError"))
                 return
-            try:
-                spool.parent.mkdir(parents=True, exist_ok=True)
-                tmp = spool.with_suffix(".tmp")
-                tmp.write_text(json.dumps(value))
-                os.replace(tmp, spool)
-            except OSError as exc:  # the result is still good; only the restart shortcut is lost
-                log.warning("could not spool the result of %s: %s", task_key, exc)
+            self.spool.write(task_key, value)
             out.set_result(value)
 
         gcf.add_done_callback(_done)
@@ -258,19 +244,12 @@ class LocalBackend(Backend):
         return pids
 
     def reattach(self, pool: str, function: str, backend_id: str, task_key: str) -> Future | None:
-        spool = self._spool_path(task_key)
-        if not spool.exists():
-            return None  # the worker died with the previous driver: resubmit
-        f: Future = Future()
-        f.set_result(json.loads(spool.read_text()))
-        return f
+        # None: the worker died with the previous driver, and the engine resubmits
+        return self.spool.collect(task_key)
 
     def forget(self, task_key: str) -> None:
         """Drop a spooled result once the driver has recorded it."""
-        try:
-            self._spool_path(task_key).unlink()
-        except FileNotFoundError:
-            pass
+        self.spool.forget(task_key)
 
     def clean(self) -> None:
-        shutil.rmtree(self.spool_dir, ignore_errors=True)
+        self.spool.clean()

@@ -45,18 +45,20 @@ def _backend_for(cfg, args):
     from driver.backends import make_backend
 
     kind = args.backend or cfg.backend.kind
+    functions = None
+    if cfg.backend.workload == "simulated":
+        from remote_al.simulated import FUNCTIONS as functions
     if kind == "local":
-        functions = None
-        if cfg.backend.workload == "simulated":
-            from remote_al.simulated import FUNCTIONS as functions
-        return make_backend(
-            "local",
-            run_dir=cfg.directory / "engine",
-            gpu_slots=cfg.backend.gpu_slots,
-            cpu_slots=cfg.backend.cpu_slots,
-            engine=args.engine or cfg.backend.engine,
-            functions=functions,
-        )
+        return make_backend("local", run_dir=cfg.directory / "engine", gpu_slots=cfg.backend.gpu_slots,
+                            cpu_slots=cfg.backend.cpu_slots, engine=args.engine or cfg.backend.engine,
+                            functions=functions)
+    if kind == "colmena":
+        endpoints = None
+        if cfg.backend.colmena_server == "globus":
+            endpoints = dict(_read_team(args.team or cfg.backend.team).endpoints)
+        return make_backend("colmena", run_dir=cfg.directory / "engine-colmena", gpu_slots=cfg.backend.gpu_slots,
+                            cpu_slots=cfg.backend.cpu_slots, functions=functions, server=cfg.backend.colmena_server,
+                            redis_url=cfg.backend.redis_url, endpoints=endpoints)
     team = args.team or cfg.backend.team
     if not team:
         raise ConfigError("backend.team", "the globus backend needs a team file", "pass --team team.toml")
@@ -110,6 +112,9 @@ def cmd_run(args) -> int:
             _read_team(team)
         elif (args.backend or cfg.backend.kind) == "globus":
             raise ConfigError("backend.team", "the globus backend needs a team file", "pass --team team.toml")
+        elif (args.backend or cfg.backend.kind) == "colmena" and cfg.backend.colmena_server == "globus":
+            raise ConfigError("backend.team", "the colmena backend's Globus Compute task server needs a team file",
+                              "pass --team team.toml")
     except ConfigError as exc:
         exc.source = exc.source or cfg.source
         raise
@@ -250,7 +255,7 @@ def cli(verbose: bool, debug: bool) -> None:
 
 @cli.command("run")
 @click.argument("campaign")
-@click.option("--backend", type=click.Choice(["local", "globus"]), help="override [backend].kind")
+@click.option("--backend", type=click.Choice(["local", "globus", "colmena"]), help="override [backend].kind")
 @click.option("--engine", type=click.Choice(["process", "gce"]), help="local engine (override [backend].engine)")
 @click.option("--team", help="team file for the globus backend")
 @click.option("--rounds", type=int, help="override campaign.max_rounds")

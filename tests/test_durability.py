@@ -74,14 +74,14 @@ CRASH_DRIVER = Path(__file__).parent / "crash_driver.py"
 def run_driver(toml: Path, env: dict, timeout: float = 300, crash_at: str = "",
                backend: str = "local") -> subprocess.CompletedProcess:
     """Run the driver to its end (or its SIGKILL at ``crash_at``, POINT:N) on ``backend``
-    (the CLI for the local one, tests/crash_driver.py for others). Output goes through
-    files, not pipes: a worker process that outlives a killed driver must not keep the test
-    waiting for EOF."""
+    (the CLI; tests/crash_driver.py when it kills itself). Output goes through files, not
+    pipes: a worker process that outlives a killed driver must not keep the test waiting
+    for EOF."""
     out, err = toml.with_suffix(".out"), toml.with_suffix(".err")
-    if crash_at or backend != "local":
-        argv = [sys.executable, str(CRASH_DRIVER), str(toml), crash_at or "none", backend]
+    if crash_at:
+        argv = [sys.executable, str(CRASH_DRIVER), str(toml), crash_at, backend]
     else:
-        argv = [sys.executable, "-m", "driver.cli", "run", str(toml), "--status-every", "2"]
+        argv = [sys.executable, "-m", "driver.cli", "run", str(toml), "--status-every", "2", "--backend", backend]
     with open(out, "w") as fo, open(err, "w") as fe:
         proc = subprocess.run(argv, env=env, stdout=fo, stderr=fe, timeout=timeout)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out.read_text(), err.read_text())
@@ -162,8 +162,7 @@ def kill_at_random_moments_then_resume(toml: Path, env: dict, rng: random.Random
     """Start the driver ``runs`` times and SIGKILL it from outside after a random number of
     ``seconds`` each time (until a run ends by itself), resume it to its end, and check
     that nothing was lost or labeled twice."""
-    argv = ([sys.executable, "-m", "driver.cli", "run", str(toml)] if backend == "local" else
-            [sys.executable, str(CRASH_DRIVER), str(toml), "none", backend])
+    argv = [sys.executable, "-m", "driver.cli", "run", str(toml), "--backend", backend]
     kills = 0
     for _ in range(runs):
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -201,6 +201,11 @@ class ProgressBars:
                               console=console, transient=True, disable=not console.is_terminal)
         self._ids: dict[str, int] = {}
 
+    @property
+    def shown(self) -> bool:
+        """Whether the bars are drawn (a terminal): callers need not read progress otherwise."""
+        return not self._bars.disable
+
     def __enter__(self) -> "ProgressBars":
         self._bars.start()
         return self

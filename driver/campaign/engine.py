@@ -34,12 +34,14 @@ from driver.dataset import DatasetStore
 from driver.errors import BackendUnavailable, TaskFailed
 from driver.placement import Placement, StagingFailed
 from driver.preflight import preflight
+from driver.progress import ProgressBars, running_progress
 from driver.state import State, StateMeta
 from driver.team import Site
 from driver.transfer import Transfer, TransferError, TransferNeedsAction
 
 STATE_FILE = "state.sqlite"
 STAGING_POLL_S = 5.0  # how often a task waiting on a staging transfer looks again
+BARS_EVERY_S = 2.0  # how often the progress bars read the running tasks' files
 
 PHASES = {
     Phase.GENERATE: phases_sync.generate, Phase.LABEL: phases_sync.label, Phase.TRAIN: phases_sync.train,
@@ -55,7 +57,7 @@ SUBMIT_RANK = {"uq": 0, "md": 1, "label": 1, "train": 2}
 class Campaign:
     def __init__(self, cfg: CampaignConfig, backend: Backend, say: Callable[[str], None] | None = None,
                  status_every_s: float = 20.0, sites: Mapping[str, Site] | None = None,
-                 transfer: Transfer | None = None, hooks: Hooks | None = None):
+                 transfer: Transfer | None = None, hooks: Hooks | None = None, progress_bars: bool = True):
         preflight(cfg)  # a bad campaign creates nothing, from the CLI or from Python
         self.cfg = cfg
         self.dir = cfg.directory
@@ -66,6 +68,9 @@ class Campaign:
         self.say = say or (lambda msg: print(msg, flush=True))
         self.status_every_s = status_every_s
         self.hooks = hooks or Hooks()
+        self.progress_bars = progress_bars  # rich bars of running tasks, drawn on a terminal only
+        self._bars: ProgressBars | None = None
+        self._last_bars = 0.0
         self.inflight: dict[str, Future] = {}
         self._pool_blocked_until: dict[str, float] = {}
         self._staging_until: dict[str, float] = {}  # task key -> when to look at its staging again
@@ -94,6 +99,7 @@ class Campaign:
         """Run until the campaign is done (returns the stop reason) or ``max_ticks``."""
         lock = CampaignLock(self.dir)
         lock.acquire()
+        self._bars = ProgressBars().__enter__() if self.progress_bars else None
         try:
             self._begin()
             self.backend.start()
@@ -128,6 +134,8 @@ class Campaign:
             self.say(f"campaign {self.cfg.campaign.name} done: {reason}")
             return reason or "done"
         finally:
+            if self._bars is not None:
+                self._bars.__exit__(None, None, None)
             self.backend.shutdown()
             lock.release()
 
@@ -352,6 +360,9 @@ class Campaign:
     # -------------------------------------------------------------- progress
     def _progress(self, force: bool = False) -> None:
         now = time.time()
+        if self._bars is not None and self._bars.shown and now - self._last_bars >= BARS_EVERY_S:
+            self._last_bars = now  # each running member's step, force RMSE and time left; MD steps
+            self._bars.update(running_progress(self.state, now))
         if not force and now - self._last_status < self.status_every_s:
             return
         self._last_status = now

@@ -24,5 +24,6 @@ def progress_line(view: CampaignView, counts: dict[tuple[str, str], int], runnin
     return (
         f"[{hms(elapsed)}] round {view.shown_round} {view.phase.value} | running gpu {running['gpu']}/{slots['gpu']} "
         f"cpu {running['cpu']}/{slots['cpu']}, queued {pending} | labels {view.label_count('ok')}"
-        f"{'/' + str(budget) if budget else ''} ok, {view.label_count('failed')} failed{unc}"
+        f"{'/' + str(budget) if budget else ''} ok, {view.label_count('failed')} failed of "
+        f"{view.labels_asked()} asked{unc}"
     )

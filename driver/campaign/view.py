@@ -128,6 +128,9 @@ class CampaignView:
     def label_count(self, status: str | None = None) -> int:
         return self._state.label_count(status)
 
+    def labels_asked(self) -> int:
+        return self._state.labels_asked()
+
     def count_structures(self, status: str) -> int:
         return self._state.count_structures(status)
 

@@ -35,11 +35,6 @@ class TaskKind(str, Enum):
     def pool(self) -> str:
         return POOL_OF[self.function]
 
-    @property
-    def explores(self) -> bool:
-        """An exploration's task (MD or the scoring of its frames): what fills GPU slots."""
-        return self in (TaskKind.MD, TaskKind.SCORE)
-
 
 _FUNCTION = {TaskKind.SCORE: "uq", TaskKind.EVAL: "uq", TaskKind.OOB: "uq", TaskKind.FINAL_EVAL: "uq",
              TaskKind.RECHECK: "uq"}

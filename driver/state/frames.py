@@ -52,9 +52,6 @@ class FrameTable:
                                     chunk).fetchall()
         return rows
 
-    def frame_count(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM frames").fetchone()[0]
-
     def version_row(self, generation: int) -> sqlite3.Row | None:
         return self.db.execute("SELECT * FROM dataset_versions WHERE generation=?", (generation,)).fetchone()
 

@@ -3,7 +3,9 @@
 Each member trains on its own random subset of the frames (default 90 %) with its own
 seeds; the frames it leaves out are its validation set, so lcurve.out carries validation
 columns. A member continues from the previous generation's checkpoint with
-``--init-model`` when there is one.
+``--init-model`` when there is one; such a continued training starts its loss prefactors
+at their limit values by default (``TrainRequest.continue_prefactors``), so the energy
+weight is not reset to ``start_pref_e`` each generation.
 """
 
 from __future__ import annotations
@@ -98,7 +100,9 @@ def train_member(req: TrainRequest) -> TrainResult:
     if not req.systems:
         raise TrainingError("no training systems given", str(workdir))
     train, valid, kept, total, held_out = split_member_data(req.systems, workdir, req.subset_fraction, req.seed)
-    inp = deepmd_input(req.type_map, train, valid, req.numb_steps, req.seed, req.deepmd)
+    inp = deepmd_input(req.type_map, train, valid, req.numb_steps, req.seed, req.deepmd,
+                       continued=bool(req.init_model), continue_prefactors=req.continue_prefactors,
+                       continue_overrides=req.deepmd_continue)
     (workdir / "input.json").write_text(json.dumps(inp, indent=2))
     env = deepmd_env(req.device)
     cmd = [*_dp_command(), "--pt", "train", "input.json", "--skip-neighbor-stat"]

@@ -2,23 +2,31 @@
 
     .venv/bin/python benchmarks/calibration.py                          # the demo campaign
     .venv/bin/python benchmarks/calibration.py --campaign examples/delithiation.toml --name delithiation
+    .venv/bin/python benchmarks/calibration.py --workdir runs/calib-a4 --walkers 4 --attempt 4_x --what "..."
 
 1. Runs the campaign (``remote-al run``) into ``--workdir``/<name> unless it already finished
    there (then its state is reused as it is).
 2. Builds an independent test set: Langevin MD driven by the labeler itself (CHGNet) from
    each structure's starting structure at each of the campaign's exploration temperatures
-   (``--equil`` steps, then ``--frames`` frames ``--interval`` fs apart), labeled on the way.
-   These frames are never in any pool, training set or calibration set. Cached.
+   (``--walkers`` independent runs each: ``--equil`` steps, then ``--frames`` frames
+   ``--interval`` fs apart), labeled on the way. These frames are never in any pool,
+   training set or calibration set. Cached (the file name carries the parameters).
 3. For every generation of the campaign: the ensemble's widths and errors on that set; the
    coverage of the campaign's own calibration (``calibration/g<N>.json``, fitted on the
    campaign's held-out frames) for forces (per atom) and energies (per frame), per
    composition; the same for the alternatives fitted on the same held-out pairs (the raw
-   half-width, the Student-t prediction interval sqrt(M+1), a Gaussian scale factor); and
-   the energy error per composition (mean and RMSE).
+   half-width, the Student-t prediction interval sqrt(M+1), a Gaussian scale factor, a
+   per-composition energy factor, and a factor fitted on half of the independent MD runs
+   and scored on the other half: the in-distribution reference); the energy error per
+   composition (mean and RMSE). Each coverage comes with 95 % intervals: Clopper-Pearson
+   (pairs taken as independent) and a bootstrap over MD trajectories (frames of one run
+   are correlated). The pairs are saved as ``<workdir>/<name>-g<N>-pairs.npz`` (the test
+   set's and the campaign's calibration pairs, with compositions) for offline analysis.
 
 Writes ``benchmarks/results/calibration[_NAME].json`` with a ``headline`` object
 (``coverage_95`` per generation and composition, ``coverage_95_min``/``_max`` over
-generations >= 1, forces and energies, and the frames used).
+generations >= 1, forces and energies, their intervals, and the frames used). Earlier
+``attempts`` in the file are kept; ``--attempt NAME`` adds this run to them.
 """
 
 from __future__ import annotations
@@ -90,11 +98,14 @@ def _labeler_md(job: dict) -> str:
     for snap in frames:
         snap.info["group"] = job["group"]
         snap.info["composition"] = job["composition"]
+        snap.info["trajectory"] = job["trajectory"]
     return to_extxyz(frames)
 
 
-def independent_test_set(cfg, cache: Path, frames: int, equil: int, interval: int, workers: int):
-    """Labeler-driven MD at the campaign's conditions (cached extxyz)."""
+def independent_test_set(cfg, cache: Path, frames: int, equil: int, interval: int, workers: int,
+                         walkers: int = 1):
+    """Labeler-driven MD at the campaign's conditions (cached extxyz): ``walkers``
+    independent runs (own seeds and velocities) per structure and temperature."""
     from concurrent.futures import ProcessPoolExecutor
 
     from driver.preflight import build_structure
@@ -108,9 +119,11 @@ def independent_test_set(cfg, cache: Path, frames: int, equil: int, interval: in
     for k, spec in enumerate(cfg.structures):
         temps = spec.temperatures_K or cfg.exploration.temperatures_K
         for t in temps:
-            jobs.append(dict(structure_extxyz=to_extxyz(build_structure(spec)), temperature_K=float(t),
-                             seed=1000 + 17 * k + int(t), equil=equil, interval=interval, frames=frames,
-                             group=f"{spec.name}@{t:g}K", composition=spec.name))
+            for w in range(walkers):
+                jobs.append(dict(structure_extxyz=to_extxyz(build_structure(spec)), temperature_K=float(t),
+                                 seed=1000 + 17 * k + int(t) + 100_003 * w, equil=equil, interval=interval,
+                                 frames=frames, group=f"{spec.name}@{t:g}K", composition=spec.name,
+                                 trajectory=f"{spec.name}@{t:g}K#{w}"))
     say(f"independent test set: {len(jobs)} labeler MD runs, {frames} frames each")
     t0 = time.time()
     with ProcessPoolExecutor(workers) as pool:
@@ -121,8 +134,14 @@ def independent_test_set(cfg, cache: Path, frames: int, equil: int, interval: in
     return from_extxyz(cache.read_text())
 
 
+def _trajectory(atoms) -> str:
+    """The MD run a test frame came from (sets cached before walkers: one run per group)."""
+    return str(atoms.info.get("trajectory", atoms.info["group"]))
+
+
 def ensemble_pairs(model_paths, frames, confidence: float) -> dict:
-    """Per-atom force widths/errors and per-frame energy widths/errors (eV/atom)."""
+    """Per-atom force widths/errors and per-frame energy widths/errors (eV/atom), with each
+    pair's composition and MD trajectory."""
     from remote_al.calibration import atom_force_errors, atom_force_widths
     from remote_al.ensemble import predict_ensemble
     from remote_al.uq import ensemble_ci_width
@@ -132,12 +151,14 @@ def ensemble_pairs(model_paths, frames, confidence: float) -> dict:
     e_ref = np.array([a.get_potential_energy() for a in frames]) / natoms
     e_mem = energies / natoms[None, :]
     out = {"aw": [], "ae": [], "acomp": [], "ew": ensemble_ci_width(e_mem, confidence, axis=0),
-           "ee": e_mem.mean(axis=0) - e_ref, "ecomp": [a.info["composition"] for a in frames]}
+           "ee": e_mem.mean(axis=0) - e_ref, "ecomp": [a.info["composition"] for a in frames],
+           "etraj": [_trajectory(a) for a in frames], "atraj": []}
     for a, f in zip(frames, forces):
         out["aw"].extend(atom_force_widths(f, confidence))
         out["ae"].extend(atom_force_errors(f.mean(axis=0), a.get_forces()))
         out["acomp"].extend([a.info["composition"]] * len(a))
-    for k in ("aw", "ae", "acomp", "ecomp"):
+        out["atraj"].extend([_trajectory(a)] * len(a))
+    for k in ("aw", "ae", "acomp", "ecomp", "etraj", "atraj"):
         out[k] = np.array(out[k])
     return out
 
@@ -157,20 +178,120 @@ def alternatives(eval_result: dict, n_members: int, confidence: float) -> dict[s
     return out
 
 
+def coverage_interval(inside, clusters, rng, n_boot: int = 2000) -> dict:
+    """A coverage with two 95 % intervals: Clopper-Pearson, which takes the pairs as
+    independent, and a bootstrap over MD trajectories (frames of one run are correlated,
+    so this one is the honest width)."""
+    from scipy import stats
+
+    inside, clusters = np.asarray(inside, dtype=bool), np.asarray(clusters)
+    k, n = int(inside.sum()), int(inside.size)
+    if n == 0:
+        return {"coverage": None, "n": 0}
+    cp = stats.binomtest(k, n).proportion_ci(0.95, method="exact")
+    labels = np.unique(clusters)
+    hits = np.array([inside[clusters == c].sum() for c in labels], dtype=float)
+    sizes = np.array([(clusters == c).sum() for c in labels], dtype=float)
+    pick = rng.integers(0, labels.size, (n_boot, labels.size))
+    boot = hits[pick].sum(axis=1) / sizes[pick].sum(axis=1)
+    return {"coverage": k / n, "n": n, "inside": k, "trajectories": int(labels.size),
+            "clopper_pearson_95": [float(cp.low), float(cp.high)],
+            "trajectory_bootstrap_95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]}
+
+
+def calibration_pairs(st, g: int, composition_of) -> dict:
+    """The campaign's own calibration pairs of generation g (``eval:gN`` test frames and
+    ``oob:gN`` out-of-bag frames), each with its composition."""
+    from remote_al.structures import from_extxyz
+
+    out = {k: [] for k in ("aw", "ae", "acomp", "ew", "ee", "ecomp")}
+    for key in (f"eval:g{g}", f"oob:g{g}"):
+        task = st.task(key)
+        if task is None or task["result"] is None:
+            continue
+        req, res = json.loads(task["request"]), json.loads(task["result"])
+        if res.get("energy_error") is None or res.get("atom_force_width") is None:
+            continue
+        comps = [composition_of(a) for a in from_extxyz(req["frames_extxyz"])]
+        out["ew"] += list(res["energy_width"])
+        out["ee"] += list(res["energy_error"])
+        out["ecomp"] += comps
+        out["aw"] += list(res["atom_force_width"])
+        out["ae"] += list(res["atom_force_error"])
+        out["acomp"] += [c for c, n in zip(comps, res["natoms"]) for _ in range(n)]
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def per_composition_energy(cal_pairs: dict, test: dict, comps, pooled_scale: float, level: float) -> dict:
+    """Each composition its own conformal energy factor, from its own calibration pairs
+    (the pooled factor where it has fewer than the level needs), scored on the test set."""
+    from remote_al.calibration import conformal_scale, coverage, min_pairs
+
+    out = {}
+    for c in comps:
+        mine = cal_pairs["ecomp"] == c
+        n = int(mine.sum())
+        try:
+            scale, own = conformal_scale(cal_pairs["ew"][mine], cal_pairs["ee"][mine], level), True
+        except ValueError:
+            scale, own = pooled_scale, False
+        em = test["ecomp"] == c
+        out[c] = {"energy_scale": scale, "own_factor": own, "n_calibration_pairs": n,
+                  "needs": min_pairs(level), "energies": coverage(test["ew"][em], test["ee"][em], scale),
+                  "calibration_mean_error_meV_atom": float(1000 * cal_pairs["ee"][mine].mean()) if n else None}
+    return out
+
+
+def in_distribution_energy_coverage(test: dict, comps, level: float) -> dict:
+    """What a calibration fitted on frames like the independent ones would give: per
+    composition, the conformal energy factor fitted on half of its MD runs and scored on
+    the other half, over every such split. Its spread is the noise of a per-composition
+    coverage from this many runs; its mean against the campaign's coverage shows the
+    shift between the campaign's calibration frames and the independent ones."""
+    import itertools
+
+    from remote_al.calibration import conformal_scale
+
+    out = {}
+    for c in comps:
+        mine = test["ecomp"] == c
+        runs = sorted(set(test["etraj"][mine]))
+        if len(runs) < 2:
+            continue
+        covs = []
+        for half in itertools.combinations(runs, len(runs) // 2):
+            fit = mine & np.isin(test["etraj"], half)
+            score = mine & ~np.isin(test["etraj"], half)
+            try:
+                q = conformal_scale(test["ew"][fit], test["ee"][fit], level)
+            except ValueError:
+                continue
+            covs.append(float(np.mean(np.abs(test["ee"][score]) <= q * test["ew"][score])))
+        if covs:
+            out[c] = {"mean": float(np.mean(covs)), "min": float(np.min(covs)), "max": float(np.max(covs)),
+                      "splits": len(covs), "runs": len(runs)}
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--campaign", default=str(ROOT / "examples" / "linio2.toml"))
     ap.add_argument("--name", default="linio2")
     ap.add_argument("--workdir", default=str(ROOT / "runs" / "calibration"))
-    ap.add_argument("--frames", type=int, default=20, help="test frames per (structure, temperature)")
+    ap.add_argument("--frames", type=int, default=20, help="test frames per labeler MD run")
+    ap.add_argument("--walkers", type=int, default=1,
+                    help="independent labeler MD runs per (structure, temperature)")
     ap.add_argument("--equil", type=int, default=100)
     ap.add_argument("--interval", type=int, default=10)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--attempt", default="", help="also record this run under attempts[ATTEMPT] (kept with earlier ones)")
+    ap.add_argument("--what", default="", help="what this attempt changed (stored with it)")
     ap.add_argument("--out", default="")
     a = ap.parse_args(argv)
 
     from driver.config import parse_config
     from driver.campaign import open_campaign_state
+    from driver.preflight import build_structure
     from remote_al.calibration import coverage, read_calibration
 
     workdir = Path(a.workdir)
@@ -178,11 +299,14 @@ def main(argv=None) -> dict:
     st = open_campaign_state(cdir)
     cfg = parse_config(json.loads(st.get_meta("config_json")), base_dir=cdir)
     conf = cfg.selection.confidence
-    frames = independent_test_set(cfg, workdir / f"{a.name}-test.extxyz", a.frames, a.equil, a.interval, a.workers)
+    cache = workdir / (f"{a.name}-test.extxyz" if (a.frames, a.walkers, a.equil, a.interval) == (20, 1, 100, 10)
+                       else f"{a.name}-test-f{a.frames}-w{a.walkers}-e{a.equil}-i{a.interval}.extxyz")
+    frames = independent_test_set(cfg, cache, a.frames, a.equil, a.interval, a.workers, a.walkers)
     comps = sorted({f.info["composition"] for f in frames})
-    gens = sorted({m["generation"] for m in st.models()})
-    per_gen, headline_cov = {}, {}
-    for g in gens:
+    formula = {build_structure(spec).get_chemical_formula(): spec.name for spec in cfg.structures}
+    rng = np.random.default_rng(0)
+    per_gen, headline_cov, intervals = {}, {}, {}
+    for g in sorted({m["generation"] for m in st.models()}):
         models = [m["path"] for m in st.models(g)]
         cal = read_calibration(cdir, g)
         task = st.task(f"eval:g{g}")
@@ -190,6 +314,10 @@ def main(argv=None) -> dict:
             say(f"generation {g}: no calibration stored; skipped")
             continue
         p = ensemble_pairs(models, frames, conf)
+        cp = calibration_pairs(st, g, lambda atoms: formula.get(atoms.get_chemical_formula(), "other"))
+        np.savez_compressed(workdir / f"{a.name}-g{g}-pairs.npz", **{f"test_{k}": v for k, v in p.items()},
+                            **{f"cal_{k}": v for k, v in cp.items()}, force_scale=cal.force_scale,
+                            energy_scale=cal.energy_scale)
         methods = {"conformal (campaign)": (cal.force_scale, cal.energy_scale),
                    **alternatives(json.loads(task["result"]), len(models), conf)}
         rows = {}
@@ -206,36 +334,57 @@ def main(argv=None) -> dict:
                   for c in comps}
         force_rmse = float(np.sqrt(np.mean(p["ae"] ** 2)))
         per_gen[g] = {"calibration": cal.to_dict(), "methods": rows, "energy_error": energy,
+                      "energy_per_composition_factor": per_composition_energy(cp, p, comps, cal.energy_scale, conf),
+                      "energy_in_distribution_crossfit": in_distribution_energy_coverage(p, comps, conf),
                       "atom_force_error_p95": float(np.percentile(p["ae"], 95)),
                       "atom_force_error_rms_of_max_component": force_rmse,
                       "force_width_median": float(np.median(p["aw"]))}
         ours = rows["conformal (campaign)"]
         headline_cov[g] = {c: {"forces": ours[c]["forces"], "energies": ours[c]["energies"]} for c in comps}
         headline_cov[g]["all"] = {"forces": ours["forces"], "energies": ours["energies"]}
+        intervals[g] = {}
+        for c in [*comps, "all"]:
+            am = p["acomp"] == c if c != "all" else np.ones(p["aw"].size, dtype=bool)
+            em = p["ecomp"] == c if c != "all" else np.ones(p["ew"].size, dtype=bool)
+            intervals[g][c] = {
+                "forces": coverage_interval(p["ae"][am] <= cal.force_scale * p["aw"][am], p["atraj"][am], rng),
+                "energies": coverage_interval(np.abs(p["ee"][em]) <= cal.energy_scale * p["ew"][em],
+                                              p["etraj"][em], rng)}
         say(f"generation {g}: coverage forces {ours['forces']:.3f}, energies {ours['energies']:.3f} "
             f"(scales {cal.force_scale:.2f}/{cal.energy_scale:.2f}, {cal.n_frames} calibration frames); "
             f"seed half-width {rows['seed_half_width']['forces']:.3f}/{rows['seed_half_width']['energies']:.3f}; "
-            + ", ".join(f"{c} E err {energy[c]['mean_meV_atom']:+.1f} meV/atom" for c in comps))
+            + ", ".join(f"{c} E cov {ours[c]['energies']:.3f} err {energy[c]['mean_meV_atom']:+.1f} meV/atom"
+                        for c in comps))
     later = [v for g, cov in headline_cov.items() if g >= 1 for c, d in cov.items() if c != "all"
              for v in d.values()]
-    payload = {
-        "benchmark": "calibration",
-        "campaign": str(a.campaign),
-        "headline": {
-            "coverage_95": {str(g): cov for g, cov in headline_cov.items()},
-            "coverage_95_min": float(min(later)) if later else None,
-            "coverage_95_max": float(max(later)) if later else None,
-            "frames_used": {"independent_test": len(frames),
-                            "calibration_per_generation": {str(g): d["calibration"]["n_frames"]
-                                                           for g, d in per_gen.items()}},
-            "goal": "every generation >= 1 between 0.90 and 0.98, forces and energies",
-        },
-        "test_set": {"frames": len(frames), "groups": sorted({f.info["group"] for f in frames}),
-                     "equil_steps": a.equil, "interval_fs": a.interval, "frames_per_group": a.frames},
-        "generations": {str(g): d for g, d in per_gen.items()},
+    headline = {
+        "coverage_95": {str(g): cov for g, cov in headline_cov.items()},
+        "coverage_95_min": float(min(later)) if later else None,
+        "coverage_95_max": float(max(later)) if later else None,
+        "coverage_95_intervals": {str(g): v for g, v in intervals.items()},
+        "frames_used": {
+            "independent_test": len(frames),
+            "independent_test_per_composition": {
+                c: {"frames": int(np.sum(p["ecomp"] == c)), "atoms": int(np.sum(p["acomp"] == c)),
+                    "trajectories": int(np.unique(p["etraj"][p["ecomp"] == c]).size)} for c in comps},
+            "calibration_per_generation": {str(g): d["calibration"]["n_frames"] for g, d in per_gen.items()}},
+        "goal": "every generation >= 1 between 0.90 and 0.98, forces and energies",
     }
+    test_set = {"frames": len(frames), "groups": sorted({f.info["group"] for f in frames}),
+                "equil_steps": a.equil, "interval_fs": a.interval, "frames_per_run": a.frames,
+                "walkers": a.walkers}
     out = Path(a.out) if a.out else ROOT / "benchmarks" / "results" / (
         "calibration.json" if a.name == "linio2" else f"calibration_{a.name}.json")
+    old = json.loads(out.read_text()) if out.exists() else {}
+    attempts = dict(old.get("attempts", {}))
+    if a.attempt:
+        attempts[a.attempt] = {"what": a.what, "headline": headline, "test_set": test_set,
+                               "generations": {str(g): d for g, d in per_gen.items()}}
+    payload = {"benchmark": "calibration", "campaign": str(a.campaign), "attempt": a.attempt or None,
+               "headline": headline, "test_set": test_set, "generations": {str(g): d for g, d in per_gen.items()},
+               "attempts": attempts}
+    if "reproduce" in old:
+        payload["reproduce"] = old["reproduce"]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2) + "\n")
     say(f"wrote {out}")

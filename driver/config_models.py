@@ -245,6 +245,13 @@ class TrainingSection(_Section):
     continue_from_previous: Bool = Field(True, description="continue from the previous generation's checkpoint")
     deepmd: dict[Str, Any] = Field(default_factory=dict, description=(
         "input.json overrides (deep-merged), checked with DeePMD-kit's own argument checker"))
+    continue_prefactors: Literal["limit", "restart"] = Field(
+        "limit", description="a continued generation's loss prefactors: 'limit': start at the limit values "
+                             "(the energy weight is not reset); 'restart': the schedule from start_pref_* again")
+    deepmd_continue: dict[Str, Any] = Field(default_factory=dict, description=(
+        "input.json overrides for continued generations only, on top of `deepmd` (e.g. "
+        "{loss = {start_pref_e = 0.1, start_pref_f = 100}, learning_rate = {start_lr = 1e-4}} as DP-GEN's "
+        "training_reuse_*), checked with DeePMD-kit's own argument checker"))
 
 
 class SteeringSection(_Section):

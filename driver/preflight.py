@@ -160,8 +160,9 @@ def check_deepmd_overrides(cfg: CampaignConfig) -> str | None:
     """DeePMD-kit's own argument checker (``deepmd.utils.argcheck.normalize``, after its
     input-version update, as ``dp train`` does) on the input.json a member trains with:
     ``remote_al.deepmd_input.deepmd_input`` with the campaign's ``[training.deepmd]``
-    overrides, for both step counts. ConfigError with DeePMD-kit's message, prefixed by the
-    field. Returns a note (and checks nothing) when DeePMD-kit is not importable here."""
+    overrides, for generation 0 and, when generations continue, for a continued one
+    (``numb_steps_continue``, ``continue_prefactors``, ``[training.deepmd_continue]``).
+    ConfigError with DeePMD-kit's message, prefixed by the field. Returns a note (and checks nothing) when DeePMD-kit is not importable here."""
     try:
         from deepmd.utils.argcheck import normalize
         from deepmd.utils.compat import update_deepmd_input
@@ -172,15 +173,19 @@ def check_deepmd_overrides(cfg: CampaignConfig) -> str | None:
 
     t = cfg.training
     valid = ["valid-systems"] if t.subset_fraction < 1.0 else []
-    for steps in dict.fromkeys((t.numb_steps, t.numb_steps_continue)):
+    runs = [(t.numb_steps, False, "deepmd")]
+    if t.continue_from_previous:
+        runs.append((t.numb_steps_continue, True, "deepmd_continue" if t.deepmd_continue else "deepmd"))
+    for steps, continued, key in runs:
         try:
             inp = deepmd_input(cfg.campaign.type_map, ["train-systems"], valid, steps,
-                               cfg.campaign.seed * 1000 + 1, dict(t.deepmd))
+                               cfg.campaign.seed * 1000 + 1, dict(t.deepmd), continued=continued,
+                               continue_prefactors=t.continue_prefactors, continue_overrides=dict(t.deepmd_continue))
             normalize(update_deepmd_input(inp, warning=False))
         except Exception as exc:  # dargs' ArgumentError and DeePMD-kit's ValueErrors, KeyErrors
             path = str(getattr(exc, "path", "") or "")
-            field = "training.deepmd" + ("." + path.replace("/", ".") if path else "")
+            field = f"training.{key}" + ("." + path.replace("/", ".") if path else "")
             raise ConfigError(field, f"DeePMD-kit's argument check: {exc}",
-                              "fix the override in [training.deepmd] (DeePMD-kit's input reference: "
+                              f"fix the override in [training.{key}] (DeePMD-kit's input reference: "
                               "`dp doc-train-input`)") from None
     return None

@@ -11,6 +11,11 @@ from typing import Any, Mapping
 
 DEFAULT_SEL = {"O": 48}  # neighbours within rcut 5 A in layered oxides; others 24
 
+# How a continued training (``--init-model``) sets its loss prefactors' start values:
+# "limit": at the limit values, so the schedule does not start over from a force-heavy loss
+# (DP-GEN's training_reuse_start_pref_*, here at the limits); "restart": the same schedule
+# as a training from scratch.
+CONTINUE_PREFACTORS = ("limit", "restart")
 
 
 def deep_update(base: dict, override: Mapping) -> dict:
@@ -30,8 +35,21 @@ def deepmd_input(
     numb_steps: int,
     seed: int,
     overrides: Mapping[str, Any] | None = None,
+    *,
+    continued: bool = False,
+    continue_prefactors: str = "limit",
+    continue_overrides: Mapping[str, Any] | None = None,
 ) -> dict:
-    """DeePMD-kit input.json for one member; ``overrides`` deep-update the defaults."""
+    """DeePMD-kit input.json for one member; ``overrides`` deep-update the defaults.
+
+    A continued training (``continued``: it starts from the previous generation's
+    checkpoint) restarts DeePMD-kit's learning-rate and prefactor schedules at step 0, so
+    with the defaults its energy weight would fall back to ``start_pref_e``. With
+    ``continue_prefactors="limit"`` every ``start_pref_X`` of the loss is set to its
+    ``limit_pref_X`` (the weights the previous generation ended with); ``"restart"`` keeps
+    the schedule. ``continue_overrides`` then deep-update the result (e.g. DP-GEN's
+    ``{"loss": {"start_pref_e": 0.1, "start_pref_f": 100}, "learning_rate": {"start_lr": 1e-4}}``).
+    """
     sel = [DEFAULT_SEL.get(el, 24) for el in type_map]
     disp = max(1, numb_steps // 20)
     inp = {
@@ -80,4 +98,15 @@ def deepmd_input(
             "batch_size": "auto",
             "numb_btch": 1,
         }
-    return deep_update(inp, overrides or {})
+    inp = deep_update(inp, overrides or {})
+    if not continued:
+        return inp
+    if continue_prefactors not in CONTINUE_PREFACTORS:
+        raise ValueError(f"continue_prefactors must be one of {CONTINUE_PREFACTORS}, got {continue_prefactors!r}")
+    if continue_prefactors == "limit":
+        loss = inp.get("loss", {})
+        for key in list(loss):
+            limit = "limit_pref_" + key[len("start_pref_"):]
+            if key.startswith("start_pref_") and limit in loss:
+                loss[key] = loss[limit]
+    return deep_update(inp, continue_overrides or {})

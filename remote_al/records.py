@@ -169,6 +169,10 @@ class TrainRequest(_Record):
     numb_steps: int = 1000
     deepmd: Mapping[str, Any] = field(default_factory=dict)  # overrides for input.json
     init_model: str | None = None  # previous generation's checkpoint (model.ckpt.pt)
+    # with init_model: loss prefactors' start values ("limit" | "restart") and input.json
+    # overrides on top of ``deepmd`` (remote_al.deepmd_input.deepmd_input)
+    continue_prefactors: str = "limit"
+    deepmd_continue: Mapping[str, Any] = field(default_factory=dict)
     validation_systems: tuple[str, ...] = ()
     backend: str = "pt"
     device: str = "auto"

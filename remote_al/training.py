@@ -1,13 +1,17 @@
 """Training one DeePMD-kit ensemble member (``dp --pt train`` then ``dp --pt freeze``).
 
-Each member trains on its own random subset of the frames (default 90 %) with its own
-seeds; the frames it leaves out are its validation set, so lcurve.out carries validation
-columns. A member continues from the previous generation's checkpoint with
-``--init-model`` when there is one.
+Each member trains on its own subset of the frames (its bag, default about 90 %, the same
+frames in every generation) with its own seeds; the frames it leaves out are its
+validation set, so lcurve.out carries validation columns. A member continues from the
+previous generation's checkpoint with ``--init-model`` when there is one; such a continued
+training starts its loss prefactors at their limit values by default
+(``TrainRequest.continue_prefactors``), so the energy weight is not reset to
+``start_pref_e`` each generation.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -17,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from remote_al.deepmd_data import n_frames, parse_lcurve, subset_system
+from remote_al.deepmd_data import parse_lcurve, read_system, subset_system
 from remote_al.deepmd_input import deepmd_input
 from remote_al.errors import RemoteALError
 from remote_al.records import TrainRequest, TrainResult
@@ -34,31 +38,53 @@ class TrainingError(RemoteALError, RuntimeError):
         super().__init__(f"{message} (workdir: {workdir})")
 
 
-def split_member_data(systems, workdir: Path, fraction: float, seed: int):
-    """Per system, a seeded random ``fraction`` of frames for training, the rest validation.
+def bag_draws(sysdir, bag: int) -> np.ndarray:
+    """One draw in [0, 1) per frame of a system, from the frame's content (types, coordinates
+    and cell to 1e-5 A) and the bag: the same frame gets the same draw in every generation,
+    whatever system or position it is exported in."""
+    data = read_system(sysdir)
+    types = np.asarray(data["types"], dtype=np.int64).tobytes()
+    head = int(bag).to_bytes(8, "little", signed=True)
+    out = []
+    for coord, box in zip(data["coord"], data["box"]):
+        key = head + types + (np.round(coord, 5) + 0.0).tobytes() + (np.round(box, 5) + 0.0).tobytes()
+        out.append(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") / 2.0**64)
+    return np.array(out)
+
+
+def split_member_data(systems, workdir: Path, fraction: float, bag: int):
+    """Per system, the frames this member trains on (its bag), the rest its validation set.
+
+    A frame is in the bag when its draw (``bag_draws``: from the frame's content and the
+    bag number, the member's index in a campaign) is below ``fraction``. So a member holds
+    out the same frames in every generation: the frames it held out stay out-of-bag for it
+    when it is continued from its previous checkpoint, and the calibration keeps about
+    ``1 - fraction**M`` of the training frames as out-of-bag pairs instead of only the
+    newest ones (a fresh split each generation leaves almost none out of a member's chain).
+    A system of two or more frames always leaves its highest draw out (a validation frame);
+    a member whose bag would be empty trains on the frame with the lowest draw.
 
     Returns (train dirs, validation dirs, frames kept, frames in all, and per system the
     sorted indices of the frames this member did NOT train on: its out-of-bag frames)."""
-    rng = np.random.default_rng(seed)
+    draws = [bag_draws(sysdir, bag) for sysdir in systems]
+    keep = [d < fraction if fraction < 1.0 else np.ones(d.size, dtype=bool) for d in draws]
+    for d, k in zip(draws, keep):
+        if fraction < 1.0 and d.size > 1 and k.all():
+            k[np.argmax(d)] = False  # every system keeps a validation frame
+    if draws and not any(k.any() for k in keep) and any(d.size for d in draws):
+        i = min((i for i, d in enumerate(draws) if d.size), key=lambda i: draws[i].min())
+        keep[i][np.argmin(draws[i])] = True
     train, valid, held_out = [], [], []
-    total = kept = 0
-    for i, sysdir in enumerate(systems):
-        n = n_frames(sysdir)
-        total += n
-        perm = rng.permutation(n)
-        n_train = n if fraction >= 1.0 else max(1, int(round(fraction * n)))
-        if n_train == n and n > 1 and fraction < 1.0:
-            n_train = n - 1
-        kept += n_train
+    for i, (sysdir, mine) in enumerate(zip(systems, keep)):
         name = f"{i:03d}-{Path(sysdir).name}"
-        t = subset_system(sysdir, workdir / "data" / "train" / name, np.sort(perm[:n_train]))
-        v = subset_system(sysdir, workdir / "data" / "valid" / name, np.sort(perm[n_train:]))
-        held_out.append(tuple(int(j) for j in np.sort(perm[n_train:])))
+        t = subset_system(sysdir, workdir / "data" / "train" / name, np.flatnonzero(mine))
+        v = subset_system(sysdir, workdir / "data" / "valid" / name, np.flatnonzero(~mine))
+        held_out.append(tuple(int(j) for j in np.flatnonzero(~mine)))
         if t:
             train.append(t)
         if v:
             valid.append(v)
-    return train, valid, kept, total, tuple(held_out)
+    return train, valid, int(sum(k.sum() for k in keep)), int(sum(k.size for k in keep)), tuple(held_out)
 
 
 def _dp_command() -> list[str]:
@@ -97,8 +123,10 @@ def train_member(req: TrainRequest) -> TrainResult:
     workdir.mkdir(parents=True)
     if not req.systems:
         raise TrainingError("no training systems given", str(workdir))
-    train, valid, kept, total, held_out = split_member_data(req.systems, workdir, req.subset_fraction, req.seed)
-    inp = deepmd_input(req.type_map, train, valid, req.numb_steps, req.seed, req.deepmd)
+    train, valid, kept, total, held_out = split_member_data(req.systems, workdir, req.subset_fraction, req.member)
+    inp = deepmd_input(req.type_map, train, valid, req.numb_steps, req.seed, req.deepmd,
+                       continued=bool(req.init_model), continue_prefactors=req.continue_prefactors,
+                       continue_overrides=req.deepmd_continue)
     (workdir / "input.json").write_text(json.dumps(inp, indent=2))
     env = deepmd_env(req.device)
     cmd = [*_dp_command(), "--pt", "train", "input.json", "--skip-neighbor-stat"]

@@ -197,7 +197,7 @@ def test_out_of_bag_frames_exclude_what_a_member_trained_on_including_earlier_ge
         manifest[name] = [h for h, a in zip(hashes, frames) if ("Ni" in name) == (a[0].symbol == "Ni")]
     trained = {}
     for m in range(4):
-        _, _, kept, total, held = split_member_data(systems, tmp_path / f"m{m}", 0.8, seed=100 + m)
+        _, _, kept, total, held = split_member_data(systems, tmp_path / f"m{m}", 0.8, bag=m)
         trained[m] = member_trained_hashes(systems, manifest, held)
         assert len(trained[m]) == kept and total == 30
     oob = out_of_bag_members(hashes, trained)
@@ -212,3 +212,40 @@ def test_out_of_bag_frames_exclude_what_a_member_trained_on_including_earlier_ge
     assert all(0 not in members for h, members in oob2.items() if h in earlier[0])
     with pytest.raises(ValueError, match="systems"):
         member_trained_hashes(systems, manifest, held[:1])
+
+
+def test_a_member_holds_out_the_same_frames_in_every_generation(tmp_path):
+    """Bags follow the frames' content, not their position: exported again in a later
+    generation (in another order, with new frames), a frame a member held out stays held
+    out, so it stays out-of-bag along the member's chain of continued generations."""
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from remote_al.deepmd_data import write_systems
+    from remote_al.training import split_member_data
+
+    rng = np.random.default_rng(1)
+    frames = []
+    for k in range(60):
+        a = bulk("Ni", "fcc", a=3.52, cubic=True)
+        a.positions += rng.normal(0, 0.05, a.positions.shape)
+        a.calc = SinglePointCalculator(a, energy=float(k), forces=np.zeros((len(a), 3)))
+        frames.append(a)
+
+    def held_out(frame_list, where, bag):
+        systems = write_systems(frame_list, tmp_path / where / "ds", ["Ni"])
+        _, _, kept, total, held = split_member_data(systems, tmp_path / where / "m", 0.8, bag=bag)
+        assert kept + sum(len(h) for h in held) == total == len(frame_list)
+        return {float(frame_list[j].get_potential_energy()) for j in held[0]}
+
+    for bag in range(4):
+        first = held_out(frames[:40], f"g0-b{bag}", bag)
+        later = held_out(frames[::-1], f"g1-b{bag}", bag)  # all 60, reversed
+        assert first and first == {e for e in later if e < 40}
+    # about 1 - 0.8 held out by one member; different members, different bags
+    bags = [held_out(frames, f"all-b{bag}", bag) for bag in range(4)]
+    assert all(4 <= len(b) <= 24 for b in bags) and len({frozenset(b) for b in bags}) == 4
+    # an empty bag is never trained: the lowest draw is kept
+    systems = write_systems(frames[:3], tmp_path / "none" / "ds", ["Ni"])
+    train, _, kept, _, _ = split_member_data(systems, tmp_path / "none" / "m", 1e-9, bag=0)
+    assert kept == 1 and len(train) == 1

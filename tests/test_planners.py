@@ -150,3 +150,24 @@ def test_lock_file_is_gone_after_release_and_a_stale_open_does_not_split_the_loc
     with pytest.raises(CampaignLocked):
         CampaignLock(tmp_path).acquire()
     third.release()
+
+
+def test_training_requests_carry_the_continuation_settings(tmp_path):
+    """A continued generation's members get the campaign's continue_prefactors and
+    deepmd_continue; generation 0 trains from scratch."""
+    from driver.campaign import requests as rq
+
+    toml = write_campaign(tmp_path, training={"continue_prefactors": "restart"})
+    toml.write_text(toml.read_text() + "[training.deepmd_continue.learning_rate]\nstart_lr = 0.0005\n")
+    cfg = load_config(toml)
+    state = State(cfg.directory / "state.sqlite")
+    view = CampaignView(cfg, state, DatasetStore(state), gpu_slots=2, say=lambda m: None)
+    specs0, _ = rq.training(view, 0, ("/data/sys",))
+    assert all(s.request.init_model is None for s in specs0)
+    for m in range(2):
+        state.add_model(0, m, f"train:g0:m{m}", f"/g0m{m}.pth", checkpoint=f"/g0m{m}.ckpt.pt")
+    specs1, what = rq.training(view, 1, ("/data/sys",))
+    assert "(continued)" in what
+    assert [s.request.init_model for s in specs1] == ["/g0m0.ckpt.pt", "/g0m1.ckpt.pt"]
+    assert all(s.request.continue_prefactors == "restart" for s in specs1)
+    assert all(s.request.deepmd_continue == {"learning_rate": {"start_lr": 0.0005}} for s in specs1)

@@ -239,6 +239,9 @@ CASES = [
          sections={"training": '[training.deepmd.model.descriptor]\ntype = "se_zz"'}, existing=True),
     Case("deepmd-type", "training.deepmd.learning_rate",
          sections={"training": '[training.deepmd.learning_rate]\nstart_lr = "fast"'}),
+    Case("continue-prefactors", "training.continue_prefactors", sections={"training": 'continue_prefactors = "reset"'}),
+    Case("deepmd-continue-typo", "training.deepmd_continue.loss",
+         sections={"training": "[training.deepmd_continue.loss]\nstart_pref_q = 1.0"}),
     # ------------------------------------------------------ [steering] [test] [volume]
     Case("steering-mode", "steering.mode", sections={"steering": 'mode = "fast"'}),
     Case("lookahead-million", "steering.lookahead_rounds", sections={"steering": "lookahead_rounds = 1000000"}),

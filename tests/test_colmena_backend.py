@@ -304,6 +304,9 @@ def test_sigkill_from_outside_at_random_moments_on_colmena(tmp_path):
     import random
 
     toml = write_campaign(tmp_path, campaign={"seed": 11})
-    # moments spread over start-up (about 20 s here) and the first rounds
-    kill_at_random_moments_then_resume(toml, sim_env(tmp_path), random.Random(24), 5, (3.0, 30.0), backend="colmena")
+    # moments spread over start-up (7-20 s here) and the first rounds; a slower simulated
+    # workload than elsewhere (0.1 s a unit: about a minute of work), so that a resumed run
+    # cannot finish the whole campaign inside one waiting time and leave too few kills
+    env = sim_env(tmp_path, REMOTE_AL_SIM_UNIT_S="0.1")
+    kill_at_random_moments_then_resume(toml, env, random.Random(24), 5, (5.0, 15.0), backend="colmena")
     assert not _no_orphans(str(tmp_path / "camp" / "engine-colmena"))

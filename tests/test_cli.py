@@ -137,35 +137,22 @@ def test_status_counts_add_up(tmp_path, capsys, monkeypatch):
 
 
 # ------------------------------------------------------------------ run --report
-class _FinishedCampaign:
-    """Stands in for the campaign engine (driver.campaign.Campaign): its run leaves a finished
-    campaign's state in the campaign directory, so the CLI's ending is what is tested."""
-
-    stop_kind = "done"
-
-    def __init__(self, cfg, backend, **kwargs):
-        self.cfg = cfg
-
-    def run(self):
-        _synthetic_campaign(self.cfg.directory.parent)
-
-
 @pytest.mark.parametrize("report", [True, False])
+@pytest.mark.slow
 def test_run_with_report_writes_the_html_report_and_says_where(tmp_path, monkeypatch, capsys, report):
-    from test_report import CAMPAIGN_TOML
+    """A real (simulated-workload) campaign through the CLI, with and without --report."""
+    from test_durability import write_campaign
 
-    monkeypatch.setattr("driver.campaign.Campaign", _FinishedCampaign)
-    monkeypatch.setattr("driver.cli._backend_for", lambda cfg, args: None)
-    toml = tmp_path / "mini.toml"
-    toml.write_text(CAMPAIGN_TOML.replace('name = "mini"', f'name = "mini"\nworkdir = "{tmp_path / "mini"}"'))
+    monkeypatch.setenv("REMOTE_AL_SIM_UNIT_S", "0.01")
+    toml = write_campaign(tmp_path, campaign={"max_rounds": 1})
     assert main(["run", str(toml), *(["--report"] if report else [])]) == 0
     out = capsys.readouterr().out
-    index = tmp_path / "mini" / "report" / "index.html"
+    index = tmp_path / "camp" / "report" / "index.html"
     if report:
         assert f"report written: {index}" in out and index.stat().st_size > 1000
         assert "function" in out and "total" in out  # and the status tables before it
     else:
-        assert not index.exists() and f"next: remote-al status {tmp_path / 'mini'}" in out
+        assert not index.exists() and f"next: remote-al status {tmp_path / 'camp'}" in out
 
 
 def test_the_readme_says_how_to_reach_the_command_and_names_real_verbs():

@@ -280,7 +280,7 @@ class GlobusBackend(Backend):
         docs: dict[str, Any] = {}
         for start in range(0, len(ids), STATUS_BATCH):
             with self._service_errors(items[0][0], self.team.endpoints.get(items[0][0], "?")):
-                docs.update(self._status_client.get_task_batch(ids[start:start + STATUS_BATCH]).data["results"])
+                docs.update(self._status_client.get_task_batch(ids[start:start + STATUS_BATCH]).data.get("results", {}))
         out: list[Future | None] = []
         for pool, function, backend_id, task_key in items:
             with self._lock:

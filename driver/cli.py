@@ -51,7 +51,7 @@ def _backend_for(cfg, args):
     if kind == "local":
         return make_backend("local", run_dir=cfg.directory / "engine", gpu_slots=cfg.backend.gpu_slots,
                             cpu_slots=cfg.backend.cpu_slots, engine=args.engine or cfg.backend.engine,
-                            functions=functions)
+                            functions=functions, lifetime=cfg.backend.engine_lifetime)
     if kind == "colmena":
         endpoints = None
         if cfg.backend.colmena_server == "globus":
@@ -301,10 +301,11 @@ def _add_verbs(group: click.Group) -> None:
         add_subcommands(group)
     from driver.predict import add_subcommands as add_predict
     from driver.report_cli import add_subcommands as add_report
+    from driver.stop_cli import add_subcommands as add_stop
     from driver.sweep import add_subcommands as add_sweep
     from driver.transfer_cli import add_subcommands as add_transfer
 
-    for add in (add_transfer, add_report, add_sweep, add_predict):
+    for add in (add_transfer, add_report, add_sweep, add_predict, add_stop):
         add(group)
 
 

@@ -100,6 +100,10 @@ class BackendSection(_Section):
                              "(the remote-al[colmena] extra; docs/colmena.md)")
     engine: Literal["process", "gce"] = Field(
         "process", description="local only: ProcessPoolEngine ('process') or GlobusComputeEngine ('gce')")
+    engine_lifetime: Literal["campaign", "driver"] = Field(
+        "campaign", description="local only: 'campaign': the engine runs in a process of its own that outlives a "
+                                "killed or stopped driver, which reattaches to its tasks (ended when the campaign is "
+                                "done or by `remote-al stop`); 'driver': the engine ends with the driver")
     gpu_slots: Int = Field(2, ge=1, le=10_000, description="tasks at once on the GPU pool (MD, UQ, training)")
     cpu_slots: Int = Field(2, ge=1, le=10_000, description="tasks at once on the CPU pool (labeling)")
     team: Str = Field("", description="globus only: team file with endpoint and function ids")

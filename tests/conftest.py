@@ -7,6 +7,7 @@ local backend's Globus Compute serializer and ProcessPoolEngine.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 for _k in ("OMP_NUM_THREADS", "DP_INTRA_OP_PARALLELISM_THREADS", "DP_INTER_OP_PARALLELISM_THREADS"):
     os.environ.setdefault(_k, "1")
@@ -64,3 +65,17 @@ def tiny_ensemble(labeled_dir, local_backend, tmp_path_factory):
         subs.append(local_backend.submit("gpu", "train", req.to_dict(), f"fixture-train-{m}"))
     results = [TrainResult.from_dict(s.future.result(timeout=900)) for s in subs]
     return results
+
+
+@pytest.fixture(autouse=True)
+def _no_engine_service_left(request):
+    """A test that leaves a campaign's local engine service running (a paused campaign, a
+    killed driver) ends it: services outlive drivers by design, not tests."""
+    yield
+    tmp = request.node.funcargs.get("tmp_path")
+    if tmp is None:
+        return
+    from driver.backends.local_service import ServiceDir
+
+    for lock in Path(tmp).rglob("service.lock"):
+        ServiceDir(lock.parent).stop(timeout_s=20)

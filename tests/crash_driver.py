@@ -43,7 +43,8 @@ def main(toml: str, spec: str, kind: str = "local") -> int:
     cfg = load_config(toml)
     slots = dict(gpu_slots=cfg.backend.gpu_slots, cpu_slots=cfg.backend.cpu_slots, functions=FUNCTIONS)
     if kind == "local":
-        backend = make_backend("local", run_dir=cfg.directory / "engine", engine=cfg.backend.engine, **slots)
+        backend = make_backend("local", run_dir=cfg.directory / "engine", engine=cfg.backend.engine,
+                               lifetime=cfg.backend.engine_lifetime, **slots)
     else:
         backend = make_backend(kind, run_dir=cfg.directory / f"engine-{kind}", **slots)
     point, _, nth = spec.partition(":")

@@ -123,7 +123,9 @@ def check_invariants(camp: Path, exec_log: Path) -> dict:
 
 @pytest.mark.slow
 def test_sigkill_at_named_points_then_resume(tmp_path):
-    toml = write_campaign(tmp_path)
+    """With the engine inside the driver (``engine_lifetime = "driver"``): the tasks in
+    flight die with it and are submitted again (tests/test_local_service.py: the default)."""
+    toml = write_campaign(tmp_path, backend={"engine_lifetime": "driver"})
     points = ["after_submit:3", "before_record:4", "in_record:5", "after_record:7",
               "after_export:2", "phase:3", "after_submit:25", "in_record:30"]
     kill_at_points_then_resume(toml, sim_env(tmp_path), points, min_kills=5)

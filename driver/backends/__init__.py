@@ -8,8 +8,14 @@ __all__ = ["Backend", "Submission", "FUNCTIONS", "MAX_PAYLOAD_BYTES"]
 
 
 def make_backend(kind: str, **kwargs) -> Backend:
-    """Build a backend by name. ``kwargs`` go to its constructor."""
+    """Build a backend by name. ``kwargs`` go to its constructor; ``local`` takes
+    ``lifetime``: "driver" (engines in the driver's process) or "campaign" (in a service
+    process that outlives the driver: ``driver.backends.local_detached``)."""
     if kind == "local":
+        if kwargs.pop("lifetime", "driver") == "campaign":
+            from driver.backends.local_detached import DetachedLocalBackend
+
+            return DetachedLocalBackend(**kwargs)
         from driver.backends.local import LocalBackend
 
         return LocalBackend(**kwargs)

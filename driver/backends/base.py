@@ -86,6 +86,11 @@ class Backend(abc.ABC):
     def shutdown(self) -> None:
         """Stop without waiting for tasks: remote ones keep running and can be reattached."""
 
+    def finish(self) -> None:
+        """The campaign is done: end what was started for it and outlives a driver (the
+        local engine service). ``shutdown`` first; the default does only that."""
+        self.shutdown()
+
     def slots(self, pool: str) -> int:
         """How many tasks the pool runs at once (used to keep it busy, not overfilled)."""
         return 1

@@ -192,14 +192,7 @@ class LocalBackend(Backend):
         return deserialize_json_result(result.data)
 
     def submit(self, pool: str, function: str, request, task_key: str) -> Submission:
-        from globus_compute_endpoint.engines.base import GCFuture
-
-        if pool not in self._slots:
-            raise ValueError(f"unknown pool {pool!r}: the local backend has 'gpu' and 'cpu'")
-        if not self._engines:
-            raise BackendUnavailable("local backend is not started")
         body, task_id = self.pack(function, request)
-        gcf = GCFuture(task_id)
         out: Future = Future()
 
         def _done(f: Future) -> None:
@@ -215,12 +208,24 @@ class LocalBackend(Backend):
             self.spool.write(task_key, value)
             out.set_result(value)
 
-        gcf.add_done_callback(_done)
+        self.submit_body(pool, body, task_id, _done)
+        return Submission(backend_id=str(task_id), future=out)
+
+    def submit_body(self, pool: str, body: bytes, task_id, on_done) -> None:
+        """Hand a packed task (``pack``) to ``pool``'s engine; ``on_done(future)`` gets the
+        engine's future of the packed ``Result`` (or of its exception) when it finishes."""
+        from globus_compute_endpoint.engines.base import GCFuture
+
+        if pool not in self._slots:
+            raise ValueError(f"unknown pool {pool!r}: the local backend has 'gpu' and 'cpu'")
+        if not self._engines:
+            raise BackendUnavailable("local backend is not started")
+        gcf = GCFuture(task_id)
+        gcf.add_done_callback(on_done)
         try:
             self._engines[pool].submit(gcf, body, resource_specification={}, result_serializers=[JSON_RESULT])
         except Exception as exc:
             raise BackendUnavailable(f"local {pool} engine refused the task: {exc}") from exc
-        return Submission(backend_id=str(task_id), future=out)
 
     def warm_up(self, timeout_s: float = 600.0) -> dict[str, list[int]]:
         """Start every worker of every pool and import the functions' modules in it (an

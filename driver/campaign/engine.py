@@ -136,7 +136,10 @@ class Campaign:
         finally:
             if self._bars is not None:
                 self._bars.__exit__(None, None, None)
-            self.backend.shutdown()
+            if self.view.phase == Phase.DONE:
+                self.backend.finish()  # nothing of the campaign is left to run
+            else:
+                self.backend.shutdown()  # what runs remotely (or in the local engine service) goes on
             lock.release()
 
     def _begin(self) -> None:

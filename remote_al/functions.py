@@ -70,8 +70,11 @@ def evaluate_uncertainty(request: UQRequest | Mapping[str, Any]) -> dict:
 def label_structures(request: LabelRequest | Mapping[str, Any]) -> dict:
     """Label structures with the named labeler; returns LabelResult as a dict.
 
-    Labeled frames are also written to ``workdir/labeled.extxyz`` (with the structure id,
-    labeler and status in each frame's info) for provenance.
+    Each label is kept in ``workdir/labels/`` as soon as it is done; the same request run
+    again (after a kill) reuses the kept labels and labels only the rest
+    (``remote_al.label_journal``). Labeled frames are also written to
+    ``workdir/labeled.extxyz`` (with the structure id, labeler and status in each frame's
+    info) for provenance.
     """
     return _run(LabelRequest, request, _label)
 
@@ -80,6 +83,7 @@ def _label(req: LabelRequest) -> LabelResult:
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.io import write
 
+    from remote_al.label_journal import label_with_journal
     from remote_al.labelers import get_labeler
     from remote_al.structures import from_extxyz
 
@@ -90,7 +94,7 @@ def _label(req: LabelRequest) -> LabelResult:
     if len(structures) != len(req.structure_ids):
         raise ValueError(f"{len(structures)} structures but {len(req.structure_ids)} ids")
     labeler = get_labeler(req.labeler, req.settings)
-    labels = labeler.label(structures, req.structure_ids, workdir)
+    labels, reused = label_with_journal(labeler, structures, req.structure_ids, workdir, req.settings)
     out = []
     for atoms, lab in zip(structures, labels):
         a = atoms.copy()
@@ -107,6 +111,7 @@ def _label(req: LabelRequest) -> LabelResult:
         labels=tuple(lab.to_dict() for lab in labels),
         output_path=str(path),
         wall_s=time.time() - t0,
+        reused=reused,
     )
 
 

@@ -154,6 +154,7 @@ class LabelResult(_Record):
     labels: tuple[dict, ...]  # Label.to_dict() each
     output_path: str
     wall_s: float
+    reused: int = 0  # labels taken from the task's label journal, not computed again
 
 
 # -------------------------------------------------------------------- training

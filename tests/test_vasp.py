@@ -559,6 +559,28 @@ def test_a_dft_step_with_pstress_labels_the_free_energy_not_the_enthalpy(fake_va
     np.testing.assert_array_equal(label.forces, unpermute([tuple(f) for f in ML_DFT_FORCES[1]], order))
 
 
+def test_a_rerun_repeats_no_vasp_run_but_a_crash(fake_vasp, tmp_path):
+    """The label journal (remote_al.label_journal) through the task: the same request run
+    again repeats neither a label nor an SCF failure (both decided by the structure), but
+    runs again a crash without an ionic step (it may have been the kill of the task)."""
+    from remote_al.functions import label_structures
+    from remote_al.records import LabelRequest
+    from remote_al.structures import to_extxyz
+
+    water = read(DATA / "vasprun.h2o.md.xml", index=-1)
+    atoms, _, _ = methane_shuffled()
+    work = tmp_path / "work"
+    settings = fake_vasp({"1": "crash", "2": "never-converges", "*": "h2o"}).settings
+    req = LabelRequest("label-vasp", str(work), "vasp", (1, 2, 3), to_extxyz([atoms, atoms, water]), settings)
+    first = label_structures(req)
+    assert [l["status"] for l in first["labels"]] == ["failed", "failed", "ok"] and first["reused"] == 0
+    assert [c["dir"] for c in calls(work)] == ["1", "2", "2", "3"]  # 2 was retried
+    again = label_structures(req)
+    assert [c["dir"] for c in calls(work)][4:] == ["1"]
+    assert again["reused"] == 2 and again["labels"][1:] == first["labels"][1:]
+    assert "exited with code 3" in again["labels"][0]["reason"]
+
+
 def test_registry_builds_the_vasp_labeler():
     labeler = get_labeler("vasp", {"kpoints_density": 100})
     assert isinstance(labeler, VaspLabeler) and "VASP" in labeler.note

@@ -48,6 +48,14 @@ class Labeler(abc.ABC):
     def label(self, structures: Sequence, structure_ids: Sequence[int], workdir: Path) -> list[Label]:
         """Label each structure; return one Label per structure, in order."""
 
+    def reusable(self, label: Label) -> bool:
+        """Whether a rerun of the same request may reuse this finished label instead of
+        computing it again (``remote_al.label_journal``). Yes for labels and for failures the
+        structure and settings decide (an SCF that does not converge, invalid values); a
+        labeler says no for failures that may come from the machine or from the kill of the
+        task itself."""
+        return True
+
     def relax_calculator(self, atoms, workdir: Path):
         """An ASE calculator (energy, forces, stress) for relaxing ``atoms`` with this
         labeler's method and settings: the check of the ensemble's relaxed volumes.

@@ -43,6 +43,7 @@ class CHGNetSettings:
 class CHGNetLabeler(Labeler):
     name = "chgnet"
     note = STAND_IN_NOTE
+    _label_calc = None  # the calculator of label(), made on its first call
 
     def _calculator(self):
         settings = CHGNetSettings.from_mapping(self.settings)  # before any import or model load
@@ -66,7 +67,9 @@ class CHGNetLabeler(Labeler):
         return self._calculator()
 
     def label(self, structures: Sequence, structure_ids: Sequence[int], workdir: Path) -> list[Label]:
-        calc = self._calculator()
+        if self._label_calc is None:  # once: the label journal calls label() once a structure
+            self._label_calc = self._calculator()
+        calc = self._label_calc
         labels = []
         for atoms, sid in zip(structures, structure_ids):
             t0 = time.time()

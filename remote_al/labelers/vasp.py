@@ -56,6 +56,7 @@ class RunOutcome:
     step: IonicStep | None  # the last ionic step, when there is one
     failure: str  # "" when ``step`` is converged
     scf_failure: bool  # the failure is an unconverged SCF (worth a retry)
+    crashed: bool = False  # VASP ended without an ionic step: perhaps killed with the task
 
 
 def run_vasp(argv: Sequence[str], rundir: Path, timeout_s: float | None) -> RunOutcome:
@@ -79,7 +80,8 @@ def run_vasp(argv: Sequence[str], rundir: Path, timeout_s: float | None) -> RunO
         step = parse_vasp_outputs(rundir)[-1]
     except VaspOutputError as exc:
         tail = (rundir / "vasp.out").read_text(errors="replace").strip().splitlines()[-3:]
-        return RunOutcome(None, f"VASP exited with code {rc}, {exc}; last output: {' | '.join(tail)}", False)
+        return RunOutcome(None, f"VASP exited with code {rc}, {exc}; last output: {' | '.join(tail)}", False,
+                          crashed=True)
     if step.source != "dft":
         # VASP's own force field predicted the last step (ML_LMLFF on, e.g. from a site-wide
         # INCAR template or ML_ISTART): not a first-principles label, and no retry fixes it.
@@ -109,6 +111,16 @@ class VaspLabeler(Labeler):
     name = "vasp"
     note = "DFT (VASP, PBE+U, MP conventions)"
 
+    def __init__(self, settings=None):
+        super().__init__(settings)
+        self._transient: set[int] = set()  # ids whose last failure was a crash or an error around the run
+
+    def reusable(self, label: Label) -> bool:
+        """Failures that the structure and settings decide (SCF, force-field step, timeout,
+        invalid values) are kept; a crash without an ionic step or an error around the run
+        (files, parsing) may come from the machine or the kill of the task: not kept."""
+        return label.status == "ok" or label.structure_id not in self._transient
+
     def label(self, structures: Sequence, structure_ids: Sequence[int], workdir: Path) -> list[Label]:
         settings = VaspSettings.from_mapping(self.settings)
         # Setup problems surface here, before any VASP run.
@@ -119,25 +131,33 @@ class VaspLabeler(Labeler):
         for atoms, sid in zip(structures, structure_ids):
             t0 = time.time()
             rundir = Path(workdir) / str(sid)
+            self._transient.discard(int(sid))
             try:
                 label = self._label_one(atoms, int(sid), rundir, settings, argv, potcars)
             except Exception as exc:  # one bad structure must not lose the others
+                self._transient.add(int(sid))
                 label = Label(int(sid), "failed", reason=f"{type(exc).__name__}: {exc} (run dir {rundir})")
             label = dataclasses.replace(label, wall_s=time.time() - t0)
             labels.append(validate_label(label, len(atoms)))
         return labels
 
+    def _run(self, sid: int, argv, rundir: Path, settings: VaspSettings) -> RunOutcome:
+        outcome = run_vasp(argv, rundir, settings.timeout_s)
+        if outcome.crashed:
+            self._transient.add(sid)
+        return outcome
+
     def _label_one(self, atoms, sid, rundir, settings, argv, potcars) -> Label:
         from pymatgen.io.vasp.inputs import Incar
 
         order = write_vasp_inputs(atoms, rundir, settings, potcars)
-        outcome = run_vasp(argv, rundir, settings.timeout_s)
+        outcome = self._run(sid, argv, rundir, settings)
         if outcome.scf_failure and settings.scf_retry:
             first = outcome.failure
             first_dir = _archive_attempt(rundir, 1)
             incar = retry_incar(Incar.from_file(first_dir / "INCAR"), settings)
             Incar(incar).write_file(rundir / "INCAR")
-            outcome = run_vasp(argv, rundir, settings.timeout_s)
+            outcome = self._run(sid, argv, rundir, settings)
             if outcome.failure:
                 changes = ", ".join(f"{k}={incar[k]}" for k in (*settings.retry_incar, "NELM") if k in incar)
                 return Label(sid, "failed", reason=(

@@ -14,8 +14,11 @@ once (``remote-al run`` again). Both use the default local engine service
 - ``lost_work_share``: seconds of task executions thrown away (cut short, or followed by
   another execution of the same task) over all task seconds, from the service's
   ``executions.jsonl`` (``driver.backends.local_service.execution_stats``);
-- ``restart_to_progress_s``: per restart, seconds from the driver's start to the first
-  task it records (a task done in the state); ``_median`` over restarts that reached one;
+- ``restart_to_progress_s``: per restart, seconds from the driver's start until it is
+  attached to its tasks (reattached one) and the campaign moves (a task recorded, or a
+  running training or MD has taken steps since: what ``remote-al status`` shows);
+  ``_median`` over restarts that reached it; ``restart_to_task_done_s``: to the first
+  task recorded;
 - ``restart_to_reattached_s``: per restart, seconds to the driver's first reattached task;
 - ``wall_ratio``: wall time of the killed campaign over the uninterrupted one.
 
@@ -70,6 +73,23 @@ def done_tasks(camp: Path) -> int:
             db.close()
     except sqlite3.Error:
         return -1
+
+
+def work_done(camp: Path) -> tuple[int, int]:
+    """(tasks done, steps of the running trainings and MD runs): what `remote-al status`
+    shows of the campaign's progress."""
+    from driver.progress import running_progress
+    from driver.state import State
+
+    try:
+        st = State(camp / "state.sqlite")
+    except Exception:
+        return -1, -1
+    try:
+        steps = sum(t.progress.step for t in running_progress(st) if t.progress)
+    finally:
+        st.close()
+    return done_tasks(camp), steps
 
 
 def reattached_since(camp: Path, t: float) -> bool:
@@ -133,24 +153,36 @@ def killed(campaign: Path, where: Path, kills: int, between: tuple[float, float]
         before = max(done_tasks(camp), 0)
         proc = run_once(toml, where / "driver.log")
         deadline = start + rng.uniform(*between) if n_kills < kills else float("inf")
-        progress = attached = None
+        task_done = attached = progress = None
+        seen = None
         while proc.poll() is None and time.time() < deadline:
-            if progress is None and done_tasks(camp) > before:
-                progress = time.time() - start
-            if attached is None and n_kills and reattached_since(camp, start):
-                attached = time.time() - start
+            now = time.time() - start
+            if task_done is None and done_tasks(camp) > before:
+                task_done = now
+            if attached is None and (not n_kills or reattached_since(camp, start)):
+                attached = now
+            if progress is None and attached is not None:
+                # the restarted driver is attached, and the campaign moves: a task is recorded,
+                # or a running training or MD has taken steps since the driver saw it first
+                work = work_done(camp)
+                if seen is None:
+                    seen = work
+                if task_done is not None or (work[1] > seen[1] >= 0):
+                    progress = time.time() - start
             time.sleep(0.25)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             n_kills += 1
-            restarts.append({"alive_s": time.time() - start, "progress_s": progress, "reattached_s": attached})
-            print(f"  kill {n_kills} after {time.time() - start:.0f} s (first progress: {progress})", flush=True)
+            restarts.append({"alive_s": time.time() - start, "progress_s": progress, "reattached_s": attached,
+                             "task_done_s": task_done})
+            print(f"  kill {n_kills} after {time.time() - start:.0f} s (reattached {attached}, progress {progress}, "
+                  f"task done {task_done})", flush=True)
             continue
-        if progress is None and done_tasks(camp) > before:
-            progress = time.time() - start
-        restarts.append({"alive_s": time.time() - start, "progress_s": progress, "reattached_s": attached,
-                         "rc": proc.returncode})
+        if task_done is None and done_tasks(camp) > before:
+            task_done = time.time() - start
+        restarts.append({"alive_s": time.time() - start, "progress_s": progress if progress is not None else task_done,
+                         "reattached_s": attached, "task_done_s": task_done, "rc": proc.returncode})
         if proc.returncode != 0 or finished(camp):
             break
     return {"rc": proc.returncode, "wall_s": time.time() - t0, "kills": n_kills, "runs": restarts}
@@ -198,6 +230,8 @@ def main() -> int:
         "lost_work_share": round(k["work"]["lost_share"], 4),
         "restart_to_progress_s_median": round(statistics.median(progress), 2) if progress else None,
         "restarts_without_progress": sum(1 for r in k["runs"][1:] if r.get("progress_s") is None),
+        "restart_to_task_done_s_median": (round(statistics.median(td), 2) if (td := [
+            r["task_done_s"] for r in k["runs"][1:] if r.get("task_done_s") is not None]) else None),
         "restart_to_reattached_s_median": (round(statistics.median(att), 2) if (att := [
             r["reattached_s"] for r in k["runs"][1:] if r.get("reattached_s") is not None]) else None),
         "wall_ratio": round(k["wall_s"] / u["wall_s"], 3),

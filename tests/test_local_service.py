@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from driver.backends.local_service import ServiceDir, execution_stats
+from driver.backends.local_service import ServiceDir, pid_alive, execution_stats
 from test_durability import (
     check_invariants,
     kill_at_points_then_resume,
@@ -139,6 +139,8 @@ def test_stop_refuses_while_a_driver_runs_then_ends_the_service(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "stopped the local engine service" in done.stdout and "submits them again" in done.stdout
     assert not sdir.alive()
+    pid = int(done.stdout.split("(pid ")[1].split(")")[0])
+    assert not pid_alive(pid), "the service must be gone at once, not after its tasks"
     again = subprocess.run(stop, env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "no local engine service is running" in again.stdout
     r = run_driver(toml, sim_env(tmp_path))  # the abandoned tasks are submitted again

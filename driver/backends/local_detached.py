@@ -181,9 +181,9 @@ class DetachedLocalBackend(LocalBackend):
                 for key, (name, fut) in pending.items():
                     if name in present:
                         self._deliver(key, fut)
-                if now - last_check > 2.0:
-                    last_check = now
-                    self._revive()
+            if now - last_check > 2.0:  # also with nothing pending: a service that idled out
+                last_check = now        # while this machine slept is back before the next task
+                self._revive()
             self._halt.wait(self.poll_s)
 
     def _revive(self) -> None:

@@ -58,6 +58,21 @@ def _write_atomic(path: Path, header: dict, body: bytes = b"") -> None:
     os.replace(tmp, path)
 
 
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (ended, not yet reaped by its parent) is gone for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
 def read_message(path: Path) -> tuple[dict, bytes]:
     """(header, body) of a task or result file."""
     data = path.read_bytes()
@@ -153,7 +168,7 @@ class ServiceDir:
                 pass
         end = time.time() + timeout_s
         while time.time() < end:
-            if not self.alive():
+            if not self.alive() and not pid_alive(info.get("pid") if info else None):
                 return True
             time.sleep(0.1)
         return not self.alive()
@@ -256,6 +271,12 @@ class Service:
         finally:
             log.info("local engine service %d ends (%d tasks still running)", os.getpid(), len(self._active))
             backend.shutdown()
+            # now, not when the tasks are done (the executor's exit handler would wait for
+            # them): the workers go, and with them their `dp` processes (PR_SET_PDEATHSIG)
+            import multiprocessing
+
+            for child in multiprocessing.active_children():
+                child.kill()
             self.sdir.info_path.unlink(missing_ok=True)
             fcntl.flock(lock, fcntl.LOCK_UN)
             lock.close()
@@ -314,7 +335,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s: %(message)s")
     service = Service(ServiceDir(Path(args.directory)), args.gpu_slots, args.cpu_slots, args.engine,
                       json.loads(args.functions) if args.functions else None, args.idle_exit_s)
-    return service.run()
+    code = service.run()
+    logging.shutdown()
+    os._exit(code)  # not sys.exit: no exit handler may wait for the killed workers' futures
 
 
 if __name__ == "__main__":

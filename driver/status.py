@@ -38,6 +38,7 @@ def summary(directory: Path) -> dict:
             ],
             "volume": _volume_rows(st),
             "calibration": _calibration(st, Path(directory)),
+            "engine_service": _engine_service(Path(directory)),
             "last_events": [
                 {"ts": r["ts"], "kind": r["kind"], "message": r["message"]}
                 for r in st.events(limit=8)
@@ -46,6 +47,12 @@ def summary(directory: Path) -> dict:
         return out
     finally:
         st.close()
+
+
+def _engine_service(directory: Path) -> dict | None:
+    from driver.backends.local_service import service_status
+
+    return service_status(directory / "engine")
 
 
 def _shown_round(st: State) -> int:
@@ -222,6 +229,8 @@ def print_status(directory: Path, as_json: bool = False) -> None:
               f"(of {s['labels_asked']} asked)")
     if s["labeler_note"]:
         con.print(f"labeler: {s['labeler_note']}")
+    if s["engine_service"]:
+        con.print(_engine_line(s["engine_service"]), markup=False, highlight=False)
     for t in status_tables(s, con.width):
         con.print(t)
     if s["volume"]:
@@ -235,6 +244,16 @@ def print_status(directory: Path, as_json: bool = False) -> None:
     for e in reversed(s["last_events"]):
         con.print(f"{time.strftime('%H:%M:%S', time.localtime(e['ts']))} {e['kind']}: {e['message']}",
                   markup=False, highlight=False)
+
+
+def _engine_line(e: dict) -> str:
+    """One line on the local engine service (docs/steering.md)."""
+    busy = f"{e['running']} running, {e['inbox']} queued, {e['results']} finished and not yet recorded"
+    if e["alive"]:
+        return f"local engine service: up (pid {e['pid']}): {busy}"
+    left = e["running"] + e["inbox"]
+    return ("local engine service: not running" + (f"; {left} tasks it had are submitted again by the next "
+                                                  "`remote-al run`" if left else ""))
 
 
 def list_campaigns(root: Path) -> None:

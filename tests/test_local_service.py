@@ -135,12 +135,17 @@ def test_stop_refuses_while_a_driver_runs_then_ends_the_service(tmp_path):
         proc.send_signal(signal.SIGINT)  # Ctrl-C: the driver ends, the service goes on
         proc.wait(timeout=60)
     assert sdir.alive() and sdir.counts()["running"] + sdir.counts()["inbox"] > 0
+    status = [sys.executable, "-m", "driver.cli", "status", str(tmp_path / "camp")]
+    shown = subprocess.run(status, env=env, capture_output=True, text=True, timeout=60).stdout
+    assert f"local engine service: up (pid {sdir.info()['pid']})" in shown, shown
     done = subprocess.run(stop, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "stopped the local engine service" in done.stdout and "submits them again" in done.stdout
     assert not sdir.alive()
     pid = int(done.stdout.split("(pid ")[1].split(")")[0])
     assert not pid_alive(pid), "the service must be gone at once, not after its tasks"
+    shown = subprocess.run(status, env=env, capture_output=True, text=True, timeout=60).stdout
+    assert "local engine service: not running;" in shown and "submitted again" in shown, shown
     again = subprocess.run(stop, env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "no local engine service is running" in again.stdout
     r = run_driver(toml, sim_env(tmp_path))  # the abandoned tasks are submitted again

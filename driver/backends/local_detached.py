@@ -217,11 +217,3 @@ class DetachedLocalBackend(LocalBackend):
             return
         resolve_future(fut, value)
 
-
-def service_status(run_dir: Path) -> dict | None:
-    """The campaign's local engine service, for ``remote-al status``: None when it has none."""
-    sdir = ServiceDir(Path(run_dir))
-    if not sdir.root.is_dir() or not (sdir.lock_path.exists() or sdir.inbox.exists()):
-        return None
-    counts = sdir.counts()
-    return {"alive": sdir.alive(), "pid": (sdir.info() or {}).get("pid"), **counts}

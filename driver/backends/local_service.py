@@ -202,6 +202,14 @@ def execution_stats(directory: Path) -> dict:
             "repeated": sum(1 for e in runs.values() if len(e) > 1)}
 
 
+def service_status(run_dir: Path) -> dict | None:
+    """The campaign's local engine service, for ``remote-al status``: None when it has none."""
+    sdir = ServiceDir(Path(run_dir))
+    if not sdir.lock_path.exists():
+        return None
+    return {"alive": sdir.alive(), "pid": (sdir.info() or {}).get("pid"), **sdir.counts()}
+
+
 class Service:
     """The loop of the service process: take tasks from the inbox, run them on the local
     engines, write their results."""

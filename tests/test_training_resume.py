@@ -4,7 +4,7 @@
 a run killed (SIGKILL to its process group) after its first checkpoint and run again with
 the same request resumes there and ends like an uninterrupted run: the same steps (each
 once in lcurve.out, 40 optimizer steps in the final checkpoint), frames and input.json,
-and final validation errors close to it. (b) a changed request and (c) torn checkpoints
+and final errors on the 8 frames within 5 % of it. (b) a changed request and (c) torn checkpoints
 do not resume from what they cannot use; they are checked with ``dp`` stubbed out, from
 the uninterrupted run's real checkpoints.
 """
@@ -34,13 +34,12 @@ RUN = ("import json, sys\nfrom remote_al.records import TrainRequest\nfrom remot
 
 
 @pytest.fixture(scope="module")
-def systems(tmp_path_factory) -> tuple[str, ...]:
+def frames() -> list:
     """8 perturbed LiNiO2 / Li0.75NiO2 frames labeled with a Lennard-Jones pair potential
     (a cheap stand-in: what is tested is the training's bookkeeping, not the labels)."""
     from ase.calculators.lj import LennardJones
     from ase.calculators.singlepoint import SinglePointCalculator
 
-    from remote_al.deepmd_data import write_systems
     from remote_al.structures import cathode_cell, perturb
 
     rng = np.random.default_rng(0)
@@ -52,6 +51,13 @@ def systems(tmp_path_factory) -> tuple[str, ...]:
             e, f = a.get_potential_energy(), a.get_forces()
             a.calc = SinglePointCalculator(a, energy=e, forces=f)
             frames.append(a)
+    return frames
+
+
+@pytest.fixture(scope="module")
+def systems(frames, tmp_path_factory) -> tuple[str, ...]:
+    from remote_al.deepmd_data import write_systems
+
     return tuple(write_systems(frames, tmp_path_factory.mktemp("lj") / "data", TYPE_MAP))
 
 
@@ -79,7 +85,7 @@ def _adam_steps(ckpt) -> int:
 
 
 @pytest.mark.slow
-def test_a_killed_training_resumes_and_ends_like_an_uninterrupted_one(systems, uninterrupted, tmp_path):
+def test_a_killed_training_resumes_and_ends_like_an_uninterrupted_one(frames, systems, uninterrupted, tmp_path):
     from remote_al.deepmd_data import parse_lcurve
     from remote_al.training import train_member
 
@@ -127,15 +133,29 @@ def test_a_killed_training_resumes_and_ends_like_an_uninterrupted_one(systems, u
     # ... and the rest are a resumed run's: other batches than the uninterrupted run's
     assert not np.array_equal(lc["rmse_trn"][~early], whole["rmse_trn"][~early])
 
-    # the same frames and input; final errors close (measured: within 5 % at step 40)
+    # the same frames and input
     assert (res.n_train_frames, res.n_total_frames, res.out_of_bag) == \
         (uninterrupted.n_train_frames, uninterrupted.n_total_frames, uninterrupted.out_of_bag)
     whole_dir = str(Path(uninterrupted.model_path).parent)
     assert (workdir / "input.json").read_text().replace(str(workdir), whole_dir) == \
         (Path(whole_dir) / "input.json").read_text()
-    for key in ("rmse_e_val", "rmse_f_val", "rmse_e_trn", "rmse_f_trn"):
-        assert res.lcurve_last[key] == pytest.approx(uninterrupted.lcurve_last[key], rel=0.3), key
-    assert Path(res.model_path).stat().st_size > 0
+    # the final models' errors on all 8 frames close (measured: within 0.1 %); not lcurve's
+    # last row: one random batch (its force column jumps between 0.10 and 0.13 eV/A with
+    # the frame drawn)
+    (e_res, f_res), (e_whole, f_whole) = _errors(frames, res.model_path), _errors(frames, uninterrupted.model_path)
+    print(f"energy RMSE {e_res:.4f} / {e_whole:.4f} eV/atom, force RMSE {f_res:.4f} / {f_whole:.4f} eV/A "
+          "(resumed / uninterrupted)")
+    assert e_res == pytest.approx(e_whole, rel=0.05) and f_res == pytest.approx(f_whole, rel=0.05)
+
+
+def _errors(frames, model_path) -> tuple[float, float]:
+    """A model's energy (eV/atom) and force (eV/A) RMSE on ``frames``."""
+    from remote_al.ensemble import predict_ensemble
+
+    energies, forces = predict_ensemble([model_path], frames)
+    de = [(e - a.get_potential_energy()) / len(a) for e, a in zip(energies[0], frames)]
+    df = np.concatenate([(f[0] - a.get_forces()).ravel() for f, a in zip(forces, frames)])
+    return float(np.sqrt(np.mean(np.square(de)))), float(np.sqrt(np.mean(np.square(df))))
 
 
 # ------------------------------------------- decisions, with `dp` stubbed out

@@ -247,6 +247,9 @@ class TrainingSection(_Section):
     numb_steps: Int = Field(1500, ge=1, le=10_000_000, description="DeePMD-kit steps of generation 0")
     numb_steps_continue: Int = Field(800, ge=1, le=10_000_000, description="steps of a continued generation")
     continue_from_previous: Bool = Field(True, description="continue from the previous generation's checkpoint")
+    save_freq: Int = Field(0, ge=0, le=10_000_000, description=(
+        "steps between a member's checkpoints: a killed training resumes from its latest; "
+        "0: a tenth of the run's steps, at most 1000 ([training.deepmd] training.save_freq wins)"))
     deepmd: dict[Str, Any] = Field(default_factory=dict, description=(
         "input.json overrides (deep-merged), checked with DeePMD-kit's own argument checker"))
     continue_prefactors: Literal["limit", "restart"] = Field(

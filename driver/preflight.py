@@ -180,7 +180,8 @@ def check_deepmd_overrides(cfg: CampaignConfig) -> str | None:
         try:
             inp = deepmd_input(cfg.campaign.type_map, ["train-systems"], valid, steps,
                                cfg.campaign.seed * 1000 + 1, dict(t.deepmd), continued=continued,
-                               continue_prefactors=t.continue_prefactors, continue_overrides=dict(t.deepmd_continue))
+                               continue_prefactors=t.continue_prefactors, continue_overrides=dict(t.deepmd_continue),
+                               save_freq=t.save_freq)
             normalize(update_deepmd_input(inp, warning=False))
         except Exception as exc:  # dargs' ArgumentError and DeePMD-kit's ValueErrors, KeyErrors
             path = str(getattr(exc, "path", "") or "")

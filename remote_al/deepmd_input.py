@@ -18,6 +18,16 @@ DEFAULT_SEL = {"O": 48}  # neighbours within rcut 5 A in layered oxides; others 
 CONTINUE_PREFACTORS = ("limit", "restart")
 
 
+def default_save_freq(numb_steps: int) -> int:
+    """Steps between checkpoints when the campaign does not set ``training.save_freq``:
+    a tenth of the run, at most 1000 steps. A training killed and run again resumes from
+    its latest checkpoint (``remote_al.train_resume``), so it loses at most a tenth of its
+    steps, and at most 1000 of a long one (a minute or two of this small model on a GPU).
+    A checkpoint of this model is under 1 MB and takes milliseconds to write; the member's
+    folder keeps the newest two (``max_ckpt_keep``)."""
+    return min(1000, max(1, int(numb_steps) // 10))
+
+
 def deep_update(base: dict, override: Mapping) -> dict:
     out = copy.deepcopy(base)
     for k, v in override.items():
@@ -39,6 +49,7 @@ def deepmd_input(
     continued: bool = False,
     continue_prefactors: str = "limit",
     continue_overrides: Mapping[str, Any] | None = None,
+    save_freq: int = 0,
 ) -> dict:
     """DeePMD-kit input.json for one member; ``overrides`` deep-update the defaults.
 
@@ -49,6 +60,8 @@ def deepmd_input(
     ``limit_pref_X`` (the weights the previous generation ended with); ``"restart"`` keeps
     the schedule. ``continue_overrides`` then deep-update the result (e.g. DP-GEN's
     ``{"loss": {"start_pref_e": 0.1, "start_pref_f": 100}, "learning_rate": {"start_lr": 1e-4}}``).
+    ``save_freq``: steps between checkpoints; 0: ``default_save_freq(numb_steps)``; an
+    override of ``training.save_freq`` wins.
     """
     sel = [DEFAULT_SEL.get(el, 24) for el in type_map]
     disp = max(1, numb_steps // 20)
@@ -88,8 +101,9 @@ def deepmd_input(
             "seed": seed + 2,
             "disp_file": "lcurve.out",
             "disp_freq": disp,
-            "save_freq": int(numb_steps),
+            "save_freq": int(save_freq) if save_freq > 0 else default_save_freq(numb_steps),
             "save_ckpt": "model.ckpt",
+            "max_ckpt_keep": 2,  # the latest, and the one before should it be torn
         },
     }
     if valid_systems:

@@ -177,6 +177,9 @@ class TrainRequest(_Record):
     validation_systems: tuple[str, ...] = ()
     backend: str = "pt"
     device: str = "auto"
+    # steps between checkpoints (a killed training resumes from its latest); 0: a tenth of
+    # numb_steps, at most 1000 (remote_al.deepmd_input.default_save_freq)
+    save_freq: int = 0
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,9 @@ class TrainResult(_Record):
     device: str = "cpu"
     # per system of the request, the frame indices this member did not train on (calibration)
     out_of_bag: tuple[tuple[int, ...], ...] = ()
+    # the step of the member's own checkpoint this run resumed from (a killed and rerun
+    # task); 0: trained from the start
+    resumed_from_step: int = 0
 
 
 # ------------------------------------------------------------------ relaxation

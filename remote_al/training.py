@@ -6,7 +6,8 @@ validation set, so lcurve.out carries validation columns. A member continues fro
 previous generation's checkpoint with ``--init-model`` when there is one; such a continued
 training starts its loss prefactors at their limit values by default
 (``TrainRequest.continue_prefactors``), so the energy weight is not reset to
-``start_pref_e`` each generation.
+``start_pref_e`` each generation. A member killed while training and run again resumes
+from its latest checkpoint (``remote_al.train_resume``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from remote_al import train_resume as resume
 from remote_al.deepmd_data import parse_lcurve, read_system, subset_system
 from remote_al.deepmd_input import deepmd_input
 from remote_al.errors import RemoteALError
@@ -104,9 +106,9 @@ def die_with_parent() -> None:
         pass
 
 
-def _run(cmd, workdir: Path, env, log_name: str):
+def _run(cmd, workdir: Path, env, log_name: str, mode: str = "w"):
     log = workdir / log_name
-    with open(log, "w") as fh:
+    with open(log, mode) as fh:
         proc = subprocess.run(
             cmd, cwd=workdir, env=env, stdout=fh, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
         )
@@ -116,25 +118,42 @@ def _run(cmd, workdir: Path, env, log_name: str):
 
 
 def train_member(req: TrainRequest) -> TrainResult:
+    """Train and freeze one member in ``req.workdir``. A rerun of the same request in a
+    folder where it was killed resumes from the member's latest checkpoint
+    (``remote_al.train_resume``); any other folder content is removed first."""
     t0 = time.time()
     workdir = Path(req.workdir).resolve()
-    if workdir.exists():
-        shutil.rmtree(workdir)  # a retried task starts clean
-    workdir.mkdir(parents=True)
+    workdir.mkdir(parents=True, exist_ok=True)
     if not req.systems:
         raise TrainingError("no training systems given", str(workdir))
+    shutil.rmtree(workdir / "data", ignore_errors=True)  # the same request splits the same frames
     train, valid, kept, total, held_out = split_member_data(req.systems, workdir, req.subset_fraction, req.member)
     inp = deepmd_input(req.type_map, train, valid, req.numb_steps, req.seed, req.deepmd,
                        continued=bool(req.init_model), continue_prefactors=req.continue_prefactors,
-                       continue_overrides=req.deepmd_continue)
-    (workdir / "input.json").write_text(json.dumps(inp, indent=2))
+                       continue_overrides=req.deepmd_continue, save_freq=req.save_freq)
+    text = json.dumps(inp, indent=2)
+    fp = resume.fingerprint(text, workdir / "data", req.init_model)
+    plan = resume.plan_resume(workdir, fp, req.numb_steps)
+    if not plan.step:
+        resume.clean(workdir)  # a run of another input, or none to resume: start clean
+    resume.log(workdir, plan.reason)
+    (workdir / "input.json").write_text(text)
+    (workdir / resume.FINGERPRINT).write_text(fp)
     env = deepmd_env(req.device)
     cmd = [*_dp_command(), "--pt", "train", "input.json", "--skip-neighbor-stat"]
-    if req.init_model:
-        if not Path(req.init_model).exists():
-            raise TrainingError(f"checkpoint to continue from is missing: {req.init_model}", str(workdir))
-        cmd += ["--init-model", req.init_model]
-    _run(cmd, workdir, env, "train.log")
+    if not plan.step:
+        if req.init_model:
+            if not Path(req.init_model).exists():
+                raise TrainingError(f"checkpoint to continue from is missing: {req.init_model}", str(workdir))
+            cmd += ["--init-model", req.init_model]
+        _run(cmd, workdir, env, "train.log")
+    elif plan.step < req.numb_steps:  # the weights come from the member's own checkpoint
+        restart = resume.prepare_restart(workdir, plan)
+        _run([*cmd, "--restart", restart.name], workdir, env, "train.log", "a")
+        resume.drop_repeated_header(workdir / resume.LCURVE)
+        restart.unlink()
+    else:  # killed after its last checkpoint: freeze that one
+        resume.publish(workdir, plan.checkpoint)
     ckpt = workdir / "model.ckpt.pt"
     if not ckpt.exists():
         cands = sorted(workdir.glob("model.ckpt*.pt"))
@@ -156,6 +175,7 @@ def train_member(req: TrainRequest) -> TrainResult:
         wall_s=time.time() - t0,
         out_of_bag=held_out,
         device=device,
+        resumed_from_step=plan.step,
     )
 
 

@@ -63,7 +63,7 @@ def training(view: CampaignView, g: int, systems: tuple[str, ...]) -> tuple[list
             member=m, seed=cfg.campaign.seed * 1000 + g * 100 + m * 7 + 1,
             subset_fraction=cfg.training.subset_fraction, numb_steps=steps, deepmd=dict(cfg.training.deepmd),
             init_model=prev.get(m) if cont else None, continue_prefactors=cfg.training.continue_prefactors,
-            deepmd_continue=dict(cfg.training.deepmd_continue),
+            deepmd_continue=dict(cfg.training.deepmd_continue), save_freq=cfg.training.save_freq,
         )
         specs.append(TaskSpec(key, TaskKind.TRAIN, g, g, req))
     return specs, f"{cfg.training.ensemble_size} members, {steps} steps{' (continued)' if cont else ''}"

@@ -79,3 +79,13 @@ def _no_engine_service_left(request):
 
     for lock in Path(tmp).rglob("service.lock"):
         ServiceDir(lock.parent).stop(timeout_s=20)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_engine_service_left_at_the_end(tmp_path_factory):
+    """The same for campaigns in module- or session-scoped folders, once all tests are done."""
+    yield
+    from driver.backends.local_service import ServiceDir
+
+    for lock in tmp_path_factory.getbasetemp().rglob("service.lock"):
+        ServiceDir(lock.parent).stop(timeout_s=20)

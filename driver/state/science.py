@@ -53,9 +53,29 @@ class StructureTable:
                                 [(ew, fw, sid) for sid, ew, fw in rows])
 
     def explored_widths(self, round_: int) -> list[sqlite3.Row]:
-        """(force_width, status) of every structure explored (MD) in round ``round_``."""
+        """(id, force_width, status) of every structure explored (MD) in round ``round_``."""
         return self.db.execute(
-            "SELECT force_width, status FROM structures WHERE origin='md' AND round=?", (round_,)).fetchall()
+            "SELECT id, force_width, status FROM structures INDEXED BY structures_round "
+            "WHERE round=? AND origin='md' ORDER BY id", (round_,)).fetchall()
+
+    def candidate_rows(self, round_: int | None = None, ids: Sequence[int] | None = None) -> list[sqlite3.Row]:
+        """What selection reads of the candidates of round ``round_`` (or of ``ids``): id,
+        energy_width, force_width, screen, min_distance (the fingerprints: :meth:`fingerprints`)."""
+        cols = "SELECT id, energy_width, force_width, screen, min_distance FROM structures"
+        if ids is not None:
+            return self.db.execute(f"{cols} WHERE status='candidate' AND id IN ({_marks(len(ids))}) ORDER BY id",
+                                   tuple(ids)).fetchall()
+        return self.db.execute(f"{cols} INDEXED BY structures_round WHERE round=? AND status='candidate' ORDER BY id",
+                               (round_,)).fetchall()
+
+    def fingerprints(self, ids: Sequence[int]) -> dict[int, tuple[str | None, bytes | None]]:
+        """id -> (screen, compact fingerprint) of these structures."""
+        out = {}
+        for k in range(0, len(ids), 900):  # SQLite's limit on parameters
+            chunk = tuple(ids[k:k + 900])
+            out.update((r[0], (r[1], r[2])) for r in self.db.execute(
+                f"SELECT id, screen, fingerprint FROM structures WHERE id IN ({_marks(len(chunk))})", chunk))
+        return out
 
     def widths_from(self, task_keys: Sequence[str]) -> list[sqlite3.Row]:
         """(force_width, status) of the structures the given MD tasks explored."""

@@ -150,7 +150,10 @@ class DuplicateIndex:
 
     def add(self, sid: int, fp: Fingerprint | None, item: Any) -> None:
         if fp is not None:
-            self._groups.setdefault((fp.key, fp.q.size), _Group(fp.q.size)).add(sid, fp, item)
+            group = self._groups.get((fp.key, fp.q.size))
+            if group is None:
+                group = self._groups[(fp.key, fp.q.size)] = _Group(fp.q.size)
+            group.add(sid, fp, item)
 
     def first(self, sid: int, fp: Fingerprint | None) -> Any | None:
         """The item of the first near-duplicate of structure ``sid`` added so far, or None."""
@@ -162,13 +165,16 @@ class DuplicateIndex:
         n = len(group.members)
         q = fp.q
         near = np.flatnonzero(np.abs(group.probes[:n] - q[group.cols]).max(axis=1) <= self._hi)
-        if near.size == 0:
-            return None
-        gap = np.abs(group.rows[near] - q).max(axis=1)
-        for k, g in zip(near[gap <= self._hi].tolist(), gap[gap <= self._hi].tolist()):
-            other_sid, other, item = group.members[k]
-            if g < self._lo or self._exactly_near(sid, fp, other_sid, other):
-                return item
+        start, step = 0, 8  # in order, a few at a time: the first near-duplicate is often among the first
+        while start < near.size:
+            ks = near[start:start + step]
+            gap = np.abs(group.rows[ks] - q).max(axis=1)
+            for k, g in zip(ks.tolist(), gap.tolist()):
+                if g <= self._hi:
+                    other_sid, other, item = group.members[k]
+                    if g < self._lo or self._exactly_near(sid, fp, other_sid, other):
+                        return item
+            start, step = start + step, step * 8
         return None
 
     def _exactly_near(self, sid: int, fp: Fingerprint, other_sid: int, other: Fingerprint) -> bool:

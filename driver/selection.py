@@ -17,7 +17,7 @@ import numpy as np
 from driver.screening import DuplicateIndex, Fingerprint, compact, fingerprint, near_duplicate
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Candidate:
     id: int
     energy_width: float | None  # eV/atom
@@ -27,7 +27,7 @@ class Candidate:
     fingerprint: tuple | Fingerprint | None = None  # (composition key, sorted distances array), or compact
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decision:
     id: int
     decision: str  # label | confident | unphysical | filtered | duplicate | skipped
@@ -95,18 +95,20 @@ def select(
     sane = scored & ~(fw > policy.force_upper)
     over = (fw > policy.force_threshold) | ((ew > policy.energy_threshold) if policy.energy_threshold > 0 else False)
     decisions: list[Decision | None] = [None] * n
+    texts: dict[str, str] = {}
+    shared = texts.setdefault  # one string per distinct reason: rounds of 10^6 frames repeat them
     for i in np.flatnonzero(~ok).tolist():
         decisions[i] = Decision(candidates[i].id, "filtered", candidates[i].filter_reason)
     for i in np.flatnonzero(ok & ~scored).tolist():
         decisions[i] = Decision(candidates[i].id, "skipped", "no uncertainty available (UQ task failed)")
     for i in np.flatnonzero(scored & ~sane).tolist():
         w = candidates[i].force_width
-        decisions[i] = Decision(candidates[i].id, "unphysical",
-                                f"force CI width {w:.3f} eV/A above the trust bound {policy.force_upper:g}")
+        reason = f"force CI width {w:.3f} eV/A above the trust bound {policy.force_upper:g}"
+        decisions[i] = Decision(candidates[i].id, "unphysical", shared(reason, reason))
     for i in np.flatnonzero(sane & ~over).tolist():
         w = candidates[i].force_width
-        decisions[i] = Decision(candidates[i].id, "confident",
-                                f"force CI width {w:.3f} eV/A within {policy.force_threshold:g}")
+        reason = f"force CI width {w:.3f} eV/A within {policy.force_threshold:g}"
+        decisions[i] = Decision(candidates[i].id, "confident", shared(reason, reason))
     uncertain = np.flatnonzero(sane & over)
     uncertain = uncertain[np.lexsort((ids[uncertain], -fw[uncertain]))]
     source = fingerprints or _Carried([*candidates, *already_chosen])
@@ -120,7 +122,8 @@ def select(
             c = candidates[i]
             dup = index.first(c.id, fp)
             if dup is not None:
-                decisions[i] = Decision(c.id, "duplicate", f"near-duplicate of structure {dup.id}")
+                reason = f"near-duplicate of structure {dup.id}"
+                decisions[i] = Decision(c.id, "duplicate", shared(reason, reason))
                 continue
             if n_chosen >= policy.max_per_round:
                 decisions[i] = Decision(

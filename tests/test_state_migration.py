@@ -108,7 +108,7 @@ def test_v2_state_file_migrates_in_place_and_selects_as_before(tmp_path):
     state = State(path)
     assert state.get_meta("schema_version") == str(SCHEMA_VERSION) == "3"
     rows = state.candidate_rows(1)
-    assert len(rows) == n == 80 and all(r["screen"] is None for r in rows)  # unscreened: screened at selection
+    assert len(rows := list(rows)) == n == 80 and all(r["screen"] is None for r in rows)  # screened at selection
 
     def decisions():
         view = CampaignView(cfg, state, DatasetStore(state), gpu_slots=2, say=lambda m: None)

@@ -116,7 +116,7 @@ def select_batch(view: CampaignView, r: int, ids: list[int]) -> list:
     n_tests = view.decision_counts(r).get("test", 0)
     per_batch = -(-cfg.test.n_per_round // max(1, len(view.sweep())))
     test_ids = pick_tests(view, r, cands, min(per_batch, cfg.test.n_per_round - n_tests), salt=min(ids))
-    already = view.candidates(view.decided(r, "label"))
+    already = view.candidates(view.candidate_rows(ids=[x["id"] for x in view.decided(r, "label")], any_status=True))
     cap, note = cfg.selection.max_per_round, ""
     k = cfg.selection.max_per_exploration
     if k and len(already) + k < cap:

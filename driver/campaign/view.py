@@ -193,28 +193,34 @@ class CampaignView:
             return None
         return atoms
 
-    def candidate_rows(self, round_: int | None = None, ids=None):
+    def candidate_rows(self, round_: int | None = None, ids=None, any_status: bool = False):
         """What selection reads of a round's candidates (or of ``ids``): ids, widths, screening."""
-        return self._state.candidate_rows(round_, ids)
+        return self._state.candidate_rows(round_, ids, any_status)
 
     def candidates(self, rows) -> list[Candidate]:
-        """Selection candidates of structure rows (:meth:`candidate_rows`, or whole rows): what
+        """Selection candidates of structure rows (:meth:`candidate_rows`): what
         screening stored when they were recorded, the distance filter of this campaign's
         settings applied to it; their fingerprints come from :meth:`fingerprints`. A
         structure stored unscreened (by an older remote-al) is screened here, once."""
         from remote_al.structures import distance_check
 
         min_d = self.cfg.selection.min_distance_A
-        self._screen_missing([row["id"] for row in rows if row["screen"] is None])
-        out = []
-        for row in rows:
-            reason, dmin = row["screen"], row["min_distance"]
+        out: list = []
+        unscreened: list[tuple[int, tuple]] = []  # (place in out, row), filled in below
+        for sid, ew, fw, reason, dmin in rows:  # one pass: a round's rows are not all held at once
             if reason is None:
-                found = self._screened[row["id"]]
-                reason, dmin = found.reason, found.min_distance
+                unscreened.append((len(out), (sid, ew, fw)))
+                out.append(None)
+                continue
             if not reason and dmin < min_d:
                 reason = distance_check(dmin, min_d).reason
-            out.append(Candidate(row["id"], row["energy_width"], row["force_width"], not reason, reason))
+            out.append(Candidate(sid, ew, fw, not reason, reason))
+        self._screen_missing([sid for _, (sid, _, _) in unscreened])
+        for k, (sid, ew, fw) in unscreened:
+            found = self._screened[sid]
+            reason = found.reason or (distance_check(found.min_distance, min_d).reason
+                                      if found.min_distance < min_d else "")
+            out[k] = Candidate(sid, ew, fw, not reason, reason)
         return out
 
     def fingerprints(self) -> "StoredFingerprints":

@@ -1,7 +1,7 @@
 """The driver at the scale of a real allocation: its own cost per task as the number of
 tasks in flight grows, and the state's size and query times as explored candidates grow.
 
-    python benchmarks/driver_scale.py [--inflight 100,1000,10000] [--candidates 10000,100000]
+    python benchmarks/driver_scale.py [--inflight 100,1000,10000] [--candidates 10000,100000,1000000]
                                       [--out benchmarks/results/driver_scale.json] [--redo]
 
 The real engine (driver.campaign: planners, applier, state, dataset store) on an
@@ -274,7 +274,7 @@ def headline(results: dict) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--inflight", default="100,1000,10000", help="tasks in flight per kind (label, MD): N")
-    ap.add_argument("--candidates", default="10000,100000")
+    ap.add_argument("--candidates", default="10000,100000,1000000")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--redo", action="store_true")
     ap.add_argument("--part", nargs=2, help=argparse.SUPPRESS)

@@ -1,7 +1,7 @@
 """The driver at the scale of a real allocation: its own cost per task as the number of
 tasks in flight grows, and the state's size and query times as explored candidates grow.
 
-    python benchmarks/driver_scale.py [--inflight 100,1000,10000] [--candidates 10000,100000]
+    python benchmarks/driver_scale.py [--inflight 100,1000,10000] [--candidates 10000,100000,1000000]
                                       [--out benchmarks/results/driver_scale.json] [--redo]
 
 The real engine (driver.campaign: planners, applier, state, dataset store) on an
@@ -11,17 +11,20 @@ functions take is measured and subtracted, so what remains is the driver's own w
 
 Tasks in flight (each size in its own process, so peak RSS is per size): N structures are
 stored as selected, N label tasks (one structure each) and N MD tasks created through the
-applier, then one engine tick submits all 2N (``_submit``), a second process opens the
-state as a driver restarted after SIGKILL would and reattaches all 2N (``_reattach``),
-then the first records all 2N results (``_collect``: labels into the dataset store, MD
-frames into candidates and their scoring tasks) and runs the phase planner once
-(``_advance``). ``cpu_ms_per_task`` = (submit + record CPU - function CPU) / 2N.
+applier, then one engine tick submits all 2N (``_submit``), ``remote-al status`` runs on
+the state with all 2N in flight, a second process opens the state as a driver restarted
+after SIGKILL would and reattaches all 2N (``_reattach``), then the first records all 2N
+results (``_collect``: labels into the dataset store, MD frames into candidates, each
+screened once, and their scoring tasks) and runs the phase planner once (``_advance``).
+``cpu_ms_per_task`` = (submit + record CPU - function CPU) / 2N.
 
 Candidates: C explored structures (16 atoms each, rattled, with widths) in one round's
-state; measured: state file size, ``remote-al status`` and ``remote-al report
---no-parity`` wall times (processes of their own, start-up included), and the
-synchronous selection of that round (``phases_sync.select_round``, which screens every
-candidate's structure).
+state, each screened as the MD recorder screens a frame (``driver.screening.screen``:
+``screen_ms_per_candidate``, CPU); measured: state file size, ``remote-al status`` and
+``remote-al report --no-parity`` wall times (processes of their own, start-up included),
+the synchronous selection of that round (``phases_sync.select_round``: CPU, from the
+stored screening; ``select_decisions`` what it decided) and the application of what it
+decided (``select_apply_s``: a decision and a status per candidate, one transaction).
 
 Each finished part is kept in the output file and skipped on a rerun (``--redo`` redoes).
 """
@@ -143,6 +146,8 @@ def inflight_part(n: int, tmp: Path) -> dict:
     submit_cpu = time.process_time() - t0
     fn_submit = backend.function_cpu_s
     assert len(camp.inflight) == 2 * n, len(camp.inflight)
+    camp.state.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    status_s = _cli_s("status", cfg.directory)
 
     # a driver restarted after SIGKILL with every task in flight
     t0 = time.perf_counter()
@@ -165,49 +170,64 @@ def inflight_part(n: int, tmp: Path) -> dict:
         "tasks": 2 * n, "create_cpu_s": create_cpu, "submit_cpu_s": submit_cpu - fn_submit,
         "record_cpu_s": record_cpu - backend.function_cpu_s, "function_cpu_s": fn_submit + backend.function_cpu_s,
         "cpu_ms_per_task": 1000 * driver_cpu / (2 * n), "advance_cpu_s": advance_cpu, "reattach_s": reattach_s,
+        "status_s": status_s,
         "state_mb": _state_mb(cfg.directory), "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
 def candidates_part(c: int, tmp: Path) -> dict:
-    """C explored candidates in one round: state size, status, selection."""
+    """C explored candidates in one round: state size, status, report, selection."""
+    from collections import Counter
+
     from driver.campaign import Campaign, phases_sync
     from driver.dataset import frame_hash
+    from driver.screening import screen
     from remote_al.structures import composition_label, to_extxyz
 
     cfg = _config(tmp, 2)
     camp = Campaign(cfg, InstantBackend(2), say=lambda m: None)
     st = camp.state
     rng = np.random.default_rng(1)
+    screen_cpu = 0.0
     t0 = time.perf_counter()
     with st.transaction():
         st.set_meta("phase", "select")
         st.set_meta("round", "1")
         st.set_meta("started", str(time.time()))
         for a in _frames(cfg, c, seed=2):
+            t1 = time.process_time()
+            screened = screen(a).row()  # what the MD recorder stores with each frame
+            screen_cpu += time.process_time() - t1
             st.add_structure(hash=frame_hash(a), origin="md", split="train", round=1, generation=0,
                              spec=cfg.structures[0].name, composition=composition_label(a), natoms=len(a),
                              extxyz=to_extxyz(a), status="candidate", source_task="md:r1:x",
-                             energy_width=float(rng.uniform(0, 0.01)), force_width=float(rng.lognormal(-1.5, 0.6)))
+                             energy_width=float(rng.uniform(0, 0.01)), force_width=float(rng.lognormal(-1.5, 0.6)),
+                             **screened)
     insert_s = time.perf_counter() - t0
     st.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     size = _state_mb(cfg.directory)
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "driver.cli", "status", str(cfg.directory)],
-                          capture_output=True, text=True, timeout=3600)
-    status_s = time.perf_counter() - t0
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "driver.cli", "report", "--no-parity", str(cfg.directory)],
-                          capture_output=True, text=True, timeout=3600)
-    report_s = time.perf_counter() - t0
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    status_s = _cli_s("status", cfg.directory)
+    report_s = _cli_s("report", "--no-parity", cfg.directory)
     t0 = time.process_time()
     ops = phases_sync.select_round(camp.view)
     select_cpu = time.process_time() - t0
-    return {"candidates": c, "insert_s": insert_s, "state_mb": size, "status_s": status_s, "report_s": report_s,
-            "select_cpu_s": select_cpu, "select_ops": len(ops),
+    decisions = Counter(op.decision for op in ops if type(op).__name__ == "Decide")
+    t0 = time.perf_counter()
+    camp.applier.apply(ops)
+    apply_s = time.perf_counter() - t0
+    return {"candidates": c, "insert_s": insert_s, "screen_ms_per_candidate": 1000 * screen_cpu / c,
+            "state_mb": size, "status_s": status_s, "report_s": report_s, "select_cpu_s": select_cpu,
+            "select_ops": len(ops), "select_decisions": dict(sorted(decisions.items())), "select_apply_s": apply_s,
             "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _cli_s(*argv) -> float:
+    """Wall seconds of one ``remote-al`` command in a process of its own (start-up included)."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "driver.cli", *map(str, argv)], capture_output=True, text=True,
+                          timeout=3600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return time.perf_counter() - t0
 
 
 def _state_mb(directory: Path) -> float:
@@ -237,8 +257,10 @@ def headline(results: dict) -> dict:
     rows = inf + cands
     if rows:
         out["rss_mb_max"] = max(r["rss_mb"] for r in rows)
+    statuses = [r["status_s"] for r in rows if "status_s" in r]
+    if statuses:
+        out["status_s_max"] = max(statuses)
     if cands:
-        out["status_s_max"] = max(r["status_s"] for r in cands)
         out["select_s_max"] = max(r["select_cpu_s"] for r in cands)
         out["candidates_max"] = cands[-1]["candidates"]
     reports = [r["report_s"] for r in cands if "report_s" in r]
@@ -252,7 +274,7 @@ def headline(results: dict) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--inflight", default="100,1000,10000", help="tasks in flight per kind (label, MD): N")
-    ap.add_argument("--candidates", default="10000,100000")
+    ap.add_argument("--candidates", default="10000,100000,1000000")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--redo", action="store_true")
     ap.add_argument("--part", nargs=2, help=argparse.SUPPRESS)

@@ -11,12 +11,14 @@ Shell completion (click's): ``eval "$(_REMOTE_AL_COMPLETE=bash_source remote-al)
 
 Each verb is a click command whose handler ``cmd_*(args) -> int`` takes the parsed options
 as attributes of ``args`` and returns the exit status; the verbs of other modules
-(``endpoint``, ``pull``, ``login``, ``report``, ``sweep``, ``predict``) are added by their
-``add_subcommands(group)``.
+(``endpoint``, ``pull``, ``login``, ``report``, ``sweep``, ``predict``) are imported only
+when one of them runs or a listing asks for them (``LAZY_VERBS``): ``remote-al status``
+starts without numpy, pydantic or the report.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 import time
@@ -138,11 +140,14 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from driver.config import campaign_directory
     from driver.status import list_campaigns, print_status
 
     if args.campaign:
-        d = campaign_directory(args.campaign)
+        d = Path(args.campaign)
+        if d.suffix == ".toml":  # a campaign file (reading it imports the config models)
+            from driver.config import campaign_directory
+
+            d = campaign_directory(d)
         if (d / "state.sqlite").exists():
             print_status(d, as_json=args.json)
             return 0
@@ -215,8 +220,30 @@ def _print_version(ctx: click.Context, _param, value: bool) -> None:
 
 
 # ---------------------------------------------------------------- the group
+# the verbs of other modules: name -> "module:command", imported on first use
+LAZY_VERBS = {"endpoint": "driver.endpoint_cli:endpoint_group", "login": "driver.transfer_cli:login_command",
+              "predict": "driver.predict:predict_command", "pull": "driver.transfer_cli:pull_command",
+              "report": "driver.report_cli:report_command", "stop": "driver.stop_cli:stop_command",
+              "sweep": "driver.sweep:sweep_command"}
+
+
 class _RemoteAL(click.Group):
-    """The top-level group: turns errors of a verb into one message and an exit status."""
+    """The top-level group: turns errors of a verb into one message and an exit status;
+    imports the verbs of ``LAZY_VERBS`` when they are asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_VERBS})
+
+    def get_command(self, ctx: click.Context, name: str):
+        if name in LAZY_VERBS and name not in self.commands:
+            module, attr = LAZY_VERBS[name].split(":")
+            try:
+                self.add_command(getattr(importlib.import_module(module), attr), name)
+            except ImportError:  # the endpoint verbs need the optional endpoint templates' packages
+                if name != "endpoint":
+                    raise
+                return None
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context):
         debug = ctx.params.get("debug", False)
@@ -290,26 +317,6 @@ def status_command(**kwargs) -> int:
 def schema_command(**kwargs) -> int:
     """Print the JSON Schema of a campaign file (docs/campaign.schema.json)."""
     return cmd_schema(SimpleNamespace(**kwargs))
-
-
-def _add_verbs(group: click.Group) -> None:
-    try:
-        from driver.endpoint_cli import add_subcommands
-    except ImportError:  # the endpoint verbs need the optional endpoint templates' packages
-        add_subcommands = None
-    if add_subcommands:
-        add_subcommands(group)
-    from driver.predict import add_subcommands as add_predict
-    from driver.report_cli import add_subcommands as add_report
-    from driver.stop_cli import add_subcommands as add_stop
-    from driver.sweep import add_subcommands as add_sweep
-    from driver.transfer_cli import add_subcommands as add_transfer
-
-    for add in (add_transfer, add_report, add_sweep, add_predict, add_stop):
-        add(group)
-
-
-_add_verbs(cli)
 
 
 def main(argv: list[str] | None = None) -> int:

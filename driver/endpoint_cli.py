@@ -1,6 +1,6 @@
 """``remote-al endpoint ...``: render endpoint configs, register functions, doctor.
 
-``driver.cli`` calls :func:`add_subcommands` with its click group; each command hands its
+``driver.cli`` imports its commands when they are asked for (``LAZY_VERBS``); each command hands its
 options to a handler ``cmd_*(args) -> int`` (the exit status).
 """
 
@@ -81,10 +81,6 @@ def doctor_command(**kwargs) -> int:
     and globus-compute versions with this driver's.
     """
     return cmd_doctor(SimpleNamespace(**kwargs))
-
-
-def add_subcommands(group: click.Group) -> None:
-    group.add_command(endpoint_group)
 
 
 def cmd_render(args) -> int:

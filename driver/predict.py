@@ -192,8 +192,3 @@ def predict_command(**kwargs) -> int:
     file (every frame is predicted).
     """
     return cmd_predict(SimpleNamespace(**kwargs))
-
-
-def add_subcommands(group: click.Group) -> None:
-    """``remote-al predict``."""
-    group.add_command(predict_command)

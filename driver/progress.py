@@ -6,7 +6,8 @@
 - :func:`md_progress`: an ASE MD exploration, from the ``md_step`` of the last frame
   appended to ``traj.extxyz``.
 - :func:`label_progress`: labels done of labels asked, from the campaign state.
-- :func:`running_progress`: all of the above for a campaign's submitted tasks, and
+- :func:`running_progress`: all of the above for a campaign's submitted tasks (the first
+  ``RUNNING_SHOWN``: training members, then MD), and
   :func:`progress_rows` their cells for a table; :class:`ProgressBars` shows them as
   rich progress bars (``remote-al sweep`` does; the campaign loop can, see below).
 
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from driver.state import State
 
+RUNNING_SHOWN = 20  # running tasks whose progress is read (status table, progress bars)
 TAIL_BYTES = 65536  # how much of the end of a trajectory is read for its last step
 _MD_STEP = re.compile(rb"md_step=(\d+)")
 
@@ -141,12 +143,13 @@ class TaskProgress:
     progress: Progress | None  # None: no output yet (starting, or waiting in a queue)
 
 
-def running_progress(state: State, now: float | None = None) -> list[TaskProgress]:
-    """The progress of every submitted training and MD task of a campaign, in task order."""
+def running_progress(state: State, now: float | None = None,
+                     limit: int | None = RUNNING_SHOWN) -> list[TaskProgress]:
+    """The progress of the submitted training tasks, then of the MD tasks, each in task
+    order: at most ``limit`` of them (None: all), so that thousands of MD runs in flight
+    cost ``limit`` file reads, not thousands."""
     out = []
-    for row in state.tasks(status="submitted"):
-        if row["function"] not in ("train", "md"):
-            continue
+    for row in state.submitted_work(("train", "md"), limit):
         try:
             req = json.loads(row["request"])
             workdir = req["workdir"]

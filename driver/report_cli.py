@@ -53,9 +53,4 @@ def report_command(**kwargs) -> int:
     return cmd_report(SimpleNamespace(**kwargs))
 
 
-def add_subcommands(group: click.Group) -> None:
-    """``remote-al report``."""
-    group.add_command(report_command)
-
-
-__all__ = ["add_subcommands", "print_report"]
+__all__ = ["print_report"]

@@ -10,22 +10,24 @@ near-duplicates among those chosen, then the per-round cap on the highest widths
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 
+from driver.screening import DuplicateIndex, Fingerprint, compact, fingerprint, near_duplicate
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class Candidate:
     id: int
     energy_width: float | None  # eV/atom
     force_width: float | None  # eV/A
     filter_ok: bool = True
     filter_reason: str = ""
-    fingerprint: tuple | None = None  # (composition key, sorted distances array)
+    fingerprint: tuple | Fingerprint | None = None  # (composition key, sorted distances array), or compact
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decision:
     id: int
     decision: str  # label | confident | unphysical | filtered | duplicate | skipped
@@ -42,79 +44,101 @@ class SelectionPolicy:
     cap_note: str = ""  # what the cap is, when not the per-round cap (for the decisions' reasons)
 
 
+class FingerprintSource(Protocol):
+    """Where :func:`select` reads fingerprints from when the candidates do not carry them
+    (the campaign's view: the compact forms the state keeps, in batches)."""
+
+    def get(self, ids: Sequence[int]) -> Sequence[Fingerprint | None]: ...
+
+    def exact(self, sid: int) -> tuple | None: ...
+
+
+class _Carried:
+    """The fingerprints the candidates carry (exact tuples or compact forms)."""
+
+    def __init__(self, candidates: Iterable[Candidate]):
+        self._fps = {c.id: c.fingerprint for c in candidates}
+
+    def get(self, ids: Sequence[int]) -> list[Fingerprint | None]:
+        return [self._compact(self._fps.get(i)) for i in ids]
+
+    def exact(self, sid: int) -> tuple | None:
+        fp = self._fps.get(sid)
+        return fp if isinstance(fp, tuple) else None
+
+    @staticmethod
+    def _compact(fp) -> Fingerprint | None:
+        return compact(fp) if isinstance(fp, tuple) else fp
+
+
+_BATCH = 2048  # fingerprints read at a time, in the order the near-duplicate check needs them
+
+
 def select(
     candidates: Sequence[Candidate],
     policy: SelectionPolicy,
     already_chosen: Sequence[Candidate] = (),
+    fingerprints: FingerprintSource | None = None,
 ) -> list[Decision]:
     """One decision per candidate. ``already_chosen``: structures selected earlier in the
     same round (asynchronous selection batch by batch); they count against the cap and
-    are compared against for near-duplicates."""
-    decisions: dict[int, Decision] = {}
-    uncertain: list[Candidate] = []
-    for c in candidates:
-        if not c.filter_ok:
-            decisions[c.id] = Decision(c.id, "filtered", c.filter_reason)
-            continue
-        if c.force_width is None or not np.isfinite(c.force_width):
-            decisions[c.id] = Decision(c.id, "skipped", "no uncertainty available (UQ task failed)")
-            continue
-        if c.force_width > policy.force_upper:
-            decisions[c.id] = Decision(
-                c.id,
-                "unphysical",
-                f"force CI width {c.force_width:.3f} eV/A above the trust bound {policy.force_upper:g}",
-            )
-            continue
-        over_f = c.force_width > policy.force_threshold
-        over_e = (
-            policy.energy_threshold > 0
-            and c.energy_width is not None
-            and c.energy_width > policy.energy_threshold
-        )
-        if over_f or over_e:
-            uncertain.append(c)
-        else:
-            decisions[c.id] = Decision(
-                c.id,
-                "confident",
-                f"force CI width {c.force_width:.3f} eV/A within {policy.force_threshold:g}",
-            )
-    uncertain.sort(key=lambda c: (-(c.force_width or 0.0), c.id))
-    chosen: list[Candidate] = list(already_chosen)
-    for c in uncertain:
-        dup = next((k for k in chosen if near_duplicate(c.fingerprint, k.fingerprint, policy.dedup_tolerance_A)), None)
-        if dup is not None:
-            decisions[c.id] = Decision(c.id, "duplicate", f"near-duplicate of structure {dup.id}")
-            continue
-        if len(chosen) >= policy.max_per_round:
-            decisions[c.id] = Decision(
-                c.id, "skipped", f"uncertain ({c.force_width:.3f} eV/A) but over "
-                + (policy.cap_note or f"the cap of {policy.max_per_round} per round")
-            )
-            continue
-        chosen.append(c)
-        what = f"force CI width {c.force_width:.3f} eV/A above {policy.force_threshold:g}"
-        if c.energy_width is not None and policy.energy_threshold > 0 and c.energy_width > policy.energy_threshold:
-            what += f"; energy CI width {c.energy_width * 1000:.1f} meV/atom above {policy.energy_threshold * 1000:g}"
-        decisions[c.id] = Decision(c.id, "label", what)
-    return [decisions[c.id] for c in candidates]
+    are compared against for near-duplicates. ``fingerprints``: where the fingerprints
+    come from (default: what each candidate carries). The checks up to the threshold run
+    on arrays; only the uncertain candidates, highest width first, are compared for
+    near-duplicates (``driver.screening.DuplicateIndex``)."""
+    n = len(candidates)
+    ids = np.fromiter((c.id for c in candidates), np.int64, n)
+    fw = np.fromiter((np.nan if c.force_width is None else c.force_width for c in candidates), float, n)
+    ew = np.fromiter((np.nan if c.energy_width is None else c.energy_width for c in candidates), float, n)
+    ok = np.fromiter((c.filter_ok for c in candidates), bool, n)
+    scored = ok & np.isfinite(fw)
+    sane = scored & ~(fw > policy.force_upper)
+    over = (fw > policy.force_threshold) | ((ew > policy.energy_threshold) if policy.energy_threshold > 0 else False)
+    decisions: list[Decision | None] = [None] * n
+    texts: dict[str, str] = {}
+    shared = texts.setdefault  # one string per distinct reason: rounds of 10^6 frames repeat them
+    for i in np.flatnonzero(~ok).tolist():
+        decisions[i] = Decision(candidates[i].id, "filtered", candidates[i].filter_reason)
+    for i in np.flatnonzero(ok & ~scored).tolist():
+        decisions[i] = Decision(candidates[i].id, "skipped", "no uncertainty available (UQ task failed)")
+    for i in np.flatnonzero(scored & ~sane).tolist():
+        w = candidates[i].force_width
+        reason = f"force CI width {w:.3f} eV/A above the trust bound {policy.force_upper:g}"
+        decisions[i] = Decision(candidates[i].id, "unphysical", shared(reason, reason))
+    for i in np.flatnonzero(sane & ~over).tolist():
+        w = candidates[i].force_width
+        reason = f"force CI width {w:.3f} eV/A within {policy.force_threshold:g}"
+        decisions[i] = Decision(candidates[i].id, "confident", shared(reason, reason))
+    uncertain = np.flatnonzero(sane & over)
+    uncertain = uncertain[np.lexsort((ids[uncertain], -fw[uncertain]))]
+    source = fingerprints or _Carried([*candidates, *already_chosen])
+    index = DuplicateIndex(policy.dedup_tolerance_A, source.exact)
+    for c, fp in zip(already_chosen, source.get([c.id for c in already_chosen])):
+        index.add(c.id, fp, c)
+    n_chosen = len(already_chosen)
+    for start in range(0, len(uncertain), _BATCH):
+        batch = uncertain[start:start + _BATCH].tolist()
+        for i, fp in zip(batch, source.get([candidates[i].id for i in batch])):
+            c = candidates[i]
+            dup = index.first(c.id, fp)
+            if dup is not None:
+                reason = f"near-duplicate of structure {dup.id}"
+                decisions[i] = Decision(c.id, "duplicate", shared(reason, reason))
+                continue
+            if n_chosen >= policy.max_per_round:
+                decisions[i] = Decision(
+                    c.id, "skipped", f"uncertain ({c.force_width:.3f} eV/A) but over "
+                    + (policy.cap_note or f"the cap of {policy.max_per_round} per round")
+                )
+                continue
+            index.add(c.id, fp, c)
+            n_chosen += 1
+            what = f"force CI width {c.force_width:.3f} eV/A above {policy.force_threshold:g}"
+            if c.energy_width is not None and policy.energy_threshold > 0 and c.energy_width > policy.energy_threshold:
+                what += (f"; energy CI width {c.energy_width * 1000:.1f} meV/atom above "
+                         f"{policy.energy_threshold * 1000:g}")
+            decisions[i] = Decision(c.id, "label", what)
+    return decisions  # type: ignore[return-value]  # every candidate decided
 
 
-def fingerprint(atoms, cutoff: float = 4.0) -> tuple:
-    """Composition key and sorted neighbour distances: equal for periodic images/permutations."""
-    from remote_al.structures import pair_distances
-
-    symbols = atoms.get_chemical_symbols()
-    key = tuple(sorted((s, symbols.count(s)) for s in set(symbols)))
-    d = np.sort(pair_distances(atoms, cutoff))
-    return (key, d)
-
-
-def near_duplicate(a: tuple | None, b: tuple | None, tol: float) -> bool:
-    if a is None or b is None or a[0] != b[0] or len(a[1]) != len(b[1]):
-        return False
-    if len(a[1]) == 0:
-        return True
-    return float(np.max(np.abs(a[1] - b[1]))) < tol
-
+__all__ = ["Candidate", "Decision", "FingerprintSource", "SelectionPolicy", "fingerprint", "near_duplicate", "select"]

@@ -14,6 +14,7 @@ from driver.state import State
 def summary(directory: Path) -> dict:
     st = State(Path(directory) / "state.sqlite")
     try:
+        counts = st.task_counts()
         out = {
             "campaign": Path(directory).name,
             "directory": str(directory),
@@ -21,12 +22,13 @@ def summary(directory: Path) -> dict:
             "round": _shown_round(st),
             "stop_reason": st.get_meta("stop_reason"),
             "started": float(st.get_meta("started", "0") or 0),
-            "tasks": {f"{f}/{s}": n for (f, s), n in st.task_counts().items()},
+            "tasks": {f"{f}/{s}": n for (f, s), n in counts.items()},
             "labels_ok": st.label_count("ok"),
             "labels_failed": st.label_count("failed"),
             "labels_asked": label_progress(st)[1],
             "running": [{"key": t.key, "function": t.function, "progress": t.progress and asdict(t.progress)}
-                        for t in running_progress(st)],
+                        for t in running_progress(st)],  # the first RUNNING_SHOWN of them
+            "running_total": sum(n for (f, s), n in counts.items() if f in ("train", "md") and s == "submitted"),
             "labeler_note": next((row["labeler_note"] for row in st.labelers()), ""),
             "generations": sorted({m["generation"] for m in st.models()}),
             "rounds": st.metrics("round"),
@@ -65,7 +67,7 @@ def _shown_round(st: State) -> int:
 
 def _calibration(st: State, directory: Path) -> dict:
     """The threshold settings the campaign runs with and each generation's calibration."""
-    from remote_al.calibration import read_calibration
+    from remote_al.calibration_file import read_calibration
 
     raw = json.loads(st.get_meta("config_json") or "{}").get("selection", {})
     gens = sorted({m["generation"] for m in st.models()})
@@ -210,7 +212,9 @@ def status_tables(s: dict, width: int = 80) -> list:
 
         tasks = [TaskProgress(r["key"], r["function"], r["progress"] and Progress(**r["progress"]))
                  for r in s["running"]]
-        tables.append(_table("running: training members and MD (from their lcurve.out and trajectory)",
+        more = s.get("running_total", len(tasks)) - len(tasks)
+        tables.append(_table("running: training members and MD (from their lcurve.out and trajectory)"
+                             + (f"; the first {len(tasks)}, {more} more not shown" if more > 0 else ""),
                              PROGRESS_COLUMNS, progress_rows(tasks), width, first_left=True))
     return tables
 

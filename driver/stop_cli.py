@@ -53,13 +53,12 @@ def cmd_stop(campaign: str) -> int:
         lock.release()
 
 
-def add_subcommands(group: click.Group) -> None:
-    @group.command("stop", short_help="End a campaign's local engine service.")
-    @click.argument("campaign")
-    def stop_command(campaign: str) -> int:
-        """End the local engine service of CAMPAIGN (a campaign TOML or directory).
+@click.command("stop", short_help="End a campaign's local engine service.")
+@click.argument("campaign")
+def stop_command(campaign: str) -> int:
+    """End the local engine service of CAMPAIGN (a campaign TOML or directory).
 
-        The service runs the local backend's tasks and outlives the driver; it ends by itself
-        when the campaign is done. Refused while a driver runs the campaign.
-        """
-        return cmd_stop(campaign)
+    The service runs the local backend's tasks and outlives the driver; it ends by itself
+    when the campaign is done. Refused while a driver runs the campaign.
+    """
+    return cmd_stop(campaign)

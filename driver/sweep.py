@@ -298,9 +298,4 @@ def sweep_command(**kwargs) -> int:
     return cmd_sweep(SimpleNamespace(**kwargs))
 
 
-def add_subcommands(group: click.Group) -> None:
-    """``remote-al sweep``."""
-    group.add_command(sweep_command)
-
-
-__all__ = ["SweepOutcome", "add_subcommands", "prepare_data", "run_sweep"]
+__all__ = ["SweepOutcome", "prepare_data", "run_sweep"]

@@ -1,7 +1,7 @@
 """``remote-al pull`` (a campaign's models, datasets and reports to this machine) and
 ``remote-al login`` (Globus login and collection consent for transfers).
 
-``driver.cli`` calls :func:`add_subcommands` with its click group; each command hands its
+``driver.cli`` imports its commands when they are asked for (``LAZY_VERBS``); each command hands its
 options to a handler ``cmd_*(args) -> int`` (the exit status).
 """
 
@@ -58,11 +58,6 @@ def login_command(**kwargs) -> int:
     collections. Tokens: REMOTE_AL_TOKEN_FILE, owner-only.
     """
     return cmd_login(SimpleNamespace(**kwargs))
-
-
-def add_subcommands(group: click.Group) -> None:
-    group.add_command(pull_command)
-    group.add_command(login_command)
 
 
 def pull_items(state, root, kinds: Iterable[str], local: bool = True) -> list[TransferItem]:
@@ -163,4 +158,4 @@ def cmd_login(args) -> int:
     return 0
 
 
-__all__ = ["add_subcommands", "pull_items", "cmd_pull", "cmd_login"]
+__all__ = ["pull_items", "cmd_pull", "cmd_login"]

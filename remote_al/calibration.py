@@ -30,13 +30,13 @@ member drawn like the ensemble, ``sqrt(M + 1)`` times the width of the mean, mar
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
+# the record and its file (no numpy at import: `remote-al status` reads them), here as before
+from remote_al.calibration_file import (Calibration, calibration_path, latest_calibration,  # noqa: F401
+                                        read_calibration, write_calibration)
 from remote_al.uq import ensemble_ci_width
 
 METHODS = ("conformal", "gaussian_scale", "prediction_interval")
@@ -103,49 +103,6 @@ def _pairs(widths, errors) -> tuple[np.ndarray, np.ndarray]:
     return w[ok], e[ok]
 
 
-@dataclass(frozen=True)
-class Calibration:
-    """One generation's map from the seed's width to a bound on the true error.
-
-    ``force_scale`` multiplies a per-atom (or per-frame: the max over atoms) force width,
-    ``energy_scale`` a per-atom energy width; both give bounds at ``coverage``."""
-
-    generation: int
-    method: str
-    coverage: float
-    force_scale: float
-    energy_scale: float
-    n_frames: int
-    n_force_pairs: int
-    n_energy_pairs: int
-    force_calibrated: bool  # False: too few pairs, a fallback (see ``note``)
-    energy_calibrated: bool
-    note: str = ""
-    n_members: int = 0
-    source: str = "held-out test frames"
-
-    @property
-    def calibrated(self) -> bool:
-        return self.force_calibrated and self.energy_calibrated
-
-    def force_bound(self, width) -> np.ndarray:
-        return self.force_scale * np.asarray(width, dtype=float)
-
-    def energy_bound(self, width) -> np.ndarray:
-        return self.energy_scale * np.asarray(width, dtype=float)
-
-    def force_width_threshold(self, target_error: float) -> float:
-        """The width below which a frame's calibrated force bound is under ``target_error``."""
-        return float(target_error / self.force_scale)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Calibration":
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
-
-
 def fit_calibration(
     generation: int,
     atom_widths,
@@ -202,37 +159,6 @@ def fit_calibration(
         e_scale = pi if e_scale is None else e_scale
     return Calibration(force_scale=f_scale, energy_scale=e_scale, note="; ".join(notes) + f"; using {what}",
                        **flags, **base)
-
-
-# ------------------------------------------------------------------ the stored file
-def calibration_path(campaign_dir: str | Path, generation: int) -> Path:
-    return Path(campaign_dir) / "calibration" / f"g{generation}.json"
-
-
-def write_calibration(campaign_dir: str | Path, cal: Calibration) -> Path:
-    """``<campaign>/calibration/g<N>.json``: the method, its parameters and the frames used
-    (documented in docs/uncertainty.md). Written atomically."""
-    path = calibration_path(campaign_dir, cal.generation)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"format": "remote-al calibration 1", **cal.to_dict()}, indent=2) + "\n")
-    tmp.replace(path)
-    return path
-
-
-def read_calibration(campaign_dir: str | Path, generation: int) -> Calibration | None:
-    path = calibration_path(campaign_dir, generation)
-    if not path.exists():
-        return None
-    return Calibration.from_dict(json.loads(path.read_text()))
-
-
-def latest_calibration(campaign_dir: str | Path, up_to: int | None = None) -> Calibration | None:
-    """The calibration of the newest generation (at most ``up_to``) that has one."""
-    folder = Path(campaign_dir) / "calibration"
-    gens = sorted(int(p.stem[1:]) for p in folder.glob("g*.json") if p.stem[1:].isdigit()) if folder.is_dir() else []
-    gens = [g for g in gens if up_to is None or g <= up_to]
-    return read_calibration(campaign_dir, gens[-1]) if gens else None
 
 
 RELIABILITY_LEVELS = (0.5, 0.68, 0.9, 0.95, 0.99)

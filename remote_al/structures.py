@@ -129,11 +129,12 @@ def pair_distances(atoms, cutoff: float = 4.0) -> np.ndarray:
     return neighbor_list("d", atoms, cutoff)
 
 
-def min_distance(atoms) -> float:
-    """Smallest interatomic distance under periodic boundary conditions (Angstrom)."""
+def min_distance(atoms, distances: np.ndarray | None = None) -> float:
+    """Smallest interatomic distance under periodic boundary conditions (Angstrom);
+    ``distances``: ``pair_distances(atoms, 4.0)`` when the caller has it already."""
     if len(atoms) < 2:
         return float("inf")
-    d = pair_distances(atoms, 4.0)
+    d = pair_distances(atoms, 4.0) if distances is None else distances
     if len(d) == 0:
         return float("inf")
     return float(d.min())
@@ -144,8 +145,10 @@ def check_structure(
     min_dist_A: float = 1.2,
     cell_length_A: tuple[float, float] = (2.0, 60.0),
     cell_angle_deg: tuple[float, float] = (20.0, 160.0),
+    distances: np.ndarray | None = None,
 ) -> FilterResult:
-    """Pre-labeling sanity: finite positions, cell bounds, no overlapping atoms."""
+    """Pre-labeling sanity: finite positions, cell bounds, no overlapping atoms
+    (``distances``: ``pair_distances(atoms, 4.0)`` when the caller has it already)."""
     pos = atoms.get_positions()
     if not np.all(np.isfinite(pos)):
         return FilterResult(False, "positions contain NaN or inf")
@@ -157,7 +160,11 @@ def check_structure(
         )
     if angles.min() < cell_angle_deg[0] or angles.max() > cell_angle_deg[1]:
         return FilterResult(False, f"cell angles {np.round(angles, 1).tolist()} deg outside {list(cell_angle_deg)}")
-    dmin = min_distance(atoms)
+    return distance_check(min_distance(atoms, distances), min_dist_A)
+
+
+def distance_check(dmin: float, min_dist_A: float) -> FilterResult:
+    """The overlap filter of :func:`check_structure` on a smallest distance known already."""
     if dmin < min_dist_A:
         return FilterResult(False, f"atoms {dmin:.2f} A apart, below the minimum {min_dist_A} A")
     return FilterResult(True)

@@ -98,6 +98,7 @@ def test_md_result_becomes_candidates_then_one_scoring_task(campaign):
     ops = recorders.record_md(view, task, result)
     assert [type(op) for op in ops] == [plan.AddStructure, plan.AddStructure]
     assert all(op.row["status"] == "candidate" and op.row["source_task"] == task.key for op in ops)
+    assert all(op.row["screen"] == "" and op.row["min_distance"] > 1 and op.row["fingerprint"] for op in ops)
     assert recorders.score_exploration(view, task, result) == []  # nothing stored yet: nothing to score
     applier.apply(ops)
     (add,) = recorders.score_exploration(view, task, result)

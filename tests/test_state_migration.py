@@ -2,7 +2,13 @@
 inside task requests under ``_`` keys) migrates in place to version 2 (task kind, context
 and stage columns), and a campaign started by the old code resumes to its end with the
 new engine. The fixture is a real version-1 campaign (simulated workload, asynchronous,
-paused with an MD and a scoring task in flight), made by the engine before the rewrite."""
+paused with an MD and a scoring task in flight), made by the engine before the rewrite.
+
+Version 2 migrates in place to version 3 (structures keep their screening): the fixture is
+a real version-2 campaign at its select phase with 80 unscreened candidates, and the
+decisions the version-2 code took on it; the new code takes the same ones on the migrated
+file (screening at selection), and again once the candidates are screened as the MD
+recorder screens them now (selection from the stored screening)."""
 
 from __future__ import annotations
 
@@ -18,21 +24,24 @@ from driver.state.schema import v1_task_fields
 
 FIXTURE = Path(__file__).parent / "data" / "campaign_v1_async.tar.gz"
 FIXTURE_PREFIX = "/tmp/fx/v1"  # where the fixture campaign ran
+FIXTURE_V2 = Path(__file__).parent / "data" / "campaign_v2_select.tar.gz"  # its make_v2_fixture.py says how
+FIXTURE_V2_PREFIX = "/tmp/s23/fx"
 
 
-def unpack_v1(tmp_path: Path) -> Path:
+def unpack_v1(tmp_path: Path, fixture: Path = FIXTURE, prefix: str = FIXTURE_PREFIX) -> Path:
     """The fixture campaign under tmp_path, its absolute paths rewritten to point there."""
-    with tarfile.open(FIXTURE) as tar:
+    with tarfile.open(fixture) as tar:
         tar.extractall(tmp_path, filter="data")
     new = str(tmp_path)
     for name in ("sim.toml", "camp/campaign.toml"):
         p = tmp_path / name
-        p.write_text(p.read_text().replace(FIXTURE_PREFIX, new))
+        if p.exists():
+            p.write_text(p.read_text().replace(prefix, new))
     db = sqlite3.connect(tmp_path / "camp" / "state.sqlite")
     for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall():
         cols = [r[1] for r in db.execute(f"PRAGMA table_info({table})") if r[2].upper() == "TEXT"]
         for col in cols:
-            db.execute(f"UPDATE {table} SET {col} = replace({col}, ?, ?)", (FIXTURE_PREFIX, new))
+            db.execute(f"UPDATE {table} SET {col} = replace({col}, ?, ?)", (prefix, new))
     db.commit()
     db.close()
     return tmp_path / "sim.toml"
@@ -77,6 +86,42 @@ def test_v1_state_file_migrates_in_place(tmp_path):
     assert score and json.loads(score[0]["context"])["structure_ids"]
     assert {r["kind"] for r in rows if r["function"] == "uq"} >= {"eval", "score"}
     assert all(json.loads(r["context"])["spec"] for r in rows if r["kind"] == "md")
+    state.close()
+    State(path).close()  # opening again changes nothing
+
+
+def test_v2_state_file_migrates_in_place_and_selects_as_before(tmp_path):
+    from driver.campaign import phases_sync, plan
+    from driver.campaign.view import CampaignView
+    from driver.config import load_config
+    from driver.dataset import DatasetStore
+    from driver.screening import screen
+    from remote_al.structures import from_extxyz
+
+    cfg = load_config(unpack_v1(tmp_path, FIXTURE_V2, FIXTURE_V2_PREFIX))
+    expected = json.loads((tmp_path / "decisions.json").read_text())
+    path = cfg.directory / "state.sqlite"
+    before = sqlite3.connect(path)
+    assert before.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "2"
+    n = before.execute("SELECT COUNT(*) FROM structures WHERE status='candidate'").fetchone()[0]
+    before.close()
+    state = State(path)
+    assert state.get_meta("schema_version") == str(SCHEMA_VERSION) == "3"
+    rows = state.candidate_rows(1)
+    assert len(rows := list(rows)) == n == 80 and all(r["screen"] is None for r in rows)  # screened at selection
+
+    def decisions():
+        view = CampaignView(cfg, state, DatasetStore(state), gpu_slots=2, say=lambda m: None)
+        return [[op.structure_id, op.decision, op.reason] for op in phases_sync.select_round(view)
+                if isinstance(op, plan.Decide)]
+
+    assert decisions() == expected
+    assert {d for _, d, _ in expected} >= {"label", "duplicate", "confident", "unphysical", "filtered", "skipped"}
+    with state.transaction():  # screened as the MD recorder screens a frame now
+        for row in state.structures(status="candidate"):
+            state.update_structure(row["id"], **screen(from_extxyz(row["extxyz"])[0]).row())
+    assert all(r["screen"] is not None for r in state.candidate_rows(1))
+    assert decisions() == expected
     state.close()
     State(path).close()  # opening again changes nothing
 

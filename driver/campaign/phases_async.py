@@ -112,11 +112,11 @@ def select_batch(view: CampaignView, r: int, ids: list[int]) -> list:
     cfg = view.cfg
     if view.stop_reason:
         return []
-    cands = view.candidates(view.structures(id=ids, status="candidate"))
+    cands = view.candidates(view.candidate_rows(ids=ids))
     n_tests = view.decision_counts(r).get("test", 0)
     per_batch = -(-cfg.test.n_per_round // max(1, len(view.sweep())))
     test_ids = pick_tests(view, r, cands, min(per_batch, cfg.test.n_per_round - n_tests), salt=min(ids))
-    already = view.candidates(view.decided(r, "label"))
+    already = view.candidates(view.candidate_rows(ids=[x["id"] for x in view.decided(r, "label")], any_status=True))
     cap, note = cfg.selection.max_per_round, ""
     k = cfg.selection.max_per_exploration
     if k and len(already) + k < cap:
@@ -125,7 +125,8 @@ def select_batch(view: CampaignView, r: int, ids: list[int]) -> list:
     if budget:
         used, in_labeling = view.label_count(), view.count_structures("labeling")
         cap = min(cap, len(already) + max(0, budget - used - in_labeling))
-    decisions = select([c for c in cands if c.id not in test_ids], policy(view, cap, note), already_chosen=already)
+    decisions = select([c for c in cands if c.id not in test_ids], policy(view, cap, note), already_chosen=already,
+                       fingerprints=view.fingerprints())
     ops, _ = decision_ops(r, decisions, test_ids)
     chosen = [d.id for d in decisions if d.decision == "label"] + sorted(test_ids)
     if chosen:

@@ -124,14 +124,14 @@ def explore(view: CampaignView) -> list:
 
 def select_round(view: CampaignView) -> list:
     r, cfg = view.round, view.cfg
-    cands = view.candidates(view.structures(round=r, status="candidate"))
+    cands = view.candidates(view.candidate_rows(r))
     test_ids = pick_tests(view, r, cands, cfg.test.n_per_round)
-    decisions = select([c for c in cands if c.id not in test_ids], policy(view, cfg.selection.max_per_round))
+    decisions = select([c for c in cands if c.id not in test_ids], policy(view, cfg.selection.max_per_round),
+                       fingerprints=view.fingerprints())
     ops, counts = decision_ops(r, decisions, test_ids)
-    filtered = {d.id for d in decisions if d.decision == "filtered"}
-    explored = [(row["force_width"], "filtered" if row["id"] in filtered else row["status"])
-                for row in view.structures(origin="md", round=r)]
-    share = confident_share(explored, view.force_threshold())
+    ids, widths, filtered = view.explored_widths(r)
+    filtered |= np.isin(ids, [d.id for d in decisions if d.decision == "filtered"])
+    share = confident_share(widths, filtered, view.force_threshold())
     ops += [UpdateRoundMetrics(r), Say(
         f"round {r}: {len(cands)} frames explored, confident share {share:.2f}, "
         + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))]

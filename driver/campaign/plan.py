@@ -79,7 +79,7 @@ class AddStructure:
     decision: tuple[int, str, str] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per candidate of a round: small
 class Decide:
     round: int
     structure_id: int
@@ -87,7 +87,7 @@ class Decide:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per candidate of a round: small
 class UpdateStructure:
     structure_id: int
     values: Mapping[str, Any]

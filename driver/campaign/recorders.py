@@ -14,6 +14,7 @@ from driver.campaign.plan import (AddModel, AddStructure, AddTask, Calibrate, De
 from driver.campaign.tasks import ScoreContext, Task, TaskKind
 from driver.campaign.view import CampaignView
 from driver.dataset import frame_hash
+from driver.screening import screen
 
 
 def record_label(view: CampaignView, task: Task, result: dict) -> list:
@@ -46,7 +47,8 @@ def record_train(view: CampaignView, task: Task, result: dict) -> list:
 
 
 def record_md(view: CampaignView, task: Task, result: dict) -> list:
-    """The exploration's frames become candidates (a frame already stored is not added again)."""
+    """The exploration's frames become candidates (a frame already stored is not added
+    again), each screened once here (driver.screening): selection reads what it found."""
     from remote_al.structures import composition_label, from_extxyz, to_extxyz
 
     ops = []
@@ -55,7 +57,7 @@ def record_md(view: CampaignView, task: Task, result: dict) -> list:
         ops.append(AddStructure(dict(
             hash=frame_hash(atoms), origin="md", split="train", round=task.round, generation=task.generation,
             spec=task.context.spec, composition=composition_label(atoms), natoms=len(atoms),
-            extxyz=to_extxyz(atoms), status="candidate", source_task=task.key)))
+            extxyz=to_extxyz(atoms), status="candidate", source_task=task.key, **screen(atoms).row())))
     return ops
 
 

@@ -70,34 +70,39 @@ def decision_ops(r: int, decisions, test_ids) -> tuple[list, dict[str, int]]:
         ops += [Decide(r, sid, "test", "random held-out frame for evaluation (never trained on)"),
                 UpdateStructure(sid, {"status": "selected", "split": "test", "reason": "held-out audit frame"})]
         counts["test"] = counts.get("test", 0) + 1
+    values: dict[tuple[str, str], dict] = {}  # one (read-only) dict per distinct change: rounds of 10^6 frames
     for d in decisions:
-        ops += [Decide(r, d.id, d.decision, d.reason), UpdateStructure(d.id, {"status": STATUS_OF[d.decision],
-                                                                             "reason": d.reason})]
+        change = values.get((d.decision, d.reason))
+        if change is None:
+            change = values[(d.decision, d.reason)] = {"status": STATUS_OF[d.decision], "reason": d.reason}
+        ops += [Decide(r, d.id, d.decision, d.reason), UpdateStructure(d.id, change)]
         counts[d.decision] = counts.get(d.decision, 0) + 1
     return ops, counts
 
 
-def confident_share(widths_statuses, thr: float) -> float:
-    """Share of the evaluated (scored, not filtered) explored frames at or below ``thr``."""
-    evaluated = [w for w, st in widths_statuses if w is not None and st != "filtered"]
-    return sum(1 for w in evaluated if w <= thr) / len(evaluated) if evaluated else 0.0
+def confident_share(widths, filtered, thr: float) -> float:
+    """Share of the evaluated (scored, not filtered) explored frames at or below ``thr``
+    (``widths``: NaN where not scored; ``filtered``: a flag per frame)."""
+    w = np.asarray(widths, dtype=float)
+    evaluated = w[~np.isnan(w) & ~np.asarray(filtered, dtype=bool)]
+    return int(np.count_nonzero(evaluated <= thr)) / evaluated.size if evaluated.size else 0.0
 
 
 def round_metrics(view: CampaignView, r: int) -> dict:
     """Per-round numbers from the structures explored in round r (both modes)."""
     thr, upper = view.force_threshold(), view.cfg.selection.force_upper
-    rows = [(row["force_width"], row["status"]) for row in view.explored_widths(r)]
+    _, w, filtered = view.explored_widths(r)
     dec = view.decision_counts(r)
-    widths = [w for w, _ in rows if w is not None]
+    widths = w[~np.isnan(w)]
     return {
-        "n_explored": len(rows), "n_selected": dec.get("label", 0), "n_confident": dec.get("confident", 0),
+        "n_explored": int(w.size), "n_selected": dec.get("label", 0), "n_confident": dec.get("confident", 0),
         "n_unphysical": dec.get("unphysical", 0), "n_filtered": dec.get("filtered", 0),
         "n_duplicate": dec.get("duplicate", 0), "n_skipped": dec.get("skipped", 0), "n_test": dec.get("test", 0),
-        "confident_share": confident_share(rows, thr),
-        "force_width_median": float(np.median(widths)) if widths else None,
-        "force_width_p90": float(np.percentile(widths, 90)) if widths else None,
-        "force_width_max": float(np.max(widths)) if widths else None,
-        "n_above_upper": sum(1 for w in widths if w > upper),
+        "confident_share": confident_share(w, filtered, thr),
+        "force_width_median": float(np.median(widths)) if widths.size else None,
+        "force_width_p90": float(np.percentile(widths, 90)) if widths.size else None,
+        "force_width_max": float(np.max(widths)) if widths.size else None,
+        "n_above_upper": int(np.count_nonzero(widths > upper)),
         "force_threshold": thr,
     }
 

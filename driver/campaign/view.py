@@ -12,7 +12,8 @@ from driver.campaign.tasks import Task, TaskKind, task_dir_name
 from driver.config_models import CampaignConfig
 from driver.dataset import DatasetStore
 from driver.preflight import build_structure
-from driver.selection import Candidate, fingerprint
+from driver.screening import Fingerprint, Screen, decode, fingerprint, screen
+from driver.selection import Candidate
 from driver.state import State
 
 OPEN = ("pending", "submitted")
@@ -28,9 +29,8 @@ class CampaignView:
         self._store = store
         self.gpu_slots = gpu_slots
         self.say = say  # for notes while reading (e.g. a relaxation that could not be used)
-        # structure id -> (filter result, fingerprint): structures never change, and each
-        # selection looks again at the round's chosen ones (near-duplicate checks)
-        self._screened: dict[int, tuple] = {}
+        # structure id -> driver.screening.Screen of structures stored unscreened (older files)
+        self._screened: dict[int, Screen] = {}
         self._starts: dict[str, object] = {}  # start_structure per structure name
 
     # ------------------------------------------------------------- position
@@ -193,21 +193,48 @@ class CampaignView:
             return None
         return atoms
 
-    def candidates(self, rows) -> list[Candidate]:
-        """Selection candidates of structure rows, screened once by the structure filters."""
-        from remote_al.structures import check_structure, from_extxyz
+    def candidate_rows(self, round_: int | None = None, ids=None, any_status: bool = False):
+        """What selection reads of a round's candidates (or of ``ids``): ids, widths, screening."""
+        return self._state.candidate_rows(round_, ids, any_status)
 
-        s = self.cfg.selection
-        out = []
-        for row in rows:
-            screened = self._screened.get(row["id"])
-            if screened is None:
-                a = from_extxyz(row["extxyz"])[0]
-                chk = check_structure(a, min_dist_A=s.min_distance_A)
-                screened = self._screened[row["id"]] = (chk, fingerprint(a) if chk.ok else None)
-            chk, fp = screened
-            out.append(Candidate(row["id"], row["energy_width"], row["force_width"], chk.ok, chk.reason, fp))
+    def candidates(self, rows) -> list[Candidate]:
+        """Selection candidates of structure rows (:meth:`candidate_rows`): what
+        screening stored when they were recorded, the distance filter of this campaign's
+        settings applied to it; their fingerprints come from :meth:`fingerprints`. A
+        structure stored unscreened (by an older remote-al) is screened here, once."""
+        from remote_al.structures import distance_check
+
+        min_d = self.cfg.selection.min_distance_A
+        out: list = []
+        unscreened: list[tuple[int, tuple]] = []  # (place in out, row), filled in below
+        for sid, ew, fw, reason, dmin in rows:  # one pass: a round's rows are not all held at once
+            if reason is None:
+                unscreened.append((len(out), (sid, ew, fw)))
+                out.append(None)
+                continue
+            if not reason and dmin < min_d:
+                reason = distance_check(dmin, min_d).reason
+            out.append(Candidate(sid, ew, fw, not reason, reason))
+        self._screen_missing([sid for _, (sid, _, _) in unscreened])
+        for k, (sid, ew, fw) in unscreened:
+            found = self._screened[sid]
+            reason = found.reason or (distance_check(found.min_distance, min_d).reason
+                                      if found.min_distance < min_d else "")
+            out[k] = Candidate(sid, ew, fw, not reason, reason)
         return out
+
+    def fingerprints(self) -> "StoredFingerprints":
+        """The candidates' fingerprints as selection reads them (driver.selection.FingerprintSource)."""
+        return StoredFingerprints(self._state, self._screen_missing, self._screened)
+
+    def _screen_missing(self, ids) -> None:
+        """Screen the structures of ``ids`` stored unscreened, into the view's cache."""
+        from remote_al.structures import from_extxyz
+
+        todo = [i for i in ids if i not in self._screened]
+        if todo:
+            for row in self._state.structures(id=todo):
+                self._screened[row["id"]] = screen(from_extxyz(row["extxyz"])[0])
 
     def volume_rows(self) -> list[dict]:
         """The volume curve so far (driver.volume.summarize)."""
@@ -223,3 +250,23 @@ class CampaignView:
         from driver.calibrate import oob_frames
 
         return oob_frames(self._state, generation)
+
+
+class StoredFingerprints:
+    """The compact fingerprints the state keeps, read in batches; the exact ones from the
+    structures' extxyz, for the rare pairs the compact ones cannot decide."""
+
+    def __init__(self, state: State, screen_missing: Callable, screened: dict):
+        self._state, self._screen_missing, self._screened = state, screen_missing, screened
+
+    def get(self, ids) -> list[Fingerprint | None]:
+        rows = self._state.fingerprints(ids)
+        self._screen_missing([i for i in ids if rows.get(i, (None, None))[0] is None])
+        blobs = [self._screened[i].fingerprint if rows.get(i, (None, None))[0] is None else rows[i][1] for i in ids]
+        return [None if b is None else decode(b) for b in blobs]
+
+    def exact(self, sid: int) -> tuple | None:
+        from remote_al.structures import from_extxyz
+
+        rows = self._state.structures(id=sid)
+        return fingerprint(from_extxyz(rows[0]["extxyz"])[0]) if rows else None

@@ -11,6 +11,12 @@ Version history:
      driver's own data about the task, JSON) and a ``stage`` (inputs to stage to the
      task's site before submission, JSON); the request is exactly what the remote
      function receives. Indexes for the driver's per-tick queries.
+  3: structures keep what screening found when they were recorded (``screen``: the
+     settings-free filters' reason, '' when they pass, NULL when not screened;
+     ``min_distance``; ``fingerprint``: compact, see driver.screening), so that selection
+     reads them instead of parsing every candidate; an index that covers selection's and
+     the round metrics' reads of a round's structures, one for task counts, one for label
+     counts. Structures of older files stay unscreened (NULL): selection screens them.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import sqlite3
 
 from remote_al.errors import RemoteALError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -63,7 +69,10 @@ CREATE TABLE IF NOT EXISTS structures (
     energy_width REAL,
     force_width REAL,
     reason TEXT,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    screen TEXT,                   -- settings-free filters: '' passed, else why not; NULL: not screened
+    min_distance REAL,             -- smallest interatomic distance, A (screened)
+    fingerprint BLOB               -- compact fingerprint (driver.screening; screened and passed)
 );
 CREATE INDEX IF NOT EXISTS structures_status ON structures(status, round);
 CREATE TABLE IF NOT EXISTS labels (
@@ -154,14 +163,22 @@ CREATE TABLE IF NOT EXISTS dataset_versions (
 );
 """
 
-# indexes on columns that version 1 lacks: created after the migration
+# indexes on columns that older versions lack: created after the migration
 INDEXES = """
 CREATE INDEX IF NOT EXISTS tasks_function ON tasks(function, round);
 CREATE INDEX IF NOT EXISTS tasks_kind ON tasks(kind);
+CREATE INDEX IF NOT EXISTS tasks_counts ON tasks(function, status);
 CREATE INDEX IF NOT EXISTS structures_source ON structures(source_task);
 CREATE INDEX IF NOT EXISTS structures_origin ON structures(origin, round);
+CREATE INDEX IF NOT EXISTS structures_round ON structures(round, status, origin, force_width, energy_width, screen,
+                                                          min_distance);
 CREATE INDEX IF NOT EXISTS decisions_round ON decisions(round, decision);
+CREATE INDEX IF NOT EXISTS labels_status ON labels(status);
 """
+
+# columns that older versions lack: (table, column, declaration)
+_V3_COLUMNS = (("structures", "screen", "TEXT"), ("structures", "min_distance", "REAL"),
+               ("structures", "fingerprint", "BLOB"))
 
 # version 1 kept the kind of a uq task in its request: an evaluation's scope -> kind
 _V1_SCOPE_KIND = {"generation": "eval", "final": "final_eval", "oob": "oob"}
@@ -209,6 +226,10 @@ def migrate(db: sqlite3.Connection, version: int) -> None:
             kind, context, stage, req = v1_task_fields(function, json.loads(request))
             db.execute("UPDATE tasks SET kind=?, context=?, stage=?, request=? WHERE key=?",
                        (kind, json.dumps(context), json.dumps(stage), json.dumps(req), key))
+    if version < 3:
+        for table, name, ddl in _V3_COLUMNS:
+            if name not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
     for statement in INDEXES.strip().rstrip(";").split(";\n"):  # executescript would commit
         db.execute(statement)
     db.execute("INSERT INTO meta(key, value) VALUES('schema_version', ?) "

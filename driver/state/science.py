@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 
 def _marks(n: int) -> str:
@@ -52,10 +52,39 @@ class StructureTable:
             self.db.executemany("UPDATE structures SET energy_width=?, force_width=? WHERE id=?",
                                 [(ew, fw, sid) for sid, ew, fw in rows])
 
-    def explored_widths(self, round_: int) -> list[sqlite3.Row]:
-        """(force_width, status) of every structure explored (MD) in round ``round_``."""
-        return self.db.execute(
-            "SELECT force_width, status FROM structures WHERE origin='md' AND round=?", (round_,)).fetchall()
+    def explored_widths(self, round_: int):
+        """Every structure explored (MD) in round ``round_``, as arrays in id order: ids,
+        force widths (NaN: not scored) and whether each is filtered."""
+        import numpy as np
+
+        cur = self.db.cursor()
+        cur.row_factory = None  # plain tuples, for numpy
+        cur.execute("SELECT id, COALESCE(force_width, 'nan'), status = 'filtered' FROM structures "
+                    "INDEXED BY structures_round WHERE round=? AND origin='md' ORDER BY id", (round_,))
+        rows = np.fromiter(cur, dtype=[("id", np.int64), ("w", float), ("filtered", bool)])
+        return rows["id"], rows["w"], rows["filtered"]
+
+    def candidate_rows(self, round_: int | None = None, ids: Sequence[int] | None = None,
+                       any_status: bool = False) -> Iterator[sqlite3.Row]:
+        """What selection reads of the candidates of round ``round_`` (or of the structures
+        of ``ids``: the candidates among them, or all with ``any_status``), in id order, as
+        they are read: id, energy_width, force_width, screen, min_distance (the
+        fingerprints: :meth:`fingerprints`)."""
+        cols = "SELECT id, energy_width, force_width, screen, min_distance FROM structures"
+        if ids is not None:
+            status = "" if any_status else "status='candidate' AND "
+            return self.db.execute(f"{cols} WHERE {status}id IN ({_marks(len(ids))}) ORDER BY id", tuple(ids))
+        return self.db.execute(f"{cols} INDEXED BY structures_round WHERE round=? AND status='candidate' ORDER BY id",
+                               (round_,))
+
+    def fingerprints(self, ids: Sequence[int]) -> dict[int, tuple[str | None, bytes | None]]:
+        """id -> (screen, compact fingerprint) of these structures."""
+        out = {}
+        for k in range(0, len(ids), 900):  # SQLite's limit on parameters
+            chunk = tuple(ids[k:k + 900])
+            out.update((r[0], (r[1], r[2])) for r in self.db.execute(
+                f"SELECT id, screen, fingerprint FROM structures WHERE id IN ({_marks(len(chunk))})", chunk))
+        return out
 
     def widths_from(self, task_keys: Sequence[str]) -> list[sqlite3.Row]:
         """(force_width, status) of the structures the given MD tasks explored."""

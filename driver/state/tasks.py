@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from typing import Iterable
+from typing import Iterable, Sequence
 
 
 class TaskTable:
@@ -101,6 +101,16 @@ class TaskTable:
         """Whether any task of these functions exists."""
         return self.db.execute(f"SELECT 1 FROM tasks WHERE function IN ({','.join('?' * len(functions))}) LIMIT 1",
                                functions).fetchone() is not None
+
+    def submitted_work(self, functions: Sequence[str], limit: int | None = None) -> list[sqlite3.Row]:
+        """(key, function, request, submitted) of submitted tasks of these functions: the
+        first function's before the next one's, each in task order; at most ``limit``."""
+        order = " ".join(f"WHEN ? THEN {i}" for i in range(len(functions)))
+        marks = ",".join("?" * len(functions))
+        return self.db.execute(
+            f"SELECT key, function, request, submitted FROM tasks WHERE status='submitted' AND function IN ({marks}) "
+            f"ORDER BY CASE function {order} END, id LIMIT ?", (*functions, *functions, -1 if limit is None else limit),
+        ).fetchall()
 
     def task_counts(self) -> dict[tuple[str, str], int]:
         rows = self.db.execute("SELECT function, status, COUNT(*) FROM tasks GROUP BY function, status")

@@ -300,7 +300,46 @@ def main() -> int:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(results.get("headline", {}), indent=1))
+    plot(results, out.with_suffix(".png"))
     return 0
+
+
+def plot(results: dict, path: Path) -> None:
+    """Driver CPU per task against tasks in flight, and the selection's and status's time
+    against explored candidates (log-log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    inf = sorted(results.get("inflight", {}).values(), key=lambda r: r["tasks"])
+    if inf:
+        n = [r["tasks"] for r in inf]
+        a.plot(n, [r["cpu_ms_per_task"] for r in inf], "o-", label="driver CPU per task (ms)")
+        a.plot(n, [r["reattach_s"] for r in inf], "s-", label="reattach all after SIGKILL (s)")
+        a.plot(n, [r["status_s"] for r in inf], "^-", label="remote-al status (s)")
+        a.axhline(5, color="grey", ls=":", lw=1)
+        a.set_xscale("log")
+        a.set_yscale("log")
+        a.set_xlabel("tasks in flight")
+        a.set_title(f"growth exponent {results['headline']['growth_exponent']:.2f}")
+        a.legend(fontsize=8)
+    cand = sorted(results.get("candidates", {}).values(), key=lambda r: r["candidates"])
+    if cand:
+        c = [r["candidates"] for r in cand]
+        b.plot(c, [r["select_cpu_s"] for r in cand], "o-", label="selection of the round (CPU s)")
+        b.plot(c, [r["select_apply_s"] for r in cand], "s-", label="applying its decisions (s)")
+        b.plot(c, [r["report_s"] for r in cand], "v-", label="remote-al report --no-parity (s)")
+        b.plot(c, [r["status_s"] for r in cand], "^-", label="remote-al status (s)")
+        b.set_xscale("log")
+        b.set_yscale("log")
+        b.set_xlabel("explored candidates in one round")
+        b.legend(fontsize=8)
+    fig.suptitle("benchmarks/driver_scale.py (2 shared cores)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,105 @@
+"""Calibration variants, offline, on a finished ``benchmarks/calibration.py`` run (issue #20).
+
+    python benchmarks/calibration_variants.py WORKDIR [NAME]   # e.g. runs/calib-a9 linio2
+
+Each variant is fitted on the campaign's own calibration pairs of a generation (its
+held-out ``eval:gN`` and out-of-bag ``oob:gN`` frames, from the state) and scored on the
+independent test set whose pairs ``benchmarks/calibration.py`` saved
+(``WORKDIR/NAME-gN-pairs.npz``). Coverage of the 95 % bound per composition, forces per
+atom (F) and energies per frame (E). Variants: A conformal on held-out + out-of-bag (the
+campaign's method); B held-out frames only; C Mondrian, a quantile per composition; D
+conformal per width tercile (energies: halves); E pairs pooled over generations 0..g.
+Prints JSON; the numbers of 2026-12-06 are in benchmarks/results/calibration.json
+(attempt 9b_offline_calibration_variants).
+"""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from driver.campaign import open_campaign_state  # noqa: E402
+from driver.config import parse_config  # noqa: E402
+from driver.preflight import build_structure  # noqa: E402
+from remote_al.calibration import conformal_scale  # noqa: E402
+
+work = Path(sys.argv[1])
+name = sys.argv[2] if len(sys.argv) > 2 else "linio2"
+cdir = work / name
+st = open_campaign_state(cdir)
+cfg = parse_config(json.loads(st.get_meta("config_json")), base_dir=cdir)
+formula = {build_structure(s).get_chemical_formula(): s.name for s in cfg.structures}
+comp_of = lambda a: formula.get(a.get_chemical_formula(), "other")
+
+def pairs_of(key):
+    from remote_al.structures import from_extxyz
+    t = st.task(key)
+    out = {k: [] for k in ("aw", "ae", "acomp", "ew", "ee", "ecomp")}
+    if t is None or t["result"] is None: return {k: np.array(v) for k, v in out.items()}
+    req, res = json.loads(t["request"]), json.loads(t["result"])
+    comps = [comp_of(a) for a in from_extxyz(req["frames_extxyz"])]
+    out["ew"] += res["energy_width"]; out["ee"] += res["energy_error"]; out["ecomp"] += comps
+    out["aw"] += res["atom_force_width"]; out["ae"] += res["atom_force_error"]
+    out["acomp"] += [c for c, n in zip(comps, res["natoms"]) for _ in range(n)]
+    return {k: np.array(v) for k, v in out.items()}
+
+def cat(*ps):
+    return {k: np.concatenate([p[k] for p in ps]) for k in ps[0]}
+
+def cov(w, e, q): return float(np.mean(np.abs(e) <= q * w)) if len(w) else None
+
+def binned(cw, ce, tw, te, nb=3):
+    edges = np.quantile(cw, np.linspace(0, 1, nb + 1))[1:-1]
+    cb, tb = np.digitize(cw, edges), np.digitize(tw, edges)
+    inside = np.zeros(len(tw), bool)
+    for b in range(nb):
+        m = cb == b
+        q = conformal_scale(cw[m], ce[m], 0.95) if m.sum() >= 19 else conformal_scale(cw, ce, 0.95)
+        inside[tb == b] = np.abs(te[tb == b]) <= q * tw[tb == b]
+    return inside
+
+res = {}
+gens = sorted({m["generation"] for m in st.models()})
+energy_pool = []
+for g in gens:
+    npz = work / f"{name}-g{g}-pairs.npz"
+    if not npz.exists(): continue
+    z = np.load(npz, allow_pickle=True)
+    T = {k[5:]: z[k] for k in z.files if k.startswith("test_")}
+    ev, oob = pairs_of(f"eval:g{g}"), pairs_of(f"oob:g{g}")
+    both = cat(ev, oob)
+    energy_pool.append(both)
+    comps = sorted(set(T["acomp"]))
+    row = {"n_eval_frames": len(ev["ew"]), "n_oob_frames": len(oob["ew"])}
+    def score(label, fq_fn, eq_fn):
+        r = {}
+        for c in comps + ["all"]:
+            am = T["acomp"] == c if c != "all" else np.ones(len(T["aw"]), bool)
+            em = T["ecomp"] == c if c != "all" else np.ones(len(T["ew"]), bool)
+            fa, ea = fq_fn(c), eq_fn(c)
+            r[c] = {"F": round(cov(T["aw"][am], T["ae"][am], fa), 3) if np.isscalar(fa) else None,
+                    "E": round(cov(T["ew"][em], T["ee"][em], ea), 3) if np.isscalar(ea) else None}
+        row[label] = r
+    q = lambda p, k: conformal_scale(p[k + "w"], p[k + "e"], 0.95)
+    score("A_eval+oob", lambda c: q(both, "a"), lambda c: q(both, "e"))
+    try: score("B_eval_only", lambda c: q(ev, "a"), lambda c: q(ev, "e"))
+    except ValueError as e: row["B_eval_only"] = str(e)
+    def mond(p, k, c):
+        m = p[k + "comp"] == c
+        return conformal_scale(p[k + "w"][m], p[k + "e"][m], 0.95) if c != "all" and m.sum() >= 19 else q(p, k)
+    score("C_mondrian_comp", lambda c: mond(both, "a", c), lambda c: mond(both, "e", c))
+    pool = cat(*energy_pool)
+    score("E_pooled_gens", lambda c: q(pool, "a"), lambda c: q(pool, "e"))
+    # D binned by width
+    d = {}
+    for c in comps + ["all"]:
+        am = T["acomp"] == c if c != "all" else np.ones(len(T["aw"]), bool)
+        em = T["ecomp"] == c if c != "all" else np.ones(len(T["ew"]), bool)
+        fi = binned(both["aw"], both["ae"], T["aw"], T["ae"])[am]
+        ei = binned(both["ew"], both["ee"], T["ew"], T["ee"], nb=2)[em]
+        d[c] = {"F": round(float(fi.mean()), 3), "E": round(float(ei.mean()), 3)}
+    row["D_width_bins"] = d
+    res[g] = row
+print(json.dumps(res, indent=1))

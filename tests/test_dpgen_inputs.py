@@ -1,0 +1,218 @@
+"""The DP-GEN inputs of issue #22 (benchmarks/peers/dpgen): what make_inputs.py writes is
+the campaign's work, DP-GEN's own argument checks accept it, and fp_chgnet.py gives
+CHGNet's labels. DP-GEN itself never runs here.
+
+The DP-GEN checks need DP-GEN's own environment (``benchmarks/peers/dpgen/setup.sh``):
+they run its python in a subprocess, and are skipped when it is not there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PEER = ROOT / "benchmarks" / "peers" / "dpgen"
+CAMPAIGN = ROOT / "examples" / "linio2.toml"
+DPGEN_PYTHON = PEER / ".venv" / "bin" / "python"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, PEER / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(name, mod)
+    spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+mi = _load("make_inputs")
+fp = _load("fp_chgnet")
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    from driver.config import load_config
+
+    return load_config(CAMPAIGN)
+
+
+def _inputs(cfg, out: Path, walkers: int = 1):
+    init = [f"init/{s.name}" for s in cfg.structures]
+    confs = [[f"confs/{s.name}/POSCAR"] * walkers for s in cfg.structures]
+    param = mi.make_param(cfg, prefix=str(out), init_data_sys=init, sys_configs=confs, campaign=str(CAMPAIGN))
+    machine = mi.make_machine(venv=PEER / ".venv", labeler_json=out / "labeler.json")
+    return param, machine
+
+
+def test_param_is_the_campaigns_work(cfg, tmp_path):
+    param, machine = _inputs(cfg, tmp_path)
+    ex, t, n_sys = cfg.exploration, cfg.training, len(cfg.structures)
+    assert param["type_map"] == list(cfg.campaign.type_map) == ["Li", "Ni", "O"]
+    assert param["numb_models"] == t.ensemble_size == 4
+    assert param["train_backend"] == "pytorch"
+    assert len(param["init_data_sys"]) == len(param["sys_configs"]) == n_sys
+    # exploration: one model_devi job per round, every system, the campaign's conditions
+    jobs = param["model_devi_jobs"]
+    assert param["model_devi_engine"] == "lammps" and len(jobs) == cfg.campaign.max_rounds
+    for job in jobs:
+        assert job["sys_idx"] == list(range(n_sys))
+        assert job["temps"] == list(ex.temperatures_K) == [300.0, 700.0]
+        assert job["nsteps"] == ex.steps == 600
+        assert job["ensemble"] == ex.ensemble
+        dumped = range(0, job["nsteps"] + 1, job["trj_freq"])  # DP-GEN's LAMMPS dump steps
+        assert len([s for s in dumped if s >= param["model_devi_skip"]]) == ex.n_frames
+    assert param["model_devi_dt"] == pytest.approx(ex.timestep_fs / 1000.0)
+    # the same per-round label budget: DP-GEN caps per system
+    assert param["fp_task_max"] * n_sys == cfg.selection.max_per_round == 12
+    assert param["fp_task_min"] == 1
+    lo, hi = param["model_devi_f_trust_lo"], param["model_devi_f_trust_hi"]
+    assert (lo, hi) == mi.DEFAULT_TRUST and 0 < lo < hi
+    # the same DeePMD-kit model and training
+    dp = param["default_training_param"]
+    assert dp["model"]["type_map"] == param["type_map"]
+    assert dp["model"]["descriptor"]["type"] == "se_e2_a"
+    assert dp["training"]["numb_steps"] == t.numb_steps == 800
+    assert "systems" not in dp["training"]["training_data"]
+    for k, v in t.deepmd["loss"].items():
+        assert dp["loss"][k] == v
+    assert param["training_reuse_iter"] == 1  # DP-GEN continues from the last models from iteration 1 on
+    assert param["training_reuse_numb_steps"] == t.numb_steps_continue == 400
+    # continue_prefactors "limit": a continued run starts at the limit prefactors
+    assert param["training_reuse_start_pref_e"] == t.deepmd["loss"]["limit_pref_e"]
+    assert param["training_reuse_start_pref_f"] == t.deepmd["loss"]["limit_pref_f"]
+    # the labeler: fp_style custom, fp_chgnet.py with the project's python
+    assert param["fp_style"] == "custom"
+    assert set(param["fp_params"]) == {"input_fn", "input_fmt", "output_fn", "output_fmt"}
+    assert "fp_chgnet.py" in machine["fp"]["command"] and sys.executable in machine["fp"]["command"]
+    assert machine["fp"]["command"].count(param["fp_params"]["output_fn"]) >= 1
+    for step in ("train", "model_devi", "fp"):
+        assert machine[step]["machine"]["batch_type"] == machine[step]["resources"]["batch_type"] == "Shell"
+        assert machine[step]["machine"]["context_type"] == "LazyLocalContext"
+    assert machine["model_devi"]["command"].split()[-1].endswith("/bin/lmp")
+    json.dumps(param), json.dumps(machine)  # plain JSON
+
+
+def test_scratch_training_and_walkers(cfg, tmp_path):
+    init = ["init/a", "init/b"]
+    param = mi.make_param(cfg, prefix=str(tmp_path), init_data_sys=init, sys_configs=[["c/P"] * 3, ["d/P"] * 3],
+                          retrain="scratch", rounds=5, trust=(0.1, 0.3))
+    assert "training_reuse_iter" not in param and "training_reuse_numb_steps" not in param
+    assert len(param["model_devi_jobs"]) == 5
+    assert (param["model_devi_f_trust_lo"], param["model_devi_f_trust_hi"]) == (0.1, 0.3)
+    with pytest.raises(ValueError):
+        mi.make_param(cfg, prefix="/", init_data_sys=init, sys_configs=[["c"], ["d"]], trust=(0.3, 0.1))
+
+
+def test_default_trust_is_round0_of_al_efficiency():
+    """DEFAULT_TRUST: the mean over seeds of round 0's median / 95th percentile of DP-GEN's
+    max force deviation on the campaign pool (benchmarks/results/al_efficiency.json)."""
+    path = ROOT / "benchmarks" / "results" / "al_efficiency.json"
+    if not path.exists():
+        pytest.skip("benchmarks/results/al_efficiency.json not present")
+    r0 = json.loads(path.read_text())["round0"]
+    lo, hi = np.mean([r["dpgen_trust"]["campaign"] for r in r0.values()], axis=0)
+    assert mi.DEFAULT_TRUST == pytest.approx((lo, hi), abs=0.006)
+
+
+def test_trust_from_model_devi_files(tmp_path):
+    rng = np.random.default_rng(0)
+    devi = rng.uniform(0.0, 1.0, size=200)
+    for k, part in enumerate((devi[:120], devi[120:])):
+        d = tmp_path / f"task.000.00000{k}"
+        d.mkdir()
+        rows = np.zeros((len(part), 7))
+        rows[:, 0] = np.arange(len(part)) * 50
+        rows[:, mi.MAX_DEVI_F_COLUMN] = part
+        np.savetxt(d / "model_devi.out", rows)
+    lo, hi = mi.trust_from_runs([tmp_path])
+    assert lo == pytest.approx(np.quantile(devi, 0.5), abs=1e-3)
+    assert hi == pytest.approx(np.quantile(devi, 0.95), abs=1e-3)
+
+
+def _frame():
+    from remote_al.structures import cathode_cell, perturb
+
+    return perturb(cathode_cell(0.75), 0.06, 0.02, np.random.default_rng(3))
+
+
+def test_fp_chgnet_gives_chgnets_labels(tmp_path, monkeypatch):
+    """fp_chgnet.py as DP-GEN calls it (input.poscar in, deepmd/npy out), against CHGNet's
+    own ASE calculator on the same frame."""
+    pytest.importorskip("chgnet")
+    import dpdata
+    from ase.io import read
+    from chgnet.model.dynamics import CHGNetCalculator
+    from chgnet.model.model import CHGNet
+
+    system = mi.dpdata_system([_frame()], ["Li", "Ni", "O"])
+    system.sort_atom_types()
+    system.to("vasp/poscar", str(tmp_path / "POSCAR"))
+    monkeypatch.chdir(tmp_path)
+    dpdata.System("POSCAR", fmt="vasp/poscar").to("vasp/poscar", "input.poscar")  # DP-GEN's make_fp_custom
+    assert fp.main(["--input", "input.poscar", "--input-fmt", "vasp/poscar", "--output", "labeled",
+                    "--output-fmt", "deepmd/npy"]) == 0
+    got = dpdata.LabeledSystem("labeled", fmt="deepmd/npy")  # as DP-GEN's post_fp reads it
+    assert len(got) == 1 and got["atom_names"] == ["Li", "Ni", "O"]
+
+    atoms = read("input.poscar", format="vasp")
+    atoms.calc = CHGNetCalculator(model=CHGNet.load(verbose=False, use_device="cpu"), use_device="cpu")
+    assert got["energies"][0] == pytest.approx(atoms.get_potential_energy(), abs=1e-4)
+    np.testing.assert_allclose(got["forces"][0], atoms.get_forces(), atol=1e-4)
+    np.testing.assert_allclose(got["coords"][0], atoms.positions, atol=1e-6)
+    virial = -atoms.get_volume() * atoms.get_stress(voigt=False)
+    np.testing.assert_allclose(got["virials"][0], virial, atol=1e-3)
+    multi = dpdata.MultiSystems(got, type_map=["Li", "Ni", "O"])  # DP-GEN's collection of fp data
+    assert multi.get_nframes() == 1
+
+
+def _fake_data(cfg, out: Path):
+    """init/ and confs/ as make_inputs writes them, with zero labels (nothing is trained)."""
+    from driver.preflight import build_structure
+
+    type_map = list(cfg.campaign.type_map)
+    for spec in cfg.structures:
+        atoms = build_structure(spec)
+        system = mi.dpdata_system([atoms, atoms], type_map)
+        data = dict(system.data)
+        data.update(energies=np.zeros(2), forces=np.zeros((2, len(atoms), 3)))
+        dpdata = pytest.importorskip("dpdata")
+        dpdata.LabeledSystem(data=data).to("deepmd/npy", str(out / "init" / spec.name))
+        poscar = out / "confs" / spec.name / "POSCAR"
+        poscar.parent.mkdir(parents=True)
+        system.sort_atom_types()
+        system.sub_system([0]).to("vasp/poscar", str(poscar))
+
+
+@pytest.mark.skipif(not DPGEN_PYTHON.exists(),
+                    reason="DP-GEN's environment is not installed: run benchmarks/peers/dpgen/setup.sh")
+def test_dpgen_accepts_the_inputs(cfg, tmp_path):
+    """DP-GEN 0.14's own checks in its own environment: param.json and machine.json by its
+    arginfo (strict), then its make_train of iteration 0 on the data, whose input.json
+    files pass DeePMD-kit's argument check (benchmarks/peers/dpgen/check_inputs.py)."""
+    param, machine = _inputs(cfg, tmp_path)
+    _fake_data(cfg, tmp_path)
+    (tmp_path / "param.json").write_text(json.dumps(param))
+    (tmp_path / "machine.json").write_text(json.dumps(machine))
+    run = subprocess.run([str(DPGEN_PYTHON), str(PEER / "check_inputs.py"), str(tmp_path / "param.json"),
+                          str(tmp_path / "machine.json"), "--make-train"],
+                         check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    lines = [ln for ln in run.stdout.splitlines() if ln.startswith("{")]
+    assert lines, run.stdout + run.stderr
+    res = json.loads(lines[-1])
+    assert run.returncode == 0 and res["ok"], res
+    assert res["members_checked"] == cfg.training.ensemble_size
+    assert res["numb_steps"] == cfg.training.numb_steps
+    assert len(res["systems"]) == len(cfg.structures)
+    assert not (tmp_path / "iter.000000").exists()
+
+    bad = dict(param, fp_task_maximum=12)  # DP-GEN's strict check refuses an unknown key
+    (tmp_path / "param.json").write_text(json.dumps(bad))
+    run = subprocess.run([str(DPGEN_PYTHON), str(PEER / "check_inputs.py"), str(tmp_path / "param.json"),
+                          str(tmp_path / "machine.json")], check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 1 and "fp_task_maximum" in run.stdout

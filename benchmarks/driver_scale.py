@@ -313,29 +313,26 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    inf = sorted(results.get("inflight", {}).values(), key=lambda r: r["tasks"])
-    if inf:
-        n = [r["tasks"] for r in inf]
-        a.plot(n, [r["cpu_ms_per_task"] for r in inf], "o-", label="driver CPU per task (ms)")
-        a.plot(n, [r["reattach_s"] for r in inf], "s-", label="reattach all after SIGKILL (s)")
-        a.plot(n, [r["status_s"] for r in inf], "^-", label="remote-al status (s)")
-        a.axhline(5, color="grey", ls=":", lw=1)
-        a.set_xscale("log")
-        a.set_yscale("log")
-        a.set_xlabel("tasks in flight")
-        a.set_title(f"growth exponent {results['headline']['growth_exponent']:.2f}")
-        a.legend(fontsize=8)
-    cand = sorted(results.get("candidates", {}).values(), key=lambda r: r["candidates"])
-    if cand:
-        c = [r["candidates"] for r in cand]
-        b.plot(c, [r["select_cpu_s"] for r in cand], "o-", label="selection of the round (CPU s)")
-        b.plot(c, [r["select_apply_s"] for r in cand], "s-", label="applying its decisions (s)")
-        b.plot(c, [r["report_s"] for r in cand], "v-", label="remote-al report --no-parity (s)")
-        b.plot(c, [r["status_s"] for r in cand], "^-", label="remote-al status (s)")
-        b.set_xscale("log")
-        b.set_yscale("log")
-        b.set_xlabel("explored candidates in one round")
-        b.legend(fontsize=8)
+    panels = (
+        (a, "inflight", "tasks", "tasks in flight",
+         (("cpu_ms_per_task", "o-", "driver CPU per task (ms)"), ("reattach_s", "s-", "reattach all after SIGKILL (s)"),
+          ("status_s", "^-", "remote-al status (s)"))),
+        (b, "candidates", "candidates", "explored candidates in one round",
+         (("select_cpu_s", "o-", "selection of the round (CPU s)"), ("select_apply_s", "s-", "applying its decisions (s)"),
+          ("report_s", "v-", "remote-al report --no-parity (s)"), ("status_s", "^-", "remote-al status (s)"))),
+    )
+    for ax, part, size, xlabel, series in panels:
+        rows = sorted(results.get(part, {}).values(), key=lambda r: r[size])
+        if not rows:
+            continue
+        for key, style, label in series:
+            ax.plot([r[size] for r in rows], [r[key] for r in rows], style, label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.legend(fontsize=8)
+    a.axhline(5, color="grey", ls=":", lw=1)
+    a.set_title(f"growth exponent {results['headline']['growth_exponent']:.2f}")
     fig.suptitle("benchmarks/driver_scale.py (2 shared cores)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

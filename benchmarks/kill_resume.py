@@ -64,15 +64,22 @@ def prepare(campaign: Path, where: Path) -> Path:
     return toml
 
 
-def done_tasks(camp: Path) -> int:
+def _one(camp: Path, sql: str, args=(), default=None):
+    """The first column of the first row of a read-only query of the campaign's state
+    (``default`` while the state cannot be read, e.g. before the driver created it)."""
     try:
         db = sqlite3.connect(f"file:{camp / 'state.sqlite'}?mode=ro", uri=True, timeout=5)
         try:
-            return db.execute("SELECT COUNT(*) FROM tasks WHERE status='done'").fetchone()[0]
+            row = db.execute(sql, args).fetchone()
         finally:
             db.close()
     except sqlite3.Error:
-        return -1
+        return default
+    return row[0] if row else default
+
+
+def done_tasks(camp: Path) -> int:
+    return _one(camp, "SELECT COUNT(*) FROM tasks WHERE status='done'", default=-1)
 
 
 def work_done(camp: Path) -> tuple[int, int]:
@@ -94,27 +101,12 @@ def work_done(camp: Path) -> tuple[int, int]:
 
 def reattached_since(camp: Path, t: float) -> bool:
     """Whether a driver started at ``t`` has reattached to (or resubmitted) a task."""
-    try:
-        db = sqlite3.connect(f"file:{camp / 'state.sqlite'}?mode=ro", uri=True, timeout=5)
-        try:
-            return db.execute("SELECT COUNT(*) FROM events WHERE kind IN ('reattach','resubmit') AND ts >= ?",
-                              (t,)).fetchone()[0] > 0
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return False
+    return _one(camp, "SELECT COUNT(*) FROM events WHERE kind IN ('reattach','resubmit') AND ts >= ?",
+                (t,), default=0) > 0
 
 
 def finished(camp: Path) -> bool:
-    try:
-        db = sqlite3.connect(f"file:{camp / 'state.sqlite'}?mode=ro", uri=True, timeout=5)
-        try:
-            row = db.execute("SELECT value FROM meta WHERE key='phase'").fetchone()
-            return bool(row) and row[0] == "done"
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return False
+    return _one(camp, "SELECT value FROM meta WHERE key='phase'") == "done"
 
 
 def label_integrity(camp: Path) -> dict:

@@ -44,7 +44,6 @@ class DetachedLocalBackend(LocalBackend):
                  poll_s: float = 0.05):
         super().__init__(run_dir, gpu_slots=gpu_slots, cpu_slots=cpu_slots, engine=engine,
                          spool_dir=spool_dir, functions=functions)
-        self._custom_functions = functions
         self.sdir = ServiceDir(self.run_dir)
         self.idle_exit_s = idle_exit_s
         self.poll_s = poll_s
@@ -54,16 +53,14 @@ class DetachedLocalBackend(LocalBackend):
         self._halt = threading.Event()
         self._started = False
         self.service_pid: int | None = None
-        self.service_starts = 0
 
     # ------------------------------------------------------------------ service
     def _spawn(self) -> None:
         self.sdir.make()
         cmd = [sys.executable, "-m", "driver.backends.local_service", str(self.run_dir.resolve()),
                "--gpu-slots", str(self._slots["gpu"]), "--cpu-slots", str(self._slots["cpu"]),
-               "--engine", self.engine_kind, "--idle-exit-s", str(self.idle_exit_s)]
-        if self._custom_functions:
-            cmd += ["--functions", json.dumps(self._custom_functions)]
+               "--engine", self.engine_kind, "--idle-exit-s", str(self.idle_exit_s),
+               "--functions", json.dumps(self.functions)]
         with open(self.sdir.log_path, "ab") as logf:
             # a session of its own: Ctrl-C in the driver's terminal does not reach it; no
             # inherited descriptors: it must not hold the campaign's driver.lock
@@ -74,7 +71,6 @@ class DetachedLocalBackend(LocalBackend):
             info = self.sdir.info()
             if info and info.get("pid") == proc.pid and self.sdir.alive():
                 self.service_pid = proc.pid
-                self.service_starts += 1
                 log.info("local engine service started (pid %d, log %s)", proc.pid, self.sdir.log_path)
                 return
             if proc.poll() is not None and not self.sdir.alive():

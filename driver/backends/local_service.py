@@ -31,13 +31,13 @@ import argparse
 import fcntl
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("remote_al.local_service")
@@ -80,39 +80,16 @@ def read_message(path: Path) -> tuple[dict, bytes]:
     return json.loads(head), body
 
 
-@dataclass(frozen=True)
 class ServiceDir:
     """The files through which a driver and the service of one campaign meet."""
 
-    root: Path
-
-    @property
-    def inbox(self) -> Path:
-        return self.root / "inbox"
-
-    @property
-    def running(self) -> Path:
-        return self.root / "running"
-
-    @property
-    def results(self) -> Path:
-        return self.root / "results"
-
-    @property
-    def lock_path(self) -> Path:
-        return self.root / "service.lock"
-
-    @property
-    def info_path(self) -> Path:
-        return self.root / "service.json"
-
-    @property
-    def log_path(self) -> Path:
-        return self.root / "service.log"
-
-    @property
-    def heartbeat(self) -> Path:
-        return self.root / "heartbeat"
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.inbox, self.running, self.results = (self.root / d for d in ("inbox", "running", "results"))
+        self.lock_path = self.root / "service.lock"
+        self.info_path = self.root / "service.json"
+        self.log_path = self.root / "service.log"
+        self.heartbeat = self.root / "heartbeat"
 
     def make(self) -> None:
         for d in (self.inbox, self.running, self.results):
@@ -281,8 +258,6 @@ class Service:
             backend.shutdown()
             # now, not when the tasks are done (the executor's exit handler would wait for
             # them): the workers go, and with them their `dp` processes (PR_SET_PDEATHSIG)
-            import multiprocessing
-
             for child in multiprocessing.active_children():
                 child.kill()
             self.sdir.info_path.unlink(missing_ok=True)

@@ -231,6 +231,17 @@ class SelectionSection(_Section):
     target_force_error: Float = Field(0.2, gt=0, le=100, description="eV/A, the force error accepted (calibrated mode)")
     calibration_min_frames: Int = Field(10, ge=1, le=1_000_000,
                                         description="held-out frames a calibration needs")
+    strategy: Literal["topk", "random", "kmeans", "fps", "lcmd", "maxdet"] = Field(
+        "topk", description="which uncertain frames fill the cap (driver.strategies): 'topk' the highest widths; "
+                            "'random' uniformly (DP-GEN's rule inside [force_threshold, force_upper]); 'kmeans', "
+                            "'fps', 'lcmd', 'maxdet' uncertainty with diversity in the space of `features`")
+    quota: Literal["none", "per_condition"] = Field(
+        "none", description="'per_condition': the cap is shared equally by the conditions (structure x "
+                            "temperature x pressure); asynchronous mode: each exploration takes at most its share")
+    features: Literal["descriptor", "atom_widths"] = Field(
+        "descriptor", description="feature space of kmeans/fps/lcmd/maxdet, from the scoring evaluation: "
+                                  "'descriptor' the first member's per-type mean DeePMD descriptor; 'atom_widths' "
+                                  "the histogram of the per-atom force widths")
 
 
 class LabelerSection(_Section):

@@ -8,6 +8,9 @@ from typing import Sequence
 
 import numpy as np
 
+# the per-atom width histogram is computed where the widths are, in the UQ evaluation (endpoint side)
+from remote_al.uq import atom_width_histogram  # noqa: F401
+
 
 def standardize(x: np.ndarray, ref: np.ndarray | None = None) -> np.ndarray:
     """Columns to zero mean and unit variance over ``ref`` (default ``x``), divided by
@@ -82,19 +85,4 @@ def distance_histogram(distances: Sequence[np.ndarray], n_atoms: Sequence[int], 
     out = np.zeros((len(distances), bins))
     for i, (d, n) in enumerate(zip(distances, n_atoms)):
         out[i] = np.histogram(np.asarray(d, dtype=float), bins=edges)[0] / max(1, int(n))
-    return out
-
-
-def atom_width_histogram(atom_widths: Sequence[np.ndarray], edges: np.ndarray | None = None) -> np.ndarray:
-    """Per frame, the share of atoms per bin of log10(per-atom force width) (default edges:
-    20 bins over 10^-2.5 ... 10^1 eV/A, the outer ones open), plus the mean and max of
-    log10 width: where in a frame the ensemble disagrees, not only how much at most."""
-    edges = np.linspace(-2.5, 1.0, 21) if edges is None else np.asarray(edges, dtype=float)
-    out = np.zeros((len(atom_widths), len(edges) + 1))
-    for i, w in enumerate(atom_widths):
-        lw = np.log10(np.maximum(np.asarray(w, dtype=float), 1e-12))
-        h = np.histogram(np.clip(lw, edges[0], edges[-1]), bins=edges)[0]
-        out[i, : len(edges) - 1] = h / max(1, len(lw))
-        out[i, -2] = lw.mean()
-        out[i, -1] = lw.max()
     return out

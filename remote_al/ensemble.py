@@ -15,7 +15,9 @@ from remote_al.calibration import atom_force_errors, atom_force_widths
 from remote_al.records import UQRequest, UQResult
 from remote_al.structures import from_extxyz
 from remote_al.torch_env import device_name
-from remote_al.uq import ensemble_ci_width, frame_uncertainty
+from remote_al.uq import atom_width_histogram, ensemble_ci_width, frame_uncertainty
+
+FEATURE_KINDS = ("", "atom_widths", "descriptor")
 
 
 def guard_width(models, atoms) -> float:
@@ -62,7 +64,14 @@ def evaluate_uncertainty(req: UQRequest) -> UQResult:
     frames = from_extxyz(req.frames_extxyz)
     if not frames:
         raise ValueError("no frames to evaluate")
-    energies, forces = predict_ensemble(req.model_paths, frames, req.batch_size)
+    if req.features not in FEATURE_KINDS:
+        raise ValueError(f"unknown features {req.features!r}; known: {', '.join(map(repr, FEATURE_KINDS))}")
+    if req.features == "descriptor":
+        from remote_al.fast_uq import predict_ensemble as fast
+
+        energies, forces, descriptor = fast(req.model_paths, frames, req.batch_size, features=True)
+    else:
+        energies, forces = predict_ensemble(req.model_paths, frames, req.batch_size)
     natoms = np.array([len(a) for a in frames])
     e_w, f_w = frame_uncertainty(energies, forces, natoms, req.confidence)
     e_mean = energies.mean(axis=0) / natoms
@@ -75,6 +84,13 @@ def evaluate_uncertainty(req: UQRequest) -> UQResult:
         force_width=tuple(float(x) for x in f_w),
         energy_mean=tuple(float(x) for x in e_mean),
     )
+    if req.features:
+        if req.features == "atom_widths":
+            x = atom_width_histogram([atom_force_widths(f, req.confidence) for f in forces])
+        else:
+            x = descriptor
+        # 4 significant digits: selection compares distances, and the result stays small
+        result["frame_features"] = tuple(tuple(float(f"{v:.4g}") for v in row) for row in np.asarray(x, dtype=float))
     if req.return_forces:
         result.update(
             forces_mean=tuple(tuple(tuple(float(c) for c in row) for row in f.mean(axis=0)) for f in forces),

@@ -213,7 +213,7 @@ def _plain_interpreter():
         yield
 
 
-def predict_ensemble(model_paths, frames, batch_size: int = 64, reference: bool = False):
+def predict_ensemble(model_paths, frames, batch_size: int = 64, reference: bool = False, features: bool = False):
     """Energies (M, F) and forces list of F arrays (M, N_f, 3), evaluated in batches.
 
     What ``remote_al.ensemble.predict_ensemble`` runs (see the module docstring).
@@ -221,7 +221,9 @@ def predict_ensemble(model_paths, frames, batch_size: int = 64, reference: bool 
     Frames with the same species sequence are stacked, ``batch_size`` per model call;
     their neighbour list is built once and shared by the members. ``reference=True``:
     every member through ``DeepPot.eval`` with the default TorchScript executor (the
-    baseline this path is checked and measured against).
+    baseline this path is checked and measured against). ``features=True``: also the
+    per-frame descriptor features of the first member (``remote_al.features``), from the
+    chunk and neighbour list this evaluation builds anyway, as a third value (F, ntypes * D).
     """
     from deepmd.infer import DeepPot
 
@@ -235,6 +237,7 @@ def predict_ensemble(model_paths, frames, batch_size: int = 64, reference: bool 
     m = len(model_paths)
     energies = np.zeros((m, len(frames)))
     forces: list = [None] * len(frames)
+    feats: list = [None] * len(frames)
     with contextlib.nullcontext() if reference else _plain_interpreter():
         dps = [DeepPot(p) if isinstance(p, (str, Path)) else p for p in model_paths]
         lower = [not reference and _lower_ok(dp) for dp in dps]
@@ -272,4 +275,21 @@ def predict_ensemble(model_paths, frames, batch_size: int = 64, reference: bool 
                         if forces[i] is None:
                             forces[i] = np.zeros((m, len(symbols), 3))
                         forces[i][k] = f[j]
-    return energies, forces
+                    if features and k == 0:
+                        x = _chunk_features(dp, nbr.get(float(dp.get_rcut())) if lower[0] and periodic else None,
+                                            coords, cells, atypes[0])
+                        for j, i in enumerate(chunk):
+                            feats[i] = x[j]
+    return (energies, forces, np.array(feats)) if features else (energies, forces)
+
+
+def _chunk_features(dp, nbr, coords, cells, atype) -> np.ndarray:
+    """Per-frame descriptor features of one chunk from one member: through the neighbour list
+    the evaluation built (``nbr``), else DeePMD-kit's own ``eval_descriptor``."""
+    from remote_al.features import embedding_from_lower, frame_descriptor_features
+
+    if nbr is not None:
+        desc, _ = embedding_from_lower(dp, *nbr, atype)
+    else:
+        desc = dp.eval_descriptor(coords.reshape(len(coords), -1), cells.reshape(len(coords), -1), atype)
+    return frame_descriptor_features(desc, atype, len(dp.get_type_map()))

@@ -56,12 +56,13 @@ def embedding_from_lower(dp, ext_coord: np.ndarray, mapping: np.ndarray, nlist: 
 
 
 def ensemble_features(model_paths, frames, batch_size: int = 64) -> np.ndarray:
-    """(F, ntypes * D) descriptor features of ``frames`` from the first member, chunked and
-    with the neighbour lists as ``fast_uq.predict_ensemble`` builds them (for benchmarks and
-    for checking the per-chunk call against DeePMD-kit's own ``eval_descriptor``)."""
+    """(F, ntypes * D) descriptor features of ``frames`` from the first member alone, chunked
+    and with the neighbour lists as ``fast_uq.predict_ensemble`` builds them (for benchmarks
+    and for checking the per-chunk call against DeePMD-kit's own ``eval_descriptor``; a
+    campaign gets them from its UQ evaluation, ``predict_ensemble(..., features=True)``)."""
     from deepmd.infer import DeepPot
 
-    from remote_al.fast_uq import _plain_interpreter, neighbor_data
+    from remote_al.fast_uq import _chunk_features, _plain_interpreter, neighbor_data
 
     dp = DeepPot(model_paths[0]) if not hasattr(model_paths[0], "deep_eval") else model_paths[0]
     type_map = dp.get_type_map()
@@ -76,12 +77,7 @@ def ensemble_features(model_paths, frames, batch_size: int = 64) -> np.ndarray:
                 chunk = idx[s : s + batch_size]
                 coords = np.array([frames[i].get_positions() for i in chunk])
                 cells = np.array([np.asarray(frames[i].get_cell()) for i in chunk])
-                nbr = neighbor_data(coords, cells, float(dp.get_rcut()))
-                if nbr is None:
-                    desc = dp.eval_descriptor(coords.reshape(len(chunk), -1), cells.reshape(len(chunk), -1), atype)
-                else:
-                    desc, _ = embedding_from_lower(dp, *nbr, atype)
-                feats = frame_descriptor_features(desc, atype, len(type_map))
+                feats = _chunk_features(dp, neighbor_data(coords, cells, float(dp.get_rcut())), coords, cells, atype)
                 for j, i in enumerate(chunk):
                     out[i] = feats[j]
     return np.array(out)

@@ -95,6 +95,11 @@ class UQRequest(_Record):
     # per frame, the members (indices into model_paths) that did not train on it: errors are
     # then those of these members' mean (out-of-bag calibration); empty: every member
     oob_members: tuple[tuple[int, ...], ...] = ()
+    # per-frame features for batch selection (driver.strategies), from this evaluation:
+    # "" none; "atom_widths": the histogram of the per-atom force widths
+    # (remote_al.uq.atom_width_histogram); "descriptor": the first member's
+    # per-type mean DeePMD descriptor (remote_al.features)
+    features: str = ""
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,8 @@ class UQResult(_Record):
     # With return_forces: per frame, the ensemble-mean forces (N x 3, eV/A) and energy (eV)
     forces_mean: tuple | None = None
     energy_total_mean: tuple[float, ...] | None = None
+    # With features: one row per frame (rounded to 4 significant digits)
+    frame_features: tuple[tuple[float, ...], ...] | None = None
     wall_s: float = 0.0
     device: str = "cpu"
 

@@ -123,6 +123,11 @@ def evaluate_uncertainty(request) -> dict:
     out = dict(task_key=req.task_key, n_members=len(req.model_paths), n_frames=n,
                natoms=tuple(len(a) for a in frames), energy_width=tuple(ew), force_width=tuple(fw),
                energy_mean=tuple(0.0 for _ in frames))
+    if req.features:  # both kinds as the per-atom width histogram: the stand-in has no descriptor
+        from remote_al.uq import atom_width_histogram
+
+        per_frame = np.split(np.array(atom_w), np.cumsum([len(a) for a in frames])[:-1]) if n else []
+        out["frame_features"] = tuple(tuple(float(v) for v in row) for row in atom_width_histogram(per_frame))
     if req.return_forces:
         out.update(forces_mean=tuple(tuple((0.0, 0.0, 0.0) for _ in a) for a in frames),
                    energy_total_mean=tuple(0.0 for _ in frames), atom_force_width=tuple(atom_w))

@@ -10,6 +10,8 @@ which is what ``scipy.stats.t.interval(c, M - 1, loc=mean, scale=s / sqrt(M))`` 
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 
@@ -54,3 +56,18 @@ def frame_uncertainty(
     else:
         f_width = np.array([ensemble_ci_width(np.asarray(f), confidence, axis=0).max() for f in forces])
     return e_width, f_width
+
+
+def atom_width_histogram(atom_widths: Sequence, edges: np.ndarray | None = None) -> np.ndarray:
+    """Per frame, the share of atoms per bin of log10(per-atom force width) (default edges:
+    20 bins over 10^-2.5 ... 10^1 eV/A, the outer ones open), plus the mean and max of
+    log10 width: where in a frame the ensemble disagrees, not only how much at most."""
+    edges = np.linspace(-2.5, 1.0, 21) if edges is None else np.asarray(edges, dtype=float)
+    out = np.zeros((len(atom_widths), len(edges) + 1))
+    for i, w in enumerate(atom_widths):
+        lw = np.log10(np.maximum(np.asarray(w, dtype=float), 1e-12))
+        h = np.histogram(np.clip(lw, edges[0], edges[-1]), bins=edges)[0]
+        out[i, : len(edges) - 1] = h / max(1, len(lw))
+        out[i, -2] = lw.mean()
+        out[i, -1] = lw.max()
+    return out

@@ -106,7 +106,8 @@ def test_v2_state_file_migrates_in_place_and_selects_as_before(tmp_path):
     n = before.execute("SELECT COUNT(*) FROM structures WHERE status='candidate'").fetchone()[0]
     before.close()
     state = State(path)
-    assert state.get_meta("schema_version") == str(SCHEMA_VERSION) == "3"
+    assert state.get_meta("schema_version") == str(SCHEMA_VERSION) == "4"
+    assert state.features([r[0] for r in state.db.execute("SELECT id FROM structures")], "descriptor") == {}
     rows = state.candidate_rows(1)
     assert len(rows := list(rows)) == n == 80 and all(r["screen"] is None for r in rows)  # screened at selection
 

@@ -119,6 +119,8 @@ class Applier:
 
     def _set_widths(self, op: plan.SetWidths) -> None:
         self.state.set_widths(op.rows)
+        if op.features:
+            self.state.set_features(op.generation, op.kind, op.features)
 
     # ---------------------------------------------------------------- labels
     def _store_label(self, op: plan.StoreLabel) -> None:

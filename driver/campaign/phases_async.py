@@ -119,14 +119,18 @@ def select_batch(view: CampaignView, r: int, ids: list[int]) -> list:
     already = view.candidates(view.candidate_rows(ids=[x["id"] for x in view.decided(r, "label")], any_status=True))
     cap, note = cfg.selection.max_per_round, ""
     k = cfg.selection.max_per_exploration
+    if cfg.selection.quota == "per_condition":  # each exploration is one condition: at most its share
+        share = -(-cfg.selection.max_per_round // view.n_conditions())
+        if not k or share < k:
+            k = share
     if k and len(already) + k < cap:
         cap, note = len(already) + k, f"the cap of {k} per exploration"
     budget = cfg.campaign.max_label_calls
     if budget:
         used, in_labeling = view.label_count(), view.count_structures("labeling")
         cap = min(cap, len(already) + max(0, budget - used - in_labeling))
-    decisions = select([c for c in cands if c.id not in test_ids], policy(view, cap, note), already_chosen=already,
-                       fingerprints=view.fingerprints())
+    decisions = select([c for c in cands if c.id not in test_ids], policy(view, cap, note, r), already_chosen=already,
+                       fingerprints=view.fingerprints(), extras=view.selection_extras())
     ops, _ = decision_ops(r, decisions, test_ids)
     chosen = [d.id for d in decisions if d.decision == "label"] + sorted(test_ids)
     if chosen:

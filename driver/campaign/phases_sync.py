@@ -126,8 +126,8 @@ def select_round(view: CampaignView) -> list:
     r, cfg = view.round, view.cfg
     cands = view.candidates(view.candidate_rows(r))
     test_ids = pick_tests(view, r, cands, cfg.test.n_per_round)
-    decisions = select([c for c in cands if c.id not in test_ids], policy(view, cfg.selection.max_per_round),
-                       fingerprints=view.fingerprints())
+    decisions = select([c for c in cands if c.id not in test_ids], policy(view, cfg.selection.max_per_round, r=r),
+                       fingerprints=view.fingerprints(), extras=view.selection_extras())
     ops, counts = decision_ops(r, decisions, test_ids)
     ids, widths, filtered = view.explored_widths(r)
     filtered |= np.isin(ids, [d.id for d in decisions if d.decision == "filtered"])

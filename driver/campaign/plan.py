@@ -102,6 +102,10 @@ class SetStructureStatus:
 @dataclass(frozen=True)
 class SetWidths:
     rows: tuple[tuple[int, float, float], ...]  # (structure id, energy width, force width)
+    # the scoring's per-frame features for batch selection: (structure id, vector)
+    features: tuple[tuple[int, tuple[float, ...]], ...] = ()
+    generation: int = -1  # whose evaluation gave them
+    kind: str = ""  # selection.features
 
 
 @dataclass(frozen=True)

@@ -69,12 +69,15 @@ def score_exploration(view: CampaignView, task: Task, result: dict) -> list:
     key = f"uq:{task.key}"
     frames = "".join(r["extxyz"] for r in rows)
     ctx = ScoreContext(tuple(r["id"] for r in rows))
-    return [AddTask(requests.uq(view, key, TaskKind.SCORE, task.round, task.generation, frames, ctx))]
+    return [AddTask(requests.uq(view, key, TaskKind.SCORE, task.round, task.generation, frames, ctx,
+                                features=view.selection_features()))]
 
 
 def record_score(view: CampaignView, task: Task, result: dict) -> list:
     ids = task.context.structure_ids
-    return [SetWidths(tuple(zip(ids, result["energy_width"], result["force_width"])))]
+    feats = result.get("frame_features") or ()
+    return [SetWidths(tuple(zip(ids, result["energy_width"], result["force_width"])),
+                      tuple(zip(ids, map(tuple, feats))), task.generation, task.request.features if feats else "")]
 
 
 def select_scored(view: CampaignView, task: Task, result: dict) -> list:

@@ -89,10 +89,12 @@ def labels(view: CampaignView, r: int, rows) -> list[TaskSpec]:
 
 
 def uq(view: CampaignView, key: str, kind: TaskKind, round_: int, g: int, frames_extxyz: str,
-       context: Context = Context(), oob_members: tuple[tuple[int, ...], ...] = ()) -> TaskSpec:
-    """Generation g's ensemble on frames (scoring, evaluation, out-of-bag, re-check)."""
+       context: Context = Context(), oob_members: tuple[tuple[int, ...], ...] = (), features: str = "") -> TaskSpec:
+    """Generation g's ensemble on frames (scoring, evaluation, out-of-bag, re-check);
+    ``features``: also per-frame features for batch selection (``UQRequest.features``)."""
     req = UQRequest(task_key=key, workdir=view.task_dir(key), model_paths=view.model_paths(g),
-                    frames_extxyz=frames_extxyz, confidence=view.cfg.selection.confidence, oob_members=oob_members)
+                    frames_extxyz=frames_extxyz, confidence=view.cfg.selection.confidence, oob_members=oob_members,
+                    features=features)
     return TaskSpec(key, kind, round_, g, req, context)
 
 

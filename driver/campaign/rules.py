@@ -48,10 +48,11 @@ def stop_or_next(view: CampaignView, r: int, keep_generation: bool = False) -> l
     return ops + [SetPhase(Phase.ASYNC if view.cfg.steering.mode == "async" else Phase.EXPLORE, r + 1)]
 
 
-def policy(view: CampaignView, cap: int, cap_note: str = "") -> SelectionPolicy:
+def policy(view: CampaignView, cap: int, cap_note: str = "", r: int = 0) -> SelectionPolicy:
     s = view.cfg.selection
     return SelectionPolicy(view.force_threshold(), s.force_upper, s.energy_threshold, cap, s.dedup_tolerance_A,
-                           cap_note=cap_note)
+                           cap_note=cap_note, strategy=s.strategy, quota=s.quota == "per_condition",
+                           seed=view.cfg.campaign.seed * 1009 + r)
 
 
 def pick_tests(view: CampaignView, r: int, cands, n: int, salt: int = 0) -> set[int]:

@@ -13,7 +13,7 @@ from driver.config_models import CampaignConfig
 from driver.dataset import DatasetStore
 from driver.preflight import build_structure
 from driver.screening import Fingerprint, Screen, decode, fingerprint, screen
-from driver.selection import Candidate
+from driver.selection import NEEDS_FEATURES, Candidate
 from driver.state import State
 
 OPEN = ("pending", "submitted")
@@ -223,6 +223,20 @@ class CampaignView:
             out[k] = Candidate(sid, ew, fw, not reason, reason)
         return out
 
+    def selection_features(self) -> str:
+        """The features scoring evaluations return (``UQRequest.features``): those of
+        ``selection.features`` when the strategy uses them, else none."""
+        s = self.cfg.selection
+        return s.features if s.strategy in NEEDS_FEATURES else ""
+
+    def selection_extras(self) -> "StoredExtras":
+        """Features and conditions of candidates as batch strategies read them (driver.selection.SelectionExtras)."""
+        return StoredExtras(self._state, self.cfg.selection.features)
+
+    def n_conditions(self) -> int:
+        """Distinct exploration conditions of the sweep (structure, temperature, pressure or relaxation)."""
+        return len({(spec.name, t, p) for spec, t, p, _ in self.sweep()})
+
     def fingerprints(self) -> "StoredFingerprints":
         """The candidates' fingerprints as selection reads them (driver.selection.FingerprintSource)."""
         return StoredFingerprints(self._state, self._screen_missing, self._screened)
@@ -270,3 +284,26 @@ class StoredFingerprints:
 
         rows = self._state.structures(id=sid)
         return fingerprint(from_extxyz(rows[0]["extxyz"])[0]) if rows else None
+
+
+class StoredExtras:
+    """A batch strategy's inputs from the state: the features the scoring stored, and each
+    frame's condition, from the exploration that produced it (``md:r1:LiNiO2:T300:w0`` ->
+    ``LiNiO2:T300``)."""
+
+    def __init__(self, state: State, kind: str):
+        self._state, self._kind = state, kind
+
+    def features(self, ids):
+        return self._state.features(list(ids), self._kind)
+
+    def groups(self, ids):
+        return {sid: condition_of(key) for sid, key in self._state.source_tasks(list(ids)).items()}
+
+
+def condition_of(task_key: str) -> str:
+    """The exploration condition of an MD task key: without the round, walker or member, and sweep."""
+    if not task_key.startswith("md:"):
+        return task_key
+    spec, *rest = task_key.split(":")[2:]
+    return ":".join([spec, *(p for p in rest if not (p[:1] in "wms" and p[1:].isdigit()))])

@@ -17,6 +17,9 @@ Version history:
      reads them instead of parsing every candidate; an index that covers selection's and
      the round metrics' reads of a round's structures, one for task counts, one for label
      counts. Structures of older files stay unscreened (NULL): selection screens them.
+  4: ``frame_features``: per scored structure, the features its UQ evaluation returned for
+     batch selection (``selection.strategy``; float32, driver.strategies). Older files get
+     the empty table: their structures have none, and a feature strategy says so.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import sqlite3
 
 from remote_al.errors import RemoteALError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -153,6 +156,12 @@ CREATE TABLE IF NOT EXISTS frame_duplicates (
     count INTEGER NOT NULL,
     last_task_key TEXT NOT NULL,
     last_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS frame_features (
+    structure_id INTEGER PRIMARY KEY REFERENCES structures(id),
+    generation INTEGER NOT NULL,         -- the ensemble whose evaluation gave them
+    kind TEXT NOT NULL,                  -- selection.features: atom_widths | descriptor
+    vector BLOB NOT NULL                 -- float32
 );
 CREATE TABLE IF NOT EXISTS dataset_versions (
     generation INTEGER PRIMARY KEY,

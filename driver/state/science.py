@@ -52,6 +52,36 @@ class StructureTable:
             self.db.executemany("UPDATE structures SET energy_width=?, force_width=? WHERE id=?",
                                 [(ew, fw, sid) for sid, ew, fw in rows])
 
+    def set_features(self, generation: int, kind: str, rows: Iterable[tuple[int, Sequence[float]]]) -> None:
+        """(structure id, feature vector) of scored structures, from generation's evaluation."""
+        import numpy as np
+
+        with self.transaction():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO frame_features(structure_id, generation, kind, vector) VALUES(?,?,?,?)",
+                [(sid, generation, kind, np.asarray(x, dtype=np.float32).tobytes()) for sid, x in rows])
+
+    def features(self, ids: Sequence[int], kind: str) -> dict:
+        """id -> float32 feature vector of these structures (those with features of ``kind``)."""
+        import numpy as np
+
+        out = {}
+        for k in range(0, len(ids), 900):  # SQLite's limit on parameters
+            chunk = tuple(ids[k:k + 900])
+            out.update((r[0], np.frombuffer(r[1], dtype=np.float32)) for r in self.db.execute(
+                f"SELECT structure_id, vector FROM frame_features WHERE kind=? AND structure_id IN "
+                f"({_marks(len(chunk))})", (kind, *chunk)))
+        return out
+
+    def source_tasks(self, ids: Sequence[int]) -> dict[int, str]:
+        """id -> the task that produced each of these structures ('' when none)."""
+        out = {}
+        for k in range(0, len(ids), 900):
+            chunk = tuple(ids[k:k + 900])
+            out.update((r[0], r[1] or "") for r in self.db.execute(
+                f"SELECT id, source_task FROM structures WHERE id IN ({_marks(len(chunk))})", chunk))
+        return out
+
     def explored_widths(self, round_: int):
         """Every structure explored (MD) in round ``round_``, as arrays in id order: ids,
         force widths (NaN: not scored) and whether each is filtered."""

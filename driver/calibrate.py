@@ -22,7 +22,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from remote_al.calibration import Calibration, fit_calibration, latest_calibration, write_calibration
+from remote_al.calibration import (Calibration, fit_calibration, frame_pairs, latest_calibration,
+                                   write_calibration)
 
 
 def member_trained_hashes(systems: Sequence[str], manifest_systems: Mapping[str, Sequence[str]],
@@ -84,11 +85,11 @@ def oob_frames(state, g: int) -> tuple[list[str], tuple[tuple[int, ...], ...]]:
     return hashes, tuple(tuple(index[m] for m in oob[h]) for h in hashes)
 
 
-def _pairs(result: dict | None) -> tuple[list, list, list, list, int]:
+def _pairs(result: dict | None) -> tuple[list, list, list, list, int, list]:
     if not result or result.get("atom_force_width") is None or result.get("energy_error") is None:
-        return [], [], [], [], 0
+        return [], [], [], [], 0, []
     return (list(result["atom_force_width"]), list(result["atom_force_error"]), list(result["energy_width"]),
-            list(result["energy_error"]), int(result["n_frames"]))
+            list(result["energy_error"]), int(result["n_frames"]), list(result["natoms"]))
 
 
 def calibrate_generation(campaign_dir: Path, generation: int, test_result: dict | None,
@@ -96,7 +97,7 @@ def calibrate_generation(campaign_dir: Path, generation: int, test_result: dict 
     """Fit generation ``generation``'s calibration from its evaluated test and out-of-bag
     frames (UQResult dicts) and write it; None when neither gives pairs."""
     parts = [_pairs(test_result), _pairs(oob_result)]
-    aw, ae, ew, ee = ([x for p in parts for x in p[k]] for k in range(4))
+    aw, ae, ew, ee, natoms = ([x for p in parts for x in p[k]] for k in (0, 1, 2, 3, 5))
     n_frames = sum(p[4] for p in parts)
     if not aw:
         return None
@@ -106,6 +107,7 @@ def calibrate_generation(campaign_dir: Path, generation: int, test_result: dict 
         generation, np.array(aw), np.array(ae), np.array(ew), np.array(ee), n_frames=n_frames, n_members=n_members,
         coverage_level=selection.confidence, fallback=latest_calibration(campaign_dir, up_to=generation - 1),
         min_frames=selection.calibration_min_frames, source=source,
+        **dict(zip(("frame_widths", "frame_errors"), frame_pairs(aw, ae, natoms))),
     )
     write_calibration(campaign_dir, cal)
     return cal

@@ -38,7 +38,7 @@ class Prediction:
     atom_force_width: np.ndarray  # (N,) eV/A, seed width per atom (largest component)
     atom_force_bound: np.ndarray  # (N,) eV/A, calibrated 95 % bound per atom
     force_width: float  # max over atoms (the quantity selection thresholds)
-    force_bound: float  # max over atoms
+    force_bound: float  # the frame's bound on its largest per-atom error (frame scale x force_width)
     generation: int
     calibrated: bool
 
@@ -128,7 +128,7 @@ def _assemble(frames, result: dict, g: int, cal: Calibration | None) -> list[Pre
             energy_bound_eV_atom=float(cal.energy_bound(result["energy_width"][i])),
             forces=np.asarray(result["forces_mean"][i], dtype=float),
             atom_force_width=w, atom_force_bound=cal.force_bound(w),
-            force_width=float(w.max()), force_bound=float(cal.force_bound(w.max())),
+            force_width=float(w.max()), force_bound=float(cal.frame_force_bound(w.max())),
             generation=g, calibrated=cal.calibrated,
         ))
     return out

@@ -196,12 +196,14 @@ def status_tables(s: dict, width: int = 80) -> list:
         rows = []
         for g, cal in sorted(c["generations"].items()):
             used = s["generation_metrics"].get(g, {}).get("force_threshold")
-            rows.append([g, f"{cal['force_scale']:.2f}", f"{cal['energy_scale']:.2f}", cal["n_frames"],
+            frame = cal.get("frame_force_scale") or cal["force_scale"]
+            rows.append([g, f"{cal['force_scale']:.2f}", f"{frame:.2f}", f"{cal['energy_scale']:.2f}", cal["n_frames"],
                          f"{'yes' if cal['force_calibrated'] else 'no'}/{'yes' if cal['energy_calibrated'] else 'no'}",
-                         _fmt(target / cal["force_scale"] if target else None),
+                         _fmt(target / frame if target else None),
                          _fmt(used) if c["mode"] == "calibrated" else _fmt(c["force_threshold"], "g")])
         tables.append(_table(f"calibrated 95 % bounds per generation (threshold {how})",
-                             ("generation", "F bound / width", "E bound / width", "frames", "calibrated F/E",
+                             ("generation", "F bound / width (atom)", "(frame)", "E bound / width", "frames",
+                              "calibrated F/E",
                               f"width for {target:g} eV/A" if target else "width for a target", "threshold used"),
                              rows, width))
     statuses, rows = task_table_rows(s["tasks"])

@@ -19,6 +19,13 @@ proportional to the width, so it keeps the ensemble's ranking of structures: a f
 bound is ``q`` times its seed width, and a target error converts to a width threshold as
 ``target / q``.
 
+A frame is confident when its bound is below the user's target, so the decision is about
+the frame's *largest* per-atom error. That has its own scale, fitted the same way on
+per-frame pairs (the largest per-atom width, the largest per-atom error):
+``frame_force_scale``. The per-atom scale applied to the frame's width would state a
+per-atom level, not a frame-level one (measured in docs/uncertainty.md). With too few
+frames, the per-atom scale stands in.
+
 Units and levels: forces per atom (width: the largest of the atom's three component
 widths; error: the largest component error of the ensemble mean), energies per frame
 (per atom). Too few pairs for the level (``n < c / (1 - c)``, 19 at 95 %) cannot give a
@@ -50,6 +57,18 @@ def atom_force_widths(member_forces: np.ndarray, confidence: float = 0.95) -> np
 def atom_force_errors(mean_forces: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """(N, 3) ensemble-mean and reference forces -> (N,) the largest |component error|."""
     return np.abs(np.asarray(mean_forces, dtype=float) - np.asarray(reference, dtype=float)).max(axis=1)
+
+
+def frame_pairs(atom_widths, atom_errors, natoms) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame, the largest per-atom width and the largest per-atom error (frames
+    concatenated atom by atom, ``natoms`` each): the pairs of the frame-level scale."""
+    w = np.asarray(atom_widths, dtype=float)
+    e = np.asarray(atom_errors, dtype=float)
+    cuts = np.cumsum(np.asarray(natoms, dtype=int))[:-1]
+    if w.size != int(np.sum(natoms)) or e.size != w.size:
+        raise ValueError(f"{w.size} widths and {e.size} errors for {int(np.sum(natoms))} atoms")
+    return (np.array([x.max() for x in np.split(w, cuts)]) if w.size else w,
+            np.array([x.max() for x in np.split(e, cuts)]) if e.size else e)
 
 
 def min_pairs(coverage: float) -> int:
@@ -116,8 +135,13 @@ def fit_calibration(
     fallback: Calibration | None = None,
     min_frames: int = 1,
     source: str = "held-out test frames",
+    frame_widths=None,
+    frame_errors=None,
 ) -> Calibration:
-    """Fit one generation's calibration; see the module docstring for the rules."""
+    """Fit one generation's calibration; see the module docstring for the rules.
+    ``frame_widths`` / ``frame_errors``: per frame, the largest per-atom width and error
+    (``frame_pairs``); the frame scale is fitted from them when there are enough, else
+    the per-atom scale stands in (and the note says so)."""
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}; known: {METHODS}")
     fw, fe = _pairs(atom_widths, atom_errors)
@@ -145,13 +169,26 @@ def fit_calibration(
 
     f_scale = fitted("forces", fw, fe)
     e_scale = fitted("energies", ew, ee)
+    frame: dict = {}
+    if frame_widths is not None:
+        rw, re_ = _pairs(frame_widths, frame_errors)
+        frame["n_frame_pairs"] = int(rw.size)
+        try:
+            if n_frames < min_frames:
+                raise ValueError(f"{n_frames} frames, fewer than the {min_frames} asked for")
+            frame["frame_force_scale"] = scale(rw, re_)
+        except ValueError as exc:
+            notes.append(f"frame forces: {exc}; the per-atom factor stands in")
+    base.update(frame)
     flags = dict(force_calibrated=f_scale is not None, energy_calibrated=e_scale is not None)
     if f_scale is not None and e_scale is not None:
-        return Calibration(force_scale=f_scale, energy_scale=e_scale, **flags, **base)
+        return Calibration(force_scale=f_scale, energy_scale=e_scale, note="; ".join(notes), **flags, **base)
     if fallback is not None:
         what = f"generation {fallback.generation}'s calibration"
         f_scale = fallback.force_scale if f_scale is None else f_scale
         e_scale = fallback.energy_scale if e_scale is None else e_scale
+        if base.get("frame_force_scale") is None and fallback.frame_force_scale is not None:
+            base["frame_force_scale"] = fallback.frame_force_scale
     else:
         what = f"the Student-t prediction interval (sqrt(M+1) = {math.sqrt(n_members + 1):.2f} x the CI)"
         pi = prediction_interval_scale(n_members)

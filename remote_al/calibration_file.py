@@ -13,8 +13,11 @@ from pathlib import Path
 class Calibration:
     """One generation's map from the seed's width to a bound on the true error.
 
-    ``force_scale`` multiplies a per-atom (or per-frame: the max over atoms) force width,
-    ``energy_scale`` a per-atom energy width; both give bounds at ``coverage``."""
+    ``force_scale`` multiplies a per-atom force width (a bound on that atom's error),
+    ``frame_force_scale`` a frame's force width (the max over its atoms: a bound on the
+    frame's largest per-atom error, what "confident" and the target compare), and
+    ``energy_scale`` a per-atom energy width; all give bounds at ``coverage``. Files from
+    before the frame scale have none: the per-atom scale stands in for it."""
 
     generation: int
     method: str
@@ -29,6 +32,8 @@ class Calibration:
     note: str = ""
     n_members: int = 0
     source: str = "held-out test frames"
+    frame_force_scale: float | None = None  # None: not fitted (too few frames, or an older file)
+    n_frame_pairs: int = 0
 
     @property
     def calibrated(self) -> bool:
@@ -39,14 +44,25 @@ class Calibration:
 
         return self.force_scale * np.asarray(width, dtype=float)
 
+    @property
+    def frame_scale(self) -> float:
+        """The factor on a frame's force width: the frame-level one when fitted."""
+        return self.force_scale if self.frame_force_scale is None else self.frame_force_scale
+
+    def frame_force_bound(self, frame_width):
+        """Bound on a frame's largest per-atom force error from its force width (max over atoms)."""
+        import numpy as np
+
+        return self.frame_scale * np.asarray(frame_width, dtype=float)
+
     def energy_bound(self, width):
         import numpy as np
 
         return self.energy_scale * np.asarray(width, dtype=float)
 
     def force_width_threshold(self, target_error: float) -> float:
-        """The width below which a frame's calibrated force bound is under ``target_error``."""
-        return float(target_error / self.force_scale)
+        """The frame force width below which a frame's calibrated bound is under ``target_error``."""
+        return float(target_error / self.frame_scale)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -15,6 +15,7 @@ from remote_al.calibration import (
     conformal_scale,
     coverage,
     fit_calibration,
+    frame_pairs,
     latest_calibration,
     min_pairs,
     prediction_interval_scale,
@@ -88,6 +89,42 @@ def test_threshold_in_physical_units():
     assert cal.force_bound(thr) == pytest.approx(0.10)
     # a tighter target gives a lower width threshold (the thresholds differ by target)
     assert cal.force_width_threshold(0.05) < thr < cal.force_width_threshold(0.2)
+
+
+def synthetic_frames(rng, n_frames, natoms=16):
+    """Per-atom pairs of ``n_frames`` frames: each frame has its own width level (a decade
+    apart at most) and atoms spread around it; errors heavy-tailed around each atom's width."""
+    level = np.exp(rng.uniform(np.log(0.05), np.log(0.5), n_frames))
+    w = np.concatenate([lv * rng.uniform(0.3, 1.0, natoms) for lv in level])
+    e = np.abs(rng.standard_t(3.0, w.size)) * 1.5 * w
+    return w, e, [natoms] * n_frames
+
+
+def test_frame_scale_bounds_the_largest_atom_error_at_the_nominal_level():
+    """The frame scale is fitted on (largest width, largest error) per frame and covers 95 %
+    of new frames' largest errors; the threshold for a target uses it."""
+    rng = np.random.default_rng(4)
+    covered, atom_scale_covered = [], []
+    for _ in range(200):
+        w, e, n = synthetic_frames(rng, 60)
+        fw, fe = frame_pairs(w, e, n)
+        cal = fit_calibration(1, w, e, fw, fe, n_frames=60, n_members=4, frame_widths=fw, frame_errors=fe)
+        w2, e2, n2 = synthetic_frames(rng, 2000)
+        fw2, fe2 = frame_pairs(w2, e2, n2)
+        covered.append(np.mean(fe2 <= cal.frame_force_bound(fw2)))
+        atom_scale_covered.append(np.mean(fe2 <= cal.force_scale * fw2))
+    assert 0.945 <= float(np.mean(covered)) <= 0.97, np.mean(covered)
+    # the per-atom factor on the frame's width states another level for the frame's largest error
+    assert abs(float(np.mean(atom_scale_covered)) - 0.95) > 0.01
+    assert cal.force_width_threshold(0.2) == pytest.approx(0.2 / cal.frame_force_scale)
+    assert cal.n_frame_pairs == 60
+    # an older file (no frame scale) and too few frames: the per-atom scale stands in
+    old = Calibration.from_dict({k: v for k, v in cal.to_dict().items() if k != "frame_force_scale"})
+    assert old.frame_scale == old.force_scale
+    few = fit_calibration(1, w, e, fw, fe, n_frames=60, n_members=4, frame_widths=fw[:10], frame_errors=fe[:10])
+    assert few.frame_force_scale is None and few.frame_scale == few.force_scale and "per-atom factor stands in" in few.note
+    with pytest.raises(ValueError, match="atoms"):
+        frame_pairs(w, e, n[:-1])
 
 
 def test_per_atom_widths_and_errors_follow_the_seed_width():

@@ -197,14 +197,15 @@ class Applier:
         cal = calibrate_generation(self.view.directory, g, test_result, oob_result, sel, len(self.state.models(g)))
         if cal is None:
             return
-        vals = dict(force_scale=cal.force_scale, energy_scale=cal.energy_scale,
+        vals = dict(force_scale=cal.force_scale, frame_force_scale=cal.frame_scale, energy_scale=cal.energy_scale,
                     calibrated=float(cal.force_calibrated), n_calibration_atoms=cal.n_force_pairs)
         if sel.force_threshold_mode == "calibrated":
             vals["force_threshold"] = float(min(cal.force_width_threshold(sel.target_force_error),
                                                 0.99 * sel.force_upper))
         self._set_metrics(plan.SetMetrics("generation", g, vals))
         self.state.event("calibration", (
-            f"generation {g}: 95 % force bound = {cal.force_scale:.2f} x width, energy bound = "
+            f"generation {g}: 95 % force bound = {cal.force_scale:.2f} x width per atom, "
+            f"{cal.frame_scale:.2f} x width per frame, energy bound = "
             f"{cal.energy_scale:.2f} x width ({cal.source}; {cal.n_force_pairs} atoms"
             + (f"; {cal.note}" if cal.note else "") + ")"))
 

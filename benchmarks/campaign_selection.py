@@ -24,7 +24,6 @@ used, the seeds done, and ``force_rmse_vs_random`` (the rule's mean / random's).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import re
 import sys
@@ -35,6 +34,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from convergence import _calibration_benchmark  # noqa: E402  (benchmarks/calibration.py, loaded once)
 
 # rule -> [selection] settings; the async demo selects exploration by exploration, so every
 # rule but the default shares the cap over the conditions (without it `random` would label
@@ -46,14 +48,6 @@ RULES = {
     "kmeans": {"strategy": "kmeans", "quota": "per_condition", "features": "descriptor"},
     "fps": {"strategy": "fps", "quota": "per_condition", "features": "descriptor"},
 }
-
-
-def _calibration_benchmark():
-    spec = importlib.util.spec_from_file_location("calibration_benchmark", ROOT / "benchmarks" / "calibration.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("calibration_benchmark", mod)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def campaign_text(base: str, seed: int, settings: dict) -> str:

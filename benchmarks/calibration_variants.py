@@ -8,7 +8,11 @@ independent test set whose pairs ``benchmarks/calibration.py`` saved
 (``WORKDIR/NAME-gN-pairs.npz``). Coverage of the 95 % bound per composition, forces per
 atom (F) and energies per frame (E). Variants: A conformal on held-out + out-of-bag (the
 campaign's method); B held-out frames only; C Mondrian, a quantile per composition; D
-conformal per width tercile (energies: halves); E pairs pooled over generations 0..g.
+conformal per width tercile (energies: halves); E pairs pooled over generations 0..g;
+F and G nonlinear recalibrations, still split-conformal: the score |e| / w^0.5 (bound
+q sqrt(w)) and |e| / (w + b) with b the calibration frames' median width (bound q (w + b)).
+For A, F and G also the median and 90th percentile of the per-atom force bound on the
+test set (``sharpness``: a narrower bound at the same coverage is the better one).
 Prints JSON; the numbers of 2026-12-06 are in benchmarks/results/calibration.json
 (attempt 9b_offline_calibration_variants).
 """
@@ -101,5 +105,17 @@ for g in gens:
         ei = binned(both["ew"], both["ee"], T["ew"], T["ee"], nb=2)[em]
         d[c] = {"F": round(float(fi.mean()), 3), "E": round(float(ei.mean()), 3)}
     row["D_width_bins"] = d
+    shapes = {"A_eval+oob": lambda w, b: w, "F_power_0.5": lambda w, b: np.sqrt(w),
+              "G_affine_median": lambda w, b: w + b}
+    for label, shape in shapes.items():  # forces only: the per-atom bound's coverage and width
+        b = float(np.median(both["aw"]))
+        qf = conformal_scale(shape(both["aw"], b), both["ae"], 0.95)
+        bound = qf * shape(T["aw"], b)
+        inside = np.abs(T["ae"]) <= bound
+        row.setdefault(label, {})
+        row[label]["forces_all"] = round(float(inside.mean()), 3)
+        row[label]["forces_per_composition"] = {c: round(float(inside[T["acomp"] == c].mean()), 3) for c in comps}
+        row[label]["sharpness"] = {"bound_median": round(float(np.median(bound)), 3),
+                                   "bound_p90": round(float(np.percentile(bound, 90)), 3)}
     res[g] = row
 print(json.dumps(res, indent=1))

@@ -36,7 +36,11 @@ rewritten once made). Per iteration it also records
   the last member's ``models.created``; DP-GEN: the time make_inputs.py took (relaxation
   and initial labels, which the campaign does inside its run) plus the first timestamp of
   ``dpgen.log`` to the ``post_train`` line of that iteration (fallback: the frozen models'
-  modification times). A resumed run counts its pause.
+  modification times). A resumed run counts its pause. DP-GEN rows also carry ``steps_s``
+  (its run_train, run_model_devi and run_fp steps from dpgen.log): each includes
+  dpdispatcher's polling, which DP-GEN 0.14 leaves at dpdispatcher's default (a job is
+  checked every 30 s; ``run_submission()`` without ``check_interval``, not settable from
+  machine.json), so a step ends up to 30 s after its last task.
 
 The headline (``benchmarks/results/vs_dpgen.json``; the plot beside it) pairs the two
 programs per seed where both finished: DP-GEN's final force RMSE is the target;
@@ -225,10 +229,12 @@ def _frames_in(paths) -> int:
 
 
 def _log_times(log: Path) -> tuple[float | None, dict]:
-    """(first timestamp of dpgen.log, {iteration: time of its post_train line})."""
+    """(first timestamp of dpgen.log, {(iteration, step): time its line was logged}); step
+    j's line is logged when DP-GEN starts it (01 run_train, 02 post_train, 04 run_model_devi,
+    05 post_model_devi, 07 run_fp, 08 post_fp)."""
     if not log.exists():
         return None, {}
-    first, post = None, {}
+    first, marks = None, {}
     pat = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d+) - ")
     for line in log.read_text(errors="replace").splitlines():
         m = pat.match(line)
@@ -236,10 +242,19 @@ def _log_times(log: Path) -> tuple[float | None, dict]:
             continue
         t = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
         first = t if first is None else first
-        it = re.search(r"iter\.(\d+) task 02", line)
+        it = re.search(r"iter\.(\d+) task (\d\d)", line)
         if it:
-            post.setdefault(int(it.group(1)), t)
-    return first, post
+            marks.setdefault((int(it.group(1)), int(it.group(2))), t)
+    return first, marks
+
+
+def step_seconds(marks: dict, i: int) -> dict:
+    """DP-GEN's run steps of iteration ``i`` (seconds, dpdispatcher's polling included)."""
+    out = {}
+    for name, j in (("train", 1), ("model_devi", 4), ("fp", 7)):
+        if (i, j) in marks and (i, j + 1) in marks:
+            out[name] = marks[(i, j + 1)] - marks[(i, j)]
+    return out
 
 
 def dpgen_models(it_dir: Path, numb_models: int) -> list[str] | None:
@@ -261,7 +276,7 @@ def dpgen_iterations(ddir: Path) -> tuple[bool, list[dict]]:
         if (ddir / "record.dpgen").exists() else []
     last = record[-1] if record else (0, -1)
     prep = json.loads((ddir / "make_inputs.json").read_text()) if (ddir / "make_inputs.json").exists() else {}
-    t0, post = _log_times(ddir / "dpgen.log")
+    t0, marks = _log_times(ddir / "dpgen.log")
     init = _frames_in([ddir / s for s in param["init_data_sys"]])
     rows, labels = [], init
     i = 0
@@ -270,9 +285,9 @@ def dpgen_iterations(ddir: Path) -> tuple[bool, list[dict]]:
         models = dpgen_models(it_dir, numb)
         if models is None or (i, 2) > last:
             break
-        ready = post.get(i) or max(os.path.getmtime(m) for m in models)
+        ready = marks.get((i, 2)) or max(os.path.getmtime(m) for m in models)
         rows.append({"iteration": i, "models": models, "labels": labels, "train_labels": labels,
-                     "fp_tasks": len(list((it_dir / "02.fp").glob("task.*"))),
+                     "fp_tasks": len(list((it_dir / "02.fp").glob("task.*"))), "steps_s": step_seconds(marks, i),
                      "wall_s": (ready - t0 + float(prep.get("wall_s", 0.0))) if t0 else None})
         labels += _frames_in(sorted((it_dir / "02.fp").glob("data.*")))
         i += 1

@@ -94,6 +94,7 @@ def test_dpgen_log_times(tmp_path):
     log.write_text("2025-01-01 10:00:00,000 - INFO : start dpgen\n"
                    "2025-01-01 10:00:05,500 - INFO : -------------------------iter.000000 task 02-----\n"
                    "2025-01-01 10:01:00,000 - INFO : -------------------------iter.000001 task 02-----\n")
-    first, post = vs._log_times(log)
-    assert post[0] - first == pytest.approx(5.5)
-    assert post[1] - first == pytest.approx(60.0)
+    first, marks = vs._log_times(log)
+    assert marks[(0, 2)] - first == pytest.approx(5.5)
+    assert marks[(1, 2)] - first == pytest.approx(60.0)
+    assert vs.step_seconds({(0, 1): 10.0, (0, 2): 70.0, (0, 4): 80.0}, 0) == {"train": 60.0}

@@ -18,7 +18,8 @@ RMSE per atom of the ensemble mean, overall, per composition and per temperature
 
 Writes ``benchmarks/results/campaign_selection.json`` with ``headline``: per rule the
 mean and standard deviation over seeds of the held-out force and energy RMSE, the labels
-used, the seeds done, and ``force_rmse_vs_random`` (the rule's mean / random's).
+used, the seeds done, ``force_rmse_vs_random`` (the rule's mean / random's, over the seeds
+both have) and ``paired_force_ratio_vs_random`` (seed by seed).
 """
 
 from __future__ import annotations
@@ -116,10 +117,13 @@ def summarize(records: dict, rules, seeds) -> dict:
         }
         if rule == "random":
             rnd = head["rules"][rule]
-    if rnd:
+    if rnd:  # on the seeds both have: the rule's mean over them / random's mean over them
         for rule, v in head["rules"].items():
-            v["force_rmse_vs_random"] = v["heldout_force_rmse_mean"] / rnd["heldout_force_rmse_mean"]
-            v["energy_rmse_vs_random"] = v["heldout_energy_rmse_mean"] / rnd["heldout_energy_rmse_mean"]
+            common = [s for s in v["seeds"] if s in rnd["seeds"]]
+            for what, key in (("force", "force_rmse_eV_A"), ("energy", "energy_rmse_meV_atom")):
+                mine = np.mean([records[f"{rule}-s{s}"]["all"][key] for s in common]) if common else np.nan
+                theirs = np.mean([records[f"random-s{s}"]["all"][key] for s in common]) if common else np.nan
+                v[f"{what}_rmse_vs_random"] = float(mine / theirs) if common else None
     # paired per seed: the rule's force RMSE / random's on the same seed
     for rule, v in head["rules"].items():
         pairs = [records[f"{rule}-s{s}"]["all"]["force_rmse_eV_A"] / records[f"random-s{s}"]["all"]["force_rmse_eV_A"]

@@ -762,7 +762,7 @@ def evaluate(model_paths, test, pool, initial) -> dict:
     from deepmd.infer import DeepPot
 
     from remote_al.ensemble import predict_ensemble
-    from remote_al.features import ensemble_features
+    from remote_al.fast_uq import ensemble_features
     from remote_al.uq import ensemble_ci_width, frame_uncertainty
 
     models = [DeepPot(p) for p in model_paths]

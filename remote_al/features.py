@@ -53,31 +53,3 @@ def embedding_from_lower(dp, ext_coord: np.ndarray, mapping: np.ndarray, nlist: 
         nl = inner.format_nlist(ec, ea, nl)  # cutoff and per-type sel, as forward_common_lower applies them
         out = inner.atomic_model.forward_embedding(ec, ea, nl, mp)
     return out["descriptor"].detach().cpu().numpy(), out["atomic_feature"].detach().cpu().numpy()
-
-
-def ensemble_features(model_paths, frames, batch_size: int = 64) -> np.ndarray:
-    """(F, ntypes * D) descriptor features of ``frames`` from the first member alone, chunked
-    and with the neighbour lists as ``fast_uq.predict_ensemble`` builds them (for benchmarks
-    and for checking the per-chunk call against DeePMD-kit's own ``eval_descriptor``; a
-    campaign gets them from its UQ evaluation, ``predict_ensemble(..., features=True)``)."""
-    from deepmd.infer import DeepPot
-
-    from remote_al.fast_uq import _chunk_features, _plain_interpreter, neighbor_data
-
-    dp = DeepPot(model_paths[0]) if not hasattr(model_paths[0], "deep_eval") else model_paths[0]
-    type_map = dp.get_type_map()
-    groups: dict[tuple, list[int]] = {}
-    for i, a in enumerate(frames):
-        groups.setdefault(tuple(a.get_chemical_symbols()), []).append(i)
-    out: list = [None] * len(frames)
-    with _plain_interpreter():
-        for symbols, idx in groups.items():
-            atype = np.array([type_map.index(s) for s in symbols])
-            for s in range(0, len(idx), batch_size):
-                chunk = idx[s : s + batch_size]
-                coords = np.array([frames[i].get_positions() for i in chunk])
-                cells = np.array([np.asarray(frames[i].get_cell()) for i in chunk])
-                feats = _chunk_features(dp, neighbor_data(coords, cells, float(dp.get_rcut())), coords, cells, atype)
-                for j, i in enumerate(chunk):
-                    out[i] = feats[j]
-    return np.array(out)

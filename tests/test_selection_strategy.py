@@ -203,7 +203,7 @@ def test_uq_features_come_from_the_same_evaluation(tiny_ensemble, labeled_dir):
     alone; atom_widths: the histogram of the per-atom widths of that evaluation."""
     from remote_al.calibration import atom_force_widths
     from remote_al.ensemble import evaluate_uncertainty, predict_ensemble
-    from remote_al.features import ensemble_features
+    from remote_al.fast_uq import ensemble_features
     from remote_al.records import UQRequest
     from remote_al.structures import from_extxyz, to_extxyz
     from remote_al.uq import atom_width_histogram

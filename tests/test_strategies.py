@@ -157,7 +157,8 @@ def test_descriptor_features_match_deepmd(tiny_ensemble):
     """The per-chunk call on fast_uq's neighbour lists gives DeePMD-kit's own eval_descriptor."""
     from deepmd.infer import DeepPot
 
-    from remote_al.features import ensemble_features, frame_descriptor_features
+    from remote_al.fast_uq import ensemble_features
+    from remote_al.features import frame_descriptor_features
     from remote_al.structures import cathode_cell, perturb
 
     rng = np.random.default_rng(5)

@@ -142,7 +142,7 @@ def _trajectory(atoms) -> str:
 def ensemble_pairs(model_paths, frames, confidence: float) -> dict:
     """Per-atom force widths/errors and per-frame energy widths/errors (eV/atom), with each
     pair's composition and MD trajectory."""
-    from remote_al.calibration import atom_force_errors, atom_force_widths
+    from remote_al.calibration import atom_force_errors, atom_force_widths, frame_pairs
     from remote_al.ensemble import predict_ensemble
     from remote_al.uq import ensemble_ci_width
 
@@ -153,16 +153,14 @@ def ensemble_pairs(model_paths, frames, confidence: float) -> dict:
     out = {"aw": [], "ae": [], "acomp": [], "ew": ensemble_ci_width(e_mem, confidence, axis=0),
            "ee": e_mem.mean(axis=0) - e_ref, "ecomp": [a.info["composition"] for a in frames],
            "etraj": [_trajectory(a) for a in frames], "atraj": []}
-    out.update(fw=[], fe=[])
     for a, f in zip(frames, forces):
         out["aw"].extend(atom_force_widths(f, confidence))
         out["ae"].extend(atom_force_errors(f.mean(axis=0), a.get_forces()))
-        out["fw"].append(out["aw"][-1] if len(a) == 1 else max(out["aw"][-len(a):]))
-        out["fe"].append(max(out["ae"][-len(a):]))
         out["acomp"].extend([a.info["composition"]] * len(a))
         out["atraj"].extend([_trajectory(a)] * len(a))
-    for k in ("aw", "ae", "acomp", "ecomp", "etraj", "atraj", "fw", "fe"):
+    for k in ("aw", "ae", "acomp", "ecomp", "etraj", "atraj"):
         out[k] = np.array(out[k])
+    out["fw"], out["fe"] = frame_pairs(out["aw"], out["ae"], natoms.astype(int))
     return out
 
 

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from driver.progress import label_progress, running_progress
+from remote_al.calibration_file import Calibration
 from driver.state import State
 
 
@@ -196,7 +197,7 @@ def status_tables(s: dict, width: int = 80) -> list:
         rows = []
         for g, cal in sorted(c["generations"].items()):
             used = s["generation_metrics"].get(g, {}).get("force_threshold")
-            frame = cal.get("frame_force_scale") or cal["force_scale"]
+            frame = Calibration.from_dict(cal).frame_scale
             rows.append([g, f"{cal['force_scale']:.2f}", f"{frame:.2f}", f"{cal['energy_scale']:.2f}", cal["n_frames"],
                          f"{'yes' if cal['force_calibrated'] else 'no'}/{'yes' if cal['energy_calibrated'] else 'no'}",
                          _fmt(target / frame if target else None),

@@ -33,17 +33,18 @@ def guard_width(models, atoms) -> float:
     return float(ensemble_ci_width(np.array(forces), 0.95, axis=0).max())
 
 
-def predict_ensemble(model_paths, frames, batch_size: int = 64):
+def predict_ensemble(model_paths, frames, batch_size: int = 64, features: bool = False):
     """Energies (M, F) and forces list of F arrays (M, N_f, 3), evaluated in batches.
 
     ``model_paths``: frozen model files, or already loaded ``DeepPot`` objects. Frames with
     the same species sequence are stacked, ``batch_size`` per model call, with one
     neighbour list per chunk shared by the members (``remote_al.fast_uq``; the same
-    numbers as ``predict_ensemble_deeppot`` to ~1e-13).
+    numbers as ``predict_ensemble_deeppot`` to ~1e-13). ``features=True``: also the first
+    member's per-frame descriptor features, as a third value.
     """
     from remote_al.fast_uq import predict_ensemble as fast
 
-    return fast(model_paths, frames, batch_size)
+    return fast(model_paths, frames, batch_size, features=features)
 
 
 def predict_ensemble_deeppot(model_paths, frames, batch_size: int = 64):
@@ -66,12 +67,8 @@ def evaluate_uncertainty(req: UQRequest) -> UQResult:
         raise ValueError("no frames to evaluate")
     if req.features not in FEATURE_KINDS:
         raise ValueError(f"unknown features {req.features!r}; known: {', '.join(map(repr, FEATURE_KINDS))}")
-    if req.features == "descriptor":
-        from remote_al.fast_uq import predict_ensemble as fast
-
-        energies, forces, descriptor = fast(req.model_paths, frames, req.batch_size, features=True)
-    else:
-        energies, forces = predict_ensemble(req.model_paths, frames, req.batch_size)
+    energies, forces, *descriptor = predict_ensemble(req.model_paths, frames, req.batch_size,
+                                                     features=req.features == "descriptor")
     natoms = np.array([len(a) for a in frames])
     e_w, f_w = frame_uncertainty(energies, forces, natoms, req.confidence)
     e_mean = energies.mean(axis=0) / natoms
@@ -88,7 +85,7 @@ def evaluate_uncertainty(req: UQRequest) -> UQResult:
         if req.features == "atom_widths":
             x = atom_width_histogram([atom_force_widths(f, req.confidence) for f in forces])
         else:
-            x = descriptor
+            (x,) = descriptor
         # 4 significant digits: selection compares distances, and the result stays small
         result["frame_features"] = tuple(tuple(float(f"{v:.4g}") for v in row) for row in np.asarray(x, dtype=float))
     if req.return_forces:

@@ -12,6 +12,14 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
+def _rows_by_ids(db, sql: str, ids: Sequence[int], params: tuple = ()) -> Iterator:
+    """Rows of ``sql`` (``{marks}`` in it stands for the ids' placeholders) over ``ids`` in
+    chunks of 900, SQLite's limit on parameters; ``params`` come before the ids."""
+    for k in range(0, len(ids), 900):
+        chunk = tuple(ids[k:k + 900])
+        yield from db.execute(sql.format(marks=_marks(len(chunk))), (*params, *chunk))
+
+
 class StructureTable:
     """Every generated or explored structure, what was decided about it, and its label."""
 
@@ -65,22 +73,14 @@ class StructureTable:
         """id -> float32 feature vector of these structures (those with features of ``kind``)."""
         import numpy as np
 
-        out = {}
-        for k in range(0, len(ids), 900):  # SQLite's limit on parameters
-            chunk = tuple(ids[k:k + 900])
-            out.update((r[0], np.frombuffer(r[1], dtype=np.float32)) for r in self.db.execute(
-                f"SELECT structure_id, vector FROM frame_features WHERE kind=? AND structure_id IN "
-                f"({_marks(len(chunk))})", (kind, *chunk)))
-        return out
+        return {r[0]: np.frombuffer(r[1], dtype=np.float32) for r in _rows_by_ids(
+            self.db, "SELECT structure_id, vector FROM frame_features WHERE kind=? AND structure_id IN ({marks})",
+            ids, (kind,))}
 
     def source_tasks(self, ids: Sequence[int]) -> dict[int, str]:
         """id -> the task that produced each of these structures ('' when none)."""
-        out = {}
-        for k in range(0, len(ids), 900):
-            chunk = tuple(ids[k:k + 900])
-            out.update((r[0], r[1] or "") for r in self.db.execute(
-                f"SELECT id, source_task FROM structures WHERE id IN ({_marks(len(chunk))})", chunk))
-        return out
+        return {r[0]: r[1] or "" for r in _rows_by_ids(
+            self.db, "SELECT id, source_task FROM structures WHERE id IN ({marks})", ids)}
 
     def explored_widths(self, round_: int):
         """Every structure explored (MD) in round ``round_``, as arrays in id order: ids,
@@ -109,12 +109,8 @@ class StructureTable:
 
     def fingerprints(self, ids: Sequence[int]) -> dict[int, tuple[str | None, bytes | None]]:
         """id -> (screen, compact fingerprint) of these structures."""
-        out = {}
-        for k in range(0, len(ids), 900):  # SQLite's limit on parameters
-            chunk = tuple(ids[k:k + 900])
-            out.update((r[0], (r[1], r[2])) for r in self.db.execute(
-                f"SELECT id, screen, fingerprint FROM structures WHERE id IN ({_marks(len(chunk))})", chunk))
-        return out
+        return {r[0]: (r[1], r[2]) for r in _rows_by_ids(
+            self.db, "SELECT id, screen, fingerprint FROM structures WHERE id IN ({marks})", ids)}
 
     def widths_from(self, task_keys: Sequence[str]) -> list[sqlite3.Row]:
         """(force_width, status) of the structures the given MD tasks explored."""

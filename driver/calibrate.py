@@ -78,7 +78,10 @@ def oob_frames(state, g: int) -> tuple[list[str], tuple[tuple[int, ...], ...]]:
                 break
             k -= 1
         trained[m] = seen
-    dataset = [h for hashes in _manifest(state, g)["systems"].values() for h in hashes]
+    manifest = _manifest(state, g)
+    if not members or manifest is None:
+        return [], ()
+    dataset = [h for hashes in manifest["systems"].values() for h in hashes]
     oob = out_of_bag_members(dataset, trained)
     index = {m: i for i, m in enumerate(members)}
     hashes = sorted(oob)

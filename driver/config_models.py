@@ -223,7 +223,8 @@ class SelectionSection(_Section):
                                      description="asynchronous mode: labels from one exploration at most; 0: no limit")
     min_distance_A: Float = Field(1.2, ge=0, le=5, description="frames with atoms closer than this are not labeled, A")
     converged_share: Float = Field(0.97, gt=0, le=1,
-                                   description="stop when this share of explored frames is confident")
+                                   description="stop when this share of a round's explored frames is confident "
+                                               "(after training on what that round selected)")
     dedup_tolerance_A: Float = Field(0.05, ge=0, le=1, description="frames closer than this are duplicates, A")
     force_threshold_mode: Literal["fixed", "calibrated"] = Field(
         "fixed", description="'fixed': force_threshold as given; 'calibrated': the width above which the "

@@ -11,7 +11,8 @@ from __future__ import annotations
 from driver.campaign import requests
 from driver.campaign.plan import (AddTask, Event, MakeCurrent, Phase, Say, SetPhase, SetStructureStatus,
                                   StartTraining, StopKind, UpdateRoundMetrics)
-from driver.campaign.rules import converged_reason, decision_ops, pick_tests, policy, stop
+from driver.campaign.rules import (converged_mark, converged_reason, decision_ops, mark_converged, pick_tests, policy,
+                                   stop)
 from driver.campaign.tasks import RecheckContext, TaskKind
 from driver.campaign.view import CampaignView
 from driver.selection import select
@@ -28,6 +29,8 @@ def async_phase(view: CampaignView) -> list:
         return generation_ready(view, g_new)
     if view.stop_reason:  # drain what is in flight, start nothing new
         return [] if view.open_tasks() else [SetPhase(Phase.FINAL_EVAL)]
+    if converged_mark(view, r - 1) is not None:  # the last generation trains; it stops when ready
+        return []
     last = cfg.campaign.max_rounds
     if not training_open and r <= last:
         new = new_train_labels(view, r)
@@ -36,7 +39,9 @@ def async_phase(view: CampaignView) -> list:
         # the last generation waits for every label of its round: nothing paid for is left untrained
         enough = new >= retrain_after(view) and r < last
         if enough or (drained and new > 0):
-            return [StartTraining(r, next_round=r + 1)]
+            share = window_share(view, r) if drained else None
+            done = share is not None and share >= cfg.selection.converged_share
+            return (mark_converged(view, r, share, new) if done else []) + [StartTraining(r, next_round=r + 1)]
         if drained and new == 0:
             why, kind = no_more_work_reason(view, r)
             return [stop(view, why, kind)]
@@ -95,22 +100,30 @@ def explorations_exhausted(view: CampaignView, r: int, g: int) -> bool:
     budget = cfg.campaign.max_label_calls
     if budget and view.label_count() >= budget:
         return True
-    # converged window: the last K explorations of this round were confident enough
-    k = cfg.steering.converged_window or n_sweep
+    share = window_share(view, r)  # the last explorations of this round were confident enough
+    return share is not None and share >= cfg.selection.converged_share
+
+
+def window_share(view: CampaignView, r: int) -> float | None:
+    """Confident share of the frames of round r's last ``converged_window`` explorations
+    (one sweep by default); None until that many are done and every frame is scored."""
+    md_r = view.tasks(kind=TaskKind.MD, round_=r)
+    k = view.cfg.steering.converged_window or len(view.sweep())
     done_md = [t for t in md_r if t["status"] == "done"]
-    if len(md_r) >= k and len(done_md) == len(md_r):
-        rows = view.widths_from([t["key"] for t in done_md[-k:]])
-        ws = [row["force_width"] for row in rows if row["force_width"] is not None and row["status"] != "filtered"]
-        thr = view.force_threshold()
-        if ws and len(ws) == len(rows) and sum(w <= thr for w in ws) / len(ws) >= cfg.selection.converged_share:
-            return True
-    return False
+    if len(md_r) < k or len(done_md) != len(md_r):
+        return None
+    rows = view.widths_from([t["key"] for t in done_md[-k:]])
+    ws = [row["force_width"] for row in rows if row["force_width"] is not None and row["status"] != "filtered"]
+    if not ws or len(ws) != len(rows):
+        return None
+    thr = view.force_threshold()
+    return sum(w <= thr for w in ws) / len(ws)
 
 
 def select_batch(view: CampaignView, r: int, ids: list[int]) -> list:
     """Asynchronous selection of one exploration's frames, as soon as they are scored."""
     cfg = view.cfg
-    if view.stop_reason:
+    if view.stop_reason or converged_mark(view, view.round - 1) is not None:  # nothing new once it is stopping
         return []
     cands = view.candidates(view.candidate_rows(ids=ids))
     n_tests = view.decision_counts(r).get("test", 0)
@@ -168,6 +181,10 @@ def generation_ready(view: CampaignView, g: int) -> list:
         ops += recheck_selections(view, g)
     ops += [Event("generation", f"generation {g} is current"), Say(f"generation {g} ready; explorations now use it")]
     c = view.cfg.campaign
-    if g >= c.max_rounds:
+    share = converged_mark(view, g)  # round g reached converged_share: this generation is the last
+    if share is not None:
+        ops.append(stop(view, converged_reason(share, view.cfg.selection.converged_share, g), StopKind.CONVERGED,
+                        phase=Phase.ASYNC))
+    elif g >= c.max_rounds:
         ops.append(stop(view, f"round budget of {c.max_rounds} rounds reached", phase=Phase.ASYNC))
     return ops

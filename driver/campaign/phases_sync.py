@@ -9,8 +9,8 @@ import numpy as np
 from driver.campaign import requests
 from driver.campaign.plan import (AddStructure, AddTask, Phase, SetPhase, SetStructureStatus, Say, StartTraining,
                                   StopKind, UpdateRoundMetrics)
-from driver.campaign.rules import (confident_share, converged_reason, decision_ops, pick_tests, policy, stop,
-                                   stop_or_next)
+from driver.campaign.rules import (confident_share, converged_reason, decision_ops, mark_converged, pick_tests, policy,
+                                   stop, stop_or_next)
 from driver.campaign.tasks import TaskKind, TaskSpec
 from driver.campaign.view import CampaignView
 from driver.dataset import frame_hash
@@ -135,6 +135,8 @@ def select_round(view: CampaignView) -> list:
     ops += [UpdateRoundMetrics(r), Say(
         f"round {r}: {len(cands)} frames explored, confident share {share:.2f}, "
         + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))]
-    if share >= cfg.selection.converged_share and counts.get("label", 0) == 0:
-        return ops + [stop(view, converged_reason(share, cfg.selection.converged_share), StopKind.CONVERGED)]
+    if share >= cfg.selection.converged_share:
+        if counts.get("label", 0) == 0:
+            return ops + [stop(view, converged_reason(share, cfg.selection.converged_share), StopKind.CONVERGED)]
+        ops += mark_converged(view, r, share, counts["label"])  # evaluate's stop_or_next stops after training
     return ops + [SetPhase(Phase.LABEL)]

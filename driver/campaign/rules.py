@@ -8,7 +8,8 @@ import time
 
 import numpy as np
 
-from driver.campaign.plan import Decide, Phase, SetPhase, Stop, StopKind, UpdateStructure, CarryModels
+from driver.campaign.plan import (CarryModels, Decide, Event, Phase, Say, SetMetrics, SetPhase, Stop, StopKind,
+                                  UpdateStructure)
 from driver.campaign.view import CampaignView
 from driver.selection import SelectionPolicy
 
@@ -36,9 +37,13 @@ def check_budgets(view: CampaignView) -> list:
 
 
 def stop_or_next(view: CampaignView, r: int, keep_generation: bool = False) -> list:
-    """Round r is complete: stop on a budget, or go on to round r + 1 (carrying the
+    """Round r is complete: stop as converged (round r reached ``converged_share`` and its
+    last labels are now trained on) or on a budget, or go on to round r + 1 (carrying the
     ensemble over unchanged when there was nothing new to train on)."""
     c = view.cfg.campaign
+    share = converged_mark(view, r)
+    if share is not None:
+        return [stop(view, converged_reason(share, view.cfg.selection.converged_share, r), StopKind.CONVERGED)]
     n_labels = view.label_count()
     if r >= c.max_rounds:
         return [stop(view, f"round budget of {c.max_rounds} rounds reached")]
@@ -108,5 +113,25 @@ def round_metrics(view: CampaignView, r: int) -> dict:
     }
 
 
-def converged_reason(share: float, target: float) -> str:
-    return f"converged: {share:.1%} of explored frames confident (target {target:.0%})"
+def converged_reason(share: float, target: float, trained: int | None = None) -> str:
+    return (f"converged: {share:.1%} of explored frames confident (target {target:.0%})"
+            + (f"; generation {trained} trained on the round's last selections" if trained is not None else ""))
+
+
+# Round metric set when a round reaches ``converged_share`` with frames still selected: the
+# campaign labels them, trains one last generation on them and stops as converged.
+CONVERGED_MARK = "converged_at_share"
+
+
+def converged_mark(view: CampaignView, r: int) -> float | None:
+    """The confident share with which round r reached ``converged_share``, or None."""
+    return view.metrics("round").get(r, {}).get(CONVERGED_MARK)
+
+
+def mark_converged(view: CampaignView, r: int, share: float, n_selected: int) -> list:
+    """Round r is confident enough but selected ``n_selected`` frames: label and train them,
+    then stop (``stop_or_next`` or ``generation_ready`` reads the mark)."""
+    msg = (f"round {r}: {share:.1%} of the explored frames confident (converged_share "
+           f"{view.cfg.selection.converged_share:.0%}); the {n_selected} frames it selected train a last "
+           f"generation, then the campaign stops as converged")
+    return [SetMetrics("round", r, {CONVERGED_MARK: share}), Event("converged", msg), Say(msg)]

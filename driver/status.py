@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from driver.campaign.rules import CONVERGED_MARK
 from driver.progress import label_progress, running_progress
 from remote_al.calibration_file import Calibration
 from driver.state import State
@@ -33,6 +34,7 @@ def summary(directory: Path) -> dict:
             "labeler_note": next((row["labeler_note"] for row in st.labelers()), ""),
             "generations": sorted({m["generation"] for m in st.models()}),
             "rounds": st.metrics("round"),
+            "converging": _converging(st),
             "generation_metrics": st.metrics("generation"),
             "final_metrics": st.metrics("final"),
             "quarantined": [
@@ -50,6 +52,18 @@ def summary(directory: Path) -> dict:
         return out
     finally:
         st.close()
+
+
+def _converging(st: State) -> str | None:
+    """While a converged round's last generation trains (not yet stopped): what happens next."""
+    if st.get_meta("stop_reason"):
+        return None
+    marked = [(r, m[CONVERGED_MARK]) for r, m in st.metrics("round").items() if m.get(CONVERGED_MARK) is not None]
+    if not marked:
+        return None
+    r, share = max(marked)
+    return (f"round {r} reached the converged share ({share:.1%} confident): generation {r} trains on its last "
+            "selections, then the campaign stops")
 
 
 def _engine_service(directory: Path) -> dict | None:
@@ -234,6 +248,8 @@ def print_status(directory: Path, as_json: bool = False) -> None:
     state = (s["phase"] or "not started") + (f" ({s['stop_reason']})" if s["stop_reason"] else "")
     con.print(f"round {s['round']}, phase {state}; labels ok {s['labels_ok']}, failed {s['labels_failed']} "
               f"(of {s['labels_asked']} asked)")
+    if s["converging"]:
+        con.print(f"converging: {s['converging']}", markup=False, highlight=False)
     if s["labeler_note"]:
         con.print(f"labeler: {s['labeler_note']}")
     if s["engine_service"]:

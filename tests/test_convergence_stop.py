@@ -63,6 +63,9 @@ def test_sync_select_marks_the_round_and_the_stop_follows_its_training(campaign)
     assert mark.values[CONVERGED_MARK] == pytest.approx(0.97)
     applier.apply(ops)
     assert any("train a last generation" in m for m in said)
+    from driver.status import summary
+
+    assert summary(cfg.directory)["converging"].startswith("round 1 reached the converged share (97.0%")
     (stop,) = stop_or_next(view, 1)  # after generation 1 trained and was evaluated
     assert isinstance(stop, plan.Stop) and stop.kind == plan.StopKind.CONVERGED
     assert "97.0%" in stop.reason and "generation 1 trained" in stop.reason

@@ -9,7 +9,7 @@ independent test set whose pairs ``benchmarks/calibration.py`` saved
 atom (F) and energies per frame (E). Variants: A conformal on held-out + out-of-bag (the
 campaign's method); B held-out frames only; C Mondrian, a quantile per composition; D
 conformal per width tercile (energies: halves); E pairs pooled over generations 0..g;
-F and G nonlinear recalibrations, still split-conformal: the score |e| / w^0.5 (bound
+H Mondrian per element (a force quantile per chemical species); F and G nonlinear recalibrations, still split-conformal: the score |e| / w^0.5 (bound
 q sqrt(w)) and |e| / (w + b) with b the calibration frames' median width (bound q (w + b)).
 For A, F and G also the median and 90th percentile of the per-atom force bound on the
 test set (``sharpness``: a narrower bound at the same coverage is the better one).
@@ -40,10 +40,12 @@ comp_of = lambda a: formula.get(a.get_chemical_formula(), "other")
 def pairs_of(key):
     from remote_al.structures import from_extxyz
     t = st.task(key)
-    out = {k: [] for k in ("aw", "ae", "acomp", "ew", "ee", "ecomp")}
+    out = {k: [] for k in ("aw", "ae", "acomp", "ael", "ew", "ee", "ecomp")}
     if t is None or t["result"] is None: return {k: np.array(v) for k, v in out.items()}
     req, res = json.loads(t["request"]), json.loads(t["result"])
-    comps = [comp_of(a) for a in from_extxyz(req["frames_extxyz"])]
+    frames = from_extxyz(req["frames_extxyz"])
+    comps = [comp_of(a) for a in frames]
+    out["ael"] += [sym for a in frames for sym in a.get_chemical_symbols()]
     out["ew"] += res["energy_width"]; out["ee"] += res["energy_error"]; out["ecomp"] += comps
     out["aw"] += res["atom_force_width"]; out["ae"] += res["atom_force_error"]
     out["acomp"] += [c for c, n in zip(comps, res["natoms"]) for _ in range(n)]
@@ -64,6 +66,12 @@ def binned(cw, ce, tw, te, nb=3):
         inside[tb == b] = np.abs(te[tb == b]) <= q * tw[tb == b]
     return inside
 
+def _test_elements():
+    from remote_al.structures import from_extxyz
+    cache = sorted(work.glob(f"{name}-test*.extxyz"))
+    return np.array([sym for a in from_extxyz(cache[-1].read_text()) for sym in a.get_chemical_symbols()])
+
+test_elements = _test_elements()
 res = {}
 gens = sorted({m["generation"] for m in st.models()})
 energy_pool = []
@@ -72,6 +80,7 @@ for g in gens:
     if not npz.exists(): continue
     z = np.load(npz, allow_pickle=True)
     T = {k[5:]: z[k] for k in z.files if k.startswith("test_")}
+    T["ael"] = test_elements
     ev, oob = pairs_of(f"eval:g{g}"), pairs_of(f"oob:g{g}")
     both = cat(ev, oob)
     energy_pool.append(both)
@@ -117,5 +126,17 @@ for g in gens:
         row[label]["forces_per_composition"] = {c: round(float(inside[T["acomp"] == c].mean()), 3) for c in comps}
         row[label]["sharpness"] = {"bound_median": round(float(np.median(bound)), 3),
                                    "bound_p90": round(float(np.percentile(bound, 90)), 3)}
+    # H Mondrian per element: a force quantile per chemical species (Li, Ni, O, ...)
+    h_inside = np.zeros(len(T["aw"]), bool)
+    for el in set(T["ael"]):
+        cm, tm = both["ael"] == el, T["ael"] == el
+        qe = conformal_scale(both["aw"][cm], both["ae"][cm], 0.95) if cm.sum() >= 19 else q(both, "a")
+        h_inside[tm] = np.abs(T["ae"][tm]) <= qe * T["aw"][tm]
+    row["H_mondrian_element"] = {
+        "forces_all": round(float(h_inside.mean()), 3),
+        "forces_per_composition": {c: round(float(h_inside[T["acomp"] == c].mean()), 3) for c in comps},
+        "forces_per_element": {el: round(float(h_inside[T["ael"] == el].mean()), 3) for el in sorted(set(T["ael"]))},
+        "A_per_element": {el: round(cov(T["aw"][T["ael"] == el], T["ae"][T["ael"] == el], q(both, "a")), 3)
+                          for el in sorted(set(T["ael"]))}}
     res[g] = row
 print(json.dumps(res, indent=1))

@@ -403,7 +403,8 @@ def _md(req: dict) -> dict:
 
 
 def _chgnet_md(job: dict) -> str:
-    """Langevin MD driven by CHGNet; labeled frames (extxyz) after the equilibration steps."""
+    """Langevin MD (or, with ``job["ensemble"] = "npt"``, Berendsen NPT at ``pressure_GPa``)
+    driven by CHGNet; labeled frames (extxyz) after the equilibration steps."""
     import torch
     from ase import units
     from ase.calculators.singlepoint import SinglePointCalculator
@@ -419,8 +420,15 @@ def _chgnet_md(job: dict) -> str:
     rng = np.random.default_rng(job["seed"])
     MaxwellBoltzmannDistribution(atoms, temperature_K=job["temperature_K"], rng=rng)
     Stationary(atoms)
-    dyn = Langevin(atoms, timestep=1.0 * units.fs, temperature_K=job["temperature_K"],
-                   friction=0.02 / units.fs, rng=rng)
+    if job.get("ensemble", "nvt") == "npt":  # remote_al.dynamics.run_md's barostat, the labeler's forces
+        from ase.md.nptberendsen import NPTBerendsen
+
+        dyn = NPTBerendsen(atoms, timestep=1.0 * units.fs, temperature_K=job["temperature_K"],
+                           pressure_au=job.get("pressure_GPa", 0.0) * units.GPa, taut=100 * units.fs,
+                           taup=500 * units.fs, compressibility_au=1.0 / (150.0 * units.GPa))
+    else:
+        dyn = Langevin(atoms, timestep=1.0 * units.fs, temperature_K=job["temperature_K"],
+                       friction=0.02 / units.fs, rng=rng)
     dyn.run(job["equil_steps"])
     frames = []
     for _ in range(job["n_frames"]):

@@ -6,10 +6,10 @@
 
 1. Runs the campaign (``remote-al run``) into ``--workdir``/<name> unless it already finished
    there (then its state is reused as it is).
-2. Builds an independent test set: Langevin MD driven by the labeler itself (CHGNet) from
-   each structure's starting structure at each of the campaign's exploration temperatures
-   (``--walkers`` independent runs each: ``--equil`` steps, then ``--frames`` frames
-   ``--interval`` fs apart), labeled on the way. These frames are never in any pool,
+2. Builds an independent test set: Langevin MD (Berendsen NPT where the campaign explores
+   NPT) driven by the labeler itself (CHGNet) from each structure's starting structure at
+   each of the campaign's exploration temperatures (``--walkers`` independent runs each:
+   ``--equil`` steps, then ``--frames`` frames ``--interval`` fs apart), labeled on the way. These frames are never in any pool,
    training set or calibration set. Cached (the file name carries the parameters).
 3. For every generation of the campaign: the ensemble's widths and errors on that set; the
    coverage of the campaign's own calibration (``calibration/g<N>.json``, fitted on the
@@ -93,7 +93,8 @@ def _labeler_md(job: dict) -> str:
     spec.loader.exec_module(al)
     text = al._chgnet_md({"structure_extxyz": job["structure_extxyz"], "temperature_K": job["temperature_K"],
                           "seed": job["seed"], "equil_steps": job["equil"], "interval": job["interval"],
-                          "n_frames": job["frames"]})
+                          "n_frames": job["frames"], "ensemble": job.get("ensemble", "nvt"),
+                          "pressure_GPa": job.get("pressure_GPa", 0.0)})
     frames = from_extxyz(text)
     for snap in frames:
         snap.info["group"] = job["group"]
@@ -118,9 +119,12 @@ def independent_test_set(cfg, cache: Path, frames: int, equil: int, interval: in
     jobs = []
     for k, spec in enumerate(cfg.structures):
         temps = spec.temperatures_K or cfg.exploration.temperatures_K
+        ensemble = spec.ensemble or cfg.exploration.ensemble  # the campaign's MD: NPT lets the cell follow
+        pressure = (spec.pressures_GPa or cfg.exploration.pressures_GPa or (0.0,))[0]
         for t in temps:
             for w in range(walkers):
                 jobs.append(dict(structure_extxyz=to_extxyz(build_structure(spec)), temperature_K=float(t),
+                                 ensemble=ensemble, pressure_GPa=float(pressure),
                                  seed=1000 + 17 * k + int(t) + 100_003 * w, equil=equil, interval=interval,
                                  frames=frames, group=f"{spec.name}@{t:g}K", composition=spec.name,
                                  trajectory=f"{spec.name}@{t:g}K#{w}"))
@@ -300,8 +304,9 @@ def main(argv=None) -> dict:
     st = open_campaign_state(cdir)
     cfg = parse_config(json.loads(st.get_meta("config_json")), base_dir=cdir)
     conf = cfg.selection.confidence
-    cache = workdir / (f"{a.name}-test.extxyz" if (a.frames, a.walkers, a.equil, a.interval) == (20, 1, 100, 10)
-                       else f"{a.name}-test-f{a.frames}-w{a.walkers}-e{a.equil}-i{a.interval}.extxyz")
+    npt = "-npt" if "npt" in {s.ensemble or cfg.exploration.ensemble for s in cfg.structures} else ""
+    cache = workdir / (f"{a.name}-test{npt}.extxyz" if (a.frames, a.walkers, a.equil, a.interval) == (20, 1, 100, 10)
+                       else f"{a.name}-test-f{a.frames}-w{a.walkers}-e{a.equil}-i{a.interval}{npt}.extxyz")
     frames = independent_test_set(cfg, cache, a.frames, a.equil, a.interval, a.workers, a.walkers)
     comps = sorted({f.info["composition"] for f in frames})
     formula = {build_structure(spec).get_chemical_formula(): spec.name for spec in cfg.structures}

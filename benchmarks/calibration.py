@@ -10,7 +10,8 @@
    NPT) driven by the labeler itself (CHGNet) from each structure's starting structure at
    each of the campaign's exploration temperatures (``--walkers`` independent runs each:
    ``--equil`` steps, then ``--frames`` frames ``--interval`` fs apart), labeled on the way.
-   These frames are never in any pool, training set or calibration set. Cached (the file name carries the parameters).
+   These frames are never in any pool, training set or calibration set. Cached (the file
+   name carries the parameters).
 3. For every generation of the campaign: the ensemble's widths and errors on that set; the
    coverage of the campaign's own calibration (``calibration/g<N>.json``, fitted on the
    campaign's held-out frames) for forces (per atom) and energies (per frame), per

@@ -41,7 +41,8 @@ def async_phase(view: CampaignView) -> list:
         if enough or (drained and new > 0):
             share = window_share(view, r) if drained else None
             done = share is not None and share >= cfg.selection.converged_share
-            return (mark_converged(view, r, share, new) if done else []) + [StartTraining(r, next_round=r + 1)]
+            ops = mark_converged(view, r, share, new, window_scope(view)) if done else []
+            return ops + [StartTraining(r, next_round=r + 1)]
         if drained and new == 0:
             why, kind = no_more_work_reason(view, r)
             return [stop(view, why, kind)]
@@ -102,6 +103,12 @@ def explorations_exhausted(view: CampaignView, r: int, g: int) -> bool:
         return True
     share = window_share(view, r)  # the last explorations of this round were confident enough
     return share is not None and share >= cfg.selection.converged_share
+
+
+def window_scope(view: CampaignView) -> str:
+    """What the asynchronous convergence share is a share of (for messages)."""
+    k = view.cfg.steering.converged_window or len(view.sweep())
+    return f"frames of the last {k} explorations"
 
 
 def window_share(view: CampaignView, r: int) -> float | None:
@@ -183,8 +190,8 @@ def generation_ready(view: CampaignView, g: int) -> list:
     c = view.cfg.campaign
     share = converged_mark(view, g)  # round g reached converged_share: this generation is the last
     if share is not None:
-        ops.append(stop(view, converged_reason(share, view.cfg.selection.converged_share, g), StopKind.CONVERGED,
-                        phase=Phase.ASYNC))
+        why = converged_reason(share, view.cfg.selection.converged_share, g, f"round {g}'s {window_scope(view)}")
+        ops.append(stop(view, why, StopKind.CONVERGED, phase=Phase.ASYNC))
     elif g >= c.max_rounds:
         ops.append(stop(view, f"round budget of {c.max_rounds} rounds reached", phase=Phase.ASYNC))
     return ops

@@ -113,8 +113,9 @@ def round_metrics(view: CampaignView, r: int) -> dict:
     }
 
 
-def converged_reason(share: float, target: float, trained: int | None = None) -> str:
-    return (f"converged: {share:.1%} of explored frames confident (target {target:.0%})"
+def converged_reason(share: float, target: float, trained: int | None = None,
+                     scope: str = "explored frames") -> str:
+    return (f"converged: {share:.1%} of {scope} confident (target {target:.0%})"
             + (f"; generation {trained} trained on the round's last selections" if trained is not None else ""))
 
 
@@ -128,10 +129,11 @@ def converged_mark(view: CampaignView, r: int) -> float | None:
     return view.metrics("round").get(r, {}).get(CONVERGED_MARK)
 
 
-def mark_converged(view: CampaignView, r: int, share: float, n_selected: int) -> list:
+def mark_converged(view: CampaignView, r: int, share: float, n_selected: int,
+                   scope: str = "explored frames") -> list:
     """Round r is confident enough but selected ``n_selected`` frames: label and train them,
     then stop (``stop_or_next`` or ``generation_ready`` reads the mark)."""
-    msg = (f"round {r}: {share:.1%} of the explored frames confident (converged_share "
+    msg = (f"round {r}: {share:.1%} of its {scope} confident (converged_share "
            f"{view.cfg.selection.converged_share:.0%}); the {n_selected} frames it selected train a last "
            f"generation, then the campaign stops as converged")
     return [SetMetrics("round", r, {CONVERGED_MARK: share}), Event("converged", msg), Say(msg)]

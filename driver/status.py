@@ -7,10 +7,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from driver.campaign.rules import CONVERGED_MARK
 from driver.progress import label_progress, running_progress
 from remote_al.calibration_file import Calibration
-from driver.state import State
+from driver.state import CONVERGED_MARK, State
 
 
 def summary(directory: Path) -> dict:

@@ -12,6 +12,7 @@ from driver.campaign.plan import (CarryModels, Decide, Event, Phase, Say, SetMet
                                   UpdateStructure)
 from driver.campaign.view import CampaignView
 from driver.selection import SelectionPolicy
+from driver.state import CONVERGED_MARK
 
 # a structure's status after each selection decision
 STATUS_OF = {"label": "selected", "confident": "confident", "unphysical": "unphysical",
@@ -117,11 +118,6 @@ def converged_reason(share: float, target: float, trained: int | None = None,
                      scope: str = "explored frames") -> str:
     return (f"converged: {share:.1%} of {scope} confident (target {target:.0%})"
             + (f"; generation {trained} trained on the round's last selections" if trained is not None else ""))
-
-
-# Round metric set when a round reaches ``converged_share`` with frames still selected: the
-# campaign labels them, trains one last generation on them and stops as converged.
-CONVERGED_MARK = "converged_at_share"
 
 
 def converged_mark(view: CampaignView, r: int) -> float | None:

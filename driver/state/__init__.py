@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from driver.state.base import StateBase, StateMeta
 from driver.state.frames import FrameTable
-from driver.state.schema import SCHEMA_VERSION, StateVersionError
+from driver.state.schema import CONVERGED_MARK, SCHEMA_VERSION, StateVersionError
 from driver.state.science import ModelTable, StructureTable
 from driver.state.tasks import TaskTable
 
@@ -24,4 +24,4 @@ class State(TaskTable, StructureTable, ModelTable, FrameTable, StateBase):
     belong together."""
 
 
-__all__ = ["State", "StateMeta", "SCHEMA_VERSION", "StateVersionError"]
+__all__ = ["State", "StateMeta", "SCHEMA_VERSION", "StateVersionError", "CONVERGED_MARK"]

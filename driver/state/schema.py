@@ -31,6 +31,11 @@ from remote_al.errors import RemoteALError
 
 SCHEMA_VERSION = 4
 
+# The round metric (table ``metrics``, scope "round") set when a round reached
+# ``selection.converged_share`` with frames still selected: its last generation trains on
+# them and the campaign stops (driver/campaign/rules.py); ``remote-al status`` reads it.
+CONVERGED_MARK = "converged_at_share"
+
 TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (

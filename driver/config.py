@@ -259,11 +259,13 @@ def validate(cfg: CampaignConfig) -> None:
             f"upper bound {s.force_upper} must exceed force_threshold {s.force_threshold}",
             "raise force_upper or lower force_threshold",
         )
-    if cfg.initial.relax and cfg.labeler.kind == "vasp":
-        raise ConfigError(
-            "initial.relax", "remote-al does not run VASP relaxations",
-            "set initial.relax = false and give relaxed structures as [[structures]] file entries",
-        )
+    for field, used in (("relax", cfg.initial.relax), ("n_relaxed_per_structure", cfg.initial.n_relaxed_per_structure)):
+        if used and cfg.labeler.kind == "vasp":
+            raise ConfigError(
+                f"initial.{field}", "remote-al does not run VASP relaxations",
+                f"set initial.{field} = {'false' if field == 'relax' else 0} and give relaxed structures "
+                "as [[structures]] file entries",
+            )
 
 
 # Settings class of each labeler; its from_mapping raises LabelingError from a pydantic

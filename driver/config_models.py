@@ -194,6 +194,10 @@ class InitialSection(_Section):
     strain: Float = Field(0.02, ge=0, le=0.5, description="largest random strain of the initial frames")
     relax: Bool = Field(False, description="relax each structure with the labeler first and build the "
                                            "initial data and MD starts around it")
+    n_relaxed_per_structure: Int = Field(0, ge=0, le=1000, description=(
+        "extra initial training frames per structure around the labeler's relaxed structure "
+        "(rattled and strained the same way), on top of n_per_structure around the start "
+        "structure; 0: none"))
 
 
 class ExplorationSection(_Section):

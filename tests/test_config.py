@@ -48,6 +48,8 @@ def test_good_config_parses(tmp_path):
         ({"labeler__kind": "dft"}, "labeler.kind", '"dft" is not a valid choice (fix: use "chgnet", "gpaw" or "vasp")'),
         ({"selection__force_upper": 0.05}, "selection.force_upper", "must exceed"),
         ({"labeler__kind": "vasp", "initial__relax": True}, "initial.relax", "file entries"),
+        ({"labeler__kind": "vasp", "initial__n_relaxed_per_structure": 4}, "initial.n_relaxed_per_structure",
+         "file entries"),
         ({"exploration__relax_steps": 0}, "exploration.relax_steps", "positive"),
     ],
 )

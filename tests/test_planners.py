@@ -172,3 +172,64 @@ def test_training_requests_carry_the_continuation_settings(tmp_path):
     assert [s.request.init_model for s in specs1] == ["/g0m0.ckpt.pt", "/g0m1.ckpt.pt"]
     assert all(s.request.continue_prefactors == "restart" for s in specs1)
     assert all(s.request.deepmd_continue == {"learning_rate": {"start_lr": 0.0005}} for s in specs1)
+
+
+def test_initial_frames_also_around_the_labeler_relaxation(tmp_path):
+    """``[initial] n_relaxed_per_structure``: round 0 waits for the labeler's relaxation of
+    each structure, then adds that many training frames around the relaxed cell on top of
+    those around the built one (which the MD keeps starting from)."""
+    import io
+
+    from ase.io import read
+
+    cfg = load_config(write_campaign(tmp_path, initial={"n_per_structure": 3, "n_relaxed_per_structure": 2},
+                                     steering={"mode": "sync"}))
+    state = State(cfg.directory / "state.sqlite")
+    store, said = DatasetStore(state), []
+
+    def fresh_view():
+        return CampaignView(cfg, state, store, gpu_slots=2, say=said.append)
+
+    applier = Applier(state, store, Placement(cfg.directory, None, None), fresh_view(), said.append, Hooks())
+    ops = phases_sync.generate(fresh_view())
+    tasks = [op.spec for op in ops if isinstance(op, plan.AddTask)]
+    assert sorted(t.key for t in tasks) == sorted(f"relax-label:{s.name}" for s in cfg.structures)
+    assert not any(isinstance(op, plan.AddStructure) for op in ops)  # nothing labeled before the relaxations
+    applier.apply(ops)
+    assert phases_sync.generate(fresh_view()) == []  # still waiting
+    scale = 1.1  # a "relaxed" cell 33 % larger in volume: its frames cannot be mistaken for the built ones
+    built_volume = {}
+    for spec in cfg.structures:
+        a = build_structure(spec)
+        built_volume[spec.name] = a.get_volume()
+        a.set_cell(a.cell[:] * scale, scale_atoms=True)
+        state.mark_done(f"relax-label:{spec.name}", {"relaxed_extxyz": to_extxyz(a)})
+    ops = phases_sync.generate(fresh_view())
+    rows = [op.row for op in ops if isinstance(op, plan.AddStructure) and op.row["status"] == "selected"]
+    for spec in cfg.structures:
+        mine = [r for r in rows if r["spec"] == spec.name]
+        ratio = {r["hash"]: read(io.StringIO(r["extxyz"]), format="extxyz").get_volume() / built_volume[spec.name]
+                 for r in mine}
+        near_relaxed = [r for r in mine if ratio[r["hash"]] > 1.2]
+        assert len(near_relaxed) == 2 and all(r["split"] == "train" for r in near_relaxed)
+        assert sum(r["split"] == "train" for r in mine) == 3 + 2
+        assert all(ratio[r["hash"]] < 1.1 for r in mine if r not in near_relaxed)  # the rest: around the built cell
+    assert fresh_view().start_structure(cfg.structures[0]).get_volume() == pytest.approx(
+        built_volume[cfg.structures[0].name])  # relax = false: MD still starts from the built structure
+
+
+def test_initial_relaxation_that_failed_leaves_only_the_built_frames(tmp_path):
+    cfg = load_config(write_campaign(tmp_path, initial={"n_per_structure": 3, "n_relaxed_per_structure": 2},
+                                     steering={"mode": "sync"}))
+    state = State(cfg.directory / "state.sqlite")
+    store, said = DatasetStore(state), []
+    view = CampaignView(cfg, state, store, gpu_slots=2, say=said.append)
+    Applier(state, store, Placement(cfg.directory, None, None), view, said.append, Hooks()).apply(
+        phases_sync.generate(view))
+    for spec in cfg.structures:
+        state.mark_quarantined(f"relax-label:{spec.name}", "labeler relaxation did not converge")
+    view = CampaignView(cfg, state, store, gpu_slots=2, say=said.append)
+    ops = phases_sync.generate(view)
+    train = [op.row for op in ops if isinstance(op, plan.AddStructure) and op.row["split"] == "train"]
+    assert len(train) == 3 * len(cfg.structures)
+    assert any("no labeler relaxation of" in m and "quarantined" in m for m in said), said

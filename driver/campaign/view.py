@@ -31,7 +31,7 @@ class CampaignView:
         self.say = say  # for notes while reading (e.g. a relaxation that could not be used)
         # structure id -> driver.screening.Screen of structures stored unscreened (older files)
         self._screened: dict[int, Screen] = {}
-        self._starts: dict[str, object] = {}  # start_structure per structure name
+        self._starts: dict[str, object] = {}  # the labeler-relaxed structure (or None) per structure name
 
     # ------------------------------------------------------------- position
     @property
@@ -170,9 +170,16 @@ class CampaignView:
         structure when ``[initial] relax`` produced one, else the built structure."""
         if not self.cfg.initial.relax:
             return build_structure(spec)
+        relaxed = self.labeler_relaxed(spec)
+        return relaxed if relaxed is not None else build_structure(spec)
+
+    def labeler_relaxed(self, spec):
+        """The labeler's relaxation of a structure (task relax-label:<name>), or None when it
+        failed or fails the structure filters (the reason is said once)."""
         if spec.name not in self._starts:
-            self._starts[spec.name] = self._relaxed_by_labeler(spec) or build_structure(spec)
-        return self._starts[spec.name].copy()
+            self._starts[spec.name] = self._relaxed_by_labeler(spec)
+        atoms = self._starts[spec.name]
+        return None if atoms is None else atoms.copy()
 
     def _relaxed_by_labeler(self, spec):
         """The structure of task relax-label:<name>, or None (with the reason said)."""

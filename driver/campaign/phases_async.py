@@ -29,7 +29,7 @@ def async_phase(view: CampaignView) -> list:
         return generation_ready(view, g_new)
     if view.stop_reason:  # drain what is in flight, start nothing new
         return [] if view.open_tasks() else [SetPhase(Phase.FINAL_EVAL)]
-    if converged_mark(view, r - 1) is not None:  # the last generation trains; it stops when ready
+    if last_generation_training(view):  # it stops when that generation is ready
         return []
     last = cfg.campaign.max_rounds
     if not training_open and r <= last:
@@ -127,10 +127,16 @@ def window_share(view: CampaignView, r: int) -> float | None:
     return sum(w <= thr for w in ws) / len(ws)
 
 
+def last_generation_training(view: CampaignView) -> bool:
+    """The previous round reached the converged share: the generation trained on its
+    selections is the last one, and nothing new is explored or selected meanwhile."""
+    return converged_mark(view, view.round - 1) is not None
+
+
 def select_batch(view: CampaignView, r: int, ids: list[int]) -> list:
     """Asynchronous selection of one exploration's frames, as soon as they are scored."""
     cfg = view.cfg
-    if view.stop_reason or converged_mark(view, view.round - 1) is not None:  # nothing new once it is stopping
+    if view.stop_reason or last_generation_training(view):  # nothing new once it is stopping
         return []
     cands = view.candidates(view.candidate_rows(ids=ids))
     n_tests = view.decision_counts(r).get("test", 0)

@@ -60,11 +60,10 @@ def main():
     a = ap.parse_args()
     work = Path(a.workdir)
     st = open_campaign_state(work / a.name)
-    n_per = len(st.db.execute("SELECT id FROM structures WHERE origin='initial' AND split='test'").fetchall())
     init_ids = {r[0] for r in st.db.execute("SELECT id FROM structures WHERE origin='initial' AND split='test'")}
     relaxed = {t["key"].split(":", 1)[1]: from_extxyz(json.loads(t["result"])["relaxed_extxyz"])[0]
                for t in st.tasks(function="relax_label")}
-    n_per //= max(1, len(relaxed))
+    n_per = len(init_ids) // max(1, len(relaxed))  # held-out initial frames per structure
     labeler = get_labeler("chgnet", {})
     gens = sorted({m["generation"] for m in st.models()} - {0})
     results = {}

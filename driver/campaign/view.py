@@ -189,14 +189,14 @@ class CampaignView:
         res = task.result if task is not None and task.status == "done" else {}
         if not res or not res.get("relaxed_extxyz"):
             self.say(f"no labeler relaxation of {spec.name} ({task.status if task else 'missing'}); "
-                     "starting from the built structure")
+                     "its initial data and MD are around the built structure only")
             return None
         atoms = from_extxyz(res["relaxed_extxyz"])[0]
         atoms.calc = None
         chk = check_structure(atoms, min_dist_A=self.cfg.selection.min_distance_A)
         if not chk.ok:
             self.say(f"labeler-relaxed {spec.name} fails the structure filters ({chk.reason}); "
-                     "starting from the built structure")
+                     "its initial data and MD are around the built structure only")
             return None
         return atoms
 

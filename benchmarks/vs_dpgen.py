@@ -51,6 +51,9 @@ the mean over seeds, null unless every seed's campaign reached the target (the p
 values are there too); ``wall_ratio`` the same for wall time; ``labels_ratio_train`` with
 training frames only.
 
+``dpgen simplify`` against our selection on one labeled pool is ``benchmarks/vs_dpgen_simplify.py``;
+its headline, where it has been run, is copied into this one as ``simplify``.
+
 ``--quick``: a smoke configuration (1 round, 20/10 training steps, 60 MD steps, DP-GEN's
 trust window opened wide so that its fp step runs) into ``runs/vs_dpgen_quick``, results
 written there too, never into ``benchmarks/results``.
@@ -81,6 +84,9 @@ PEER = ROOT / "benchmarks" / "peers" / "dpgen"
 DPGEN_VENV = PEER / ".venv"
 DEFAULT_TEST = ROOT / "runs" / "calib-a9" / "linio2-test-f20-w4-e100-i10.extxyz"
 PROGRAMS = ("ours", "dpgen")
+# copied from benchmarks/results/vs_dpgen_simplify.json (dpgen simplify against our rules on one pool)
+SIMPLIFY_KEYS = ("seeds", "pool", "labels_ratio", "labels_ratio_random", "labels_ratio_oracle",
+                 "target_force_rmse_eV_A", "simplify_labels_needed", "simplify_final_force_rmse", "default")
 
 # --quick: every knob small; DP-GEN's window opened so that every explored frame is a candidate
 QUICK_TOML = {"max_rounds": "1", "numb_steps": "20", "numb_steps_continue": "10", "steps": "60"}
@@ -437,6 +443,10 @@ def main(argv=None) -> dict:
                    "headline": headline(tables, a.seeds),
                    "finished": {p: {f"s{s}": v["finished"] for s, v in tables[p].items()} for p in PROGRAMS},
                    "wall_s_this_invocation": time.time() - t0}
+        simplify = out.with_name("vs_dpgen_simplify.json")  # benchmarks/vs_dpgen_simplify.py's headline
+        if simplify.exists():
+            sh = json.loads(simplify.read_text())["headline"]
+            payload["headline"]["simplify"] = {k: sh.get(k) for k in SIMPLIFY_KEYS}
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(payload, indent=2) + "\n")
         plot(tables, a.seeds, out.with_suffix(".png"))

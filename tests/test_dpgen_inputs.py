@@ -214,3 +214,130 @@ def test_dpgen_accepts_the_inputs(cfg, tmp_path):
     run = subprocess.run([str(DPGEN_PYTHON), str(PEER / "check_inputs.py"), str(tmp_path / "param.json"),
                           str(tmp_path / "machine.json")], check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert run.returncode == 1 and "fp_task_maximum" in run.stdout
+
+
+# ------------------------------------------------------------ dpgen simplify (vs_dpgen_simplify.py)
+def _load_benchmark(name):
+    spec = importlib.util.spec_from_file_location(f"{name}_under_test", ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _labeled(symbols, shift: float, **info):
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    n = len(symbols)
+    a = Atoms(symbols, positions=np.arange(n * 3, dtype=float).reshape(n, 3) * 0.7 + shift,
+              cell=np.eye(3) * 6.0, pbc=True)
+    a.calc = SinglePointCalculator(a, energy=-5.0 * n + shift, forces=np.full((n, 3), shift),
+                                   stress=np.full(6, 0.01 * shift))
+    a.info.update(info)
+    return a
+
+
+def _stage0(d: Path):
+    from remote_al.structures import to_extxyz
+
+    d.mkdir(parents=True)
+    li, li3 = ["Li", "Ni", "O", "O"], ["Ni", "O", "O"]
+    initial = [_labeled(li, 0.1 * i, source="rattled", temperature_K=0.0) for i in range(3)]
+    initial += [_labeled(li3, 0.1 * i, source="rattled", temperature_K=0.0) for i in range(2)]
+    pool = [_labeled(li, 0.05 * i, source="md", temperature_K=t) for i, t in enumerate([300.0, 700.0, 1000.0, 300.0])]
+    pool += [_labeled(li3, 0.3, source="rattled", temperature_K=0.0)]
+    (d / "initial.extxyz").write_text(to_extxyz(initial))
+    (d / "pool.extxyz").write_text(to_extxyz(pool))
+
+
+def test_simplify_inputs_are_al_efficiencys_work(tmp_path):
+    """vs_dpgen_simplify.py gives DP-GEN al_efficiency's initial data and its labeled pool (the
+    campaign pool: MD frames at the campaign's temperatures only), its budget, training steps
+    and the trust window; model_devi is DeePMD-kit's `dp --pt model-devi`."""
+    vs = _load_benchmark("vs_dpgen_simplify")
+    _stage0(tmp_path / "stage0")
+    sizes = vs.write_data(tmp_path / "stage0", tmp_path / "data", "campaign", ["Li", "Ni", "O"])
+    assert sizes == {"init": 5, "pool": 3}  # the 1000 K and the rattled pool frames are not in the campaign pool
+    assert vs.nframes(tmp_path / "data" / "init") == 5 and vs.nframes(tmp_path / "data" / "pool") == 3
+    assert vs.write_data(tmp_path / "stage0", tmp_path / "all", "all", ["Li", "Ni", "O"])["pool"] == 5
+    forces = np.concatenate([np.load(f) for f in sorted((tmp_path / "data" / "pool").glob("*/set.*/force.npy"))])
+    assert np.allclose(forces.reshape(3, -1, 3)[:, 0], [[0.0] * 3, [0.05] * 3, [0.15] * 3])  # labels kept, frame order
+
+    param = vs.make_param(tmp_path / "data", k=20, rounds=6, steps_initial=800, steps_continue=200,
+                          trust=(0.48, 0.65), campaign=CAMPAIGN)
+    assert param["labeled"] is True and param["pick_data"] == str(tmp_path / "data" / "pool")
+    assert param["init_pick_number"] == param["iter_pick_number"] == 20
+    assert (param["model_devi_f_trust_lo"], param["model_devi_f_trust_hi"]) == (0.48, 0.65)
+    assert sorted(param["init_data_sys"]) == ["init/Li0Ni1O2", "init/Li1Ni1O2"]
+    assert param["default_training_param"]["training"]["numb_steps"] == 800
+    assert param["training_reuse_numb_steps"] == 200 and param["numb_models"] == 4
+    assert param["default_training_param"]["loss"]["start_pref_f"] == 1000.0
+    machine = vs.make_machine()
+    assert machine["model_devi"]["command"].endswith("bin/dp --pt")
+    with pytest.raises(ValueError, match="0 < lo < hi"):
+        vs.make_param(tmp_path / "data", k=20, rounds=6, steps_initial=800, steps_continue=200,
+                      trust=(0.6, 0.5), campaign=CAMPAIGN)
+
+
+def test_simplify_bookkeeping(tmp_path):
+    """What the benchmark reads back from a simplify run: DP-GEN's window counts per
+    model_devi, the last finished step of record.dpgen, the labels each iteration trained on,
+    and the labels-to-target comparison with al_efficiency's curves."""
+    vs = _load_benchmark("vs_dpgen_simplify")
+    log = ("INFO : candidate :    310 in    320 96.88 %\nINFO : accurate  :      6 in    320 1.88 %\n"
+           "INFO : failed    :      4 in    320 1.25 %\nINFO : total candidate 310 picked 20\n"
+           "INFO : candidate :     12 in    300 4.00 %\nINFO : accurate  :    280 in    300 93.33 %\n"
+           "INFO : failed    :      8 in    300 2.67 %\n")
+    assert vs.dpgen_counts(log) == [{"candidate": 310, "accurate": 6, "failed": 4},
+                                    {"candidate": 12, "accurate": 280, "failed": 8}]
+    assert vs.trained_through(tmp_path / "record.dpgen") == (0, -1)
+    (tmp_path / "record.dpgen").write_text("0 0\n0 1\n1 8\n2 2\n")
+    assert vs.trained_through(tmp_path / "record.dpgen") >= (2, 2)
+
+    for i, picked in enumerate([20, 12]):  # iteration 0 picks 20 at random, iteration 1 only 12 in its window
+        train = tmp_path / f"iter.{i:06d}" / "00.train"
+        train.mkdir(parents=True)
+        for m in range(2):
+            (train / f"graph.{m:03d}.pth").write_text("")
+        box = tmp_path / f"iter.{i:06d}" / "01.model_devi" / "data.picked" / "Li1Ni1O2" / "set.000" / "box.npy"
+        box.parent.mkdir(parents=True)
+        np.save(box, np.zeros((picked, 9)))
+    (tmp_path / "dpgen.log").write_text(log)
+    rows = vs.iterations(tmp_path, n_init=20)
+    assert [r["labels"] for r in rows] == [20, 40]
+    assert rows[1]["window_counts_of_its_models"]["candidate"] == 310 and "window_counts_of_its_models" not in rows[0]
+
+    curves = {"curves": {"kmeans_group": {"n_labels": [20, 40, 60], "force_rmse_eV_A in-distribution mean": [0.5, 0.4, 0.3]},
+                         "random": {"n_labels": [20, 40, 60], "force_rmse_eV_A in-distribution mean": [0.5, 0.45, 0.42]}}}
+    cmp = vs.compare(([20.0, 40.0, 60.0], [0.5, 0.42, 0.35]), curves, "kmeans_group")
+    assert cmp["target_force_rmse_eV_A"] == 0.35 and cmp["simplify_labels_needed"] == 60.0
+    assert cmp["labels_ratio"] == pytest.approx(50.0 / 60.0)  # kmeans_group: 0.35 halfway from 40 to 60 labels
+    assert cmp["labels_ratio_random"] is None  # random never gets there
+
+
+@pytest.mark.skipif(not DPGEN_PYTHON.exists(),
+                    reason="DP-GEN's environment is not installed: run benchmarks/peers/dpgen/setup.sh")
+def test_dpgen_simplify_accepts_the_inputs(tmp_path):
+    """`dpgen simplify`'s own checks (its arginfo, strict) and DP-GEN's make_train of iteration 0
+    on vs_dpgen_simplify.py's inputs, whose input.json pass DeePMD-kit's argument check."""
+    vs = _load_benchmark("vs_dpgen_simplify")
+    _stage0(tmp_path / "stage0")
+    vs.write_data(tmp_path / "stage0", tmp_path / "data", "campaign", ["Li", "Ni", "O"])
+    param = vs.make_param(tmp_path / "data", k=20, rounds=6, steps_initial=800, steps_continue=200,
+                          trust=(0.48, 0.65), campaign=CAMPAIGN)
+    (tmp_path / "param.json").write_text(json.dumps(param))
+    (tmp_path / "machine.json").write_text(json.dumps(vs.make_machine()))
+    run = subprocess.run([str(DPGEN_PYTHON), str(PEER / "check_inputs.py"), str(tmp_path / "param.json"),
+                          str(tmp_path / "machine.json"), "--simplify", "--make-train"],
+                         check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    lines = [ln for ln in run.stdout.splitlines() if ln.startswith("{")]
+    assert lines, run.stdout + run.stderr
+    res = json.loads(lines[-1])
+    assert run.returncode == 0 and res["ok"], res
+    assert res["param"] == "simplify_jdata_arginfo" and res["members_checked"] == 4 and res["numb_steps"] == 800
+
+    (tmp_path / "param.json").write_text(json.dumps(dict(param, stop_iter=6)))  # read by its code, refused by its check
+    run = subprocess.run([str(DPGEN_PYTHON), str(PEER / "check_inputs.py"), str(tmp_path / "param.json"),
+                          str(tmp_path / "machine.json"), "--simplify"], check=False, capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert run.returncode == 1 and "stop_iter" in run.stdout

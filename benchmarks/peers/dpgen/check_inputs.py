@@ -8,7 +8,9 @@ DP-GEN. Run it with DP-GEN's python (the virtual environment of setup.sh):
    ``dpgen.generator.arginfo.run_jdata_arginfo`` on param.json, as ``dpgen run`` does
    first, and with ``run_mdata_arginfo`` on machine.json (``dpgen run`` does not check
    the machine file itself; ``dpgen.remote.decide_machine.convert_mdata`` must take it).
-It works in the folder of param.json (DP-GEN writes dpgen.log there).
+It works in the folder of param.json (DP-GEN writes dpgen.log there). ``--simplify``: the
+same with ``dpgen.simplify.arginfo`` (``simplify_jdata_arginfo``, ``simplify_mdata_arginfo``),
+as ``dpgen simplify`` does first (benchmarks/vs_dpgen_simplify.py).
 
 2. ``--make-train``: DP-GEN's ``make_train`` of iteration 0 in that folder
    (``iter.000000/00.train``, removed afterwards unless ``--keep``): it reads
@@ -30,19 +32,26 @@ import sys
 from pathlib import Path
 
 
-def check(param_path: str, machine_path: str, make_train: bool = False, keep: bool = False) -> dict:
+def check(param_path: str, machine_path: str, make_train: bool = False, keep: bool = False,
+          simplify: bool = False) -> dict:
     param_path, machine_path = Path(param_path).resolve(), Path(machine_path).resolve()
     os.chdir(param_path.parent)  # before DP-GEN is imported: it opens dpgen.log in the working folder
-    from dpgen.generator.arginfo import run_jdata_arginfo, run_mdata_arginfo
     from dpgen.remote.decide_machine import convert_mdata
     from dpgen.util import normalize
 
+    if simplify:
+        from dpgen.simplify.arginfo import simplify_jdata_arginfo as jdata_arginfo
+        from dpgen.simplify.arginfo import simplify_mdata_arginfo as mdata_arginfo
+    else:
+        from dpgen.generator.arginfo import run_jdata_arginfo as jdata_arginfo
+        from dpgen.generator.arginfo import run_mdata_arginfo as mdata_arginfo
+
     jdata = json.loads(Path(param_path).read_text())
     mdata = json.loads(Path(machine_path).read_text())
-    jdata = normalize(run_jdata_arginfo(), jdata)
-    normalize(run_mdata_arginfo(), json.loads(json.dumps(mdata)))
+    jdata = normalize(jdata_arginfo(), jdata)
+    normalize(mdata_arginfo(), json.loads(json.dumps(mdata)))
     mdata = convert_mdata(mdata)
-    out = {"ok": True, "param": "run_jdata_arginfo", "machine": "run_mdata_arginfo", "members_checked": 0}
+    out = {"ok": True, "param": jdata_arginfo.__name__, "machine": mdata_arginfo.__name__, "members_checked": 0}
     if not make_train:
         return out
     from deepmd.utils.argcheck import normalize as dp_normalize
@@ -51,6 +60,8 @@ def check(param_path: str, machine_path: str, make_train: bool = False, keep: bo
     from dpgen.generator.run import update_mass_map
 
     update_mass_map(jdata)
+    if simplify:  # what dpgen simplify's run_iter sets before each step
+        jdata["model_devi_jobs"] = [{}]
     try:
         if Path("iter.000000").exists():
             raise RuntimeError(f"{Path.cwd()}/iter.000000 exists: a DP-GEN run is there, not touching it")
@@ -75,9 +86,10 @@ def main(argv=None) -> int:
     ap.add_argument("machine")
     ap.add_argument("--make-train", action="store_true", help="also run DP-GEN's make_train of iteration 0")
     ap.add_argument("--keep", action="store_true", help="keep iter.000000 written by --make-train")
+    ap.add_argument("--simplify", action="store_true", help="check as `dpgen simplify` does (its arginfo)")
     args = ap.parse_args(argv)
     try:
-        print(json.dumps(check(args.param, args.machine, args.make_train, args.keep)))
+        print(json.dumps(check(args.param, args.machine, args.make_train, args.keep, args.simplify)))
     except Exception as exc:  # noqa: BLE001 - dargs' ArgumentKeyError/ArgumentTypeError, dpdata, DeePMD-kit
         print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}))
         return 1

@@ -1,0 +1,408 @@
+"""``dpgen simplify`` (the real DP-GEN 0.14) against remote-al's selection on the same labeled
+pool (issue #22, the second half of ``benchmarks/vs_dpgen.py``).
+
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/vs_dpgen_simplify.py     # resumable
+    .venv/bin/python benchmarks/vs_dpgen_simplify.py --report        # scores what is finished
+    .venv/bin/python benchmarks/vs_dpgen_simplify.py --quick --seeds 0   # smoke run, minutes
+
+``dpgen simplify`` is DP-GEN's active learning on a pool that is already labeled: it trains an
+ensemble, computes its force deviation on the frames not yet picked (``dp model-devi``), picks
+``iter_pick_number`` of them uniformly at random inside the trust window, and trains again.
+``benchmarks/al_efficiency.py`` does the same with remote-al's rules on one labeled pool, so
+both run on the same data here:
+
+* the pool: al_efficiency's stage-0 pool (``--al-workdir``, default ``runs/al_efficiency``),
+  ``--pool campaign`` (default: the MD frames at the campaign's temperatures, 320 frames, the
+  pool of al_efficiency's ``campaign_pool`` headline) or ``all``; its CHGNet labels;
+* the initial data: al_efficiency's 20 initial frames (DP-GEN's ``init_data_sys``);
+* the budget: ``init_pick_number`` = ``iter_pick_number`` = al_efficiency's k (20), and its
+  rounds (6) as the last iteration (see ``run_seed``): DP-GEN's iteration i trains on the initial data and the
+  frames picked in iterations 0..i-1, so iteration i holds 20 + 20 i labels, as
+  al_efficiency's round i does (20 to 140). DP-GEN's first pick (iteration 0) is random by
+  design, its later picks are random inside the window;
+* the training: al_efficiency's (4 models, the campaign's loss prefactors, 800 steps from
+  scratch, then 200 steps continued from the previous model: DP-GEN's ``training_reuse_*``
+  keys, old and new frames in proportion, as in ``make_inputs.py``); what is DP-GEN's own:
+  every model trains on all the data (al_efficiency: a 0.9 subset per member) with seeds
+  DP-GEN draws (seeded here per benchmark seed, so a run is reproducible);
+* the trust window: ``make_inputs.DEFAULT_TRUST``, the 50th and 95th percentiles of the
+  round-0 ensemble's max force deviation on this very pool (al_efficiency's round 0);
+* the score: every iteration's 4 models, ensemble mean on al_efficiency's test set, force
+  RMSE of the in-distribution group (CHGNet MD at the campaign's temperatures), the metric of
+  al_efficiency's headline, and the other groups.
+
+The comparison: DP-GEN simplify's mean final in-distribution force RMSE is the target; the
+labels each of al_efficiency's rules (mean curve over its seeds) needs to reach it, divided
+by the labels simplify needed (first crossing of its mean curve), is ``labels_ratio``
+(``default``: al_efficiency's default rule). Results: ``benchmarks/results/vs_dpgen_simplify.json``
+(``headline``, per-iteration table per seed with DP-GEN's candidate/accurate/failed counts).
+``vs_dpgen.py --report`` copies this headline into vs_dpgen.json as ``simplify``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+for _var in ("OMP_NUM_THREADS", "DP_INTRA_OP_PARALLELISM_THREADS", "DP_INTER_OP_PARALLELISM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+PEER = ROOT / "benchmarks" / "peers" / "dpgen"
+DPGEN_VENV = PEER / ".venv"
+QUICK = {"steps_initial": 20, "steps_continue": 10, "rounds": 2, "k": 10, "trust": (0.01, 1000.0)}
+# DP-GEN draws its model seeds with `random` and its picks with numpy's global generator and
+# never seeds them: seeded here so that a benchmark seed is one reproducible run
+SEEDED_DPGEN = ("import random, sys, numpy; s = int(sys.argv[1]); random.seed(s); numpy.random.seed(s); "
+                "sys.argv = ['dpgen'] + sys.argv[2:]; from dpgen.main import main; main()")
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(name, mod)
+    spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+def _al():
+    return _load("al_efficiency_benchmark", ROOT / "benchmarks" / "al_efficiency.py")
+
+
+def _peer():
+    return _load("dpgen_make_inputs", PEER / "make_inputs.py")
+
+
+# ------------------------------------------------------------------ inputs
+def to_multisystems(frames, type_map):
+    """Labeled ASE frames (energy, forces, stress) as one dpdata MultiSystems."""
+    import dpdata
+
+    ms = dpdata.MultiSystems(type_map=list(type_map))
+    for a in frames:
+        ms.append(dpdata.LabeledSystem(a, fmt="ase/structure"))
+    return ms
+
+
+def write_data(stage0: Path, out: Path, pool: str, type_map) -> dict:
+    """``init/`` (al_efficiency's initial data) and ``pool/`` (its labeled pool, ``pool``:
+    'campaign' or 'all') as deepmd/npy systems; returns their sizes."""
+    from remote_al.structures import from_extxyz
+
+    al = _al()
+    s = al.Settings()
+    frames = {name: from_extxyz((stage0 / f"{name}.extxyz").read_text()) for name in ("initial", "pool")}
+    temps = {float(t) for t in s.test_temperatures_K}
+    picked = [a for a in frames["pool"]
+              if pool == "all" or (a.info["source"] == "md" and float(a.info["temperature_K"]) in temps)]
+    if not picked:
+        raise SystemExit(f"no frame of {stage0 / 'pool.extxyz'} is in the {pool!r} pool")
+    sizes = {}
+    for name, fr in (("init", frames["initial"]), ("pool", picked)):
+        if not (out / name).exists():
+            to_multisystems(fr, type_map).to_deepmd_npy(str(out / f"{name}.tmp"))
+            os.replace(out / f"{name}.tmp", out / name)
+        sizes[name] = len(fr)
+    return sizes
+
+
+def make_param(out: Path, *, k: int, rounds: int, steps_initial: int, steps_continue: int,
+               trust: tuple[float, float], campaign: Path) -> dict:
+    """DP-GEN's simplify ``param.json`` (a dict) over ``out``/init and ``out``/pool."""
+    al, peer = _al(), _peer()
+    cfg = peer._cfg(campaign)
+    if dict(cfg.training.deepmd).get("loss") != al.LOSS:
+        raise SystemExit(f"{campaign}: its [training.deepmd.loss] is not al_efficiency's LOSS; both must train alike")
+    training = cfg.training.model_copy(update={"numb_steps": steps_initial, "numb_steps_continue": steps_continue})
+    cfg = cfg.model_copy(update={"training": training})
+    train_inp, train_keys = peer.training_param(cfg)
+    init_sys = sorted(p.parent.relative_to(out).as_posix() for p in (out / "init").glob("*/type.raw"))
+    lo, hi = float(trust[0]), float(trust[1])
+    if not 0 < lo < hi:
+        raise ValueError(f"trust window needs 0 < lo < hi, got ({lo}, {hi})")
+    return {
+        "_remote_al": {"made_by": "benchmarks/vs_dpgen_simplify.py (issue #22)",
+                       "pool": "al_efficiency stage 0", "trust_window": "make_inputs.DEFAULT_TRUST"},
+        "type_map": list(al.TYPE_MAP),
+        "mass_map": "auto",
+        "init_data_prefix": str(out),
+        "init_data_sys": init_sys,
+        "sys_configs": [],
+        "numb_models": int(cfg.training.ensemble_size),
+        **train_keys,
+        "default_training_param": train_inp,
+        "labeled": True,
+        "pick_data": str(out / "pool"),
+        "init_pick_number": int(k),
+        "iter_pick_number": int(k),
+        "model_devi_f_trust_lo": lo,
+        "model_devi_f_trust_hi": hi,
+        "fp_style": "none",
+        "fp_task_max": int(k),
+        "fp_task_min": 1,
+    }
+
+
+def make_machine(venv: Path = DPGEN_VENV, cores: int = 2) -> dict:
+    """train as in vs_dpgen's machine.json; model_devi is ``dp model-devi`` on the pool (one
+    task); fp never runs (the pool is labeled)."""
+    peer = _peer()
+    m = peer.make_machine(venv=venv, labeler_json=Path("unused"), cores=cores, tasks={"model_devi": 1, "fp": 1})
+    m["model_devi"]["command"] = f"{Path(venv).resolve() / 'bin' / 'dp'} --pt"
+    m["fp"]["command"] = "true"
+    return m
+
+
+# ------------------------------------------------------------------ run
+def trained_through(record: Path) -> tuple[int, int]:
+    """(iteration, task) of the last finished step in DP-GEN's record.dpgen ((0, -1): none)."""
+    last = (0, -1)
+    if record.exists():
+        for line in record.read_text().split("\n"):
+            if line.strip():
+                a, b = line.split()[:2]
+                last = (int(a), int(b))
+    return last
+
+
+def run_seed(sdir: Path, seed: int, rounds: int, venv: Path = DPGEN_VENV) -> dict:
+    """``dpgen simplify`` in ``sdir`` (resumes from its record.dpgen) until iteration
+    ``rounds`` is trained; ``done.json`` marks a finished run.
+
+    DP-GEN 0.14 has no setting for the last iteration that its argument check accepts
+    (``stop_iter`` is read by the code but refused by the strict check), so simplify runs
+    until its pool is used up; the benchmark stops it, as a user would, once iteration
+    ``rounds`` has trained (record.dpgen at task 02, post_train). DP-GEN also stops with an
+    error when no frame is left in its window but some are above it: that ends the run too."""
+    done = sdir / "done.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    env = dict(os.environ, PATH=f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
+    t0 = time.time()
+    stopped = False
+    with open(sdir / "simplify.out", "a") as log:
+        proc = subprocess.Popen([str(venv / "bin" / "python"), "-c", SEEDED_DPGEN, str(seed), "simplify",
+                                 "param.json", "machine.json"], cwd=sdir, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            while proc.poll() is None:
+                if trained_through(sdir / "record.dpgen") >= (rounds, 2):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait()
+                    stopped = True
+                    break
+                time.sleep(2.0)
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGTERM)
+            raise
+    rc = proc.returncode
+    text = (sdir / "simplify.out").read_text(errors="replace")
+    if not stopped and rc != 0 and "no candidate but still have failed cases" not in text:
+        raise SystemExit(f"dpgen simplify failed in {sdir} (exit {rc}); see {sdir / 'simplify.out'}")
+    info = {"seed": seed, "rc": rc, "wall_s_last_invocation": time.time() - t0,
+            "stopped_by": (f"iteration {rounds} trained" if stopped else "pool used up" if rc == 0
+                           else "no candidate in the trust window, some above it (DP-GEN's own stop)")}
+    done.write_text(json.dumps(info, indent=1))
+    return info
+
+
+def nframes(path: Path) -> int:
+    """Frames in a deepmd/npy folder of systems (0 when it has none)."""
+    return sum(int(np.load(b).shape[0]) for b in path.glob("*/set.*/box.npy")) if path.exists() else 0
+
+
+def dpgen_counts(log_text: str) -> list[dict]:
+    """Per post_model_devi in dpgen.log: candidate/accurate/failed frame counts, in order."""
+    rows, cur = [], {}
+    for key, n in re.findall(r"(candidate|accurate|failed)\s*:\s*(\d+) in", log_text):
+        cur[key] = int(n)
+        if key == "failed":
+            rows.append(cur)
+            cur = {}
+    return rows
+
+
+def iterations(sdir: Path, n_init: int) -> list[dict]:
+    """Every trained iteration: its models and the labels it trained on."""
+    out, labels = [], n_init
+    counts = dpgen_counts((sdir / "dpgen.log").read_text(errors="replace")) if (sdir / "dpgen.log").exists() else []
+    i = 0
+    while True:
+        it = sdir / f"iter.{i:06d}"
+        models = sorted((it / "00.train").glob("graph.*.pth"))
+        if len(models) == 0:
+            break
+        row = {"iteration": i, "labels": labels, "models": [str(m) for m in models]}
+        if i >= 1 and i - 1 < len(counts):
+            row["window_counts_of_its_models"] = counts[i - 1]
+        out.append(row)
+        picked = nframes(it / "01.model_devi" / "data.picked")
+        row["picked_after"] = picked
+        labels += picked
+        i += 1
+    return out
+
+
+def score(models, test, split) -> dict:
+    """Ensemble-mean errors on the test frames by split ('in-distribution', 'out-of-distribution', 'all')."""
+    from deepmd.infer import DeepPot
+
+    from remote_al.ensemble import predict_ensemble
+
+    energies, forces = predict_ensemble([DeepPot(m) for m in models], test)
+    natoms = np.array([len(a) for a in test])
+    e_err = (energies.mean(axis=0) - np.array([a.get_potential_energy() for a in test])) / natoms
+    f_sq = np.array([float(np.sum((forces[i].mean(axis=0) - a.get_forces()) ** 2)) for i, a in enumerate(test)])
+    f_n = natoms * 3
+    out = {}
+    for g in ("in-distribution", "out-of-distribution", "all"):
+        m = np.ones(len(test), bool) if g == "all" else (split == g)
+        out[g] = {"force_rmse_eV_A": float(np.sqrt(f_sq[m].sum() / f_n[m].sum())),
+                  "energy_rmse_meV_atom": float(np.sqrt(np.mean(e_err[m] ** 2)) * 1000.0), "n_frames": int(m.sum())}
+    return out
+
+
+def scored(sdir: Path, n_init: int, test, split) -> list[dict]:
+    cache = sdir / "scores.json"
+    known = json.loads(cache.read_text()) if cache.exists() else {}
+    rows = iterations(sdir, n_init)
+    for r in rows:
+        key = f"iter{r['iteration']}"
+        if key not in known:
+            known[key] = score(r["models"], test, split)
+            cache.write_text(json.dumps(known, indent=1))
+        r["test_by_group"] = known[key]
+        r["force_rmse_eV_A"] = known[key]["in-distribution"]["force_rmse_eV_A"]
+    return rows
+
+
+# ------------------------------------------------------------------ comparison
+def mean_curve(per_seed: list[list[dict]]) -> tuple[list[float], list[float]]:
+    """Mean labels and mean in-distribution force RMSE per iteration over the seeds that reached it."""
+    n = min(len(r) for r in per_seed)
+    xs = [float(np.mean([r[i]["labels"] for r in per_seed])) for i in range(n)]
+    ys = [float(np.mean([r[i]["force_rmse_eV_A"] for r in per_seed])) for i in range(n)]
+    return xs, ys
+
+
+def compare(curve: tuple[list[float], list[float]], al_summary: dict, default: str) -> dict:
+    """labels_ratio of every al_efficiency rule against simplify's final mean RMSE."""
+    from itertools import pairwise
+
+    def first_reach(xs, ys, target):
+        if ys[0] <= target:
+            return xs[0]
+        for (x0, y0), (x1, y1) in pairwise(zip(xs, ys)):
+            if y1 <= target:
+                return x0 + (x1 - x0) * (y0 - target) / (y0 - y1)
+        return None
+
+    xs, ys = curve
+    target = ys[-1]
+    simplify_labels = first_reach(xs, ys, target)
+    metric = "force_rmse_eV_A in-distribution mean"
+    rules = {}
+    for rule, c in al_summary["curves"].items():
+        need = first_reach(c["n_labels"], c[metric], target)
+        rules[rule] = {"labels_needed": need, "labels_ratio": None if need is None else need / simplify_labels,
+                       "final_force_rmse_eV_A": c[metric][-1], "final_labels": c["n_labels"][-1],
+                       "seeds": len(c.get("seeds", []))}
+    return {"target_force_rmse_eV_A": target, "simplify_labels_needed": simplify_labels,
+            "labels_ratio": rules.get(default, {}).get("labels_ratio"), "default": default,
+            "labels_ratio_random": rules.get("random", {}).get("labels_ratio"),
+            "labels_ratio_oracle": rules.get("oracle", {}).get("labels_ratio"), "rules": rules}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--al-workdir", default=str(ROOT / "runs" / "al_efficiency"),
+                    help="al_efficiency's workdir (its stage0/ is the pool, initial data and test set)")
+    ap.add_argument("--al-results", default=str(ROOT / "benchmarks" / "results" / "al_efficiency.json"),
+                    help="al_efficiency's results (the curves simplify is compared with)")
+    ap.add_argument("--pool", choices=("campaign", "all"), default="campaign")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--workdir", help="default runs/vs_dpgen_simplify[_quick]")
+    ap.add_argument("--campaign", default=str(ROOT / "examples" / "linio2.toml"),
+                    help="the campaign whose DeePMD input and ensemble size both programs use")
+    ap.add_argument("--report", action="store_true", help="score what is finished, run nothing")
+    ap.add_argument("--quick", action="store_true", help="smoke configuration (2 iterations, tiny training, open window)")
+    ap.add_argument("--out", help="default benchmarks/results/vs_dpgen_simplify.json (<workdir>/... with --quick)")
+    a = ap.parse_args(argv)
+
+    from remote_al.structures import from_extxyz
+
+    al = _al()
+    s = al.Settings()
+    stage0 = Path(a.al_workdir) / "stage0"
+    if not (stage0 / "pool.extxyz").exists():
+        raise SystemExit(f"{stage0}: no al_efficiency stage 0 here; run benchmarks/al_efficiency.py first "
+                         "(or pass --al-workdir)")
+    if not (DPGEN_VENV / "bin" / "dpgen").exists():
+        raise SystemExit(f"DP-GEN is not installed in {DPGEN_VENV}: run benchmarks/peers/dpgen/setup.sh")
+    knobs = dict(QUICK) if a.quick else {"steps_initial": s.steps_initial, "steps_continue": s.steps_continue,
+                                         "rounds": s.rounds, "k": s.k, "trust": _peer().DEFAULT_TRUST}
+    workdir = Path(a.workdir or ROOT / "runs" / ("vs_dpgen_simplify_quick" if a.quick else "vs_dpgen_simplify"))
+    base = workdir / a.pool
+    base.mkdir(parents=True, exist_ok=True)
+    sizes = write_data(stage0, base / "data", a.pool, al.TYPE_MAP)
+    test = from_extxyz((stage0 / "test.extxyz").read_text())
+    temps = {float(t) for t in s.test_temperatures_K}
+    split = np.array(["in-distribution" if a_.info["source"] == "md" and float(a_.info["temperature_K"]) in temps
+                      else "out-of-distribution" for a_ in test])
+
+    per_seed, runs = {}, {}
+    for seed in a.seeds:
+        sdir = base / f"s{seed}"
+        sdir.mkdir(exist_ok=True)
+        if not a.report:
+            param = make_param(base / "data", k=knobs["k"], rounds=knobs["rounds"], steps_initial=knobs["steps_initial"],
+                               steps_continue=knobs["steps_continue"], trust=knobs["trust"], campaign=Path(a.campaign))
+            for name, obj in (("param.json", param), ("machine.json", make_machine())):
+                if not (sdir / name).exists():  # a resumed run keeps what it started with
+                    (sdir / name).write_text(json.dumps(obj, indent=1))
+            print(f"seed {seed}: dpgen simplify in {sdir}", flush=True)
+            runs[seed] = run_seed(sdir, seed, knobs["rounds"])
+        elif (sdir / "done.json").exists():
+            runs[seed] = json.loads((sdir / "done.json").read_text())
+        if seed in runs:
+            per_seed[seed] = scored(sdir, sizes["init"], test, split)
+            last = per_seed[seed][-1]
+            print(f"seed {seed}: {len(per_seed[seed])} iterations, {last['labels']} labels, "
+                  f"in-distribution force RMSE {last['force_rmse_eV_A']:.3f} eV/A", flush=True)
+
+    al_results = json.loads(Path(a.al_results).read_text())
+    headline = {"seeds": sorted(per_seed), "pool": a.pool, "pool_frames": sizes["pool"], "initial_frames": sizes["init"],
+                "trust_window_eV_A": list(knobs["trust"]), "k": knobs["k"], "rounds": knobs["rounds"]}
+    if per_seed:
+        curve = mean_curve(list(per_seed.values()))
+        finals = [r[-1]["force_rmse_eV_A"] for r in per_seed.values()]
+        headline.update({"simplify_curve": {"labels": curve[0], "force_rmse_eV_A in-distribution mean": curve[1]},
+                         "simplify_final_force_rmse": {"mean": float(np.mean(finals)),
+                                                       "sd": float(np.std(finals, ddof=1)) if len(finals) > 1 else None,
+                                                       "per_seed": finals},
+                         **compare(curve, al_results["pools"][a.pool], al_results["headline"]["default"])})
+    payload = {"benchmark": "vs_dpgen_simplify", "issue": 22, "quick": a.quick, "al_workdir": str(a.al_workdir),
+               "headline": headline, "runs": runs,
+               "per_seed": {str(k): [{kk: v for kk, v in r.items() if kk != "models"} for r in rows]
+                            for k, rows in per_seed.items()}}
+    out = Path(a.out or (workdir / "vs_dpgen_simplify.json" if a.quick else ROOT / "benchmarks" / "results" / "vs_dpgen_simplify.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=1))
+    print(f"wrote {out}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

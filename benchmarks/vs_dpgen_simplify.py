@@ -37,6 +37,15 @@ by the labels simplify needed (first crossing of its mean curve), is ``labels_ra
 (``default``: al_efficiency's default rule). Results: ``benchmarks/results/vs_dpgen_simplify.json``
 (``headline``, per-iteration table per seed with DP-GEN's candidate/accurate/failed counts).
 ``vs_dpgen.py --report`` copies this headline into vs_dpgen.json as ``simplify``.
+
+``--control``: the same program with its window open (``OPEN_WINDOW``: every frame is a
+candidate, so each pick is uniformly random) into ``<workdir>/<pool>-open-window``: DP-GEN's
+training with random picks. It separates what simplify's window does from what its training
+does (every model on all the data, its continued-training settings), which al_efficiency's
+curves do not share. The headline's ``open_window_control`` holds it, with
+``open_vs_window_labels_ratio``: the labels the open-window (random) run needs to reach the
+window run's final RMSE, over the labels the window run needed (above 1: the window saves
+labels; null: random never gets there within its budget).
 """
 
 from __future__ import annotations
@@ -62,6 +71,8 @@ for _var in ("OMP_NUM_THREADS", "DP_INTRA_OP_PARALLELISM_THREADS", "DP_INTER_OP_
 
 PEER = ROOT / "benchmarks" / "peers" / "dpgen"
 DPGEN_VENV = PEER / ".venv"
+# the control: a window that every frame is inside, so simplify picks uniformly at random
+OPEN_WINDOW = (1.0e-6, 1.0e9)
 QUICK = {"steps_initial": 20, "steps_continue": 10, "rounds": 2, "k": 10, "trust": (0.01, 1000.0)}
 # DP-GEN draws its model seeds with `random` and its picks with numpy's global generator and
 # never seeds them: seeded here so that a benchmark seed is one reproducible run
@@ -337,6 +348,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--campaign", default=str(ROOT / "examples" / "linio2.toml"),
                     help="the campaign whose DeePMD input and ensemble size both programs use")
     ap.add_argument("--report", action="store_true", help="score what is finished, run nothing")
+    ap.add_argument("--control", action="store_true",
+                    help="run the open-window control instead (every frame a candidate: DP-GEN's picks at random, "
+                         "its training unchanged) into <workdir>/<pool>-open-window")
     ap.add_argument("--quick", action="store_true", help="smoke configuration (2 iterations, tiny training, open window)")
     ap.add_argument("--out", help="default benchmarks/results/vs_dpgen_simplify.json (<workdir>/... with --quick)")
     a = ap.parse_args(argv)
@@ -354,7 +368,7 @@ def main(argv=None) -> dict:
     knobs = dict(QUICK) if a.quick else {"steps_initial": s.steps_initial, "steps_continue": s.steps_continue,
                                          "rounds": s.rounds, "k": s.k, "trust": _peer().DEFAULT_TRUST}
     workdir = Path(a.workdir or ROOT / "runs" / ("vs_dpgen_simplify_quick" if a.quick else "vs_dpgen_simplify"))
-    base = workdir / a.pool
+    base = workdir / a.pool  # the data, and the trust-window run's seeds
     base.mkdir(parents=True, exist_ok=True)
     sizes = write_data(stage0, base / "data", a.pool, al.TYPE_MAP)
     test = from_extxyz((stage0 / "test.extxyz").read_text())
@@ -362,41 +376,65 @@ def main(argv=None) -> dict:
     split = np.array(["in-distribution" if a_.info["source"] == "md" and float(a_.info["temperature_K"]) in temps
                       else "out-of-distribution" for a_ in test])
 
-    per_seed, runs = {}, {}
-    for seed in a.seeds:
-        sdir = base / f"s{seed}"
-        sdir.mkdir(exist_ok=True)
-        if not a.report:
-            param = make_param(base / "data", k=knobs["k"], rounds=knobs["rounds"], steps_initial=knobs["steps_initial"],
-                               steps_continue=knobs["steps_continue"], trust=knobs["trust"], campaign=Path(a.campaign))
-            for name, obj in (("param.json", param), ("machine.json", make_machine())):
-                if not (sdir / name).exists():  # a resumed run keeps what it started with
-                    (sdir / name).write_text(json.dumps(obj, indent=1))
-            print(f"seed {seed}: dpgen simplify in {sdir}", flush=True)
-            runs[seed] = run_seed(sdir, seed, knobs["rounds"])
-        elif (sdir / "done.json").exists():
-            runs[seed] = json.loads((sdir / "done.json").read_text())
-        if seed in runs:
-            per_seed[seed] = scored(sdir, sizes["init"], test, split)
-            last = per_seed[seed][-1]
-            print(f"seed {seed}: {len(per_seed[seed])} iterations, {last['labels']} labels, "
-                  f"in-distribution force RMSE {last['force_rmse_eV_A']:.3f} eV/A", flush=True)
+    def arm(name: str, trust, run: bool) -> tuple[dict, dict]:
+        """One configuration of simplify (its own folder under ``workdir``): runs the seeds
+        (unless ``run`` is false) and scores every finished one found."""
+        base_arm = workdir / name
+        per_seed, runs = {}, {}
+        for seed in a.seeds:
+            sdir = base_arm / f"s{seed}"
+            if run:
+                sdir.mkdir(parents=True, exist_ok=True)
+                param = make_param(base / "data", k=knobs["k"], rounds=knobs["rounds"], steps_initial=knobs["steps_initial"],
+                                   steps_continue=knobs["steps_continue"], trust=trust, campaign=Path(a.campaign))
+                for fname, obj in (("param.json", param), ("machine.json", make_machine())):
+                    if not (sdir / fname).exists():  # a resumed run keeps what it started with
+                        (sdir / fname).write_text(json.dumps(obj, indent=1))
+                print(f"{name} seed {seed}: dpgen simplify in {sdir}", flush=True)
+                runs[seed] = run_seed(sdir, seed, knobs["rounds"])
+            elif (sdir / "done.json").exists():
+                runs[seed] = json.loads((sdir / "done.json").read_text())
+            if seed in runs:
+                per_seed[seed] = scored(sdir, sizes["init"], test, split)
+                last = per_seed[seed][-1]
+                print(f"{name} seed {seed}: {len(per_seed[seed])} iterations, {last['labels']} labels, "
+                      f"in-distribution force RMSE {last['force_rmse_eV_A']:.3f} eV/A", flush=True)
+        return per_seed, runs
+
+    def summary(per_seed: dict, trust) -> dict:
+        out = {"seeds": sorted(per_seed), "trust_window_eV_A": list(trust)}
+        if per_seed:
+            curve = mean_curve(list(per_seed.values()))
+            finals = [r[-1]["force_rmse_eV_A"] for r in per_seed.values()]
+            out.update({"simplify_curve": {"labels": curve[0], "force_rmse_eV_A in-distribution mean": curve[1]},
+                        "simplify_final_labels": [r[-1]["labels"] for r in per_seed.values()],
+                        "simplify_final_force_rmse": {"mean": float(np.mean(finals)),
+                                                      "sd": float(np.std(finals, ddof=1)) if len(finals) > 1 else None,
+                                                      "per_seed": finals},
+                        **compare(curve, al_results["pools"][a.pool], al_results["headline"]["default"])})
+        return out
 
     al_results = json.loads(Path(a.al_results).read_text())
-    headline = {"seeds": sorted(per_seed), "pool": a.pool, "pool_frames": sizes["pool"], "initial_frames": sizes["init"],
-                "trust_window_eV_A": list(knobs["trust"]), "k": knobs["k"], "rounds": knobs["rounds"]}
-    if per_seed:
-        curve = mean_curve(list(per_seed.values()))
-        finals = [r[-1]["force_rmse_eV_A"] for r in per_seed.values()]
-        headline.update({"simplify_curve": {"labels": curve[0], "force_rmse_eV_A in-distribution mean": curve[1]},
-                         "simplify_final_force_rmse": {"mean": float(np.mean(finals)),
-                                                       "sd": float(np.std(finals, ddof=1)) if len(finals) > 1 else None,
-                                                       "per_seed": finals},
-                         **compare(curve, al_results["pools"][a.pool], al_results["headline"]["default"])})
+    window_name, open_name = a.pool, f"{a.pool}-open-window"
+    window = arm(window_name, knobs["trust"], not a.report and not a.control)
+    control = arm(open_name, OPEN_WINDOW, not a.report and a.control)
+    headline = {**summary(window[0], knobs["trust"]), "pool": a.pool, "pool_frames": sizes["pool"],
+                "initial_frames": sizes["init"], "k": knobs["k"], "rounds": knobs["rounds"]}
+    ctl = summary(control[0], OPEN_WINDOW)
+    if control[0]:
+        # the same program, training and picks at random among all frames: DP-GEN's own random baseline
+        ctl["open_vs_window_labels_ratio"] = (compare(mean_curve(list(window[0].values())), {"curves": {"open": {
+            "n_labels": ctl["simplify_curve"]["labels"],
+            "force_rmse_eV_A in-distribution mean": ctl["simplify_curve"]["force_rmse_eV_A in-distribution mean"]}}},
+            "open")["labels_ratio"] if window[0] else None)
+    headline["open_window_control"] = {k: ctl.get(k) for k in (
+        "seeds", "trust_window_eV_A", "simplify_curve", "simplify_final_labels", "simplify_final_force_rmse",
+        "labels_ratio", "labels_ratio_random", "target_force_rmse_eV_A", "open_vs_window_labels_ratio")}
     payload = {"benchmark": "vs_dpgen_simplify", "issue": 22, "quick": a.quick, "al_workdir": str(a.al_workdir),
-               "headline": headline, "runs": runs,
-               "per_seed": {str(k): [{kk: v for kk, v in r.items() if kk != "models"} for r in rows]
-                            for k, rows in per_seed.items()}}
+               "headline": headline, "runs": {"window": window[1], "open_window": control[1]},
+               "per_seed": {name: {str(k): [{kk: v for kk, v in r.items() if kk != "models"} for r in rows]
+                                   for k, rows in per_seed.items()}
+                            for name, per_seed in (("window", window[0]), ("open_window", control[0]))}}
     out = Path(a.out or (workdir / "vs_dpgen_simplify.json" if a.quick else ROOT / "benchmarks" / "results" / "vs_dpgen_simplify.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=1))

@@ -112,7 +112,11 @@ STRATEGIES = (
     "lcmd", "topk_group", "fps", "maxdet", "kmeans", "dpgen_window", "fps_group",
     "kmeans_group@awh", "kmeans_group@dist",
 )
-DEFAULT = "kmeans_group"  # the rule the headline reports (the best measured one; docs/benchmarks.md)
+# the rule the headline reports: the campaign file's default (`selection.strategy = "topk"`, no quota),
+# and the best measured one on the campaign pool (docs/benchmarks.md)
+DEFAULT = "topk"
+# the rule whose cost `selection_s_10k` reports: the costliest of the first pass (topk is a sort)
+TIMED_RULE = "kmeans_group"
 RULES = {"topk": "topk", "fps": "fps_uncertain", "kmeans": "kmeans_uncertain", "maxdet": "maxdet", "lcmd": "lcmd",
          "dpgen_window": "dpgen_window"}  # benchmark name -> driver.strategies name
 FEATURES = ("desc", "awh", "dist")
@@ -327,7 +331,7 @@ def cluster_purity(features: np.ndarray, groups: Sequence, seed: int = 0) -> flo
     return agree / len(g)
 
 
-def selection_timing(n: int = 10_000, k: int = 20, strategy: str = DEFAULT, seed: int = 0,
+def selection_timing(n: int = 10_000, k: int = 20, strategy: str = TIMED_RULE, seed: int = 0,
                      desc_dim: int = 128, n_groups: int = 6) -> dict:
     """CPU seconds (one thread; wall time as ``wall_s``) to select ``k`` of ``n`` synthetic
     candidates of 16-100 atoms with ``strategy``: per-frame features from per-atom descriptors
@@ -1445,7 +1449,7 @@ def main(argv=None) -> dict:
                   features_s=float(np.median([r["features_s"] for r in runs])),
                   select_s=float(np.median([r["select_s"] for r in runs])),
                   wall_s=float(np.median([r["wall_s"] for r in runs])), repeats=len(runs))
-    say(f"selection of {timing['k']} from 10,000 synthetic candidates with {DEFAULT}: {timing['selection_s_10k']:.2f} s "
+    say(f"selection of {timing['k']} from 10,000 synthetic candidates with {TIMED_RULE}: {timing['selection_s_10k']:.2f} s "
         f"(features {timing['features_s']:.2f} s, selection {timing['select_s']:.2f} s; CPU time of one thread, median of "
         f"3; wall {timing['wall_s']:.2f} s)")
     bench = Bench(s, workdir, say)

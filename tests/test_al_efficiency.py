@@ -109,11 +109,11 @@ def test_summary_headline_and_files(tmp_path):
             for st, curve in (("random", [0.5, 0.4, 0.3]), (ale.DEFAULT, [0.5, 0.35, 0.28]),
                               ("oracle", [0.5, 0.3, 0.25])):
                 recs += [_rec(pool, st, seed, r, v + 0.01 * seed) for r, v in enumerate(curve)]
-    recs.append(_rec("all", "topk", 0, 0, 0.5))  # unfinished: progress only
+    recs.append(_rec("all", "lcmd_group", 0, 0, 0.5))  # unfinished: progress only
     summaries = {pool: ale.summarize(recs, s, pool) for pool in ale.POOLS}
     summ = summaries["all"]
-    assert summ["complete_seeds"][ale.DEFAULT] == [0, 1] and "topk" not in summ["curves"]
-    assert summ["progress_last_round_per_seed"]["topk"] == {"0": 0}
+    assert summ["complete_seeds"][ale.DEFAULT] == [0, 1] and "lcmd_group" not in summ["curves"]
+    assert summ["progress_last_round_per_seed"]["lcmd_group"] == {"0": 0}
     per = summ["targets"][ale.HEADLINE_KEY]["per_strategy"]
     assert per["random"]["ratio"] == pytest.approx(1.0)
     assert per[ale.DEFAULT]["ratio"] == pytest.approx(ale.labels_to_reach([20, 40, 60], [0.505, 0.355, 0.285], 0.305) / 60)

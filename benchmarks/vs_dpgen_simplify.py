@@ -301,10 +301,13 @@ def scored(sdir: Path, n_init: int, test, split) -> list[dict]:
 
 # ------------------------------------------------------------------ comparison
 def mean_curve(per_seed: list[list[dict]]) -> tuple[list[float], list[float]]:
-    """Mean labels and mean in-distribution force RMSE per iteration over the seeds that reached it."""
-    n = min(len(r) for r in per_seed)
-    xs = [float(np.mean([r[i]["labels"] for r in per_seed])) for i in range(n)]
-    ys = [float(np.mean([r[i]["force_rmse_eV_A"] for r in per_seed])) for i in range(n)]
+    """Mean labels and mean in-distribution force RMSE per iteration over the seeds. A run that
+    DP-GEN ended early (nothing left in its window) keeps its last models: its labels and RMSE
+    are carried to the later iterations, as a user would keep that potential."""
+    n = max(len(r) for r in per_seed)
+    rows = [r + [r[-1]] * (n - len(r)) for r in per_seed]
+    xs = [float(np.mean([r[i]["labels"] for r in rows])) for i in range(n)]
+    ys = [float(np.mean([r[i]["force_rmse_eV_A"] for r in rows])) for i in range(n)]
     return xs, ys
 
 

@@ -313,6 +313,10 @@ def test_simplify_bookkeeping(tmp_path):
     assert cmp["target_force_rmse_eV_A"] == 0.35 and cmp["simplify_labels_needed"] == 60.0
     assert cmp["labels_ratio"] == pytest.approx(50.0 / 60.0)  # kmeans_group: 0.35 halfway from 40 to 60 labels
     assert cmp["labels_ratio_random"] is None  # random never gets there
+    ended_early = [{"labels": 20, "force_rmse_eV_A": 0.5}, {"labels": 40, "force_rmse_eV_A": 0.4}]
+    full = [{"labels": 20, "force_rmse_eV_A": 0.5}, {"labels": 40, "force_rmse_eV_A": 0.4},
+            {"labels": 60, "force_rmse_eV_A": 0.3}]
+    assert vs.mean_curve([ended_early, full]) == ([20.0, 40.0, 50.0], [0.5, 0.4, pytest.approx(0.35)])
 
 
 @pytest.mark.skipif(not DPGEN_PYTHON.exists(),

@@ -51,7 +51,6 @@ labels; null: random never gets there within its budget).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -69,6 +68,9 @@ sys.path.insert(0, str(ROOT))
 for _var in ("OMP_NUM_THREADS", "DP_INTRA_OP_PARALLELISM_THREADS", "DP_INTER_OP_PARALLELISM_THREADS"):
     os.environ.setdefault(_var, "1")
 
+# after the sys.path entry above: the helpers vs_dpgen.py already has
+from benchmarks.vs_dpgen import _frames_in, _load, rmse, x_at_target
+
 PEER = ROOT / "benchmarks" / "peers" / "dpgen"
 DPGEN_VENV = PEER / ".venv"
 # the control: a window that every frame is inside, so simplify picks uniformly at random
@@ -78,14 +80,6 @@ QUICK = {"steps_initial": 20, "steps_continue": 10, "rounds": 2, "k": 10, "trust
 # never seeds them: seeded here so that a benchmark seed is one reproducible run
 SEEDED_DPGEN = ("import random, sys, numpy; s = int(sys.argv[1]); random.seed(s); numpy.random.seed(s); "
                 "sys.argv = ['dpgen'] + sys.argv[2:]; from dpgen.main import main; main()")
-
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(name, mod)
-    spec.loader.exec_module(mod)
-    return sys.modules[name]
 
 
 def _al():
@@ -145,7 +139,7 @@ def make_param(out: Path, *, k: int, rounds: int, steps_initial: int, steps_cont
         raise ValueError(f"trust window needs 0 < lo < hi, got ({lo}, {hi})")
     return {
         "_remote_al": {"made_by": "benchmarks/vs_dpgen_simplify.py (issue #22)",
-                       "pool": "al_efficiency stage 0", "trust_window": "make_inputs.DEFAULT_TRUST"},
+                       "pool": "al_efficiency stage 0", "trust_window_eV_A": [lo, hi]},
         "type_map": list(al.TYPE_MAP),
         "mass_map": "auto",
         "init_data_prefix": str(out),
@@ -229,11 +223,6 @@ def run_seed(sdir: Path, seed: int, rounds: int, venv: Path = DPGEN_VENV) -> dic
     return info
 
 
-def nframes(path: Path) -> int:
-    """Frames in a deepmd/npy folder of systems (0 when it has none)."""
-    return sum(int(np.load(b).shape[0]) for b in path.glob("*/set.*/box.npy")) if path.exists() else 0
-
-
 def dpgen_counts(log_text: str) -> list[dict]:
     """Per post_model_devi in dpgen.log: candidate/accurate/failed frame counts, in order."""
     rows, cur = [], {}
@@ -259,7 +248,7 @@ def iterations(sdir: Path, n_init: int) -> list[dict]:
         if i >= 1 and i - 1 < len(counts):
             row["window_counts_of_its_models"] = counts[i - 1]
         out.append(row)
-        picked = nframes(it / "01.model_devi" / "data.picked")
+        picked = _frames_in([it / "01.model_devi" / "data.picked"])
         row["picked_after"] = picked
         labels += picked
         i += 1
@@ -268,20 +257,14 @@ def iterations(sdir: Path, n_init: int) -> list[dict]:
 
 def score(models, test, split) -> dict:
     """Ensemble-mean errors on the test frames by split ('in-distribution', 'out-of-distribution', 'all')."""
-    from deepmd.infer import DeepPot
-
     from remote_al.ensemble import predict_ensemble
 
-    energies, forces = predict_ensemble([DeepPot(m) for m in models], test)
-    natoms = np.array([len(a) for a in test])
-    e_err = (energies.mean(axis=0) - np.array([a.get_potential_energy() for a in test])) / natoms
-    f_sq = np.array([float(np.sum((forces[i].mean(axis=0) - a.get_forces()) ** 2)) for i, a in enumerate(test)])
-    f_n = natoms * 3
+    energies, forces = predict_ensemble(list(models), test)
     out = {}
     for g in ("in-distribution", "out-of-distribution", "all"):
-        m = np.ones(len(test), bool) if g == "all" else (split == g)
-        out[g] = {"force_rmse_eV_A": float(np.sqrt(f_sq[m].sum() / f_n[m].sum())),
-                  "energy_rmse_meV_atom": float(np.sqrt(np.mean(e_err[m] ** 2)) * 1000.0), "n_frames": int(m.sum())}
+        idx = np.arange(len(test)) if g == "all" else np.flatnonzero(split == g)
+        f, e = rmse(energies[:, idx], [forces[i] for i in idx], [test[i] for i in idx])
+        out[g] = {"force_rmse_eV_A": f, "energy_rmse_meV_atom": e, "n_frames": int(idx.size)}
     return out
 
 
@@ -313,23 +296,13 @@ def mean_curve(per_seed: list[list[dict]]) -> tuple[list[float], list[float]]:
 
 def compare(curve: tuple[list[float], list[float]], al_summary: dict, default: str) -> dict:
     """labels_ratio of every al_efficiency rule against simplify's final mean RMSE."""
-    from itertools import pairwise
-
-    def first_reach(xs, ys, target):
-        if ys[0] <= target:
-            return xs[0]
-        for (x0, y0), (x1, y1) in pairwise(zip(xs, ys)):
-            if y1 <= target:
-                return x0 + (x1 - x0) * (y0 - target) / (y0 - y1)
-        return None
-
     xs, ys = curve
     target = ys[-1]
-    simplify_labels = first_reach(xs, ys, target)
+    simplify_labels = x_at_target(xs, ys, target)
     metric = "force_rmse_eV_A in-distribution mean"
     rules = {}
     for rule, c in al_summary["curves"].items():
-        need = first_reach(c["n_labels"], c[metric], target)
+        need = x_at_target(c["n_labels"], c[metric], target)
         rules[rule] = {"labels_needed": need, "labels_ratio": None if need is None else need / simplify_labels,
                        "final_force_rmse_eV_A": c[metric][-1], "final_labels": c["n_labels"][-1],
                        "seeds": len(c.get("seeds", []))}

@@ -258,7 +258,7 @@ def test_simplify_inputs_are_al_efficiencys_work(tmp_path):
     _stage0(tmp_path / "stage0")
     sizes = vs.write_data(tmp_path / "stage0", tmp_path / "data", "campaign", ["Li", "Ni", "O"])
     assert sizes == {"init": 5, "pool": 3}  # the 1000 K and the rattled pool frames are not in the campaign pool
-    assert vs.nframes(tmp_path / "data" / "init") == 5 and vs.nframes(tmp_path / "data" / "pool") == 3
+    assert vs._frames_in([tmp_path / "data" / "init"]) == 5 and vs._frames_in([tmp_path / "data" / "pool"]) == 3
     assert vs.write_data(tmp_path / "stage0", tmp_path / "all", "all", ["Li", "Ni", "O"])["pool"] == 5
     forces = np.concatenate([np.load(f) for f in sorted((tmp_path / "data" / "pool").glob("*/set.*/force.npy"))])
     assert np.allclose(forces.reshape(3, -1, 3)[:, 0], [[0.0] * 3, [0.05] * 3, [0.15] * 3])  # labels kept, frame order
@@ -299,9 +299,9 @@ def test_simplify_bookkeeping(tmp_path):
         train.mkdir(parents=True)
         for m in range(2):
             (train / f"graph.{m:03d}.pth").write_text("")
-        box = tmp_path / f"iter.{i:06d}" / "01.model_devi" / "data.picked" / "Li1Ni1O2" / "set.000" / "box.npy"
-        box.parent.mkdir(parents=True)
-        np.save(box, np.zeros((picked, 9)))
+        energy = tmp_path / f"iter.{i:06d}" / "01.model_devi" / "data.picked" / "Li1Ni1O2" / "set.000" / "energy.npy"
+        energy.parent.mkdir(parents=True)
+        np.save(energy, np.zeros(picked))
     (tmp_path / "dpgen.log").write_text(log)
     rows = vs.iterations(tmp_path, n_init=20)
     assert [r["labels"] for r in rows] == [20, 40]

@@ -35,6 +35,11 @@ def test_strategy_names():
     for name in ale.STRATEGIES:
         ale.parse_strategy(name)
     assert ale.DEFAULT in ale.STRATEGIES[:5] and "random" in ale.STRATEGIES[:5] and "oracle" in ale.STRATEGIES[:5]
+    # a rule with its own trust bound is a driver rule under a tighter bound than the benchmark's
+    assert ale.parse_strategy("topk_u2") == ("topk_u2", False, "desc")
+    for name, upper in ale.RULE_UPPER.items():
+        assert name in ale.STRATEGIES and ale.RULES[name] in ale.RULES.values()
+        assert 0 < upper < ale.Settings().force_upper
 
 
 def test_random_is_seeded_unique_and_from_unlabeled():

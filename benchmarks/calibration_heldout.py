@@ -1,6 +1,7 @@
 """Offline lever for issue #20: what the near-equilibrium held-out frames look like.
 
     python benchmarks/calibration_heldout.py WORKDIR [NAME] [--seeds 123 7 99]   # e.g. runs/calib-a9 linio2
+    python benchmarks/calibration_heldout.py runs/calib-delith2 delithiation --n-per 8 --add
 
 The demo's held-out initial frames (``test.n_initial_per_structure``) are rattled *and
 strained* copies of the relaxed structures, and they are about half of each generation's
@@ -11,8 +12,10 @@ with CHGNet, evaluates them with that generation's members through the project's
 ``evaluate_uncertainty``, refits the conformal factors with the campaign's other
 calibration pairs (explored held-out and out-of-bag frames, unchanged) and scores them on
 the independent test set that ``benchmarks/calibration.py`` saved
-(``WORKDIR/NAME-gN-pairs.npz``). Prints JSON per seed of the frame draws; the numbers of
-2026-12-06 are ``attempts["12_offline_unstrained_held_out"]`` in
+(``WORKDIR/NAME-gN-pairs.npz``). ``--n-per N`` draws N copies per structure instead of as many
+as the campaign held out, and ``--add`` adds them to the campaign's held-out initial frames
+instead of replacing them (more calibration pairs near the minimum). Prints JSON per seed of
+the frame draws; the numbers of 2026-12-06 are ``attempts["12_offline_unstrained_held_out"]`` in
 benchmarks/results/calibration.json.
 """
 import argparse
@@ -57,13 +60,16 @@ def main():
     ap.add_argument("workdir")
     ap.add_argument("name", nargs="?", default="linio2")
     ap.add_argument("--seeds", type=int, nargs="+", default=[123, 7, 99])
+    ap.add_argument("--n-per", type=int, help="frames per structure (default: as many as the campaign held out)")
+    ap.add_argument("--add", action="store_true",
+                    help="add the new frames to the campaign's held-out initial frames instead of replacing them")
     a = ap.parse_args()
     work = Path(a.workdir)
     st = open_campaign_state(work / a.name)
     init_ids = {r[0] for r in st.db.execute("SELECT id FROM structures WHERE origin='initial' AND split='test'")}
     relaxed = {t["key"].split(":", 1)[1]: from_extxyz(json.loads(t["result"])["relaxed_extxyz"])[0]
                for t in st.tasks(function="relax_label")}
-    n_per = len(init_ids) // max(1, len(relaxed))  # held-out initial frames per structure
+    n_per = a.n_per or len(init_ids) // max(1, len(relaxed))  # held-out initial frames per structure
     labeler = get_labeler("chgnet", {})
     gens = sorted({m["generation"] for m in st.models()} - {0})
     results = {}
@@ -93,7 +99,8 @@ def main():
             for name, v in VARIANTS.items():
                 part = initial if v is None else pairs_of(evaluate_uncertainty(
                     {**req, "frames_extxyz": to_extxyz(made[name]), "workdir": tempfile.mkdtemp(), "oob_members": None}))
-                cal = {k: np.concatenate([p[k] for p in [part, *others]]) for k in part}
+                others_here = [initial, *others] if a.add and v is not None else others
+                cal = {k: np.concatenate([p[k] for p in [part, *others_here]]) for k in part}
                 qf, qe = conformal_scale(cal["aw"], cal["ae"], 0.95), conformal_scale(cal["ew"], cal["ee"], 0.95)
                 row = {"q_force": round(qf, 3), "q_energy": round(qe, 3), "calibration_frames": len(cal["ew"])}
                 for c in sorted(set(test["acomp"])) + ["all"]:

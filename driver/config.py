@@ -259,11 +259,13 @@ def validate(cfg: CampaignConfig) -> None:
             f"upper bound {s.force_upper} must exceed force_threshold {s.force_threshold}",
             "raise force_upper or lower force_threshold",
         )
-    for field, used in (("relax", cfg.initial.relax), ("n_relaxed_per_structure", cfg.initial.n_relaxed_per_structure)):
+    for field, used in (("initial.relax", cfg.initial.relax),
+                        ("initial.n_relaxed_per_structure", cfg.initial.n_relaxed_per_structure),
+                        ("test.n_relaxed_per_structure", cfg.test.n_relaxed_per_structure)):
         if used and cfg.labeler.kind == "vasp":
             raise ConfigError(
-                f"initial.{field}", "remote-al does not run VASP relaxations",
-                f"set initial.{field} = {'false' if field == 'relax' else 0} and give relaxed structures "
+                field, "remote-al does not run VASP relaxations",
+                f"set {field} = {'false' if field == 'initial.relax' else 0} and give relaxed structures "
                 "as [[structures]] file entries",
             )
 

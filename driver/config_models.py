@@ -306,6 +306,10 @@ class VolumeSection(_Section):
 class TestSection(_Section):
     n_initial_per_structure: Int = Field(2, ge=0, le=1000, description="held-out initial frames per structure")
     n_per_round: Int = Field(4, ge=0, le=10_000, description="held-out frames per round")
+    n_relaxed_per_structure: Int = Field(0, ge=0, le=1000, description=(
+        "held-out initial frames per structure around the labeler's relaxed structure (rattled "
+        "like the initial frames, not strained): calibration pairs near each composition's "
+        "minimum; 0: none"))
 
 
 class CampaignConfig(_Section):

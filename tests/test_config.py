@@ -50,6 +50,8 @@ def test_good_config_parses(tmp_path):
         ({"labeler__kind": "vasp", "initial__relax": True}, "initial.relax", "file entries"),
         ({"labeler__kind": "vasp", "initial__n_relaxed_per_structure": 4}, "initial.n_relaxed_per_structure",
          "file entries"),
+        ({"labeler__kind": "vasp", "test__n_relaxed_per_structure": 4}, "test.n_relaxed_per_structure",
+         "file entries"),
         ({"exploration__relax_steps": 0}, "exploration.relax_steps", "positive"),
     ],
 )

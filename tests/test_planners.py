@@ -218,6 +218,44 @@ def test_initial_frames_also_around_the_labeler_relaxation(tmp_path):
         built_volume[cfg.structures[0].name])  # relax = false: MD still starts from the built structure
 
 
+def test_held_out_frames_around_the_labeler_relaxation(tmp_path):
+    """``[test] n_relaxed_per_structure``: held-out (calibration) frames around the labeler's
+    relaxed cell, unstrained, beside the held-out frames around the built one; alone it is
+    enough to make round 0 wait for the relaxations, and no training frame comes from it."""
+    import io
+
+    from ase.io import read
+
+    cfg = load_config(write_campaign(tmp_path, initial={"n_per_structure": 3, "strain": 0.05},
+                                     test={"n_initial_per_structure": 1, "n_relaxed_per_structure": 3},
+                                     steering={"mode": "sync"}))
+    state = State(cfg.directory / "state.sqlite")
+    store, said = DatasetStore(state), []
+
+    def fresh_view():
+        return CampaignView(cfg, state, store, gpu_slots=2, say=said.append)
+
+    applier = Applier(state, store, Placement(cfg.directory, None, None), fresh_view(), said.append, Hooks())
+    ops = phases_sync.generate(fresh_view())
+    assert sorted(op.spec.key for op in ops if isinstance(op, plan.AddTask)) == sorted(
+        f"relax-label:{s.name}" for s in cfg.structures)
+    applier.apply(ops)
+    relaxed_cell = {}
+    for spec in cfg.structures:
+        a = build_structure(spec)
+        a.set_cell(a.cell[:] * 1.1, scale_atoms=True)
+        relaxed_cell[spec.name] = a.cell[:].copy()
+        state.mark_done(f"relax-label:{spec.name}", {"relaxed_extxyz": to_extxyz(a)})
+    rows = [op.row for op in phases_sync.generate(fresh_view())
+            if isinstance(op, plan.AddStructure) and op.row["status"] == "selected"]
+    for spec in cfg.structures:
+        mine = [r for r in rows if r["spec"] == spec.name]
+        cells = {r["hash"]: read(io.StringIO(r["extxyz"]), format="extxyz").cell[:] for r in mine}
+        near = [r for r in mine if np.allclose(cells[r["hash"]], relaxed_cell[spec.name], atol=1e-6)]
+        assert len(near) == 3 and all(r["split"] == "test" for r in near)  # exactly the relaxed cell: unstrained
+        assert sum(r["split"] == "train" for r in mine) == 3 and sum(r["split"] == "test" for r in mine) == 1 + 3
+
+
 def test_initial_relaxation_that_failed_leaves_only_the_built_frames(tmp_path):
     cfg = load_config(write_campaign(tmp_path, initial={"n_per_structure": 3, "n_relaxed_per_structure": 2},
                                      steering={"mode": "sync"}))

@@ -37,8 +37,8 @@ def generate(view: CampaignView) -> list:
     from remote_al.structures import check_structure, composition_label, initial_perturbations, to_extxyz
 
     cfg = view.cfg
-    n_relaxed = cfg.initial.n_relaxed_per_structure
-    if cfg.initial.relax or n_relaxed:
+    n_relaxed, n_relaxed_test = cfg.initial.n_relaxed_per_structure, cfg.test.n_relaxed_per_structure
+    if cfg.initial.relax or n_relaxed or n_relaxed_test:
         ops, pending = initial_relaxations(view)
         if pending:
             return ops
@@ -47,12 +47,16 @@ def generate(view: CampaignView) -> list:
     note = f"initial data: rattled up to {1.5 * cfg.initial.rattle_A:.3f} A, strained {cfg.initial.strain}"
     for spec in cfg.structures:
         base = view.start_structure(spec)
-        sets = [(base, "train", cfg.initial.n_per_structure), (base, "test", cfg.test.n_initial_per_structure)]
-        if n_relaxed:  # training frames near the labeler's minimum too (None: said, none added)
+        strain = cfg.initial.strain
+        sets = [(base, "train", cfg.initial.n_per_structure, strain),
+                (base, "test", cfg.test.n_initial_per_structure, strain)]
+        if n_relaxed or n_relaxed_test:  # frames near the labeler's minimum too (None: said, none added)
             relaxed = view.labeler_relaxed(spec)
-            sets += [(relaxed, "train", n_relaxed)] if relaxed is not None else []
-        for around, split, n in sets:
-            for atoms in initial_perturbations(around, n, cfg.initial.rattle_A, cfg.initial.strain, rng):
+            # held-out ones unstrained, like the labeler's MD that the bounds are used on
+            if relaxed is not None:
+                sets += [(relaxed, "train", n_relaxed, strain), (relaxed, "test", n_relaxed_test, 0.0)]
+        for around, split, n, strain_ in sets:
+            for atoms in initial_perturbations(around, n, cfg.initial.rattle_A, strain_, rng):
                 check = check_structure(atoms, min_dist_A=cfg.selection.min_distance_A)
                 row = dict(hash=frame_hash(atoms), origin="initial", split=split, round=0, generation=-1,
                            spec=spec.name, composition=composition_label(atoms), natoms=len(atoms),

@@ -2,6 +2,12 @@
 # DP-GEN 0.14 in its own virtual environment, for the side-by-side benchmark of issue #22.
 #
 #   benchmarks/peers/dpgen/setup.sh [VENV]      # default: benchmarks/peers/dpgen/.venv
+#   benchmarks/peers/dpgen/setup.sh --checks-only [VENV]
+#
+# --checks-only: what tests/test_dpgen_inputs.py needs to apply DP-GEN's own argument checks
+# to the generated inputs (DP-GEN, dpdispatcher, DeePMD-kit's argcheck): no PyTorch and no
+# LAMMPS, about 1 GB and a minute; `make test` builds it when it is missing. Running setup.sh
+# without the flag later completes the same venv for the benchmark.
 #
 # The project's own environment is not touched: DP-GEN, dpdispatcher and DeePMD-kit (with
 # its PyTorch backend and LAMMPS, so DP-GEN finds `dp` and `lmp`) go into VENV only. The
@@ -15,6 +21,11 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+checks_only=0
+if [[ "${1:-}" == "--checks-only" ]]; then
+    checks_only=1
+    shift
+fi
 venv="${1:-$here/.venv}"
 python="${PYTHON:-python3}"
 
@@ -29,6 +40,13 @@ fi
 venv="$(cd "$venv" && pwd)"  # absolute: the checks below run inside it
 pip=("$venv/bin/python" -m pip)
 "${pip[@]}" install ${PIP_ARGS:-} --upgrade pip
+if (( checks_only )); then
+    "${pip[@]}" install ${PIP_ARGS:-} "$DPGEN_SPEC" "$DPDISPATCHER_SPEC" "${DEEPMD_SPEC/\[torch,lmp\]/}"
+    cd "$venv"
+    "$venv/bin/dpgen" -h > /dev/null
+    echo "DP-GEN (argument checks only) ready in $venv ($(( $(date +%s) - start )) s)"
+    exit 0
+fi
 "${pip[@]}" install ${PIP_ARGS:-} "$DPGEN_SPEC" "$DPDISPATCHER_SPEC" "$DEEPMD_SPEC"
 
 # What DP-GEN will call: its own CLI, DeePMD-kit's `dp` (PyTorch backend) and LAMMPS with

@@ -205,9 +205,28 @@ def coverage_interval(inside, clusters, rng, n_boot: int = 2000) -> dict:
             "trajectory_bootstrap_95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]}
 
 
-def calibration_pairs(st, g: int, composition_of) -> dict:
+def pairs_of(res: dict, keep=None) -> dict:
+    """Per-atom force and per-frame energy (width, error) pairs of an ``evaluate_uncertainty``
+    result (``keep``: a mask over its frames), with each kept frame's atom count."""
+    n = res["natoms"]
+    keep = [True] * len(n) if keep is None else keep
+    out, o = {"aw": [], "ae": [], "ew": [], "ee": [], "natoms": []}, 0
+    for i, k in enumerate(keep):
+        if k:
+            out["aw"] += res["atom_force_width"][o:o + n[i]]
+            out["ae"] += res["atom_force_error"][o:o + n[i]]
+            out["ew"].append(res["energy_width"][i])
+            out["ee"].append(res["energy_error"][i])
+            out["natoms"].append(n[i])
+        o += n[i]
+    return {k: np.asarray(v, int if k == "natoms" else float) for k, v in out.items()}
+
+
+def calibration_pairs(st, g: int, composition_of, evaluate=None) -> dict:
     """The campaign's own calibration pairs of generation g (``eval:gN`` test frames and
-    ``oob:gN`` out-of-bag frames), each with its composition."""
+    ``oob:gN`` out-of-bag frames), each with its composition. ``evaluate(request)``, when
+    given, re-evaluates the stored request (other models, say) instead of reading the
+    stored result."""
     from remote_al.structures import from_extxyz
 
     out = {k: [] for k in ("aw", "ae", "acomp", "ew", "ee", "ecomp")}
@@ -215,16 +234,16 @@ def calibration_pairs(st, g: int, composition_of) -> dict:
         task = st.task(key)
         if task is None or task["result"] is None:
             continue
-        req, res = json.loads(task["request"]), json.loads(task["result"])
+        req = json.loads(task["request"])
+        res = json.loads(task["result"]) if evaluate is None else evaluate(req)
         if res.get("energy_error") is None or res.get("atom_force_width") is None:
             continue
+        p = pairs_of(res)
         comps = [composition_of(a) for a in from_extxyz(req["frames_extxyz"])]
-        out["ew"] += list(res["energy_width"])
-        out["ee"] += list(res["energy_error"])
+        for k in ("aw", "ae", "ew", "ee"):
+            out[k] += list(p[k])
         out["ecomp"] += comps
-        out["aw"] += list(res["atom_force_width"])
-        out["ae"] += list(res["atom_force_error"])
-        out["acomp"] += [c for c, n in zip(comps, res["natoms"]) for _ in range(n)]
+        out["acomp"] += [c for c, n in zip(comps, p["natoms"]) for _ in range(n)]
     return {k: np.array(v) for k, v in out.items()}
 
 

@@ -44,34 +44,6 @@ VARIANTS = {
 }
 
 
-def pairs_of(res: dict) -> dict:
-    """Per-atom force and per-frame energy (width, error) pairs of an evaluate_uncertainty result."""
-    return {"aw": np.asarray(res["atom_force_width"], float), "ae": np.asarray(res["atom_force_error"], float),
-            "ew": np.asarray(res["energy_width"], float), "ee": np.asarray(res["energy_error"], float),
-            "natoms": list(res["natoms"])}
-
-
-def calibration_pairs(st, g: int, model_paths: list[str], comp_of) -> dict:
-    """The generation's calibration pairs (held-out and out-of-bag frames) for ``model_paths``."""
-    from remote_al.functions import evaluate_uncertainty
-    from remote_al.structures import from_extxyz
-
-    out = {k: [] for k in ("aw", "ae", "acomp", "ew", "ee", "ecomp")}
-    for key in (f"eval:g{g}", f"oob:g{g}"):
-        task = st.task(key)
-        if task is None or task["result"] is None:
-            continue
-        req = json.loads(task["request"])
-        res = evaluate_uncertainty({**req, "model_paths": model_paths, "workdir": tempfile.mkdtemp(), "features": ""})
-        p = pairs_of(res)
-        comps = [comp_of(a) for a in from_extxyz(req["frames_extxyz"])]
-        for k in ("aw", "ae", "ew", "ee"):
-            out[k] += list(p[k])
-        out["ecomp"] += comps
-        out["acomp"] += [c for c, n in zip(comps, p["natoms"]) for _ in range(n)]
-    return {k: np.asarray(v) for k, v in out.items()}
-
-
 def score(cal: dict, test: dict, level: float = 0.95) -> dict:
     """Refitted conformal factors and, per composition, the test-set errors and coverage."""
     from remote_al.calibration import conformal_scale
@@ -129,6 +101,7 @@ def main(argv=None) -> dict:
     from driver.campaign import open_campaign_state
     from driver.config import parse_config
     from driver.preflight import build_structure
+    from remote_al.functions import evaluate_uncertainty
     from remote_al.structures import from_extxyz
 
     work = Path(a.workdir)
@@ -155,7 +128,9 @@ def main(argv=None) -> dict:
             models = [m["path"] for m in st.models(g)]
         else:
             models = continue_members(st, g, variant, VARIANTS[variant], a.steps, work / "energy_weight")
-        row = score(calibration_pairs(st, g, models, comp_of), cb.ensemble_pairs(models, frames, conf))
+        cal = cb.calibration_pairs(st, g, comp_of, evaluate=lambda req, models=models: evaluate_uncertainty(
+            {**req, "model_paths": models, "workdir": tempfile.mkdtemp(), "features": ""}))
+        row = score(cal, cb.ensemble_pairs(models, frames, conf))
         result["variants"][variant].update(row, wall_s=round(time.time() - t0, 1))
         print(json.dumps({variant: result["variants"][variant]}), flush=True)
     if a.out:

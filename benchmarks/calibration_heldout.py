@@ -28,31 +28,18 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from ase.calculators.singlepoint import SinglePointCalculator  # noqa: E402
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from ase.calculators.singlepoint import SinglePointCalculator
+from calibration import pairs_of
 
-from driver.campaign import open_campaign_state  # noqa: E402
-from remote_al.calibration import conformal_scale  # noqa: E402
-from remote_al.functions import evaluate_uncertainty  # noqa: E402
-from remote_al.labelers import get_labeler  # noqa: E402
-from remote_al.structures import from_extxyz, initial_perturbations, to_extxyz  # noqa: E402
+from driver.campaign import open_campaign_state
+from remote_al.calibration import conformal_scale
+from remote_al.functions import evaluate_uncertainty
+from remote_al.labelers import get_labeler
+from remote_al.structures import from_extxyz, initial_perturbations, to_extxyz
 
 VARIANTS = {"campaign (rattle 0.08, strain 0.03)": None, "rattle 0.08, strain 0": (0.08, 0.0),
             "rattle 0.05, strain 0": (0.05, 0.0), "rattle 0.08, strain 0.01": (0.08, 0.01)}
-
-
-def pairs_of(res, keep=None):
-    """Per-atom force and per-frame energy (width, error) pairs of an evaluate_uncertainty result."""
-    n = res["natoms"]
-    keep = [True] * len(n) if keep is None else keep
-    out, o = {"aw": [], "ae": [], "ew": [], "ee": []}, 0
-    for i, k in enumerate(keep):
-        if k:
-            out["aw"] += res["atom_force_width"][o:o + n[i]]
-            out["ae"] += res["atom_force_error"][o:o + n[i]]
-            out["ew"].append(res["energy_width"][i])
-            out["ee"].append(res["energy_error"][i])
-        o += n[i]
-    return {k: np.asarray(v, float) for k, v in out.items()}
 
 
 def main():

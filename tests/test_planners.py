@@ -174,16 +174,11 @@ def test_training_requests_carry_the_continuation_settings(tmp_path):
     assert all(s.request.deepmd_continue == {"learning_rate": {"start_lr": 0.0005}} for s in specs1)
 
 
-def test_initial_frames_also_around_the_labeler_relaxation(tmp_path):
-    """``[initial] n_relaxed_per_structure``: round 0 waits for the labeler's relaxation of
-    each structure, then adds that many training frames around the relaxed cell on top of
-    those around the built one (which the MD keeps starting from)."""
-    import io
-
-    from ase.io import read
-
-    cfg = load_config(write_campaign(tmp_path, initial={"n_per_structure": 3, "n_relaxed_per_structure": 2},
-                                     steering={"mode": "sync"}))
+def round0_waiting_for_relaxations(tmp_path, **sections):
+    """A sync campaign whose round 0 asked the labeler to relax every structure and now
+    waits: returns ``(cfg, state, fresh_view)``, ``fresh_view()`` a view of the state as
+    it is now. The first ``generate`` asks for the relaxations and nothing else."""
+    cfg = load_config(write_campaign(tmp_path, steering={"mode": "sync"}, **sections))
     state = State(cfg.directory / "state.sqlite")
     store, said = DatasetStore(state), []
 
@@ -192,20 +187,44 @@ def test_initial_frames_also_around_the_labeler_relaxation(tmp_path):
 
     applier = Applier(state, store, Placement(cfg.directory, None, None), fresh_view(), said.append, Hooks())
     ops = phases_sync.generate(fresh_view())
-    tasks = [op.spec for op in ops if isinstance(op, plan.AddTask)]
-    assert sorted(t.key for t in tasks) == sorted(f"relax-label:{s.name}" for s in cfg.structures)
+    assert sorted(op.spec.key for op in ops if isinstance(op, plan.AddTask)) == sorted(
+        f"relax-label:{s.name}" for s in cfg.structures)
     assert not any(isinstance(op, plan.AddStructure) for op in ops)  # nothing labeled before the relaxations
     applier.apply(ops)
     assert phases_sync.generate(fresh_view()) == []  # still waiting
-    scale = 1.1  # a "relaxed" cell 33 % larger in volume: its frames cannot be mistaken for the built ones
-    built_volume = {}
+    return cfg, state, fresh_view
+
+
+def relax_by(cfg, state, scale: float) -> dict:
+    """The labeler's relaxations come back as the built cells scaled by ``scale``;
+    returns each structure's built cell."""
+    built = {}
     for spec in cfg.structures:
         a = build_structure(spec)
-        built_volume[spec.name] = a.get_volume()
+        built[spec.name] = a.copy()
         a.set_cell(a.cell[:] * scale, scale_atoms=True)
         state.mark_done(f"relax-label:{spec.name}", {"relaxed_extxyz": to_extxyz(a)})
-    ops = phases_sync.generate(fresh_view())
-    rows = [op.row for op in ops if isinstance(op, plan.AddStructure) and op.row["status"] == "selected"]
+    return built
+
+
+def selected_rows(fresh_view) -> list[dict]:
+    return [op.row for op in phases_sync.generate(fresh_view())
+            if isinstance(op, plan.AddStructure) and op.row["status"] == "selected"]
+
+
+def test_initial_frames_also_around_the_labeler_relaxation(tmp_path):
+    """``[initial] n_relaxed_per_structure``: round 0 waits for the labeler's relaxation of
+    each structure, then adds that many training frames around the relaxed cell on top of
+    those around the built one (which the MD keeps starting from)."""
+    import io
+
+    from ase.io import read
+
+    cfg, state, fresh_view = round0_waiting_for_relaxations(
+        tmp_path, initial={"n_per_structure": 3, "n_relaxed_per_structure": 2})
+    # a "relaxed" cell 33 % larger in volume: its frames cannot be mistaken for the built ones
+    built_volume = {name: a.get_volume() for name, a in relax_by(cfg, state, 1.1).items()}
+    rows = selected_rows(fresh_view)
     for spec in cfg.structures:
         mine = [r for r in rows if r["spec"] == spec.name]
         ratio = {r["hash"]: read(io.StringIO(r["extxyz"]), format="extxyz").get_volume() / built_volume[spec.name]
@@ -226,33 +245,20 @@ def test_held_out_frames_around_the_labeler_relaxation(tmp_path):
 
     from ase.io import read
 
-    cfg = load_config(write_campaign(tmp_path, initial={"n_per_structure": 3, "strain": 0.05},
-                                     test={"n_initial_per_structure": 1, "n_relaxed_per_structure": 3},
-                                     steering={"mode": "sync"}))
-    state = State(cfg.directory / "state.sqlite")
-    store, said = DatasetStore(state), []
-
-    def fresh_view():
-        return CampaignView(cfg, state, store, gpu_slots=2, say=said.append)
-
-    applier = Applier(state, store, Placement(cfg.directory, None, None), fresh_view(), said.append, Hooks())
-    ops = phases_sync.generate(fresh_view())
-    assert sorted(op.spec.key for op in ops if isinstance(op, plan.AddTask)) == sorted(
-        f"relax-label:{s.name}" for s in cfg.structures)
-    applier.apply(ops)
-    relaxed_cell = {}
-    for spec in cfg.structures:
-        a = build_structure(spec)
-        a.set_cell(a.cell[:] * 1.1, scale_atoms=True)
-        relaxed_cell[spec.name] = a.cell[:].copy()
-        state.mark_done(f"relax-label:{spec.name}", {"relaxed_extxyz": to_extxyz(a)})
-    rows = [op.row for op in phases_sync.generate(fresh_view())
-            if isinstance(op, plan.AddStructure) and op.row["status"] == "selected"]
+    cfg, state, fresh_view = round0_waiting_for_relaxations(
+        tmp_path, initial={"n_per_structure": 3, "strain": 0.05},
+        test={"n_initial_per_structure": 1, "n_relaxed_per_structure": 3})
+    relaxed_cell = {name: a.cell[:] * 1.1 for name, a in relax_by(cfg, state, 1.1).items()}
+    ops = [op for op in phases_sync.generate(fresh_view()) if isinstance(op, plan.AddStructure)]
+    rows = [op.row for op in ops if op.row["status"] == "selected"]
+    notes = {op.row["hash"]: op.decision[2] for op in ops}
     for spec in cfg.structures:
         mine = [r for r in rows if r["spec"] == spec.name]
         cells = {r["hash"]: read(io.StringIO(r["extxyz"]), format="extxyz").cell[:] for r in mine}
         near = [r for r in mine if np.allclose(cells[r["hash"]], relaxed_cell[spec.name], atol=1e-6)]
         assert len(near) == 3 and all(r["split"] == "test" for r in near)  # exactly the relaxed cell: unstrained
+        assert all(notes[r["hash"]].endswith("unstrained, around the labeler's relaxed structure") for r in near)
+        assert all("strained 0.05" in notes[r["hash"]] for r in mine if r not in near)
         assert sum(r["split"] == "train" for r in mine) == 3 and sum(r["split"] == "test" for r in mine) == 1 + 3
 
 

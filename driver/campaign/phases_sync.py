@@ -44,18 +44,20 @@ def generate(view: CampaignView) -> list:
             return ops
     rng = np.random.default_rng(cfg.campaign.seed)
     ops, n_filtered, n_train, first_reason = [], 0, 0, ""
-    note = f"initial data: rattled up to {1.5 * cfg.initial.rattle_A:.3f} A, strained {cfg.initial.strain}"
+    rattled = f"initial data: rattled up to {1.5 * cfg.initial.rattle_A:.3f} A"
     for spec in cfg.structures:
         base = view.start_structure(spec)
         strain = cfg.initial.strain
-        sets = [(base, "train", cfg.initial.n_per_structure, strain),
-                (base, "test", cfg.test.n_initial_per_structure, strain)]
+        sets = [(base, "train", cfg.initial.n_per_structure, strain, ""),
+                (base, "test", cfg.test.n_initial_per_structure, strain, "")]
         if n_relaxed or n_relaxed_test:  # frames near the labeler's minimum too (None: said, none added)
             relaxed = view.labeler_relaxed(spec)
             # held-out ones unstrained, like the labeler's MD that the bounds are used on
             if relaxed is not None:
-                sets += [(relaxed, "train", n_relaxed, strain), (relaxed, "test", n_relaxed_test, 0.0)]
-        for around, split, n, strain_ in sets:
+                near = ", around the labeler's relaxed structure"
+                sets += [(relaxed, "train", n_relaxed, strain, near), (relaxed, "test", n_relaxed_test, 0.0, near)]
+        for around, split, n, strain_, where in sets:
+            note = f"{rattled}, " + (f"strained {strain_}" if strain_ else "unstrained") + where
             for atoms in initial_perturbations(around, n, cfg.initial.rattle_A, strain_, rng):
                 check = check_structure(atoms, min_dist_A=cfg.selection.min_distance_A)
                 row = dict(hash=frame_hash(atoms), origin="initial", split=split, round=0, generation=-1,

@@ -418,7 +418,7 @@ def main(argv=None) -> dict:
     if "reproduce" in old:
         payload["reproduce"] = old["reproduce"]
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2) + "\n")
+    out.write_text(json.dumps(payload, indent=1) + "\n")
     say(f"wrote {out}")
     return payload
 

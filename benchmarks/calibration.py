@@ -11,7 +11,7 @@
    each of the campaign's exploration temperatures (``--walkers`` independent runs each:
    ``--equil`` steps, then ``--frames`` frames ``--interval`` fs apart), labeled on the way.
    These frames are never in any pool, training set or calibration set. Cached (the file
-   name carries the parameters).
+   name carries the parameters), each MD run as it finishes, so an interrupted build resumes.
 3. For every generation of the campaign: the ensemble's widths and errors on that set; the
    coverage of the campaign's own calibration (``calibration/g<N>.json``, fitted on the
    campaign's held-out frames) for forces (per atom) and energies (per frame), per
@@ -129,12 +129,22 @@ def independent_test_set(cfg, cache: Path, frames: int, equil: int, interval: in
                                  seed=1000 + 17 * k + int(t) + 100_003 * w, equil=equil, interval=interval,
                                  frames=frames, group=f"{spec.name}@{t:g}K", composition=spec.name,
                                  trajectory=f"{spec.name}@{t:g}K#{w}"))
-    say(f"independent test set: {len(jobs)} labeler MD runs, {frames} frames each")
+    # each run's frames are kept as it finishes (``<cache>.parts/``): an interrupted build
+    # resumes with the runs still missing
+    parts = cache.parent / (cache.name + ".parts")
+    parts.mkdir(parents=True, exist_ok=True)
+    part = {j["trajectory"]: parts / (j["trajectory"].replace("@", "_").replace("#", "_w") + ".extxyz") for j in jobs}
+    todo = [j for j in jobs if not part[j["trajectory"]].exists()]
+    say(f"independent test set: {len(jobs)} labeler MD runs, {frames} frames each"
+        + (f" ({len(jobs) - len(todo)} already done)" if len(todo) < len(jobs) else ""))
     t0 = time.time()
     with ProcessPoolExecutor(workers) as pool:
-        texts = list(pool.map(_labeler_md, jobs))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text("".join(texts))
+        for n, (job, text) in enumerate(zip(todo, pool.map(_labeler_md, todo)), 1):
+            tmp = part[job["trajectory"]].with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(part[job["trajectory"]])
+            say(f"  labeler MD {n}/{len(todo)} done ({job['trajectory']}, {time.time() - t0:.0f} s)")
+    cache.write_text("".join(part[j["trajectory"]].read_text() for j in jobs))
     say(f"independent test set built in {time.time() - t0:.0f} s")
     return from_extxyz(cache.read_text())
 

@@ -11,7 +11,11 @@ Calibration pairs come from frames the ensemble (or a member) never trained on:
   width is the full ensemble's, the quantity every decision uses.
 
 The fit itself is ``remote_al.calibration.fit_calibration`` (pure); the result is written
-to ``<campaign>/calibration/g<N>.json``.
+to ``<campaign>/calibration/g<N>.json``. With ``selection.calibration_weighting = "thermal"``
+only the frames whose energy the campaign's MD could visit are used
+(``remote_al.calibration.thermal_weights``): the frames' labeler energies come from the
+evaluation requests, each composition's minimum from the labeler's relaxation where the
+campaign ran one (``relax-label:<name>``), else, and at most, the lowest calibration frame.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from remote_al.calibration import (Calibration, fit_calibration, frame_pairs, latest_calibration,
-                                   write_calibration)
+                                   thermal_weights, write_calibration)
 
 
 def member_trained_hashes(systems: Sequence[str], manifest_systems: Mapping[str, Sequence[str]],
@@ -95,10 +99,53 @@ def _pairs(result: dict | None) -> tuple[list, list, list, list, int, list]:
             list(result["energy_error"]), int(result["n_frames"]), list(result["natoms"]))
 
 
+def _formula(atoms) -> str:
+    return atoms.get_chemical_formula(empirical=True)
+
+
+def labeler_minima(state) -> dict[str, float]:
+    """Per composition (empirical formula), the labeler's energy per atom of its relaxed
+    structure, from the campaign's ``relax-label`` tasks (none: an empty dict)."""
+    from remote_al.structures import from_extxyz
+
+    out: dict[str, float] = {}
+    for row in state.tasks(status="done", function="relax_label"):
+        res = json.loads(row["result"] or "null") or {}
+        for atoms in from_extxyz(res.get("relaxed_extxyz") or ""):
+            energy = atoms.calc.results.get("energy") if atoms.calc is not None else None
+            if energy is not None and np.isfinite(energy):
+                key = _formula(atoms)
+                out[key] = min(out.get(key, np.inf), float(energy) / len(atoms))
+    return out
+
+
+def thermal_frame_weights(frames: Sequence, minima: Mapping[str, float], temperatures) -> np.ndarray:
+    """Per calibration frame (labeled Atoms, in pair order), 1 when the campaign's MD could
+    visit its energy above its composition's minimum (the lower of ``minima`` and the
+    composition's lowest frame here), else 0 (``remote_al.calibration.thermal_weights``).
+    ValueError when a frame has no energy."""
+    energies, comps = [], []
+    for i, atoms in enumerate(frames):
+        energy = atoms.calc.results.get("energy") if atoms.calc is not None else None
+        if energy is None or not np.isfinite(energy):
+            raise ValueError(f"calibration frame {i} has no labeler energy")
+        energies.append(float(energy) / len(atoms))
+        comps.append(_formula(atoms))
+    lowest = {c: min(min(e for e, k in zip(energies, comps) if k == c), minima.get(c, np.inf)) for c in set(comps)}
+    excess = [e - lowest[c] for e, c in zip(energies, comps)]
+    return thermal_weights(excess, [len(a) for a in frames], temperatures)
+
+
 def calibrate_generation(campaign_dir: Path, generation: int, test_result: dict | None,
-                         oob_result: dict | None, selection, n_members: int) -> Calibration | None:
+                         oob_result: dict | None, selection, n_members: int,
+                         frames: Sequence | None = None, minima: Mapping[str, float] | None = None,
+                         temperatures=()) -> Calibration | None:
     """Fit generation ``generation``'s calibration from its evaluated test and out-of-bag
-    frames (UQResult dicts) and write it; None when neither gives pairs."""
+    frames (UQResult dicts) and write it; None when neither gives pairs. With
+    ``selection.calibration_weighting == "thermal"``, ``frames`` (the labeled test frames,
+    then the out-of-bag ones, as evaluated), ``minima`` (:func:`labeler_minima`) and the
+    campaign's MD ``temperatures`` weight the pairs; without frames the fit is unweighted
+    and its note says why."""
     parts = [_pairs(test_result), _pairs(oob_result)]
     aw, ae, ew, ee, natoms = ([x for p in parts for x in p[k]] for k in (0, 1, 2, 3, 5))
     n_frames = sum(p[4] for p in parts)
@@ -106,10 +153,19 @@ def calibrate_generation(campaign_dir: Path, generation: int, test_result: dict 
         return None
     source = " + ".join(f"{p[4]} {name}" for name, p in zip(("held-out test frames", "out-of-bag frames"), parts)
                         if p[4])
+    weights: dict = {}
+    if getattr(selection, "calibration_weighting", "none") == "thermal":
+        try:
+            if frames is None or len(frames) != n_frames or not temperatures:
+                raise ValueError("the calibration frames or the MD temperatures are not at hand")
+            fw = thermal_frame_weights(frames, minima or {}, temperatures)
+            weights = dict(frame_weights=fw, atom_weights=np.repeat(fw, natoms))
+        except ValueError as exc:
+            source += f"; unweighted: {exc}"
     cal = fit_calibration(
         generation, np.array(aw), np.array(ae), np.array(ew), np.array(ee), n_frames=n_frames, n_members=n_members,
         coverage_level=selection.confidence, fallback=latest_calibration(campaign_dir, up_to=generation - 1),
-        min_frames=selection.calibration_min_frames, source=source,
+        min_frames=selection.calibration_min_frames, source=source, **weights,
         **dict(zip(("frame_widths", "frame_errors"), frame_pairs(aw, ae, natoms))),
     )
     write_calibration(campaign_dir, cal)

@@ -236,6 +236,9 @@ class SelectionSection(_Section):
     target_force_error: Float = Field(0.2, gt=0, le=100, description="eV/A, the force error accepted (calibrated mode)")
     calibration_min_frames: Int = Field(10, ge=1, le=1_000_000,
                                         description="held-out frames a calibration needs")
+    calibration_weighting: Literal["none", "thermal"] = Field(
+        "none", description="'thermal': calibration pairs weighted toward the energies the campaign's MD visits "
+                            "(weighted conformal, docs/uncertainty.md); 'none': all held-out frames alike")
     strategy: Literal["topk", "random", "kmeans", "fps", "lcmd", "maxdet"] = Field(
         "topk", description="which uncertain frames fill the cap (driver.strategies): 'topk' the highest widths; "
                             "'random' uniformly (DP-GEN's rule inside [force_threshold, force_upper]); 'kmeans', "

@@ -33,6 +33,21 @@ finite conformal quantile: then the fit falls back to ``fallback`` (the previous
 generation's calibration) or, with none, to the Student-t *prediction* interval of one
 member drawn like the ensemble, ``sqrt(M + 1)`` times the width of the mean, marked
 ``calibrated = False``.
+
+Covariate shift, by energy (``weighting = "thermal"``). The calibration frames are the
+campaign's own: rattled and strained copies, near-minimum copies and ensemble-driven MD
+frames. The frames a bound is used on are those of MD at the campaign's conditions, which
+lie in a band of potential energy above the minimum (``3/2 k_B T`` per atom on average,
+for a harmonic solid). Measured (docs/uncertainty.md, attempt 18): frames much colder or
+much hotter than that band have larger errors for the same width, so a fit on all frames
+is conservative on the MD frames. Weighted split-conformal prediction (Tibshirani et al.
+2019) corrects a known covariate shift by weighting each calibration pair
+(``weighted_conformal_scale``); ``thermal_weights`` gives weight 1 to the frames whose
+energy above their composition's minimum lies inside the central 99.8 % of the harmonic
+canonical distribution at the campaign's temperatures, 0 to the rest. (A smooth density
+ratio was measured too and gave the same coverage with fewer effective frames.) When
+fewer frames than the level needs are left, the unweighted fit is used and the note says
+so.
 """
 
 from __future__ import annotations
@@ -89,6 +104,53 @@ def conformal_scale(widths, errors, coverage: float = 0.95) -> float:
     return float(scores[k - 1])
 
 
+def weighted_conformal_scale(widths, errors, weights, coverage: float = 0.95) -> float:
+    """Weighted split-conformal factor (Tibshirani et al. 2019): the smallest score ``|e| / w``
+    whose weighted share reaches ``coverage`` when one more pair sits at infinity with the
+    weight a test frame has on average, ``sum w^2 / sum w`` (the weights' mean under the
+    target distribution). That puts ``1 / (n_eff + 1)`` at infinity, ``n_eff`` the effective
+    number of pairs; equal weights give :func:`conformal_scale`.
+
+    Raises ValueError when the weights leave fewer than ``min_pairs(coverage)`` effective pairs."""
+    w, e, wt = _pairs(widths, errors, weights)
+    n_eff = effective_pairs(wt)
+    if n_eff < min_pairs(coverage) - 1e-9:
+        raise ValueError(f"{n_eff:.1f} effective calibration pairs are too few for {coverage:.0%} "
+                         f"(need {min_pairs(coverage)})")
+    order = np.argsort(e / w)
+    share = np.cumsum(wt[order]) / (wt.sum() + (wt ** 2).sum() / wt.sum())
+    k = int(np.searchsorted(share, coverage - 1e-12))
+    if k >= w.size:
+        raise ValueError(f"the weighted {coverage:.0%} quantile is at infinity ({n_eff:.1f} effective pairs)")
+    return float((e / w)[order][k])
+
+
+def effective_pairs(weights) -> float:
+    """Kish's effective sample size of weighted pairs, ``(sum w)^2 / sum w^2``."""
+    wt = np.asarray(weights, dtype=float).ravel()
+    return float(wt.sum() ** 2 / (wt ** 2).sum()) if wt.size and (wt ** 2).sum() > 0 else 0.0
+
+
+K_B_EV = 8.617333262e-5  # Boltzmann's constant, eV/K
+
+
+def thermal_weights(excess, natoms, temperatures, tail: float = 0.001) -> np.ndarray:
+    """Per frame, 1 when its energy above the minimum ``excess`` (eV/atom) lies inside the
+    central ``1 - 2 tail`` of the harmonic canonical distribution of an ``natoms``-atom cell
+    (a Gamma of shape 3N/2 and mean 3/2 k_B T per atom), mixed over ``temperatures``, else 0:
+    the frames the campaign's MD could visit. The weights of ``weighted_conformal_scale``
+    (0/1 weights make it the plain conformal quantile of the frames inside)."""
+    from scipy import stats  # here: scipy.stats takes a second to import, and the CLI imports this module
+
+    x = np.asarray(excess, dtype=float).ravel()
+    n = np.asarray(natoms, dtype=float).ravel()
+    temps = [float(t) for t in temperatures]
+    if x.size != n.size or not temps or np.any(n < 1):
+        raise ValueError("excess and natoms need one entry per frame (natoms >= 1), and at least one temperature")
+    cdf = np.mean([stats.gamma.cdf(x, 1.5 * n, scale=K_B_EV * t / n) for t in temps], axis=0)
+    return ((cdf >= tail) & (cdf <= 1.0 - tail)).astype(float)
+
+
 def gaussian_scale(widths, errors, coverage: float = 0.95) -> float:
     """Imbalzano et al. 2021 style: one scale so that errors are unit-variance Gaussian in
     units of the width, then the two-sided Gaussian quantile at ``coverage``."""
@@ -113,13 +175,20 @@ def coverage(widths, errors, scale: float) -> float:
     return float(np.mean(e <= scale * w)) if w.size else float("nan")
 
 
-def _pairs(widths, errors) -> tuple[np.ndarray, np.ndarray]:
+def _pairs(widths, errors, weights=None) -> tuple[np.ndarray, ...]:
+    """Usable (width, |error|) pairs, and their weights when given."""
     w = np.asarray(widths, dtype=float).ravel()
     e = np.abs(np.asarray(errors, dtype=float).ravel())
     if w.shape != e.shape:
         raise ValueError(f"{w.size} widths but {e.size} errors")
     ok = np.isfinite(w) & np.isfinite(e) & (w > 0)
-    return w[ok], e[ok]
+    if weights is None:
+        return w[ok], e[ok]
+    wt = np.asarray(weights, dtype=float).ravel()
+    if wt.shape != w.shape:
+        raise ValueError(f"{w.size} pairs but {wt.size} weights")
+    ok &= np.isfinite(wt) & (wt >= 0)
+    return w[ok], e[ok], wt[ok]
 
 
 def fit_calibration(
@@ -137,46 +206,59 @@ def fit_calibration(
     source: str = "held-out test frames",
     frame_widths=None,
     frame_errors=None,
+    frame_weights=None,
+    atom_weights=None,
 ) -> Calibration:
     """Fit one generation's calibration; see the module docstring for the rules.
     ``frame_widths`` / ``frame_errors``: per frame, the largest per-atom width and error
     (``frame_pairs``); the frame scale is fitted from them when there are enough, else
-    the per-atom scale stands in (and the note says so)."""
+    the per-atom scale stands in (and the note says so). ``frame_weights`` (per frame, the
+    energy and frame pairs) and ``atom_weights`` (per atom, each its frame's weight): the
+    covariate-shift weights of ``thermal_weights``; conformal fits are then weighted, and
+    each falls back to the unweighted fit, with a note, where the weights leave too few
+    effective frames."""
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}; known: {METHODS}")
-    fw, fe = _pairs(atom_widths, atom_errors)
-    ew, ee = _pairs(energy_widths, energy_errors)
+    weighted = frame_weights is not None and method == "conformal"
+    fw, fe, *fwt = _pairs(atom_widths, atom_errors, atom_weights if weighted else None)
+    ew, ee, *ewt = _pairs(energy_widths, energy_errors, frame_weights if weighted else None)
     base = dict(generation=generation, method=method, coverage=coverage_level, n_frames=int(n_frames),
                 n_force_pairs=int(fw.size), n_energy_pairs=int(ew.size), n_members=int(n_members), source=source)
+    if weighted:
+        base.update(weighting="thermal", effective_frames=round(effective_pairs(ewt[0]), 1))
+    notes = []
 
-    def scale(w, e):
+    def scale(w, e, wt=(), what=""):
         if method == "conformal":
+            if wt:
+                try:
+                    return weighted_conformal_scale(w, e, wt[0], coverage_level)
+                except ValueError as exc:
+                    notes.append(f"{what}: unweighted fit ({exc})")
             return conformal_scale(w, e, coverage_level)
         if method == "gaussian_scale":
             return gaussian_scale(w, e, coverage_level)
         return prediction_interval_scale(n_members)
 
-    notes = []
-
-    def fitted(what: str, w, e) -> float | None:
+    def fitted(what: str, w, e, wt=()) -> float | None:
         try:
             if n_frames < min_frames:
                 raise ValueError(f"{n_frames} frames, fewer than the {min_frames} asked for")
-            return scale(w, e)
+            return scale(w, e, wt, what)
         except ValueError as exc:
             notes.append(f"{what}: {exc}")
             return None
 
-    f_scale = fitted("forces", fw, fe)
-    e_scale = fitted("energies", ew, ee)
+    f_scale = fitted("forces", fw, fe, fwt)
+    e_scale = fitted("energies", ew, ee, ewt)
     frame: dict = {}
     if frame_widths is not None:
-        rw, re_ = _pairs(frame_widths, frame_errors)
+        rw, re_, *rwt = _pairs(frame_widths, frame_errors, frame_weights if weighted else None)
         frame["n_frame_pairs"] = int(rw.size)
         try:
             if n_frames < min_frames:
                 raise ValueError(f"{n_frames} frames, fewer than the {min_frames} asked for")
-            frame["frame_force_scale"] = scale(rw, re_)
+            frame["frame_force_scale"] = scale(rw, re_, rwt, "frame forces")
         except ValueError as exc:
             notes.append(f"frame forces: {exc}; the per-atom factor stands in")
     base.update(frame)

@@ -34,6 +34,8 @@ class Calibration:
     source: str = "held-out test frames"
     frame_force_scale: float | None = None  # None: not fitted (too few frames, or an older file)
     n_frame_pairs: int = 0
+    weighting: str = "none"  # "thermal": pairs weighted for the covariate shift in energy (remote_al.calibration)
+    effective_frames: float | None = None  # with weights: (sum w)^2 / sum w^2 of the frame weights
 
     @property
     def calibrated(self) -> bool:

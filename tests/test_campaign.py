@@ -38,7 +38,9 @@ def mini_config(tmp_path, **sections):
 
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_one_round_mini_campaign(tmp_path, mode):
-    cfg = mini_config(tmp_path, steering={"mode": mode})
+    # the synchronous run also weights its calibration pairs by energy (selection.calibration_weighting)
+    cfg = mini_config(tmp_path, steering={"mode": mode},
+                      selection={"calibration_weighting": "thermal" if mode == "sync" else "none"})
     lines = []
     backend = LocalBackend(cfg.directory / "engine", gpu_slots=2, cpu_slots=1)
     reason = Campaign(cfg, backend, say=lines.append, status_every_s=5).run()
@@ -104,6 +106,9 @@ def test_one_round_mini_campaign(tmp_path, mode):
     for g in (0, 1):
         cal = read_calibration(cfg.directory, g)
         assert cal is not None and cal.n_force_pairs > 0 and "out-of-bag" in cal.source, cal
+        # thermal: the engine handed the fit every evaluated frame with its labeler energy
+        assert cal.weighting == ("thermal" if mode == "sync" else "none") and "unweighted:" not in cal.source, cal
+        assert (cal.effective_frames is not None) == (mode == "sync")
         oob = db.execute("SELECT request FROM tasks WHERE key=?", (f"oob:g{g}",)).fetchone()
         oreq = json.loads(oob[0])
         frames = from_extxyz(oreq["frames_extxyz"])

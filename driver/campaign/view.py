@@ -165,6 +165,11 @@ class CampaignView:
                     out += [(spec, t, p, w) for w in range(e.walkers)]
         return out
 
+    def temperatures(self) -> list[float]:
+        """Every MD temperature of the campaign, K (each structure's, else [exploration]'s)."""
+        e = self.cfg.exploration
+        return sorted({float(t) for spec in self.cfg.structures for t in (spec.temperatures_K or e.temperatures_K)})
+
     def start_structure(self, spec):
         """Where the initial data and the MD of a structure start: the labeler-relaxed
         structure when ``[initial] relax`` produced one, else the built structure."""

@@ -1,0 +1,119 @@
+"""The thermal weighting of the calibration (``selection.calibration_weighting = "thermal"``):
+weighted split-conformal quantiles, the band of energies the campaign's MD visits, and the
+fit a campaign writes with it. CPU, seconds."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from driver.calibrate import calibrate_generation, labeler_minima, thermal_frame_weights
+from remote_al.calibration import (K_B_EV, conformal_scale, effective_pairs, thermal_weights,
+                                   weighted_conformal_scale)
+from remote_al.structures import to_extxyz
+
+TEMPS = (300.0, 700.0)
+N_ATOMS = 16
+
+
+def synthetic_campaign_frames(rng, n: int, kind: str):
+    """Per frame: its energy above the minimum (eV/atom) and one (width, error) pair. Thermal
+    frames (what MD at TEMPS visits) have errors of scale 1 x the width; cold and hot frames
+    (copies near the minimum, wild exploration frames) of scale 1.6, as measured."""
+    t = rng.choice(TEMPS, n)
+    thermal = rng.gamma(1.5 * N_ATOMS, K_B_EV * t / N_ATOMS)
+    if kind == "test":
+        x, scale = thermal, np.ones(n)
+    else:
+        which = rng.choice(3, n, p=[0.25, 0.5, 0.25])
+        x = np.where(which == 0, rng.uniform(0, 0.004, n), np.where(which == 1, thermal, rng.uniform(0.25, 0.6, n)))
+        scale = np.where(which == 1, 1.0, 1.6)
+    w = rng.lognormal(-1.0, 0.5, n)
+    return x, w, scale * w * np.abs(rng.normal(size=n))
+
+
+def test_weighted_quantile_reduces_to_the_plain_one_and_guards_the_count():
+    rng = np.random.default_rng(0)
+    w, e = rng.lognormal(size=200), rng.normal(size=200)
+    assert weighted_conformal_scale(w, e, np.ones(200)) == conformal_scale(w, e)
+    keep = np.arange(200) < 60
+    assert weighted_conformal_scale(w, e, keep.astype(float)) == conformal_scale(w[keep], e[keep])
+    assert effective_pairs(keep.astype(float)) == pytest.approx(60)
+    with pytest.raises(ValueError, match="effective calibration pairs"):
+        weighted_conformal_scale(w, e, (np.arange(200) < 15).astype(float))
+    with pytest.raises(ValueError, match="weights"):
+        weighted_conformal_scale(w, e, np.ones(199))
+
+
+def test_thermal_band_keeps_what_md_visits_and_drops_cold_and_hot_frames():
+    mean_300 = 1.5 * K_B_EV * 300
+    x = np.array([0.0, 0.2 * mean_300, mean_300, 1.5 * K_B_EV * 700, 0.5])
+    band = thermal_weights(x, [N_ATOMS] * 5, TEMPS)
+    assert band.tolist() == [0.0, 0.0, 1.0, 1.0, 0.0]
+    # a hotter campaign visits higher energies
+    assert thermal_weights([0.5], [N_ATOMS], (3000.0,)).tolist() == [1.0]
+    with pytest.raises(ValueError, match="one entry per frame"):
+        thermal_weights(x, [N_ATOMS] * 4, TEMPS)
+
+
+def test_thermal_weighting_recovers_nominal_coverage_under_the_energy_shift():
+    rng = np.random.default_rng(7)
+    plain, thermal = [], []
+    for _ in range(20):
+        x, w, e = synthetic_campaign_frames(rng, 400, "calibration")
+        band = thermal_weights(x, np.full(x.size, N_ATOMS), TEMPS)
+        _, tw, te = synthetic_campaign_frames(rng, 4000, "test")
+        plain.append(np.mean(np.abs(te) <= conformal_scale(w, e) * tw))
+        thermal.append(np.mean(np.abs(te) <= weighted_conformal_scale(w, e, band) * tw))
+    assert float(np.mean(plain)) > 0.975  # the unweighted fit is conservative on the MD's frames
+    assert 0.94 <= float(np.mean(thermal)) <= 0.965
+
+
+def labeled(symbols: str, energy_per_atom: float, seed: int) -> Atoms:
+    rng = np.random.default_rng(seed)
+    atoms = Atoms(symbols, cell=[6, 6, 6], pbc=True)
+    atoms.positions = rng.uniform(0, 6, (len(atoms), 3))
+    atoms.calc = SinglePointCalculator(atoms, energy=energy_per_atom * len(atoms),
+                                       forces=np.zeros((len(atoms), 3)))
+    return atoms
+
+
+def test_a_campaign_writes_a_thermal_calibration_and_says_when_it_cannot(tmp_path):
+    rng = np.random.default_rng(3)
+    x, w, e = synthetic_campaign_frames(rng, 60, "calibration")
+    frames = [labeled("LiNiO2" * 4, -5.9 + xi, i) for i, xi in enumerate(x)]
+    natoms = [len(f) for f in frames]
+    aw = np.repeat(w, natoms) * rng.uniform(0.5, 1.0, sum(natoms))
+    ae = np.repeat(e, natoms) * rng.uniform(0.5, 1.0, sum(natoms))
+    result = {"atom_force_width": aw.tolist(), "atom_force_error": ae.tolist(), "energy_width": w.tolist(),
+              "energy_error": e.tolist(), "n_frames": 60, "natoms": natoms}
+    sel = SimpleNamespace(confidence=0.95, calibration_min_frames=10, calibration_weighting="thermal")
+    band = thermal_frame_weights(frames, {"LiNiO2": -5.9}, TEMPS)
+    assert 19 <= band.sum() < 60
+    cal = calibrate_generation(tmp_path, 1, result, None, sel, 4, frames=frames, minima={"LiNiO2": -5.9},
+                               temperatures=TEMPS)
+    data = json.loads((tmp_path / "calibration" / "g1.json").read_text())
+    assert data["weighting"] == "thermal" and data["effective_frames"] == pytest.approx(band.sum())
+    assert cal.energy_scale == conformal_scale(w[band > 0], e[band > 0])
+    # without the frames (or a frame without its energy), the fit is the plain one and says why
+    plain = calibrate_generation(tmp_path, 2, result, None, sel, 4, frames=None, temperatures=TEMPS)
+    assert plain.weighting == "none" and "unweighted" in plain.source
+    assert plain.energy_scale == conformal_scale(w, e)
+    frames[0].calc = None
+    with pytest.raises(ValueError, match="no labeler energy"):
+        thermal_frame_weights(frames, {}, TEMPS)
+
+
+def test_minima_come_from_the_labelers_relaxations(tmp_path):
+    from driver.state import State
+
+    st = State(tmp_path / "state.sqlite")
+    relaxed = [labeled("LiNiO2" * 4, -5.87, 0), labeled("Li3Ni4O8" * 2, -5.89, 1)]
+    st.add_task("relax-label:x", "relax_label", "cpu", 0, 0, {})
+    st.mark_done("relax-label:x", {"relaxed_extxyz": to_extxyz(relaxed)})
+    assert labeler_minima(st) == pytest.approx({"LiNiO2": -5.87, "Li3Ni4O8": -5.89})

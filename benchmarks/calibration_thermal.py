@@ -51,7 +51,8 @@ from driver.campaign import open_campaign_state  # noqa: E402
 from driver.config import parse_config  # noqa: E402
 from driver.preflight import build_structure  # noqa: E402
 from driver.calibrate import labeler_minima, thermal_frame_weights  # noqa: E402
-from remote_al.calibration import conformal_scale, effective_pairs, weighted_conformal_scale  # noqa: E402
+from remote_al.calibration import (conformal_scale, effective_pairs, thermal_weights,  # noqa: E402
+                                   weighted_conformal_scale)
 from remote_al.structures import from_extxyz  # noqa: E402
 
 K_B = 8.617333e-5  # eV/K
@@ -145,10 +146,13 @@ def main():
     out = {"t_max_K": t_max, "minimum_eV_per_atom": {c: round(v, 4) for c, v in emin.items()}, "generations": {}}
     test_files = sorted(work.glob(f"{a.name}-test-*.extxyz"))
     if test_files:  # where the test frames lie (description only)
-        exc = np.array([at.get_potential_energy() / len(at) - emin.get(comp_of(at), np.nan)
-                        for at in from_extxyz(test_files[0].read_text())])
+        test_frames = from_extxyz(test_files[0].read_text())
+        exc = np.array([at.get_potential_energy() / len(at) - emin.get(comp_of(at), np.nan) for at in test_frames])
         out["test_excess_over_kTmax"] = {q: round(float(np.nanquantile(exc / (K_B * t_max), float(q))), 2)
-                                         for q in ("0.5", "0.9", "0.99", "1.0")}
+                                         for q in ("0.01", "0.5", "0.9", "0.99", "1.0")}
+        inside = thermal_weights(np.nan_to_num(exc, nan=-1.0), [len(at) for at in test_frames], temps)
+        comps = np.array([comp_of(at) for at in test_frames])
+        out["test_share_inside_band"] = {c: round(float(inside[comps == c].mean()), 3) for c in sorted(set(comps))}
     for g in gens:
         rows = rows_by_gen[g]
         npz = work / f"{a.name}-g{g}-pairs.npz"

@@ -89,7 +89,9 @@ def calibration_html(view: CalibrationView, outdir: Path, table: Callable, figur
     for g, c in sorted(view.calibrations.items()):
         becomes = c.force_width_threshold(view.target_force_error)
         rows.append([str(g), html.escape(c.method), f"{c.force_scale:.2f}", f"{c.frame_scale:.2f}", f"{c.energy_scale:.2f}",
-                     str(c.n_frames), str(c.n_force_pairs),
+                     str(c.n_frames) + (f" ({c.effective_frames:g} in the thermal band)"
+                                        if c.weighting == "thermal" and c.effective_frames is not None else ""),
+                     str(c.n_force_pairs),
                      "yes" if c.force_calibrated else "no (fallback)", "yes" if c.energy_calibrated else "no (fallback)",
                      f"{becomes:.3g}", html.escape(c.note) or "–"])
     out.append(table(["generation", "method", "force bound / width (per atom)", "(per frame)", "energy bound / width",

@@ -117,3 +117,15 @@ def test_minima_come_from_the_labelers_relaxations(tmp_path):
     st.add_task("relax-label:x", "relax_label", "cpu", 0, 0, {})
     st.mark_done("relax-label:x", {"relaxed_extxyz": to_extxyz(relaxed)})
     assert labeler_minima(st) == pytest.approx({"LiNiO2": -5.87, "Li3Ni4O8": -5.89})
+
+
+def test_the_report_says_how_many_frames_were_in_the_band(tmp_path):
+    from remote_al.calibration import Calibration
+
+    from driver.report_calibration import CalibrationView, calibration_html
+
+    cal = Calibration(1, "conformal", 0.95, 1.4, 2.1, 44, 700, 44, True, True, n_members=4,
+                      weighting="thermal", effective_frames=27.0)
+    view = CalibrationView(calibrations={1: cal}, used_thresholds={}, configured_threshold=0.1, target_force_error=0.1)
+    text = "".join(calibration_html(view, tmp_path, lambda head, rows: str(rows), lambda *a: ""))
+    assert "44 (27 in the thermal band)" in text

@@ -45,9 +45,9 @@ def generate(view: CampaignView) -> list:
     rng = np.random.default_rng(cfg.campaign.seed)
     ops, n_filtered, n_train, first_reason = [], 0, 0, ""
     rattled = f"initial data: rattled up to {1.5 * cfg.initial.rattle_A:.3f} A"
+    strain = cfg.initial.strain
     for spec in cfg.structures:
         base = view.start_structure(spec)
-        strain = cfg.initial.strain
         sets = [(base, "train", cfg.initial.n_per_structure, strain, ""),
                 (base, "test", cfg.test.n_initial_per_structure, strain, "")]
         if n_relaxed or n_relaxed_test:  # frames near the labeler's minimum too (None: said, none added)

@@ -51,11 +51,11 @@ from driver.campaign import open_campaign_state  # noqa: E402
 from driver.config import parse_config  # noqa: E402
 from driver.preflight import build_structure  # noqa: E402
 from driver.calibrate import labeler_minima, thermal_frame_weights  # noqa: E402
-from remote_al.calibration import (conformal_scale, effective_pairs, thermal_weights,  # noqa: E402
+from remote_al.calibration import (K_B_EV, conformal_scale, effective_pairs, thermal_weights,  # noqa: E402
                                    weighted_conformal_scale)
 from remote_al.structures import from_extxyz  # noqa: E402
 
-K_B = 8.617333e-5  # eV/K
+K_B = K_B_EV  # eV/K
 
 
 def frames_with_pairs(st, g, comp_of):
@@ -77,20 +77,10 @@ def frames_with_pairs(st, g, comp_of):
     return rows
 
 
-def minima(st, comp_of, rows_by_gen):
-    """Each composition's reference minimum (eV/atom): the relaxed structure's label, else
-    the lowest labeled calibration frame."""
-    out = {}
-    for t in st.tasks(function="relax_label"):
-        res = json.loads(t["result"] or "null")
-        if res and res.get("relaxed_extxyz"):
-            for a in from_extxyz(res["relaxed_extxyz"]):
-                try:
-                    e = a.get_potential_energy() / len(a)
-                except Exception:  # an unlabeled relaxed structure: fall back below
-                    continue
-                c = comp_of(a)
-                out[c] = min(out.get(c, np.inf), e)
+def minima(st, comp_of, rows_by_gen, empirical_name):
+    """Each composition's reference minimum (eV/atom): the relaxed structure's label
+    (``driver.calibrate.labeler_minima``), else the lowest labeled calibration frame."""
+    out = {empirical_name.get(k, k): v for k, v in labeler_minima(st).items()}
     for rows in rows_by_gen.values():
         for r in rows:
             if r["comp"] not in out:
@@ -142,7 +132,8 @@ def main():
     t_max = max(temps)
     gens = sorted({m["generation"] for m in st.models()})
     rows_by_gen = {g: frames_with_pairs(st, g, comp_of) for g in gens}
-    emin = minima(st, comp_of, rows_by_gen)
+    empirical = {build_structure(s).get_chemical_formula(empirical=True): s.name for s in cfg.structures}
+    emin = minima(st, comp_of, rows_by_gen, empirical)
     out = {"t_max_K": t_max, "minimum_eV_per_atom": {c: round(v, 4) for c, v in emin.items()}, "generations": {}}
     test_files = sorted(work.glob(f"{a.name}-test-*.extxyz"))
     if test_files:  # where the test frames lie (description only)

@@ -215,21 +215,22 @@ def coverage_interval(inside, clusters, rng, n_boot: int = 2000) -> dict:
             "trajectory_bootstrap_95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]}
 
 
+def frame_pairs_of(res: dict) -> list[dict]:
+    """Per frame of an ``evaluate_uncertainty`` result, its per-atom force and its energy
+    (width, error) pairs and its atom count, each as the arrays :func:`pairs_of` gives."""
+    cuts = np.cumsum([0, *res["natoms"]])
+    return [{"aw": np.asarray(res["atom_force_width"][a:b], float), "ae": np.asarray(res["atom_force_error"][a:b], float),
+             "ew": np.array([res["energy_width"][i]], float), "ee": np.array([res["energy_error"][i]], float),
+             "natoms": np.array([b - a], int)} for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:]))]
+
+
 def pairs_of(res: dict, keep=None) -> dict:
     """Per-atom force and per-frame energy (width, error) pairs of an ``evaluate_uncertainty``
     result (``keep``: a mask over its frames), with each kept frame's atom count."""
-    n = res["natoms"]
-    keep = [True] * len(n) if keep is None else keep
-    out, o = {"aw": [], "ae": [], "ew": [], "ee": [], "natoms": []}, 0
-    for i, k in enumerate(keep):
-        if k:
-            out["aw"] += res["atom_force_width"][o:o + n[i]]
-            out["ae"] += res["atom_force_error"][o:o + n[i]]
-            out["ew"].append(res["energy_width"][i])
-            out["ee"].append(res["energy_error"][i])
-            out["natoms"].append(n[i])
-        o += n[i]
-    return {k: np.asarray(v, int if k == "natoms" else float) for k, v in out.items()}
+    frames = frame_pairs_of(res)
+    kept = [f for f, k in zip(frames, [True] * len(frames) if keep is None else keep) if k]
+    return {k: np.concatenate([f[k] for f in kept]) if kept else np.array([], int if k == "natoms" else float)
+            for k in ("aw", "ae", "ew", "ee", "natoms")}
 
 
 def calibration_pairs(st, g: int, composition_of, evaluate=None) -> dict:

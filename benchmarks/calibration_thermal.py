@@ -45,7 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from calibration import pairs_of  # noqa: E402
+from calibration import frame_pairs_of  # noqa: E402
 
 from driver.campaign import open_campaign_state  # noqa: E402
 from driver.config import parse_config  # noqa: E402
@@ -69,9 +69,7 @@ def frames_with_pairs(st, g, comp_of):
         req, res = json.loads(t["request"]), json.loads(t["result"])
         if res.get("energy_error") is None:
             continue
-        frames = from_extxyz(req["frames_extxyz"])
-        for i, a in enumerate(frames):
-            p = pairs_of(res, [j == i for j in range(len(frames))])
+        for a, p in zip(from_extxyz(req["frames_extxyz"]), frame_pairs_of(res)):
             rows.append({"comp": comp_of(a), "e": a.get_potential_energy() / len(a), "p": p, "source": key[:4],
                          "atoms": a})
     return rows

@@ -154,18 +154,19 @@ def calibrate_generation(campaign_dir: Path, generation: int, test_result: dict 
     source = " + ".join(f"{p[4]} {name}" for name, p in zip(("held-out test frames", "out-of-bag frames"), parts)
                         if p[4])
     weights: dict = {}
-    if getattr(selection, "calibration_weighting", "none") == "thermal":
+    note = ""
+    if selection.calibration_weighting == "thermal":
         try:
             if frames is None or len(frames) != n_frames or not temperatures:
                 raise ValueError("the calibration frames or the MD temperatures are not at hand")
             fw = thermal_frame_weights(frames, minima or {}, temperatures)
             weights = dict(frame_weights=fw, atom_weights=np.repeat(fw, natoms))
         except ValueError as exc:
-            source += f"; unweighted: {exc}"
+            note = f"unweighted: {exc}"
     cal = fit_calibration(
         generation, np.array(aw), np.array(ae), np.array(ew), np.array(ee), n_frames=n_frames, n_members=n_members,
         coverage_level=selection.confidence, fallback=latest_calibration(campaign_dir, up_to=generation - 1),
-        min_frames=selection.calibration_min_frames, source=source, **weights,
+        min_frames=selection.calibration_min_frames, source=source, note=note, **weights,
         **dict(zip(("frame_widths", "frame_errors"), frame_pairs(aw, ae, natoms))),
     )
     write_calibration(campaign_dir, cal)

@@ -95,7 +95,7 @@ def conformal_scale(widths, errors, coverage: float = 0.95) -> float:
     """The split-conformal factor ``q``: ``|e| <= q w`` for at least ``coverage`` of new pairs.
 
     Raises ValueError when there are fewer than ``min_pairs(coverage)`` usable pairs."""
-    w, e = _pairs(widths, errors)
+    w, e, _ = _pairs(widths, errors)
     n = w.size
     k = int(math.ceil((n + 1) * coverage))
     if k > n:
@@ -154,7 +154,7 @@ def thermal_weights(excess, natoms, temperatures, tail: float = 0.001) -> np.nda
 def gaussian_scale(widths, errors, coverage: float = 0.95) -> float:
     """Imbalzano et al. 2021 style: one scale so that errors are unit-variance Gaussian in
     units of the width, then the two-sided Gaussian quantile at ``coverage``."""
-    w, e = _pairs(widths, errors)
+    w, e, _ = _pairs(widths, errors)
     if w.size < 2:
         raise ValueError("need at least 2 calibration pairs")
     alpha = math.sqrt(float(np.mean((e / w) ** 2)))
@@ -171,20 +171,18 @@ def prediction_interval_scale(n_members: int) -> float:
 
 def coverage(widths, errors, scale: float) -> float:
     """Share of pairs with ``|e| <= scale * w``."""
-    w, e = _pairs(widths, errors)
+    w, e, _ = _pairs(widths, errors)
     return float(np.mean(e <= scale * w)) if w.size else float("nan")
 
 
-def _pairs(widths, errors, weights=None) -> tuple[np.ndarray, ...]:
-    """Usable (width, |error|) pairs, and their weights when given."""
+def _pairs(widths, errors, weights=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Usable (width, |error|, weight) triples; weights of 1 when none are given."""
     w = np.asarray(widths, dtype=float).ravel()
     e = np.abs(np.asarray(errors, dtype=float).ravel())
     if w.shape != e.shape:
         raise ValueError(f"{w.size} widths but {e.size} errors")
     ok = np.isfinite(w) & np.isfinite(e) & (w > 0)
-    if weights is None:
-        return w[ok], e[ok]
-    wt = np.asarray(weights, dtype=float).ravel()
+    wt = np.ones_like(w) if weights is None else np.asarray(weights, dtype=float).ravel()
     if wt.shape != w.shape:
         raise ValueError(f"{w.size} pairs but {wt.size} weights")
     ok &= np.isfinite(wt) & (wt >= 0)
@@ -208,6 +206,7 @@ def fit_calibration(
     frame_errors=None,
     frame_weights=None,
     atom_weights=None,
+    note: str = "",
 ) -> Calibration:
     """Fit one generation's calibration; see the module docstring for the rules.
     ``frame_widths`` / ``frame_errors``: per frame, the largest per-atom width and error
@@ -216,23 +215,23 @@ def fit_calibration(
     energy and frame pairs) and ``atom_weights`` (per atom, each its frame's weight): the
     covariate-shift weights of ``thermal_weights``; conformal fits are then weighted, and
     each falls back to the unweighted fit, with a note, where the weights leave too few
-    effective frames."""
+    effective frames. ``note``: the caller's remark, first in the record's note."""
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}; known: {METHODS}")
     weighted = frame_weights is not None and method == "conformal"
-    fw, fe, *fwt = _pairs(atom_widths, atom_errors, atom_weights if weighted else None)
-    ew, ee, *ewt = _pairs(energy_widths, energy_errors, frame_weights if weighted else None)
+    fw, fe, fwt = _pairs(atom_widths, atom_errors, atom_weights if weighted else None)
+    ew, ee, ewt = _pairs(energy_widths, energy_errors, frame_weights if weighted else None)
     base = dict(generation=generation, method=method, coverage=coverage_level, n_frames=int(n_frames),
                 n_force_pairs=int(fw.size), n_energy_pairs=int(ew.size), n_members=int(n_members), source=source)
     if weighted:
-        base.update(weighting="thermal", effective_frames=round(effective_pairs(ewt[0]), 1))
-    notes = []
+        base.update(weighting="thermal", effective_frames=round(effective_pairs(ewt), 1))
+    notes = [note] if note else []
 
-    def scale(w, e, wt=(), what=""):
+    def scale(w, e, wt, what):
         if method == "conformal":
-            if wt:
+            if weighted:
                 try:
-                    return weighted_conformal_scale(w, e, wt[0], coverage_level)
+                    return weighted_conformal_scale(w, e, wt, coverage_level)
                 except ValueError as exc:
                     notes.append(f"{what}: unweighted fit ({exc})")
             return conformal_scale(w, e, coverage_level)
@@ -240,7 +239,7 @@ def fit_calibration(
             return gaussian_scale(w, e, coverage_level)
         return prediction_interval_scale(n_members)
 
-    def fitted(what: str, w, e, wt=()) -> float | None:
+    def fitted(what: str, w, e, wt) -> float | None:
         try:
             if n_frames < min_frames:
                 raise ValueError(f"{n_frames} frames, fewer than the {min_frames} asked for")
@@ -253,7 +252,7 @@ def fit_calibration(
     e_scale = fitted("energies", ew, ee, ewt)
     frame: dict = {}
     if frame_widths is not None:
-        rw, re_, *rwt = _pairs(frame_widths, frame_errors, frame_weights if weighted else None)
+        rw, re_, rwt = _pairs(frame_widths, frame_errors, frame_weights if weighted else None)
         frame["n_frame_pairs"] = int(rw.size)
         try:
             if n_frames < min_frames:

@@ -107,7 +107,7 @@ def test_one_round_mini_campaign(tmp_path, mode):
         cal = read_calibration(cfg.directory, g)
         assert cal is not None and cal.n_force_pairs > 0 and "out-of-bag" in cal.source, cal
         # thermal: the engine handed the fit every evaluated frame with its labeler energy
-        assert cal.weighting == ("thermal" if mode == "sync" else "none") and "unweighted:" not in cal.source, cal
+        assert cal.weighting == ("thermal" if mode == "sync" else "none") and "unweighted:" not in cal.note, cal
         assert (cal.effective_frames is not None) == (mode == "sync")
         oob = db.execute("SELECT request FROM tasks WHERE key=?", (f"oob:g{g}",)).fetchone()
         oreq = json.loads(oob[0])

@@ -105,17 +105,23 @@ def _formula(atoms) -> str:
 
 def labeler_minima(state) -> dict[str, float]:
     """Per composition (empirical formula), the labeler's energy per atom of its relaxed
-    structure, from the campaign's ``relax-label`` tasks (none: an empty dict)."""
+    structure, from the campaign's ``relax-label`` tasks (none: an empty dict). The energy is
+    the record's ``energies_eV_atom`` (``RelaxResult``: its relaxed structures carry none),
+    or the structure's own where a record gives it that way."""
     from remote_al.structures import from_extxyz
 
     out: dict[str, float] = {}
     for row in state.tasks(status="done", function="relax_label"):
         res = json.loads(row["result"] or "null") or {}
-        for atoms in from_extxyz(res.get("relaxed_extxyz") or ""):
-            energy = atoms.calc.results.get("energy") if atoms.calc is not None else None
+        relaxed = from_extxyz(res.get("relaxed_extxyz") or "")
+        energies = list(res.get("energies_eV_atom") or [])
+        for k, atoms in enumerate(relaxed):
+            energy = energies[k] if k < len(energies) else None
+            if energy is None and atoms.calc is not None and atoms.calc.results.get("energy") is not None:
+                energy = atoms.calc.results["energy"] / len(atoms)
             if energy is not None and np.isfinite(energy):
                 key = _formula(atoms)
-                out[key] = min(out.get(key, np.inf), float(energy) / len(atoms))
+                out[key] = min(out.get(key, np.inf), float(energy))
     return out
 
 

@@ -111,12 +111,25 @@ def test_a_campaign_writes_a_thermal_calibration_and_says_when_it_cannot(tmp_pat
 
 def test_minima_come_from_the_labelers_relaxations(tmp_path):
     from driver.state import State
+    from remote_al.functions import relax_structure
+    from remote_al.records import RelaxRequest
+    from remote_al.structures import cathode_cell, perturb
 
     st = State(tmp_path / "state.sqlite")
-    relaxed = [labeled("LiNiO2" * 4, -5.87, 0), labeled("Li3Ni4O8" * 2, -5.89, 1)]
+    # the labeler's relaxation as the campaign runs and stores it (remote_al.functions,
+    # CHGNet): its energy is in energies_eV_atom, its relaxed structure has no calculator
+    atoms = perturb(cathode_cell(1.0), 0.03, 0.0, np.random.default_rng(0))
+    result = relax_structure(RelaxRequest(task_key="relax-label:LNO", workdir=str(tmp_path / "lab"),
+                                          structure_extxyz=to_extxyz(atoms), labeler="chgnet", max_steps=5))
+    st.add_task("relax-label:LNO", "relax_label", "cpu", 0, 0, {})
+    st.mark_done("relax-label:LNO", result)
+    formula = atoms.get_chemical_formula(empirical=True)
+    assert labeler_minima(st) == pytest.approx({formula: result["energies_eV_atom"][0]})
+    # a relaxed structure that carries its own energy counts too; the lower one is the minimum
     st.add_task("relax-label:x", "relax_label", "cpu", 0, 0, {})
-    st.mark_done("relax-label:x", {"relaxed_extxyz": to_extxyz(relaxed)})
-    assert labeler_minima(st) == pytest.approx({"LiNiO2": -5.87, "Li3Ni4O8": -5.89})
+    st.mark_done("relax-label:x", {"relaxed_extxyz": to_extxyz([labeled("LiNiO2" * 4, -9.0, 0),
+                                                                labeled("Li3Ni4O8" * 2, -5.89, 1)])})
+    assert labeler_minima(st) == pytest.approx({formula: -9.0, "Li3Ni4O8": -5.89})
 
 
 def test_the_report_says_how_many_frames_were_in_the_band(tmp_path):

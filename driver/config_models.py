@@ -238,7 +238,8 @@ class SelectionSection(_Section):
                                         description="held-out frames a calibration needs")
     calibration_weighting: Literal["none", "thermal"] = Field(
         "none", description="'thermal': calibration pairs weighted toward the energies the campaign's MD visits "
-                            "(weighted conformal, docs/uncertainty.md); 'none': all held-out frames alike")
+                            "(weighted conformal, docs/uncertainty.md; measured better with MD at two "
+                            "temperatures, not with one); 'none': all held-out frames alike")
     strategy: Literal["topk", "random", "kmeans", "fps", "lcmd", "maxdet"] = Field(
         "topk", description="which uncertain frames fill the cap (driver.strategies): 'topk' the highest widths; "
                             "'random' uniformly (DP-GEN's rule inside [force_threshold, force_upper]); 'kmeans', "

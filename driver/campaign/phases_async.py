@@ -133,14 +133,18 @@ def last_generation_training(view: CampaignView) -> bool:
     return converged_mark(view, view.round - 1) is not None
 
 
-def select_batch(view: CampaignView, r: int, ids: list[int]) -> list:
-    """Asynchronous selection of one exploration's frames, as soon as they are scored."""
+def select_batch(view: CampaignView, r: int, ids: list[int], relaxation: bool = False) -> list:
+    """Asynchronous selection of one exploration's frames, as soon as they are scored.
+    The round's held-out frames come from its MD explorations, spread over them; an
+    ensemble relaxation (``relaxation``) gives none: its frames are colder than the MD
+    that the calibrated bounds are used on (docs/uncertainty.md, attempt 19)."""
     cfg = view.cfg
     if view.stop_reason or last_generation_training(view):  # nothing new once it is stopping
         return []
     cands = view.candidates(view.candidate_rows(ids=ids))
     n_tests = view.decision_counts(r).get("test", 0)
-    per_batch = -(-cfg.test.n_per_round // max(1, len(view.sweep())))
+    n_md = sum(p != "relax" for _, _, p, _ in view.sweep())
+    per_batch = 0 if relaxation else -(-cfg.test.n_per_round // max(1, n_md))
     test_ids = pick_tests(view, r, cands, min(per_batch, cfg.test.n_per_round - n_tests), salt=min(ids))
     already = view.candidates(view.candidate_rows(ids=[x["id"] for x in view.decided(r, "label")], any_status=True))
     cap, note = cfg.selection.max_per_round, ""

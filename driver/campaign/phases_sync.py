@@ -136,7 +136,10 @@ def explore(view: CampaignView) -> list:
 def select_round(view: CampaignView) -> list:
     r, cfg = view.round, view.cfg
     cands = view.candidates(view.candidate_rows(r))
-    test_ids = pick_tests(view, r, cands, cfg.test.n_per_round)
+    # held-out frames from the MD explorations only (as in the asynchronous mode)
+    relaxed = {row["id"] for t in view.tasks(kind=TaskKind.MD, round_=r) if requests.is_relaxation(t["key"])
+               for row in view.structures(source_task=t["key"])}
+    test_ids = pick_tests(view, r, [c for c in cands if c.id not in relaxed], cfg.test.n_per_round)
     decisions = select([c for c in cands if c.id not in test_ids], policy(view, cfg.selection.max_per_round, r=r),
                        fingerprints=view.fingerprints(), extras=view.selection_extras())
     ops, counts = decision_ops(r, decisions, test_ids)

@@ -87,7 +87,7 @@ def select_scored(view: CampaignView, task: Task, result: dict) -> list:
 
     if view.cfg.steering.mode != "async" or view.phase != Phase.ASYNC:
         return []
-    return select_batch(view, task.round, list(task.context.structure_ids))
+    return select_batch(view, task.round, list(task.context.structure_ids), relaxation=requests.is_relaxation(task.key))
 
 
 def accuracy_metrics(frames_extxyz: str, result: dict) -> dict:

@@ -1,0 +1,91 @@
+"""Offline lever for issue #20: pool the previous generation's calibration pairs into a fit.
+
+    python benchmarks/calibration_pooling.py runs/calib-a18:linio2 runs/calib-delith5:delithiation
+
+For each WORKDIR:NAME (a campaign run and scored by ``benchmarks/calibration.py``), fits
+generation g's factors on its own calibration pairs, and on them together with generation
+g-1's (each pair with the width and error of its own ensemble: scores |e|/w pooled, twice
+the frames), with all frames and with the thermal band (labeler minima), and scores both
+on generation g's saved test pairs. If the factor's spread between runs came from too few
+frames, pooling would move the coverage toward 0.95; the numbers are in
+docs/uncertainty.md (attempt 19, "Pooling generations").
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from calibration_band_variants import window  # noqa: E402
+from calibration_thermal import frames_with_pairs, scored  # noqa: E402
+
+from driver.calibrate import labeler_minima  # noqa: E402
+from driver.campaign import open_campaign_state  # noqa: E402
+from driver.config import parse_config  # noqa: E402
+from driver.preflight import build_structure  # noqa: E402
+from remote_al.calibration import weighted_conformal_scale  # noqa: E402
+
+
+def generation_pairs(st, work: Path, name: str, g: int, formula, temps, minima):
+    rows = frames_with_pairs(st, g, lambda a: formula.get(a.get_chemical_formula(), "other"))
+    z = np.load(work / f"{name}-g{g}-pairs.npz", allow_pickle=True)
+    test = {k[5:]: z[k] for k in z.files if k.startswith("test_")}
+    nat = np.array([len(r["atoms"]) for r in rows])
+    emp = [r["atoms"].get_chemical_formula(empirical=True) for r in rows]
+    energy = np.array([r["e"] for r in rows])
+    low = {c: min(energy[[k == c for k in emp]].min(), minima.get(c, np.inf)) for c in set(emp)}
+    band = window(energy - np.array([low[c] for c in emp]), nat, temps)
+    cal = {k: np.concatenate([r["p"][k] for r in rows]) for k in ("aw", "ae", "ew", "ee")}
+    return cal, nat, band, test
+
+
+def one(work: Path, name: str) -> dict:
+    st = open_campaign_state(work / name)
+    cfg = parse_config(json.loads(st.get_meta("config_json")), base_dir=work / name)
+    formula = {build_structure(s).get_chemical_formula(): s.name for s in cfg.structures}
+    e = cfg.exploration
+    temps = sorted({float(t) for s in cfg.structures for t in (s.temperatures_K or e.temperatures_K)})
+    minima = labeler_minima(st)
+    gens = sorted({m["generation"] for m in st.models()})
+    data = {g: generation_pairs(st, work, name, g, formula, temps, minima) for g in gens}
+    out = {}
+    print(f"== {work}:{name}")
+    for weights in ("all frames", "band"):
+        for pool in ("generation g", "g and g-1"):
+            cells, rows = [0, 0, 0], {}
+            for g in [g for g in gens if g >= 1]:
+                use = [g] if pool == "generation g" else [g, g - 1]
+                cat = {k: np.concatenate([data[u][0][k] for u in use]) for k in ("aw", "ae", "ew", "ee")}
+                nat = np.concatenate([data[u][1] for u in use])
+                fw = np.concatenate([data[u][2] if weights == "band" else np.ones(len(data[u][1])) for u in use])
+                qf = weighted_conformal_scale(cat["aw"], cat["ae"], np.repeat(fw, nat))
+                qe = weighted_conformal_scale(cat["ew"], cat["ee"], fw)
+                s = scored(qf, qe, data[g][3])
+                rows[str(g)] = {"frames": int(fw.sum()), "q_force": round(qf, 3), "q_energy": round(qe, 3), "coverage": s}
+                for comp, d in s.items():
+                    for x in d.values() if comp != "all" else ():
+                        cells[0 if 0.9 <= x <= 0.98 else 1 if x > 0.98 else 2] += 1
+                print(f"  {weights:10s} {pool:12s} g{g}: frames {int(fw.sum()):4d}, factors {qf:.2f} / {qe:.2f}, "
+                      f"all F {s['all']['forces']:.3f} E {s['all']['energies']:.3f}")
+            print(f"  {weights:10s} {pool:12s} cells of generations 1-2 inside / above / below {cells}")
+            out[f"{weights}, {pool}"] = {"generations": rows, "cells_g1_2_inside_above_below": cells}
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", help="WORKDIR:NAME, e.g. runs/calib-a18:linio2")
+    ap.add_argument("--out", default="")
+    a = ap.parse_args(argv)
+    res = {spec: one(Path(spec.rpartition(":")[0]), spec.rpartition(":")[2]) for spec in a.runs}
+    if a.out:
+        Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -57,13 +57,20 @@ def window(excess, natoms, temps, lo=0.001, hi=0.999, t_hi=1.0) -> np.ndarray:
     return ((cdf >= lo) & (cdf_hi <= hi)).astype(float)
 
 
-def one(work: Path, name: str) -> dict:
+def campaign_context(work: Path, name: str):
+    """A scored campaign's state, its formula -> structure name map, its MD temperatures (as
+    ``CampaignView.temperatures``) and the labeler minima."""
     st = open_campaign_state(work / name)
     cfg = parse_config(json.loads(st.get_meta("config_json")), base_dir=work / name)
     formula = {build_structure(s).get_chemical_formula(): s.name for s in cfg.structures}
     e = cfg.exploration
     temps = sorted({float(t) for s in cfg.structures for t in (s.temperatures_K or e.temperatures_K)})
     minima = labeler_minima(st)
+    return st, formula, temps, minima
+
+
+def one(work: Path, name: str) -> dict:
+    st, formula, temps, minima = campaign_context(work, name)
     out = {"temperatures_K": temps, "minima_eV_per_atom": {k: round(v, 4) for k, v in minima.items()},
            "variants": {v: {} for v in VARIANTS}, "cells_g1_2_inside_above_below": {v: [0, 0, 0] for v in VARIANTS}}
     print(f"== {work}:{name}, temperatures {temps} K")
@@ -105,18 +112,21 @@ def one(work: Path, name: str) -> dict:
     return out
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def over_runs(one, doc: str, argv=None) -> dict:
+    """The command line of the offline calibration levers: ``one(workdir, name)`` for each
+    WORKDIR:NAME given, the results printed by ``one`` and, with ``--out``, written as JSON."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="WORKDIR:NAME, e.g. runs/calib-a18:linio2")
     ap.add_argument("--out", default="")
     a = ap.parse_args(argv)
-    res = {}
-    for spec in a.runs:
-        work, _, name = spec.rpartition(":")
-        res[spec] = one(Path(work), name)
+    res = {spec: one(Path(spec.rpartition(":")[0]), spec.rpartition(":")[2]) for spec in a.runs}
     if a.out:
         Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
     return res
+
+
+def main(argv=None) -> dict:
+    return over_runs(one, __doc__, argv)
 
 
 if __name__ == "__main__":

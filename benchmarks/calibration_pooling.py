@@ -10,7 +10,6 @@ on generation g's saved test pairs. If the factor's spread between runs came fro
 frames, pooling would move the coverage toward 0.95; the numbers are in
 docs/uncertainty.md (attempt 19, "Pooling generations").
 """
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -20,13 +19,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from calibration_band_variants import window  # noqa: E402
+from calibration_band_variants import campaign_context, over_runs, window  # noqa: E402
 from calibration_thermal import frames_with_pairs, scored  # noqa: E402
 
-from driver.calibrate import labeler_minima  # noqa: E402
-from driver.campaign import open_campaign_state  # noqa: E402
-from driver.config import parse_config  # noqa: E402
-from driver.preflight import build_structure  # noqa: E402
 from remote_al.calibration import weighted_conformal_scale  # noqa: E402
 
 
@@ -44,12 +39,7 @@ def generation_pairs(st, work: Path, name: str, g: int, formula, temps, minima):
 
 
 def one(work: Path, name: str) -> dict:
-    st = open_campaign_state(work / name)
-    cfg = parse_config(json.loads(st.get_meta("config_json")), base_dir=work / name)
-    formula = {build_structure(s).get_chemical_formula(): s.name for s in cfg.structures}
-    e = cfg.exploration
-    temps = sorted({float(t) for s in cfg.structures for t in (s.temperatures_K or e.temperatures_K)})
-    minima = labeler_minima(st)
+    st, formula, temps, minima = campaign_context(work, name)
     gens = sorted({m["generation"] for m in st.models()})
     data = {g: generation_pairs(st, work, name, g, formula, temps, minima) for g in gens}
     out = {}
@@ -77,14 +67,7 @@ def one(work: Path, name: str) -> dict:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="+", help="WORKDIR:NAME, e.g. runs/calib-a18:linio2")
-    ap.add_argument("--out", default="")
-    a = ap.parse_args(argv)
-    res = {spec: one(Path(spec.rpartition(":")[0]), spec.rpartition(":")[2]) for spec in a.runs}
-    if a.out:
-        Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
-    return res
+    return over_runs(one, __doc__, argv)
 
 
 if __name__ == "__main__":

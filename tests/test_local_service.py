@@ -121,7 +121,9 @@ def test_a_killed_service_is_started_again_and_reruns_what_it_had_taken(tmp_path
 
 def test_stop_refuses_while_a_driver_runs_then_ends_the_service(tmp_path):
     toml = write_campaign(tmp_path)
-    env = sim_env(tmp_path, REMOTE_AL_SIM_UNIT_S="0.2")
+    # 1 s per simulated unit: the campaign must still be running when Ctrl-C comes; at 0.2 s
+    # it sometimes finished (and ended its service) while the `stop` below was starting
+    env = sim_env(tmp_path, REMOTE_AL_SIM_UNIT_S="1.0")
     proc = subprocess.Popen([sys.executable, "-m", "driver.cli", "run", str(toml)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sdir = _engine(tmp_path)
@@ -134,6 +136,7 @@ def test_stop_refuses_while_a_driver_runs_then_ends_the_service(tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: the driver ends, the service goes on
         proc.wait(timeout=180)  # on 2 cores busy with other work it once took over 60 s
+    assert proc.returncode != 0, "the campaign finished before Ctrl-C: nothing was interrupted"
     assert sdir.alive() and sdir.counts()["running"] + sdir.counts()["inbox"] > 0
     status = [sys.executable, "-m", "driver.cli", "status", str(tmp_path / "camp")]
     shown = subprocess.run(status, env=env, capture_output=True, text=True, timeout=60).stdout

@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from calibration_thermal import frames_with_pairs, scored  # noqa: E402
 
-from driver.calibrate import labeler_minima  # noqa: E402
+from driver.calibrate import excess_energies, labeler_minima  # noqa: E402
 from driver.campaign import open_campaign_state  # noqa: E402
-from driver.config import parse_config  # noqa: E402
+from driver.config import md_temperatures, parse_config  # noqa: E402
 from driver.preflight import build_structure  # noqa: E402
 from remote_al.calibration import K_B_EV, weighted_conformal_scale  # noqa: E402
 
@@ -59,14 +59,11 @@ def window(excess, natoms, temps, lo=0.001, hi=0.999, t_hi=1.0) -> np.ndarray:
 
 def campaign_context(work: Path, name: str):
     """A scored campaign's state, its formula -> structure name map, its MD temperatures (as
-    ``CampaignView.temperatures``) and the labeler minima."""
+    ``driver.config.md_temperatures``) and the labeler minima."""
     st = open_campaign_state(work / name)
     cfg = parse_config(json.loads(st.get_meta("config_json")), base_dir=work / name)
     formula = {build_structure(s).get_chemical_formula(): s.name for s in cfg.structures}
-    e = cfg.exploration
-    temps = sorted({float(t) for s in cfg.structures for t in (s.temperatures_K or e.temperatures_K)})
-    minima = labeler_minima(st)
-    return st, formula, temps, minima
+    return st, formula, md_temperatures(cfg), labeler_minima(st)
 
 
 def one(work: Path, name: str) -> dict:
@@ -83,10 +80,7 @@ def one(work: Path, name: str) -> dict:
         test = {k[5:]: z[k] for k in z.files if k.startswith("test_")}
         frames = [r["atoms"] for r in rows]
         nat = [len(f) for f in frames]
-        emp = [f.get_chemical_formula(empirical=True) for f in frames]
-        energy = np.array([r["e"] for r in rows])
-        low = {c: min(energy[[k == c for k in emp]].min(), minima.get(c, np.inf)) for c in set(emp)}
-        excess = energy - np.array([low[c] for c in emp])
+        excess = excess_energies(frames, minima)
         cal = {k: np.concatenate([r["p"][k] for r in rows]) for k in ("aw", "ae", "ew", "ee")}
         for v, kw in VARIANTS.items():
             fw = window(excess, nat, temps, **kw)

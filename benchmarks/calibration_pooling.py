@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from calibration_band_variants import campaign_context, over_runs, window  # noqa: E402
 from calibration_thermal import frames_with_pairs, scored  # noqa: E402
 
+from driver.calibrate import excess_energies  # noqa: E402
 from remote_al.calibration import weighted_conformal_scale  # noqa: E402
 
 
@@ -30,10 +31,7 @@ def generation_pairs(st, work: Path, name: str, g: int, formula, temps, minima):
     z = np.load(work / f"{name}-g{g}-pairs.npz", allow_pickle=True)
     test = {k[5:]: z[k] for k in z.files if k.startswith("test_")}
     nat = np.array([len(r["atoms"]) for r in rows])
-    emp = [r["atoms"].get_chemical_formula(empirical=True) for r in rows]
-    energy = np.array([r["e"] for r in rows])
-    low = {c: min(energy[[k == c for k in emp]].min(), minima.get(c, np.inf)) for c in set(emp)}
-    band = window(energy - np.array([low[c] for c in emp]), nat, temps)
+    band = window(excess_energies([r["atoms"] for r in rows], minima), nat, temps)
     cal = {k: np.concatenate([r["p"][k] for r in rows]) for k in ("aw", "ae", "ew", "ee")}
     return cal, nat, band, test
 

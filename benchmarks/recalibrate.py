@@ -19,11 +19,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from driver.calibrate import calibrate_generation, labeler_minima  # noqa: E402
+from driver.calibrate import calibrate_generation, evaluated_frames, labeler_minima  # noqa: E402
 from driver.campaign import open_campaign_state  # noqa: E402
-from driver.config import parse_config  # noqa: E402
+from driver.config import md_temperatures, parse_config  # noqa: E402
 from remote_al.calibration import read_calibration  # noqa: E402
-from remote_al.structures import from_extxyz  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -33,19 +32,16 @@ def main(argv=None) -> None:
     cdir = Path(a.campaign_dir).resolve()
     st = open_campaign_state(cdir)
     cfg = parse_config(json.loads(st.get_meta("config_json")), base_dir=cdir)
-    e = cfg.exploration
-    temperatures = sorted({float(t) for spec in cfg.structures for t in (spec.temperatures_K or e.temperatures_K)})
+    temperatures = md_temperatures(cfg)
     minima = labeler_minima(st)
     print(f"{cdir}: weighting {cfg.selection.calibration_weighting!r}, temperatures {temperatures} K, "
           f"labeler minima (eV/atom) {json.dumps({k: round(v, 4) for k, v in minima.items()})}")
     for g in sorted({m["generation"] for m in st.models()}):
-        results, frames = [], []
+        results = []
         for key in (f"eval:g{g}", f"oob:g{g}"):
             task = st.task(key)
-            res = json.loads(task["result"]) if task is not None and task["status"] == "done" else None
-            results.append(res)
-            if res and res.get("atom_force_width") is not None and res.get("energy_error") is not None:
-                frames += from_extxyz(json.loads(task["request"])["frames_extxyz"])
+            results.append(json.loads(task["result"]) if task is not None and task["status"] == "done" else None)
+        frames = evaluated_frames(st, g, *results)
         before = read_calibration(cdir, g)
         cal = calibrate_generation(cdir, g, *results, cfg.selection, len(st.models(g)), frames=frames,
                                    minima=minima, temperatures=temperatures)

@@ -125,11 +125,10 @@ def labeler_minima(state) -> dict[str, float]:
     return out
 
 
-def thermal_frame_weights(frames: Sequence, minima: Mapping[str, float], temperatures) -> np.ndarray:
-    """Per calibration frame (labeled Atoms, in pair order), 1 when the campaign's MD could
-    visit its energy above its composition's minimum (the lower of ``minima`` and the
-    composition's lowest frame here), else 0 (``remote_al.calibration.thermal_weights``).
-    ValueError when a frame has no energy."""
+def excess_energies(frames: Sequence, minima: Mapping[str, float]) -> np.ndarray:
+    """Per labeled frame, its energy per atom above its composition's minimum: the lower of
+    ``minima`` (:func:`labeler_minima`) and the composition's lowest frame here. ValueError
+    when a frame has no energy."""
     energies, comps = [], []
     for i, atoms in enumerate(frames):
         energy = atoms.calc.results.get("energy") if atoms.calc is not None else None
@@ -138,8 +137,27 @@ def thermal_frame_weights(frames: Sequence, minima: Mapping[str, float], tempera
         energies.append(float(energy) / len(atoms))
         comps.append(_formula(atoms))
     lowest = {c: min(min(e for e, k in zip(energies, comps) if k == c), minima.get(c, np.inf)) for c in set(comps)}
-    excess = [e - lowest[c] for e, c in zip(energies, comps)]
-    return thermal_weights(excess, [len(a) for a in frames], temperatures)
+    return np.array([e - lowest[c] for e, c in zip(energies, comps)])
+
+
+def thermal_frame_weights(frames: Sequence, minima: Mapping[str, float], temperatures) -> np.ndarray:
+    """Per calibration frame (labeled Atoms, in pair order), 1 when the campaign's MD could
+    visit its energy above its composition's minimum (:func:`excess_energies`), else 0
+    (``remote_al.calibration.thermal_weights``). ValueError when a frame has no energy."""
+    return thermal_weights(excess_energies(frames, minima), [len(a) for a in frames], temperatures)
+
+
+def evaluated_frames(state, g: int, test_result: dict | None, oob_result: dict | None) -> list:
+    """The labeled frames behind generation g's calibration pairs (test, then out-of-bag),
+    in the order :func:`calibrate_generation` takes their pairs."""
+    from remote_al.structures import from_extxyz
+
+    frames: list = []
+    for key, res in zip((f"eval:g{g}", f"oob:g{g}"), (test_result, oob_result)):
+        task = state.task(key)
+        if res and res.get("atom_force_width") is not None and res.get("energy_error") is not None and task:
+            frames += from_extxyz(json.loads(task["request"])["frames_extxyz"])
+    return frames
 
 
 def calibrate_generation(campaign_dir: Path, generation: int, test_result: dict | None,

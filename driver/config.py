@@ -169,6 +169,12 @@ def override(cfg: CampaignConfig, dotted: str, value: Any, option: str) -> Campa
     return cfg.model_copy(update={section: new})
 
 
+def md_temperatures(cfg: CampaignConfig) -> list[float]:
+    """Every MD temperature of a campaign, K (each structure's, else [exploration]'s)."""
+    e = cfg.exploration
+    return sorted({float(t) for spec in cfg.structures for t in (spec.temperatures_K or e.temperatures_K)})
+
+
 def spec_metals(spec: StructureSpec) -> dict[str, float]:
     """Transition-metal fractions of a layered structure spec."""
     from remote_al.composition import parse_metals

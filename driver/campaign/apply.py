@@ -174,7 +174,7 @@ class Applier:
 
     # ----------------------------------------------------------- calibration
     def _calibrate(self, op: plan.Calibrate) -> None:
-        from driver.calibrate import calibrate_generation, labeler_minima
+        from driver.calibrate import calibrate_generation, evaluated_frames, labeler_minima
 
         g = op.generation
 
@@ -196,7 +196,7 @@ class Applier:
         sel = self.view.cfg.selection
         thermal = {}
         if sel.calibration_weighting == "thermal":
-            thermal = dict(frames=self._evaluated_frames(g, test_result, oob_result),
+            thermal = dict(frames=evaluated_frames(self.state, g, test_result, oob_result),
                            minima=labeler_minima(self.state), temperatures=self.view.temperatures())
         cal = calibrate_generation(self.view.directory, g, test_result, oob_result, sel, len(self.state.models(g)),
                                    **thermal)
@@ -214,18 +214,6 @@ class Applier:
             f"{cal.energy_scale:.2f} x width ({cal.source}; {cal.n_force_pairs} atoms"
             + (f"; thermal band: {cal.effective_frames:g} of {cal.n_frames} frames" if cal.weighting == "thermal" else "")
             + (f"; {cal.note}" if cal.note else "") + ")"))
-
-    def _evaluated_frames(self, g: int, *results) -> list:
-        """The labeled frames behind generation g's calibration pairs (test, then out-of-bag),
-        in the order their results give pairs."""
-        from remote_al.structures import from_extxyz
-
-        frames: list = []
-        for key, res in zip((f"eval:g{g}", f"oob:g{g}"), results):
-            task = self.state.task(key)
-            if res and res.get("atom_force_width") is not None and res.get("energy_error") is not None and task:
-                frames += from_extxyz(json.loads(task["request"])["frames_extxyz"])
-        return frames
 
     # --------------------------------------------------------------- numbers
     def _set_metrics(self, op: plan.SetMetrics) -> None:

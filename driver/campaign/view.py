@@ -166,9 +166,10 @@ class CampaignView:
         return out
 
     def temperatures(self) -> list[float]:
-        """Every MD temperature of the campaign, K (each structure's, else [exploration]'s)."""
-        e = self.cfg.exploration
-        return sorted({float(t) for spec in self.cfg.structures for t in (spec.temperatures_K or e.temperatures_K)})
+        """Every MD temperature of the campaign, K (``driver.config.md_temperatures``)."""
+        from driver.config import md_temperatures
+
+        return md_temperatures(self.cfg)
 
     def start_structure(self, spec):
         """Where the initial data and the MD of a structure start: the labeler-relaxed

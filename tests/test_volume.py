@@ -46,6 +46,26 @@ def test_sweep_follows_each_structure_schedule(tmp_path):
     assert per["NMC"] == {(300.0, 0.0), (300.0, 2.0)}  # its own temperatures, the shared pressures
 
 
+def test_sweep_takes_relaxations_and_md_in_turn(tmp_path):
+    """With relaxation explorations, a round capped after a few explorations still runs MD:
+    relaxations and MD alternate (the relaxations member-major), so the first two entries
+    per structure give every structure one relaxation and the MD gets its turn."""
+    from driver.campaign.view import CampaignView
+
+    data = json.loads(json.dumps(BASE))
+    data["exploration"].update(relax=True)
+    data["training"] = {"ensemble_size": 3}
+    cfg = _cfg(tmp_path, data)
+    sweep = CampaignView.sweep(type("V", (), {"cfg": cfg})())
+    relax = [(s.name, w) for s, _, p, w in sweep if p == "relax"]
+    md = [(s.name, t, p) for s, t, p, _ in sweep if p != "relax"]
+    assert len(relax) == 3 * len(cfg.structures) and len(md) == 4 * 4 + 2  # nothing lost or repeated
+    assert [p == "relax" for _, _, p, _ in sweep[:10]] == [True, False] * 5
+    first = sweep[:2 * len(cfg.structures)]
+    assert {s.name for s, _, p, w in first if p == "relax"} == {s.name for s in cfg.structures}
+    assert {w for _, _, p, w in first if p == "relax"} == {0}  # member-major
+
+
 @pytest.mark.parametrize(
     "change, field",
     [

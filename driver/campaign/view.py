@@ -154,16 +154,19 @@ class CampaignView:
         structure)."""
         e = self.cfg.exploration
         n_members = self.cfg.training.ensemble_size
-        # relaxation explorations first, member-major: a round that fills its cap early has
-        # seen every structure
-        out = [(spec, 0.0, "relax", m) for m in range(n_members) for spec in self.cfg.structures] if e.relax else []
+        # relaxations member-major (a round that fills its cap early has seen every
+        # structure), taken in turn with the MD: with relaxations first, a round capped
+        # after 10 explorations ran none of the example's 6 MD runs, so no frame of the MD
+        # the bounds are used on was selected or held out (docs/uncertainty.md, attempt 20)
+        relax = [(spec, 0.0, "relax", m) for m in range(n_members) for spec in self.cfg.structures] if e.relax else []
+        md = []
         for spec in self.cfg.structures:
             ensemble = spec.ensemble or e.ensemble
             pressures = (spec.pressures_GPa or e.pressures_GPa or (e.pressure_GPa,)) if ensemble == "npt" else (None,)
             for t in spec.temperatures_K or e.temperatures_K:
                 for p in pressures:
-                    out += [(spec, t, p, w) for w in range(e.walkers)]
-        return out
+                    md += [(spec, t, p, w) for w in range(e.walkers)]
+        return [x for i in range(max(len(relax), len(md))) for x in (relax[i:i + 1] + md[i:i + 1])]
 
     def temperatures(self) -> list[float]:
         """Every MD temperature of the campaign, K (``driver.config.md_temperatures``)."""

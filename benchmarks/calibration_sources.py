@@ -1,0 +1,116 @@
+"""Offline lever for issue #20: which calibration frames the factors are fitted on, by where
+the frames came from.
+
+    python benchmarks/calibration_sources.py runs/calib-d19:delithiation [--out FILE.json]
+
+For each WORKDIR:NAME (a campaign run and scored by ``benchmarks/calibration.py``, whose
+test pairs are in ``WORKDIR/NAME-gN-pairs.npz``), sorts each generation's calibration frames
+by origin, read from the campaign's state:
+
+- ``md``: held-out audit frames drawn at random from the campaign's own MD explorations
+  (a random sample of the frames the threshold and the confident share judge);
+- ``minimum``: held-out rattled, unstrained copies of each composition's labeler-relaxed
+  structure (``test.n_relaxed_per_structure``);
+- ``built``: held-out rattled and strained copies of the built structure
+  (``test.n_initial_per_structure``);
+- ``oob``: out-of-bag training frames (initial copies and selected exploration frames).
+
+It refits the conformal factors on subsets of them (forces and energies chosen separately)
+and scores them on the saved test pairs; a subset with fewer pairs than the level needs is
+reported as such. Prints the factors and coverages per generation and the count of
+generation 1-2 cells inside / above / below 0.90-0.98; ``--out`` writes the same as JSON.
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from calibration_band_variants import campaign_context, over_runs  # noqa: E402
+from calibration_thermal import frames_with_pairs, scored  # noqa: E402
+
+from driver.dataset import frame_hash  # noqa: E402
+from remote_al.calibration import min_pairs, weighted_conformal_scale  # noqa: E402
+
+ORIGINS = ("md", "minimum", "built", "oob")
+# (forces fitted on, energies fitted on)
+VARIANTS = {
+    "all (the product)": (ORIGINS, ORIGINS),
+    "held-out only": (("md", "minimum", "built"), ("md", "minimum", "built")),
+    "md only": (("md",), ("md",)),
+    "md + minimum": (("md", "minimum"), ("md", "minimum")),
+    "forces md; energies all": (("md",), ORIGINS),
+    "forces md; energies md + minimum": (("md",), ("md", "minimum")),
+    "forces md + minimum; energies all": (("md", "minimum"), ORIGINS),
+}
+
+
+def origins(st) -> dict[str, str]:
+    """Held-out frame hash -> its origin (``md``, ``minimum`` or ``built``). The copies at the
+    minimum are unstrained, so their cell is the labeler-relaxed structure's."""
+    import json
+
+    from remote_al.structures import from_extxyz
+
+    relaxed = [a.cell.array for t in st.tasks(status="done", function="relax_label")
+               for a in from_extxyz((json.loads(t["result"] or "null") or {}).get("relaxed_extxyz") or "")]
+    out = {}
+    for r in st.structures(split="test"):
+        if r["origin"] == "md":
+            out[r["hash"]] = "md"
+            continue
+        cell = from_extxyz(r["extxyz"])[0].cell.array
+        out[r["hash"]] = "minimum" if any(np.allclose(cell, c, atol=1e-6) for c in relaxed) else "built"
+    return out
+
+
+def one(work: Path, name: str) -> dict:
+    st, formula, _, _ = campaign_context(work, name)
+    kind_of = origins(st)
+    out = {"frames_by_origin": {}, "variants": {v: {} for v in VARIANTS},
+           "cells_g1_2_inside_above_below": {v: [0, 0, 0] for v in VARIANTS}}
+    print(f"== {work}:{name}")
+    for g in sorted({m["generation"] for m in st.models()}):
+        npz = work / f"{name}-g{g}-pairs.npz"
+        rows = frames_with_pairs(st, g, lambda a: formula.get(a.get_chemical_formula(), "other"))
+        if not rows or not npz.exists():
+            continue
+        z = np.load(npz, allow_pickle=True)
+        test = {k[5:]: z[k] for k in z.files if k.startswith("test_")}
+        kinds = np.array(["oob" if r["source"] == "oob:" else kind_of.get(frame_hash(r["atoms"]), "built")
+                          for r in rows])
+        nat = np.array([len(r["atoms"]) for r in rows])
+        out["frames_by_origin"][str(g)] = {k: int(np.sum(kinds == k)) for k in ORIGINS}
+        cal = {k: np.concatenate([r["p"][k] for r in rows]) for k in ("aw", "ae", "ew", "ee")}
+        print(f"  g{g} frames by origin: {out['frames_by_origin'][str(g)]}")
+        for v, (f_on, e_on) in VARIANTS.items():
+            fm, em = np.isin(kinds, f_on).astype(float), np.isin(kinds, e_on).astype(float)
+            if em.sum() < min_pairs(0.95) or fm.sum() < 2:
+                out["variants"][v][str(g)] = {"note": f"too few frames: {int(fm.sum())} / {int(em.sum())}"}
+                print(f"  g{g} {v:34s} too few frames ({int(fm.sum())} / {int(em.sum())})")
+                continue
+            qf = weighted_conformal_scale(cal["aw"], cal["ae"], np.repeat(fm, nat))
+            qe = weighted_conformal_scale(cal["ew"], cal["ee"], em)
+            s = scored(qf, qe, test)
+            out["variants"][v][str(g)] = {"frames": [int(fm.sum()), int(em.sum())], "q_force": round(qf, 3),
+                                          "q_energy": round(qe, 3), "coverage": s}
+            if g >= 1:
+                for comp, d in s.items():
+                    for x in d.values() if comp != "all" else ():
+                        out["cells_g1_2_inside_above_below"][v][0 if 0.9 <= x <= 0.98 else 1 if x > 0.98 else 2] += 1
+            print(f"  g{g} {v:34s} frames {int(fm.sum()):3d}/{int(em.sum()):3d}  factors {qf:.2f} / {qe:.2f}  "
+                  f"all F {s['all']['forces']:.3f} E {s['all']['energies']:.3f}  "
+                  + " ".join(f"{c}:{d['forces']:.3f}/{d['energies']:.3f}" for c, d in s.items() if c != "all"))
+    for v, c in out["cells_g1_2_inside_above_below"].items():
+        print(f"  generations 1-2, cells inside / above / below: {v:34s} {c}")
+    return out
+
+
+def main(argv=None) -> dict:
+    return over_runs(one, __doc__, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -31,7 +31,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from calibration_band_variants import campaign_context, over_runs  # noqa: E402
 from calibration_thermal import frames_with_pairs, scored  # noqa: E402
 
-from driver.dataset import frame_hash  # noqa: E402
 from remote_al.calibration import min_pairs, weighted_conformal_scale  # noqa: E402
 
 ORIGINS = ("md", "minimum", "built", "oob")
@@ -47,8 +46,10 @@ VARIANTS = {
 }
 
 
-def origins(st) -> dict[str, str]:
-    """Held-out frame hash -> its origin (``md``, ``minimum`` or ``built``). The copies at the
+def origins(st):
+    """A function from a held-out labeled frame to its origin (``md``, ``minimum`` or
+    ``built``), matching the frame to its stored structure by positions and cell (a hash
+    of rounded positions can differ after the labeler's round trip). The copies at the
     minimum are unstrained, so their cell is the labeler-relaxed structure's."""
     import json
 
@@ -56,14 +57,21 @@ def origins(st) -> dict[str, str]:
 
     relaxed = [a.cell.array for t in st.tasks(status="done", function="relax_label")
                for a in from_extxyz((json.loads(t["result"] or "null") or {}).get("relaxed_extxyz") or "")]
-    out = {}
+    stored = []
     for r in st.structures(split="test"):
-        if r["origin"] == "md":
-            out[r["hash"]] = "md"
-            continue
-        cell = from_extxyz(r["extxyz"])[0].cell.array
-        out[r["hash"]] = "minimum" if any(np.allclose(cell, c, atol=1e-6) for c in relaxed) else "built"
-    return out
+        a = from_extxyz(r["extxyz"])[0]
+        kind = "md" if r["origin"] == "md" else (
+            "minimum" if any(np.allclose(a.cell.array, c, atol=1e-5) for c in relaxed) else "built")
+        stored.append((a.get_chemical_formula(), a, kind))
+
+    def kind_of(atoms) -> str:
+        for formula, a, kind in stored:
+            if (formula == atoms.get_chemical_formula() and np.allclose(a.cell.array, atoms.cell.array, atol=1e-4)
+                    and np.allclose(a.positions, atoms.positions, atol=1e-3)):
+                return kind
+        raise LookupError(f"a held-out frame ({atoms.get_chemical_formula()}) matches no stored structure")
+
+    return kind_of
 
 
 def one(work: Path, name: str) -> dict:
@@ -79,8 +87,7 @@ def one(work: Path, name: str) -> dict:
             continue
         z = np.load(npz, allow_pickle=True)
         test = {k[5:]: z[k] for k in z.files if k.startswith("test_")}
-        kinds = np.array(["oob" if r["source"] == "oob:" else kind_of.get(frame_hash(r["atoms"]), "built")
-                          for r in rows])
+        kinds = np.array(["oob" if r["source"] == "oob:" else kind_of(r["atoms"]) for r in rows])
         nat = np.array([len(r["atoms"]) for r in rows])
         out["frames_by_origin"][str(g)] = {k: int(np.sum(kinds == k)) for k in ORIGINS}
         cal = {k: np.concatenate([r["p"][k] for r in rows]) for k in ("aw", "ae", "ew", "ee")}

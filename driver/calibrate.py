@@ -16,6 +16,8 @@ only the frames whose energy the campaign's MD could visit are used
 (``remote_al.calibration.thermal_weights``): the frames' labeler energies come from the
 evaluation requests, each composition's minimum from the labeler's relaxation where the
 campaign ran one (``relax-label:<name>``), else, and at most, the lowest calibration frame.
+With ``"md"`` only the held-out frames drawn from the campaign's own MD explorations are
+used (:func:`md_frame_weights`).
 """
 
 from __future__ import annotations
@@ -147,6 +149,14 @@ def thermal_frame_weights(frames: Sequence, minima: Mapping[str, float], tempera
     return thermal_weights(excess_energies(frames, minima), [len(a) for a in frames], temperatures)
 
 
+def md_frame_weights(frames: Sequence) -> np.ndarray:
+    """Per calibration frame (in pair order), 1 when it was held out from one of the
+    campaign's MD explorations (the ``held_out_md`` tag that
+    ``CampaignView.test_frames_extxyz`` gives such frames), else 0: out-of-bag frames,
+    rattled copies and frames of ensemble relaxations."""
+    return np.array([1.0 if a.info.get("held_out_md") else 0.0 for a in frames])
+
+
 def evaluated_frames(state, g: int, test_result: dict | None, oob_result: dict | None) -> list:
     """The labeled frames behind generation g's calibration pairs (test, then out-of-bag),
     in the order :func:`calibrate_generation` takes their pairs."""
@@ -169,7 +179,8 @@ def calibrate_generation(campaign_dir: Path, generation: int, test_result: dict 
     ``selection.calibration_weighting == "thermal"``, ``frames`` (the labeled test frames,
     then the out-of-bag ones, as evaluated), ``minima`` (:func:`labeler_minima`) and the
     campaign's MD ``temperatures`` weight the pairs; without frames the fit is unweighted
-    and its note says why."""
+    and its note says why. With ``"md"``, ``frames`` alone weights them
+    (:func:`md_frame_weights`)."""
     parts = [_pairs(test_result), _pairs(oob_result)]
     aw, ae, ew, ee, natoms = ([x for p in parts for x in p[k]] for k in (0, 1, 2, 3, 5))
     n_frames = sum(p[4] for p in parts)
@@ -179,12 +190,14 @@ def calibrate_generation(campaign_dir: Path, generation: int, test_result: dict 
                         if p[4])
     weights: dict = {}
     note = ""
-    if selection.calibration_weighting == "thermal":
+    kind = selection.calibration_weighting
+    if kind in ("thermal", "md"):
         try:
-            if frames is None or len(frames) != n_frames or not temperatures:
+            if frames is None or len(frames) != n_frames or (kind == "thermal" and not temperatures):
                 raise ValueError("the calibration frames or the MD temperatures are not at hand")
-            fw = thermal_frame_weights(frames, minima or {}, temperatures)
-            weights = dict(frame_weights=fw, atom_weights=np.repeat(fw, natoms))
+            fw = (thermal_frame_weights(frames, minima or {}, temperatures) if kind == "thermal"
+                  else md_frame_weights(frames))
+            weights = dict(frame_weights=fw, atom_weights=np.repeat(fw, natoms), weighting=kind)
         except ValueError as exc:
             note = f"unweighted: {exc}"
     cal = fit_calibration(

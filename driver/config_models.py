@@ -236,10 +236,12 @@ class SelectionSection(_Section):
     target_force_error: Float = Field(0.2, gt=0, le=100, description="eV/A, the force error accepted (calibrated mode)")
     calibration_min_frames: Int = Field(10, ge=1, le=1_000_000,
                                         description="held-out frames a calibration needs")
-    calibration_weighting: Literal["none", "thermal"] = Field(
+    calibration_weighting: Literal["none", "thermal", "md"] = Field(
         "none", description="'thermal': calibration pairs weighted toward the energies the campaign's MD visits "
                             "(weighted conformal, docs/uncertainty.md; measured better with MD at two "
-                            "temperatures, not with one); 'none': all held-out frames alike")
+                            "temperatures, not with one); 'md': only the frames held out from the campaign's "
+                            "own MD explorations (test.n_per_round), all frames while fewer than the level "
+                            "needs; 'none': all held-out and out-of-bag frames alike")
     strategy: Literal["topk", "random", "kmeans", "fps", "lcmd", "maxdet"] = Field(
         "topk", description="which uncertain frames fill the cap (driver.strategies): 'topk' the highest widths; "
                             "'random' uniformly (DP-GEN's rule inside [force_threshold, force_upper]); 'kmeans', "

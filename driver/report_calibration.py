@@ -18,6 +18,7 @@ import numpy as np
 
 from driver import plots
 from remote_al.calibration import RELIABILITY_LEVELS, Calibration, read_calibration, reliability
+from remote_al.calibration_file import WEIGHTED
 
 TARGETS = (0.05, 0.1, 0.2, 0.3)  # eV/A, the width each would become with the latest calibration
 
@@ -89,8 +90,8 @@ def calibration_html(view: CalibrationView, outdir: Path, table: Callable, figur
     for g, c in sorted(view.calibrations.items()):
         becomes = c.force_width_threshold(view.target_force_error)
         rows.append([str(g), html.escape(c.method), f"{c.force_scale:.2f}", f"{c.frame_scale:.2f}", f"{c.energy_scale:.2f}",
-                     str(c.n_frames) + (f" ({c.effective_frames:g} in the thermal band)"
-                                        if c.weighting == "thermal" and c.effective_frames is not None else ""),
+                     str(c.n_frames) + (f" ({c.effective_frames:g} {WEIGHTED[c.weighting]})"
+                                        if c.weighting in WEIGHTED and c.effective_frames is not None else ""),
                      str(c.n_force_pairs),
                      "yes" if c.force_calibrated else "no (fallback)", "yes" if c.energy_calibrated else "no (fallback)",
                      f"{becomes:.3g}", html.escape(c.note) or "–"])

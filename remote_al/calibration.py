@@ -48,6 +48,12 @@ canonical distribution at the campaign's temperatures, 0 to the rest. (A smooth 
 ratio was measured too and gave the same coverage with fewer effective frames.) When
 fewer frames than the level needs are left, the unweighted fit is used and the note says
 so.
+
+By origin (``weighting = "md"``): weight 1 to the held-out frames drawn at random from
+the campaign's own MD explorations, 0 to the rest. Those frames are a random sample of
+the frames the threshold and the confident share judge, which is what split-conformal
+coverage assumes of its calibration frames; rattled copies and the out-of-bag (selected)
+frames are not. Same fallback when too few of them.
 """
 
 from __future__ import annotations
@@ -207,6 +213,7 @@ def fit_calibration(
     frame_weights=None,
     atom_weights=None,
     note: str = "",
+    weighting: str = "thermal",
 ) -> Calibration:
     """Fit one generation's calibration; see the module docstring for the rules.
     ``frame_widths`` / ``frame_errors``: per frame, the largest per-atom width and error
@@ -215,7 +222,8 @@ def fit_calibration(
     energy and frame pairs) and ``atom_weights`` (per atom, each its frame's weight): the
     covariate-shift weights of ``thermal_weights``; conformal fits are then weighted, and
     each falls back to the unweighted fit, with a note, where the weights leave too few
-    effective frames. ``note``: the caller's remark, first in the record's note."""
+    effective frames. ``weighting``: what the weights are, as the record names it
+    (``"thermal"`` or ``"md"``). ``note``: the caller's remark, first in the record's note."""
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}; known: {METHODS}")
     weighted = frame_weights is not None and method == "conformal"
@@ -224,7 +232,7 @@ def fit_calibration(
     base = dict(generation=generation, method=method, coverage=coverage_level, n_frames=int(n_frames),
                 n_force_pairs=int(fw.size), n_energy_pairs=int(ew.size), n_members=int(n_members), source=source)
     if weighted:
-        base.update(weighting="thermal", effective_frames=round(effective_pairs(ewt), 1))
+        base.update(weighting=weighting, effective_frames=round(effective_pairs(ewt), 1))
     notes = [note] if note else []
 
     def scale(w, e, wt, what):

@@ -9,6 +9,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 
+# what a weighted calibration's effective frames are, in messages (``Calibration.weighting``)
+WEIGHTED = {"thermal": "in the thermal band", "md": "held out from the campaign's MD"}
+
+
 @dataclass(frozen=True)
 class Calibration:
     """One generation's map from the seed's width to a bound on the true error.
@@ -34,7 +38,7 @@ class Calibration:
     source: str = "held-out test frames"
     frame_force_scale: float | None = None  # None: not fitted (too few frames, or an older file)
     n_frame_pairs: int = 0
-    weighting: str = "none"  # "thermal": pairs weighted for the covariate shift in energy (remote_al.calibration)
+    weighting: str = "none"  # "thermal": weighted for the shift in energy; "md": held-out MD frames only (remote_al.calibration)
     effective_frames: float | None = None  # with weights: (sum w)^2 / sum w^2 of the frame weights
 
     @property

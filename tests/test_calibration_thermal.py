@@ -12,10 +12,10 @@ import pytest
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from driver.calibrate import calibrate_generation, labeler_minima, thermal_frame_weights
+from driver.calibrate import calibrate_generation, labeler_minima, md_frame_weights, thermal_frame_weights
 from remote_al.calibration import (K_B_EV, conformal_scale, effective_pairs, thermal_weights,
                                    weighted_conformal_scale)
-from remote_al.structures import to_extxyz
+from remote_al.structures import from_extxyz, to_extxyz
 
 TEMPS = (300.0, 700.0)
 N_ATOMS = 16
@@ -108,6 +108,34 @@ def test_a_campaign_writes_a_thermal_calibration_and_says_when_it_cannot(tmp_pat
     with pytest.raises(ValueError, match="no labeler energy"):
         thermal_frame_weights(frames, {}, TEMPS)
 
+
+
+def test_md_weighting_fits_on_the_frames_held_out_from_md_only(tmp_path):
+    """``calibration_weighting = "md"``: only frames tagged ``held_out_md`` (held out from
+    the campaign's MD) count; with fewer than the level needs, all frames, and the note says so."""
+    rng = np.random.default_rng(5)
+    n = 60
+    x, w, e = synthetic_campaign_frames(rng, n, "calibration")
+    frames = [labeled("LiNiO2" * 4, -5.9 + xi, i) for i, xi in enumerate(x)]
+    md = np.arange(n) % 2 == 0
+    for f, flag in zip(frames, md):
+        if flag:
+            f.info["held_out_md"] = "md:r1:LNO:T300:w0:g0"
+    frames = from_extxyz("".join(to_extxyz(f) for f in frames))  # the tag survives the request's extxyz
+    assert md_frame_weights(frames).tolist() == md.astype(float).tolist()
+    natoms = [len(f) for f in frames]
+    result = {"atom_force_width": np.repeat(w, natoms).tolist(), "atom_force_error": np.repeat(e, natoms).tolist(),
+              "energy_width": w.tolist(), "energy_error": e.tolist(), "n_frames": n, "natoms": natoms}
+    sel = SimpleNamespace(confidence=0.95, calibration_min_frames=10, calibration_weighting="md")
+    cal = calibrate_generation(tmp_path, 1, result, None, sel, 4, frames=frames)
+    assert cal.weighting == "md" and cal.effective_frames == md.sum() and cal.note == ""
+    assert cal.energy_scale == conformal_scale(w[md], e[md]) != conformal_scale(w, e)
+    few = [a.copy() for a in frames]
+    for a in few[20:]:
+        a.info.pop("held_out_md", None)
+    cal = calibrate_generation(tmp_path, 2, result, None, sel, 4, frames=few)
+    assert cal.effective_frames == 10 and "unweighted fit" in cal.note
+    assert cal.energy_scale == conformal_scale(w, e)
 
 def test_minima_come_from_the_labelers_relaxations(tmp_path):
     from driver.state import State

@@ -38,9 +38,10 @@ def mini_config(tmp_path, **sections):
 
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_one_round_mini_campaign(tmp_path, mode):
-    # the synchronous run also weights its calibration pairs by energy (selection.calibration_weighting)
-    cfg = mini_config(tmp_path, steering={"mode": mode},
-                      selection={"calibration_weighting": "thermal" if mode == "sync" else "none"})
+    # the calibration pairs weighted (selection.calibration_weighting): by energy in the
+    # synchronous run, held-out MD frames only in the asynchronous one
+    weighting = "thermal" if mode == "sync" else "md"
+    cfg = mini_config(tmp_path, steering={"mode": mode}, selection={"calibration_weighting": weighting})
     lines = []
     backend = LocalBackend(cfg.directory / "engine", gpu_slots=2, cpu_slots=1)
     reason = Campaign(cfg, backend, say=lines.append, status_every_s=5).run()
@@ -107,8 +108,13 @@ def test_one_round_mini_campaign(tmp_path, mode):
         cal = read_calibration(cfg.directory, g)
         assert cal is not None and cal.n_force_pairs > 0 and "out-of-bag" in cal.source, cal
         # thermal: the engine handed the fit every evaluated frame with its labeler energy
-        assert cal.weighting == ("thermal" if mode == "sync" else "none") and "unweighted:" not in cal.note, cal
-        assert (cal.effective_frames is not None) == (mode == "sync")
+        assert cal.weighting == weighting and "unweighted:" not in cal.note, cal
+        if weighting == "md":  # the round's one held-out frame is from its MD, tagged so in the
+            # request, the initial copies are not (too few frames here for any fit: a fallback)
+            ereq = json.loads(db.execute("SELECT request FROM tasks WHERE key=?", (f"eval:g{g}",)).fetchone()[0])
+            tags = [a.info.get("held_out_md", "") for a in from_extxyz(ereq["frames_extxyz"])]
+            assert sum(map(bool, tags)) == g and all(t.startswith("md:r1:") for t in tags if t), tags
+            assert cal.effective_frames == g, cal
         oob = db.execute("SELECT request FROM tasks WHERE key=?", (f"oob:g{g}",)).fetchone()
         oreq = json.loads(oob[0])
         frames = from_extxyz(oreq["frames_extxyz"])

@@ -16,6 +16,7 @@ from driver.campaign.view import CampaignView
 from driver.dataset import DatasetError, DatasetStore, LabelRejected
 from driver.placement import Placement
 from driver.state import State
+from remote_al.calibration_file import WEIGHTED
 from remote_al.structures import to_extxyz
 
 
@@ -194,12 +195,14 @@ class Applier:
             if not ready:
                 return
         sel = self.view.cfg.selection
-        thermal = {}
+        weights = {}
         if sel.calibration_weighting == "thermal":
-            thermal = dict(frames=evaluated_frames(self.state, g, test_result, oob_result),
+            weights = dict(frames=evaluated_frames(self.state, g, test_result, oob_result),
                            minima=labeler_minima(self.state), temperatures=self.view.temperatures())
+        elif sel.calibration_weighting == "md":
+            weights = dict(frames=evaluated_frames(self.state, g, test_result, oob_result))
         cal = calibrate_generation(self.view.directory, g, test_result, oob_result, sel, len(self.state.models(g)),
-                                   **thermal)
+                                   **weights)
         if cal is None:
             return
         vals = dict(force_scale=cal.force_scale, frame_force_scale=cal.frame_scale, energy_scale=cal.energy_scale,
@@ -212,7 +215,8 @@ class Applier:
             f"generation {g}: 95 % force bound = {cal.force_scale:.2f} x width per atom, "
             f"{cal.frame_scale:.2f} x width per frame, energy bound = "
             f"{cal.energy_scale:.2f} x width ({cal.source}; {cal.n_force_pairs} atoms"
-            + (f"; thermal band: {cal.effective_frames:g} of {cal.n_frames} frames" if cal.weighting == "thermal" else "")
+            + (f"; {cal.effective_frames:g} of {cal.n_frames} frames {WEIGHTED[cal.weighting]}"
+               if cal.weighting in WEIGHTED else "")
             + (f"; {cal.note}" if cal.note else "") + ")"))
 
     # --------------------------------------------------------------- numbers

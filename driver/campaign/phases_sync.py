@@ -11,7 +11,7 @@ from driver.campaign.plan import (AddStructure, AddTask, Phase, SetPhase, SetStr
                                   StopKind, UpdateRoundMetrics)
 from driver.campaign.rules import (confident_share, converged_reason, decision_ops, mark_converged, pick_tests, policy,
                                    stop, stop_or_next)
-from driver.campaign.tasks import TaskKind, TaskSpec
+from driver.campaign.tasks import TaskKind, TaskSpec, is_relaxation
 from driver.campaign.view import CampaignView
 from driver.dataset import frame_hash
 from driver.selection import select
@@ -137,7 +137,7 @@ def select_round(view: CampaignView) -> list:
     r, cfg = view.round, view.cfg
     cands = view.candidates(view.candidate_rows(r))
     # held-out frames from the MD explorations only (as in the asynchronous mode)
-    relaxed = {row["id"] for t in view.tasks(kind=TaskKind.MD, round_=r) if requests.is_relaxation(t["key"])
+    relaxed = {row["id"] for t in view.tasks(kind=TaskKind.MD, round_=r) if is_relaxation(t["key"])
                for row in view.structures(source_task=t["key"])}
     test_ids = pick_tests(view, r, [c for c in cands if c.id not in relaxed], cfg.test.n_per_round)
     decisions = select([c for c in cands if c.id not in test_ids], policy(view, cfg.selection.max_per_round, r=r),

@@ -11,7 +11,7 @@ from driver.campaign import requests
 from driver.campaign.plan import (AddModel, AddStructure, AddTask, Calibrate, Decide, Event, FailLabel, FinishTask,
                                   RewriteRequest, SetMetrics, SetWidths, StoreLabel, UpdateRoundMetrics,
                                   UpdateStructure)
-from driver.campaign.tasks import ScoreContext, Task, TaskKind
+from driver.campaign.tasks import ScoreContext, Task, TaskKind, is_relaxation
 from driver.campaign.view import CampaignView
 from driver.dataset import frame_hash
 from driver.screening import screen
@@ -87,7 +87,7 @@ def select_scored(view: CampaignView, task: Task, result: dict) -> list:
 
     if view.cfg.steering.mode != "async" or view.phase != Phase.ASYNC:
         return []
-    return select_batch(view, task.round, list(task.context.structure_ids), relaxation=requests.is_relaxation(task.key))
+    return select_batch(view, task.round, list(task.context.structure_ids), relaxation=is_relaxation(task.key))
 
 
 def accuracy_metrics(frames_extxyz: str, result: dict) -> dict:

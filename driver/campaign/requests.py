@@ -18,12 +18,6 @@ def md_guard(view: CampaignView, model_paths) -> dict:
     return out
 
 
-def is_relaxation(key: str) -> bool:
-    """Whether a task key (an exploration's, or its scoring's ``uq:<key>``) is an ensemble
-    relaxation of :func:`exploration` rather than MD at a temperature."""
-    return ":relax:m" in key
-
-
 def exploration(view: CampaignView, r: int, g: int, index: int | None = None) -> TaskSpec:
     """Exploration number ``index`` (default: the next) of label round r with generation
     g: the sweep's entry ``index`` modulo its length."""

@@ -115,6 +115,12 @@ class Task:
         )
 
 
+def is_relaxation(key: str) -> bool:
+    """Whether a task key (an exploration's, or its scoring's ``uq:<key>``) is an ensemble
+    relaxation (``driver.campaign.requests.exploration``) rather than MD at a temperature."""
+    return ":relax:m" in key
+
+
 def task_dir_name(key: str) -> str:
     """A task's folder name under the campaign's ``work/``."""
     return key.replace(":", "-")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from driver.campaign.plan import Phase
-from driver.campaign.tasks import Task, TaskKind, task_dir_name
+from driver.campaign.tasks import Task, TaskKind, is_relaxation, task_dir_name
 from driver.config_models import CampaignConfig
 from driver.dataset import DatasetStore
 from driver.preflight import build_structure
@@ -144,8 +144,13 @@ class CampaignView:
         return self._state.metrics(scope)
 
     def test_frames_extxyz(self) -> tuple[str, int]:
+        """The labeled held-out frames, as one extxyz text, and how many. A frame held out
+        from one of the campaign's MD explorations (not an ensemble relaxation) carries the
+        exploration's key as ``held_out_md`` (``selection.calibration_weighting = "md"``)."""
         rows = self._state.label_rows("ok", "test")
-        return "".join(r["extxyz"] for r in rows), len(rows)
+        return "".join(_tagged(r["extxyz"], "held_out_md", r["source_task"])
+                       if r["origin"] == "md" and r["source_task"] and not is_relaxation(r["source_task"])
+                       else r["extxyz"] for r in rows), len(rows)
 
     # ------------------------------------------------------------ derived
     def sweep(self) -> list[tuple]:
@@ -323,3 +328,10 @@ def condition_of(task_key: str) -> str:
         return task_key
     spec, *rest = task_key.split(":")[2:]
     return ":".join([spec, *(p for p in rest if not (p[:1] in "wms" and p[1:].isdigit()))])
+
+
+def _tagged(extxyz: str, key: str, value: str) -> str:
+    """One frame's extxyz with ``key="value"`` added to its comment line; the rest of the
+    text is kept byte for byte (a parse and rewrite would round the labels)."""
+    count, comment, rest = extxyz.split("\n", 2)
+    return f'{count}\n{comment} {key}="{value}"\n{rest}'

@@ -166,7 +166,7 @@ class StructureTable:
 
     def label_rows(self, status: str | None = "ok", split: str | None = None) -> list[sqlite3.Row]:
         q = (
-            "SELECT l.*, s.split, s.round, s.spec, s.composition, s.origin FROM labels l "
+            "SELECT l.*, s.split, s.round, s.spec, s.composition, s.origin, s.source_task FROM labels l "
             "JOIN structures s ON s.id = l.structure_id WHERE 1=1"
         )
         args: list = []

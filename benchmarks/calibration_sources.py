@@ -17,7 +17,8 @@ by origin, read from the campaign's state:
 
 It refits the conformal factors on subsets of them (forces and energies chosen separately)
 and scores them on the saved test pairs; a subset with fewer pairs than the level needs is
-reported as such. Prints the factors and coverages per generation and the count of
+reported as such; ``calibration_weighting = md`` is the product's option with its fallback
+(forces on the MD frames from 10 of them, energies from 19, else on all frames). Prints the factors and coverages per generation and the count of
 generation 1-2 cells inside / above / below 0.90-0.98; ``--out`` writes the same as JSON.
 """
 import sys
@@ -37,6 +38,7 @@ ORIGINS = ("md", "minimum", "built", "oob")
 # (forces fitted on, energies fitted on)
 VARIANTS = {
     "all (the product)": (ORIGINS, ORIGINS),
+    "calibration_weighting = md": None,  # md only, each quantity on all frames where md frames are too few
     "held-out only": (("md", "minimum", "built"), ("md", "minimum", "built")),
     "md only": (("md",), ("md",)),
     "md + minimum": (("md", "minimum"), ("md", "minimum")),
@@ -92,7 +94,11 @@ def one(work: Path, name: str) -> dict:
         out["frames_by_origin"][str(g)] = {k: int(np.sum(kinds == k)) for k in ORIGINS}
         cal = {k: np.concatenate([r["p"][k] for r in rows]) for k in ("aw", "ae", "ew", "ee")}
         print(f"  g{g} frames by origin: {out['frames_by_origin'][str(g)]}")
-        for v, (f_on, e_on) in VARIANTS.items():
+        for v, on in VARIANTS.items():
+            if on is None:  # the option as the product applies it (remote_al.calibration.fit_calibration)
+                n_md = int(np.sum(kinds == "md"))
+                on = (("md",) if n_md >= 10 else ORIGINS, ("md",) if n_md >= min_pairs(0.95) else ORIGINS)
+            f_on, e_on = on
             fm, em = np.isin(kinds, f_on).astype(float), np.isin(kinds, e_on).astype(float)
             if em.sum() < min_pairs(0.95) or fm.sum() < 2:
                 out["variants"][v][str(g)] = {"note": f"too few frames: {int(fm.sum())} / {int(em.sum())}"}

@@ -231,14 +231,19 @@ def fit_calibration(
     ew, ee, ewt = _pairs(energy_widths, energy_errors, frame_weights if weighted else None)
     base = dict(generation=generation, method=method, coverage=coverage_level, n_frames=int(n_frames),
                 n_force_pairs=int(fw.size), n_energy_pairs=int(ew.size), n_members=int(n_members), source=source)
+    frames_eff = round(effective_pairs(ewt), 1) if weighted else 0.0
     if weighted:
-        base.update(weighting=weighting, effective_frames=round(effective_pairs(ewt), 1))
+        base.update(weighting=weighting, effective_frames=frames_eff)
     notes = [note] if note else []
 
     def scale(w, e, wt, what):
         if method == "conformal":
             if weighted:
                 try:
+                    # a frame's atoms are not independent: the weighted force fit also needs
+                    # min_frames effective frames, not only enough effective atoms
+                    if frames_eff < min_frames:
+                        raise ValueError(f"{frames_eff:g} effective frames, fewer than the {min_frames} asked for")
                     return weighted_conformal_scale(w, e, wt, coverage_level)
                 except ValueError as exc:
                     notes.append(f"{what}: unweighted fit ({exc})")

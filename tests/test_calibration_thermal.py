@@ -134,8 +134,16 @@ def test_md_weighting_fits_on_the_frames_held_out_from_md_only(tmp_path):
     for a in few[20:]:
         a.info.pop("held_out_md", None)
     cal = calibrate_generation(tmp_path, 2, result, None, sel, 4, frames=few)
-    assert cal.effective_frames == 10 and "unweighted fit" in cal.note
-    assert cal.energy_scale == conformal_scale(w, e)
+    assert cal.effective_frames == 10 and "energies: unweighted fit" in cal.note
+    assert cal.energy_scale == conformal_scale(w, e)  # 10 frames: too few for the energy quantile
+    keep = np.repeat(md & (np.arange(n) < 20), natoms)
+    assert cal.force_scale == conformal_scale(np.array(result["atom_force_width"])[keep],
+                                              np.array(result["atom_force_error"])[keep])
+    for a in few[8:]:  # 4 frames have 96 atoms, but the atoms of one frame are not independent
+        a.info.pop("held_out_md", None)
+    cal = calibrate_generation(tmp_path, 3, result, None, sel, 4, frames=few)
+    assert "forces: unweighted fit (4 effective frames, fewer than the 10 asked for)" in cal.note
+    assert cal.force_scale == conformal_scale(result["atom_force_width"], result["atom_force_error"])
 
 def test_minima_come_from_the_labelers_relaxations(tmp_path):
     from driver.state import State

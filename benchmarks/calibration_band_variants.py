@@ -66,11 +66,10 @@ def campaign_context(work: Path, name: str):
     return st, formula, md_temperatures(cfg), labeler_minima(st)
 
 
-def one(work: Path, name: str) -> dict:
-    st, formula, temps, minima = campaign_context(work, name)
-    out = {"temperatures_K": temps, "minima_eV_per_atom": {k: round(v, 4) for k, v in minima.items()},
-           "variants": {v: {} for v in VARIANTS}, "cells_g1_2_inside_above_below": {v: [0, 0, 0] for v in VARIANTS}}
-    print(f"== {work}:{name}, temperatures {temps} K")
+def generations_with_pairs(st, work: Path, name: str, formula):
+    """Per generation scored by ``benchmarks/calibration.py`` (its ``NAME-gN-pairs.npz``):
+    (g, its calibration frames as ``frames_with_pairs`` rows, the test pairs, the calibration
+    pairs of all those frames together)."""
     for g in sorted({m["generation"] for m in st.models()}):
         npz = work / f"{name}-g{g}-pairs.npz"
         rows = frames_with_pairs(st, g, lambda a: formula.get(a.get_chemical_formula(), "other"))
@@ -78,10 +77,26 @@ def one(work: Path, name: str) -> dict:
             continue
         z = np.load(npz, allow_pickle=True)
         test = {k[5:]: z[k] for k in z.files if k.startswith("test_")}
+        yield g, rows, test, {k: np.concatenate([r["p"][k] for r in rows]) for k in ("aw", "ae", "ew", "ee")}
+
+
+def count_cells(cells: list, coverage: dict) -> None:
+    """Add each composition's forces and energies coverage (``scored``) to ``cells``,
+    [inside, above, below] the goal's 0.90-0.98."""
+    for comp, d in coverage.items():
+        for x in d.values() if comp != "all" else ():
+            cells[0 if 0.9 <= x <= 0.98 else 1 if x > 0.98 else 2] += 1
+
+
+def one(work: Path, name: str) -> dict:
+    st, formula, temps, minima = campaign_context(work, name)
+    out = {"temperatures_K": temps, "minima_eV_per_atom": {k: round(v, 4) for k, v in minima.items()},
+           "variants": {v: {} for v in VARIANTS}, "cells_g1_2_inside_above_below": {v: [0, 0, 0] for v in VARIANTS}}
+    print(f"== {work}:{name}, temperatures {temps} K")
+    for g, rows, test, cal in generations_with_pairs(st, work, name, formula):
         frames = [r["atoms"] for r in rows]
         nat = [len(f) for f in frames]
         excess = excess_energies(frames, minima)
-        cal = {k: np.concatenate([r["p"][k] for r in rows]) for k in ("aw", "ae", "ew", "ee")}
         for v, kw in VARIANTS.items():
             fw = window(excess, nat, temps, **kw)
             try:
@@ -95,9 +110,7 @@ def one(work: Path, name: str) -> dict:
             out["variants"][v][str(g)] = {"frames_inside": int(fw.sum()), "q_force": round(qf, 3),
                                           "q_energy": round(qe, 3), "coverage": s}
             if g >= 1:
-                for comp, d in s.items():
-                    for x in d.values() if comp != "all" else ():
-                        out["cells_g1_2_inside_above_below"][v][0 if 0.9 <= x <= 0.98 else 1 if x > 0.98 else 2] += 1
+                count_cells(out["cells_g1_2_inside_above_below"][v], s)
             print(f"  g{g} {v:22s} frames {int(fw.sum()):3d}  factors {qf:.2f} / {qe:.2f}  all F {s['all']['forces']:.3f}"
                   f" E {s['all']['energies']:.3f}  " + " ".join(f"{c}:{d['forces']:.3f}/{d['energies']:.3f}"
                                                            for c, d in s.items() if c != "all"))

@@ -29,8 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from calibration_band_variants import campaign_context, over_runs  # noqa: E402
-from calibration_thermal import frames_with_pairs, scored  # noqa: E402
+from calibration_band_variants import campaign_context, count_cells, generations_with_pairs, over_runs  # noqa: E402
+from calibration_thermal import scored  # noqa: E402
 
 from remote_al.calibration import min_pairs, weighted_conformal_scale  # noqa: E402
 
@@ -82,18 +82,16 @@ def one(work: Path, name: str) -> dict:
     out = {"frames_by_origin": {}, "variants": {v: {} for v in VARIANTS},
            "cells_g1_2_inside_above_below": {v: [0, 0, 0] for v in VARIANTS}}
     print(f"== {work}:{name}")
-    for g in sorted({m["generation"] for m in st.models()}):
-        npz = work / f"{name}-g{g}-pairs.npz"
-        rows = frames_with_pairs(st, g, lambda a: formula.get(a.get_chemical_formula(), "other"))
-        if not rows or not npz.exists():
-            continue
-        z = np.load(npz, allow_pickle=True)
-        test = {k[5:]: z[k] for k in z.files if k.startswith("test_")}
+    for g, rows, test, cal in generations_with_pairs(st, work, name, formula):
         kinds = np.array(["oob" if r["source"] == "oob:" else kind_of(r["atoms"]) for r in rows])
         nat = np.array([len(r["atoms"]) for r in rows])
         out["frames_by_origin"][str(g)] = {k: int(np.sum(kinds == k)) for k in ORIGINS}
-        cal = {k: np.concatenate([r["p"][k] for r in rows]) for k in ("aw", "ae", "ew", "ee")}
         print(f"  g{g} frames by origin: {out['frames_by_origin'][str(g)]}")
+        # the per-atom force factor each composition's test frames would need for 95 %
+        need = {str(c): round(float(np.quantile(np.abs(test["ae"][test["acomp"] == c]) / test["aw"][test["acomp"] == c],
+                                           0.95)), 3) for c in sorted(set(test["acomp"]))}
+        out.setdefault("test_force_factor_needed", {})[str(g)] = need
+        print(f"  g{g} force factor the test frames need (95th percentile of |e|/w): {need}")
         for v, on in VARIANTS.items():
             if on is None:  # the option as the product applies it (remote_al.calibration.fit_calibration)
                 n_md = int(np.sum(kinds == "md"))
@@ -110,9 +108,7 @@ def one(work: Path, name: str) -> dict:
             out["variants"][v][str(g)] = {"frames": [int(fm.sum()), int(em.sum())], "q_force": round(qf, 3),
                                           "q_energy": round(qe, 3), "coverage": s}
             if g >= 1:
-                for comp, d in s.items():
-                    for x in d.values() if comp != "all" else ():
-                        out["cells_g1_2_inside_above_below"][v][0 if 0.9 <= x <= 0.98 else 1 if x > 0.98 else 2] += 1
+                count_cells(out["cells_g1_2_inside_above_below"][v], s)
             print(f"  g{g} {v:34s} frames {int(fm.sum()):3d}/{int(em.sum()):3d}  factors {qf:.2f} / {qe:.2f}  "
                   f"all F {s['all']['forces']:.3f} E {s['all']['energies']:.3f}  "
                   + " ".join(f"{c}:{d['forces']:.3f}/{d['energies']:.3f}" for c, d in s.items() if c != "all"))

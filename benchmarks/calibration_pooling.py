@@ -19,27 +19,20 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from calibration_band_variants import campaign_context, over_runs, window  # noqa: E402
-from calibration_thermal import frames_with_pairs, scored  # noqa: E402
+from calibration_band_variants import campaign_context, count_cells, generations_with_pairs, over_runs, window  # noqa: E402
+from calibration_thermal import scored  # noqa: E402
 
 from driver.calibrate import excess_energies  # noqa: E402
 from remote_al.calibration import weighted_conformal_scale  # noqa: E402
 
 
-def generation_pairs(st, work: Path, name: str, g: int, formula, temps, minima):
-    rows = frames_with_pairs(st, g, lambda a: formula.get(a.get_chemical_formula(), "other"))
-    z = np.load(work / f"{name}-g{g}-pairs.npz", allow_pickle=True)
-    test = {k[5:]: z[k] for k in z.files if k.startswith("test_")}
-    nat = np.array([len(r["atoms"]) for r in rows])
-    band = window(excess_energies([r["atoms"] for r in rows], minima), nat, temps)
-    cal = {k: np.concatenate([r["p"][k] for r in rows]) for k in ("aw", "ae", "ew", "ee")}
-    return cal, nat, band, test
-
-
 def one(work: Path, name: str) -> dict:
     st, formula, temps, minima = campaign_context(work, name)
-    gens = sorted({m["generation"] for m in st.models()})
-    data = {g: generation_pairs(st, work, name, g, formula, temps, minima) for g in gens}
+    data = {}  # per generation: calibration pairs, atoms per frame, band weights, test pairs
+    for g, rows, test, cal in generations_with_pairs(st, work, name, formula):
+        nat = np.array([len(r["atoms"]) for r in rows])
+        data[g] = cal, nat, window(excess_energies([r["atoms"] for r in rows], minima), nat, temps), test
+    gens = sorted(data)
     out = {}
     print(f"== {work}:{name}")
     for weights in ("all frames", "band"):
@@ -54,9 +47,7 @@ def one(work: Path, name: str) -> dict:
                 qe = weighted_conformal_scale(cat["ew"], cat["ee"], fw)
                 s = scored(qf, qe, data[g][3])
                 rows[str(g)] = {"frames": int(fw.sum()), "q_force": round(qf, 3), "q_energy": round(qe, 3), "coverage": s}
-                for comp, d in s.items():
-                    for x in d.values() if comp != "all" else ():
-                        cells[0 if 0.9 <= x <= 0.98 else 1 if x > 0.98 else 2] += 1
+                count_cells(cells, s)
                 print(f"  {weights:10s} {pool:12s} g{g}: frames {int(fw.sum()):4d}, factors {qf:.2f} / {qe:.2f}, "
                       f"all F {s['all']['forces']:.3f} E {s['all']['energies']:.3f}")
             print(f"  {weights:10s} {pool:12s} cells of generations 1-2 inside / above / below {cells}")

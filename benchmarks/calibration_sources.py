@@ -17,8 +17,9 @@ by origin, read from the campaign's state:
 
 It refits the conformal factors on subsets of them (forces and energies chosen separately)
 and scores them on the saved test pairs; a subset with fewer pairs than the level needs is
-reported as such; ``calibration_weighting = md`` is the product's option with its fallback
-(forces on the MD frames from 10 of them, energies from 19, else on all frames). Prints the factors and coverages per generation and the count of
+reported as such; ``calibration_weighting = md`` is the product's option fitted by the
+product's ``fit_calibration`` (with ``calibration_min_frames`` = 10), its fallbacks to all
+frames included. Prints the factors and coverages per generation and the count of
 generation 1-2 cells inside / above / below 0.90-0.98; ``--out`` writes the same as JSON.
 """
 import sys
@@ -32,7 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from calibration_band_variants import campaign_context, count_cells, generations_with_pairs, over_runs  # noqa: E402
 from calibration_thermal import scored  # noqa: E402
 
-from remote_al.calibration import min_pairs, weighted_conformal_scale  # noqa: E402
+from remote_al.calibration import fit_calibration, min_pairs, weighted_conformal_scale  # noqa: E402
 
 ORIGINS = ("md", "minimum", "built", "oob")
 # (forces fitted on, energies fitted on)
@@ -93,17 +94,22 @@ def one(work: Path, name: str) -> dict:
         out.setdefault("test_force_factor_needed", {})[str(g)] = need
         print(f"  g{g} force factor the test frames need (95th percentile of |e|/w): {need}")
         for v, on in VARIANTS.items():
-            if on is None:  # the option as the product applies it (remote_al.calibration.fit_calibration)
-                n_md = int(np.sum(kinds == "md"))
-                on = (("md",) if n_md >= 10 else ORIGINS, ("md",) if n_md >= min_pairs(0.95) else ORIGINS)
-            f_on, e_on = on
-            fm, em = np.isin(kinds, f_on).astype(float), np.isin(kinds, e_on).astype(float)
-            if em.sum() < min_pairs(0.95) or fm.sum() < 2:
-                out["variants"][v][str(g)] = {"note": f"too few frames: {int(fm.sum())} / {int(em.sum())}"}
-                print(f"  g{g} {v:34s} too few frames ({int(fm.sum())} / {int(em.sum())})")
-                continue
-            qf = weighted_conformal_scale(cal["aw"], cal["ae"], np.repeat(fm, nat))
-            qe = weighted_conformal_scale(cal["ew"], cal["ee"], em)
+            if on is None:  # the option as the product fits it, its fallbacks included
+                md = (kinds == "md").astype(float)
+                fit = fit_calibration(g, cal["aw"], cal["ae"], cal["ew"], cal["ee"], n_frames=len(rows), n_members=4,
+                                      min_frames=10, frame_weights=md, atom_weights=np.repeat(md, nat),
+                                      weighting="md")
+                qf, qe = fit.force_scale, fit.energy_scale
+                fm = md if "forces: unweighted" not in fit.note else np.ones(len(rows))
+                em = md if "energies: unweighted" not in fit.note else np.ones(len(rows))
+            else:
+                fm, em = np.isin(kinds, on[0]).astype(float), np.isin(kinds, on[1]).astype(float)
+                if em.sum() < min_pairs(0.95) or fm.sum() < 2:
+                    out["variants"][v][str(g)] = {"note": f"too few frames: {int(fm.sum())} / {int(em.sum())}"}
+                    print(f"  g{g} {v:34s} too few frames ({int(fm.sum())} / {int(em.sum())})")
+                    continue
+                qf = weighted_conformal_scale(cal["aw"], cal["ae"], np.repeat(fm, nat))
+                qe = weighted_conformal_scale(cal["ew"], cal["ee"], em)
             s = scored(qf, qe, test)
             out["variants"][v][str(g)] = {"frames": [int(fm.sum()), int(em.sum())], "q_force": round(qf, 3),
                                           "q_energy": round(qe, 3), "coverage": s}

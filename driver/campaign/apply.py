@@ -196,11 +196,10 @@ class Applier:
                 return
         sel = self.view.cfg.selection
         weights = {}
-        if sel.calibration_weighting == "thermal":
-            weights = dict(frames=evaluated_frames(self.state, g, test_result, oob_result),
-                           minima=labeler_minima(self.state), temperatures=self.view.temperatures())
-        elif sel.calibration_weighting == "md":
+        if sel.calibration_weighting != "none":  # the weights are read off the evaluated frames
             weights = dict(frames=evaluated_frames(self.state, g, test_result, oob_result))
+        if sel.calibration_weighting == "thermal":
+            weights.update(minima=labeler_minima(self.state), temperatures=self.view.temperatures())
         cal = calibrate_generation(self.view.directory, g, test_result, oob_result, sel, len(self.state.models(g)),
                                    **weights)
         if cal is None:

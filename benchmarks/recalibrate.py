@@ -8,8 +8,9 @@ hands them to ``driver.calibrate.calibrate_generation``, generation by generatio
 generation with too few pairs falls back to the one before, as in the campaign). For
 measuring a change of the calibration code on a campaign already run: copy the campaign
 directory, recalibrate the copy, and score it with ``benchmarks/calibration.py --workdir``
-(the models are read where the campaign wrote them). Prints each generation's factors
-before and after.
+(the models are read where the campaign wrote them). ``--weighting`` / ``--pool`` refit with
+another ``selection.calibration_weighting`` / ``calibration_pool`` than the campaign ran
+with. Prints each generation's factors before and after.
 """
 import argparse
 import json
@@ -19,7 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from driver.calibrate import calibrate_generation, evaluated_frames, labeler_minima  # noqa: E402
+from driver.calibrate import (calibrate_generation, evaluated_frames, generation_results, labeler_minima,  # noqa: E402
+                              pooled_generations)
 from driver.campaign import open_campaign_state  # noqa: E402
 from driver.config import md_temperatures, parse_config  # noqa: E402
 from remote_al.calibration import read_calibration  # noqa: E402
@@ -28,23 +30,29 @@ from remote_al.calibration import read_calibration  # noqa: E402
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("campaign_dir")
+    ap.add_argument("--weighting", choices=("none", "thermal", "md"),
+                    help="refit with this selection.calibration_weighting instead of the campaign's")
+    ap.add_argument("--pool", type=int, help="refit with this selection.calibration_pool instead of the campaign's")
     a = ap.parse_args(argv)
     cdir = Path(a.campaign_dir).resolve()
     st = open_campaign_state(cdir)
-    cfg = parse_config(json.loads(st.get_meta("config_json")), base_dir=cdir)
+    config = json.loads(st.get_meta("config_json"))
+    for key, value in (("calibration_weighting", a.weighting), ("calibration_pool", a.pool)):
+        if value is not None:
+            config.setdefault("selection", {})[key] = value
+    cfg = parse_config(config, base_dir=cdir)
     temperatures = md_temperatures(cfg)
     minima = labeler_minima(st)
-    print(f"{cdir}: weighting {cfg.selection.calibration_weighting!r}, temperatures {temperatures} K, "
+    print(f"{cdir}: weighting {cfg.selection.calibration_weighting!r}, pool {cfg.selection.calibration_pool}, "
+          f"temperatures {temperatures} K, "
           f"labeler minima (eV/atom) {json.dumps({k: round(v, 4) for k, v in minima.items()})}")
     for g in sorted({m["generation"] for m in st.models()}):
-        results = []
-        for key in (f"eval:g{g}", f"oob:g{g}"):
-            task = st.task(key)
-            results.append(json.loads(task["result"]) if task is not None and task["status"] == "done" else None)
-        frames = evaluated_frames(st, g, *results)
+        results = generation_results(st, g)
+        earlier = [(k, *generation_results(st, k)) for k in pooled_generations(g, cfg.selection.calibration_pool)]
+        frames = evaluated_frames(st, [(g, *results), *earlier])
         before = read_calibration(cdir, g)
         cal = calibrate_generation(cdir, g, *results, cfg.selection, len(st.models(g)), frames=frames,
-                                   minima=minima, temperatures=temperatures)
+                                   minima=minima, temperatures=temperatures, earlier=earlier)
         if cal is None:
             print(f"generation {g}: no calibration pairs")
             continue

@@ -17,7 +17,9 @@ only the frames whose energy the campaign's MD could visit are used
 evaluation requests, each composition's minimum from the labeler's relaxation where the
 campaign ran one (``relax-label:<name>``), else, and at most, the lowest calibration frame.
 With ``"md"`` only the held-out frames drawn from the campaign's own MD explorations are
-used (:func:`md_frame_weights`).
+used (:func:`md_frame_weights`). With ``selection.calibration_pool = P`` generation g's fit
+also takes the pairs of generations g-1 .. g-P+1, each pair with the width and error of its
+own generation's ensemble (the scores |e|/w are what the quantile pools).
 """
 
 from __future__ import annotations
@@ -157,37 +159,71 @@ def md_frame_weights(frames: Sequence) -> np.ndarray:
     return np.array([1.0 if a.info.get("held_out_md") else 0.0 for a in frames])
 
 
-def evaluated_frames(state, g: int, test_result: dict | None, oob_result: dict | None) -> list:
-    """The labeled frames behind generation g's calibration pairs (test, then out-of-bag),
-    in the order :func:`calibrate_generation` takes their pairs."""
+def evaluated_frames(state, parts: Sequence[tuple[int, dict | None, dict | None]]) -> list:
+    """The labeled frames behind the calibration pairs of ``parts`` ((generation, test
+    result, out-of-bag result), in the order :func:`calibrate_generation` takes them: the
+    generation fitted, then those pooled in), each generation's test frames, then its
+    out-of-bag ones."""
     from remote_al.structures import from_extxyz
 
     frames: list = []
-    for key, res in zip((f"eval:g{g}", f"oob:g{g}"), (test_result, oob_result)):
-        task = state.task(key)
-        if res and res.get("atom_force_width") is not None and res.get("energy_error") is not None and task:
-            frames += from_extxyz(json.loads(task["request"])["frames_extxyz"])
+    for g, test_result, oob_result in parts:
+        for key, res in zip((f"eval:g{g}", f"oob:g{g}"), (test_result, oob_result)):
+            task = state.task(key)
+            if res and res.get("atom_force_width") is not None and res.get("energy_error") is not None and task:
+                frames += from_extxyz(json.loads(task["request"])["frames_extxyz"])
     return frames
+
+
+def generation_results(state, g: int) -> tuple[dict | None, dict | None]:
+    """Generation g's evaluated test and out-of-bag results (UQResult dicts); None for a
+    task not asked for or not done."""
+    out = []
+    for key in (f"eval:g{g}", f"oob:g{g}"):
+        task = state.task(key)
+        out.append(json.loads(task["result"]) if task is not None and task["status"] == "done" else None)
+    return out[0], out[1]
+
+
+def pooled_generations(generation: int, pool: int) -> list[int]:
+    """The earlier generations whose pairs generation ``generation``'s fit pools
+    (``selection.calibration_pool``), newest first: ``pool - 1`` of them, down to 0."""
+    return list(range(generation - 1, max(generation - pool, -1), -1))
+
+
+def _source(test_result, oob_result) -> tuple[str, list]:
+    parts = [_pairs(test_result), _pairs(oob_result)]
+    return " + ".join(f"{p[4]} {name}" for name, p in zip(("held-out test frames", "out-of-bag frames"), parts)
+                      if p[4]), parts
 
 
 def calibrate_generation(campaign_dir: Path, generation: int, test_result: dict | None,
                          oob_result: dict | None, selection, n_members: int,
                          frames: Sequence | None = None, minima: Mapping[str, float] | None = None,
-                         temperatures=()) -> Calibration | None:
+                         temperatures=(), earlier: Sequence[tuple[int, dict | None, dict | None]] = ()
+                         ) -> Calibration | None:
     """Fit generation ``generation``'s calibration from its evaluated test and out-of-bag
-    frames (UQResult dicts) and write it; None when neither gives pairs. With
-    ``selection.calibration_weighting == "thermal"``, ``frames`` (the labeled test frames,
-    then the out-of-bag ones, as evaluated), ``minima`` (:func:`labeler_minima`) and the
-    campaign's MD ``temperatures`` weight the pairs; without frames the fit is unweighted
-    and its note says why. With ``"md"``, ``frames`` alone weights them
-    (:func:`md_frame_weights`)."""
-    parts = [_pairs(test_result), _pairs(oob_result)]
+    frames (UQResult dicts) and write it; None when neither gives pairs. ``earlier``:
+    (generation, test result, out-of-bag result) of the earlier generations pooled in
+    (:func:`pooled_generations`, ``selection.calibration_pool``); their pairs join the fit
+    and the record names them. With ``selection.calibration_weighting == "thermal"``,
+    ``frames`` (the labeled frames in pair order: this generation's test, then out-of-bag
+    frames, then each earlier generation's, as :func:`evaluated_frames` gives them),
+    ``minima`` (:func:`labeler_minima`) and the campaign's MD ``temperatures`` weight the
+    pairs; without frames the fit is unweighted and its note says why. With ``"md"``,
+    ``frames`` alone weights them (:func:`md_frame_weights`)."""
+    source, parts = _source(test_result, oob_result)
+    if not source:
+        return None
+    pooled = []
+    for k, test_k, oob_k in earlier:
+        source_k, parts_k = _source(test_k, oob_k)
+        if source_k:
+            pooled.append(k)
+            parts += parts_k
+            source += f"; pooled with generation {k}: {source_k}"
     aw, ae, ew, ee, natoms = ([x for p in parts for x in p[k]] for k in (0, 1, 2, 3, 5))
     n_frames = sum(p[4] for p in parts)
-    if not aw:
-        return None
-    source = " + ".join(f"{p[4]} {name}" for name, p in zip(("held-out test frames", "out-of-bag frames"), parts)
-                        if p[4])
     weights: dict = {}
     note = ""
     kind = selection.calibration_weighting
@@ -203,8 +239,8 @@ def calibrate_generation(campaign_dir: Path, generation: int, test_result: dict 
     cal = fit_calibration(
         generation, np.array(aw), np.array(ae), np.array(ew), np.array(ee), n_frames=n_frames, n_members=n_members,
         coverage_level=selection.confidence, fallback=latest_calibration(campaign_dir, up_to=generation - 1),
-        min_frames=selection.calibration_min_frames, source=source, note=note, **weights,
-        **dict(zip(("frame_widths", "frame_errors"), frame_pairs(aw, ae, natoms))),
+        min_frames=selection.calibration_min_frames, source=source, note=note, pooled_generations=pooled,
+        **weights, **dict(zip(("frame_widths", "frame_errors"), frame_pairs(aw, ae, natoms))),
     )
     write_calibration(campaign_dir, cal)
     return cal

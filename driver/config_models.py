@@ -242,6 +242,10 @@ class SelectionSection(_Section):
                             "temperatures, not with one); 'md': only the frames held out from the campaign's "
                             "own MD explorations (test.n_per_round), all frames while fewer than the level "
                             "needs; 'none': all held-out and out-of-bag frames alike")
+    calibration_pool: Int = Field(
+        1, ge=1, le=10, description="generations whose calibration pairs a generation's fit takes: 1 its own; "
+                                    "2 also the previous generation's (each pair with its own ensemble's width "
+                                    "and error): twice the frames per fit (docs/uncertainty.md, attempt 21)")
     strategy: Literal["topk", "random", "kmeans", "fps", "lcmd", "maxdet"] = Field(
         "topk", description="which uncertain frames fill the cap (driver.strategies): 'topk' the highest widths; "
                             "'random' uniformly (DP-GEN's rule inside [force_threshold, force_upper]); 'kmeans', "

@@ -214,6 +214,7 @@ def fit_calibration(
     atom_weights=None,
     note: str = "",
     weighting: str = "thermal",
+    pooled_generations=(),
 ) -> Calibration:
     """Fit one generation's calibration; see the module docstring for the rules.
     ``frame_widths`` / ``frame_errors``: per frame, the largest per-atom width and error
@@ -223,14 +224,17 @@ def fit_calibration(
     covariate-shift weights of ``thermal_weights``; conformal fits are then weighted, and
     each falls back to the unweighted fit, with a note, where the weights leave too few
     effective frames. ``weighting``: what the weights are, as the record names it
-    (``"thermal"`` or ``"md"``). ``note``: the caller's remark, first in the record's note."""
+    (``"thermal"`` or ``"md"``). ``note``: the caller's remark, first in the record's note.
+    ``pooled_generations``: the earlier generations whose pairs are among these, as the
+    record names them."""
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}; known: {METHODS}")
     weighted = frame_weights is not None and method == "conformal"
     fw, fe, fwt = _pairs(atom_widths, atom_errors, atom_weights if weighted else None)
     ew, ee, ewt = _pairs(energy_widths, energy_errors, frame_weights if weighted else None)
     base = dict(generation=generation, method=method, coverage=coverage_level, n_frames=int(n_frames),
-                n_force_pairs=int(fw.size), n_energy_pairs=int(ew.size), n_members=int(n_members), source=source)
+                n_force_pairs=int(fw.size), n_energy_pairs=int(ew.size), n_members=int(n_members), source=source,
+                pooled_generations=[int(k) for k in pooled_generations])
     frames_eff = round(effective_pairs(ewt), 1) if weighted else 0.0
     if weighted:
         base.update(weighting=weighting, effective_frames=frames_eff)

@@ -5,7 +5,7 @@ reader of the files (``remote-al status``) starts fast."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
@@ -40,6 +40,7 @@ class Calibration:
     n_frame_pairs: int = 0
     weighting: str = "none"  # "thermal": weighted for the shift in energy; "md": held-out MD frames only (remote_al.calibration)
     effective_frames: float | None = None  # with weights: (sum w)^2 / sum w^2 of the frame weights
+    pooled_generations: list[int] = field(default_factory=list)  # earlier generations whose pairs were pooled in
 
     @property
     def calibrated(self) -> bool:

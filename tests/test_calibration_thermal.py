@@ -178,3 +178,42 @@ def test_the_report_says_how_many_frames_were_in_the_band(tmp_path):
     view = CalibrationView(calibrations={1: cal}, used_thresholds={}, configured_threshold=0.1, target_force_error=0.1)
     text = "".join(calibration_html(view, tmp_path, lambda head, rows: str(rows), lambda *a: ""))
     assert "44 (27 in the thermal band)" in text
+
+
+def test_pooling_takes_the_previous_generations_pairs_in_and_says_so(tmp_path):
+    """``calibration_pool = 2``: generation g's fit takes generation g-1's pairs too (each
+    with its own ensemble's width and error), the thermal band weighs them alike, and the
+    record names the generations pooled; a generation without pairs is left out."""
+    from driver.calibrate import pooled_generations
+    from remote_al.calibration import read_calibration
+
+    assert pooled_generations(2, 1) == [] and pooled_generations(2, 2) == [1] and pooled_generations(1, 5) == [0]
+    rng = np.random.default_rng(11)
+    results, frames = [], []
+    for g in range(2):
+        x, w, e = synthetic_campaign_frames(rng, 100, "calibration")
+        e = e * (1.0 + g)  # the generations' ensembles differ: the pooled scores are |e|/w of each
+        fr = [labeled("LiNiO2" * 4, -5.9 + xi, i) for i, xi in enumerate(x)]
+        natoms = [len(f) for f in fr]
+        results.append({"atom_force_width": np.repeat(w, natoms).tolist(),
+                        "atom_force_error": np.repeat(e, natoms).tolist(), "energy_width": w.tolist(),
+                        "energy_error": e.tolist(), "n_frames": 100, "natoms": natoms})
+        frames.append(fr)
+    sel = SimpleNamespace(confidence=0.95, calibration_min_frames=10, calibration_weighting="thermal")
+    cal = calibrate_generation(tmp_path, 1, results[1], None, sel, 4, frames=frames[1] + frames[0],
+                               minima={"LiNiO2": -5.9}, temperatures=TEMPS, earlier=[(0, results[0], None)])
+    band = thermal_frame_weights(frames[1] + frames[0], {"LiNiO2": -5.9}, TEMPS) > 0
+    ew = np.concatenate([results[1]["energy_width"], results[0]["energy_width"]])
+    ee = np.concatenate([results[1]["energy_error"], results[0]["energy_error"]])
+    assert cal.n_frames == 200 and cal.effective_frames == band.sum()
+    assert cal.energy_scale == conformal_scale(ew[band], ee[band]) != conformal_scale(ew[:100][band[:100]], ee[:100][band[:100]])
+    stored = read_calibration(tmp_path, 1)
+    assert stored.pooled_generations == [0] and "pooled with generation 0: 100 held-out test frames" in stored.source
+    # the frames must match the pooled pairs: generation 1's alone leave the fit unweighted, and it says so
+    cal = calibrate_generation(tmp_path, 1, results[1], None, sel, 4, frames=frames[1], minima={"LiNiO2": -5.9},
+                               temperatures=TEMPS, earlier=[(0, results[0], None)])
+    assert cal.weighting == "none" and cal.note.startswith("unweighted: ")
+    # an earlier generation without pairs (its evaluation failed) is not named
+    cal = calibrate_generation(tmp_path, 1, results[1], None, sel, 4, frames=frames[1], minima={"LiNiO2": -5.9},
+                               temperatures=TEMPS, earlier=[(0, None, None)])
+    assert cal.pooled_generations == [] and cal.n_frames == 100 and "pooled" not in cal.source

@@ -39,9 +39,12 @@ def mini_config(tmp_path, **sections):
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_one_round_mini_campaign(tmp_path, mode):
     # the calibration pairs weighted (selection.calibration_weighting): by energy in the
-    # synchronous run, held-out MD frames only in the asynchronous one
+    # synchronous run (pooling each generation's pairs with the previous one's), held-out MD
+    # frames only in the asynchronous one
     weighting = "thermal" if mode == "sync" else "md"
-    cfg = mini_config(tmp_path, steering={"mode": mode}, selection={"calibration_weighting": weighting})
+    pool = 2 if mode == "sync" else 1
+    cfg = mini_config(tmp_path, steering={"mode": mode},
+                      selection={"calibration_weighting": weighting, "calibration_pool": pool})
     lines = []
     backend = LocalBackend(cfg.directory / "engine", gpu_slots=2, cpu_slots=1)
     reason = Campaign(cfg, backend, say=lines.append, status_every_s=5).run()
@@ -108,7 +111,14 @@ def test_one_round_mini_campaign(tmp_path, mode):
         cal = read_calibration(cfg.directory, g)
         assert cal is not None and cal.n_force_pairs > 0 and "out-of-bag" in cal.source, cal
         # thermal: the engine handed the fit every evaluated frame with its labeler energy
+        # (those of the generation pooled in too)
         assert cal.weighting == weighting and "unweighted:" not in cal.note, cal
+        pooled = [0] if (pool == 2 and g == 1) else []
+        assert cal.pooled_generations == pooled, cal
+        if pooled:
+            assert cal.n_frames == read_calibration(cfg.directory, 0).n_frames + sum(
+                json.loads(db.execute("SELECT result FROM tasks WHERE key=?", (key,)).fetchone()[0])["n_frames"]
+                for key in ("eval:g1", "oob:g1")), cal
         if weighting == "md":  # the round's one held-out frame is from its MD, tagged so in the
             # request, the initial copies are not (too few frames here for any fit: a fallback)
             ereq = json.loads(db.execute("SELECT request FROM tasks WHERE key=?", (f"eval:g{g}",)).fetchone()[0])

@@ -175,7 +175,8 @@ class Applier:
 
     # ----------------------------------------------------------- calibration
     def _calibrate(self, op: plan.Calibrate) -> None:
-        from driver.calibrate import calibrate_generation, evaluated_frames, labeler_minima
+        from driver.calibrate import (calibrate_generation, evaluated_frames, generation_results, labeler_minima,
+                                      pooled_generations)
 
         g = op.generation
 
@@ -195,13 +196,14 @@ class Applier:
             if not ready:
                 return
         sel = self.view.cfg.selection
+        earlier = [(k, *generation_results(self.state, k)) for k in pooled_generations(g, sel.calibration_pool)]
         weights = {}
         if sel.calibration_weighting != "none":  # the weights are read off the evaluated frames
-            weights = dict(frames=evaluated_frames(self.state, g, test_result, oob_result))
+            weights = dict(frames=evaluated_frames(self.state, [(g, test_result, oob_result), *earlier]))
         if sel.calibration_weighting == "thermal":
             weights.update(minima=labeler_minima(self.state), temperatures=self.view.temperatures())
         cal = calibrate_generation(self.view.directory, g, test_result, oob_result, sel, len(self.state.models(g)),
-                                   **weights)
+                                   earlier=earlier, **weights)
         if cal is None:
             return
         vals = dict(force_scale=cal.force_scale, frame_force_scale=cal.frame_scale, energy_scale=cal.energy_scale,

@@ -91,7 +91,9 @@ def calibration_html(view: CalibrationView, outdir: Path, table: Callable, figur
         becomes = c.force_width_threshold(view.target_force_error)
         rows.append([str(g), html.escape(c.method), f"{c.force_scale:.2f}", f"{c.frame_scale:.2f}", f"{c.energy_scale:.2f}",
                      str(c.n_frames) + (f" ({c.effective_frames:g} {WEIGHTED[c.weighting]})"
-                                        if c.weighting in WEIGHTED and c.effective_frames is not None else ""),
+                                        if c.weighting in WEIGHTED and c.effective_frames is not None else "")
+                     + (", generations " + " + ".join(map(str, [g, *c.pooled_generations])) + " pooled"
+                        if c.pooled_generations else ""),
                      str(c.n_force_pairs),
                      "yes" if c.force_calibrated else "no (fallback)", "yes" if c.energy_calibrated else "no (fallback)",
                      f"{becomes:.3g}", html.escape(c.note) or "–"])

@@ -177,7 +177,13 @@ def test_the_report_says_how_many_frames_were_in_the_band(tmp_path):
                       weighting="thermal", effective_frames=27.0)
     view = CalibrationView(calibrations={1: cal}, used_thresholds={}, configured_threshold=0.1, target_force_error=0.1)
     text = "".join(calibration_html(view, tmp_path, lambda head, rows: str(rows), lambda *a: ""))
-    assert "44 (27 in the thermal band)" in text
+    assert "44 (27 in the thermal band)" in text and "pooled" not in text
+    pooled = Calibration(2, "conformal", 0.95, 1.4, 2.1, 90, 1400, 90, True, True, n_members=4,
+                         weighting="thermal", effective_frames=51.0, pooled_generations=[1])
+    view = CalibrationView(calibrations={2: pooled}, used_thresholds={}, configured_threshold=0.1,
+                           target_force_error=0.1)
+    text = "".join(calibration_html(view, tmp_path, lambda head, rows: str(rows), lambda *a: ""))
+    assert "90 (51 in the thermal band), generations 2 + 1 pooled" in text
 
 
 def test_pooling_takes_the_previous_generations_pairs_in_and_says_so(tmp_path):

@@ -258,6 +258,13 @@ def validate(cfg: CampaignConfig) -> None:
                           f"(structures x temperatures x pressures x walkers), above the bound {MAX_SWEEP}",
                           "use fewer walkers, temperatures, pressures or structures")
 
+    if e.md_start == "labeler_minimum" and not (cfg.initial.relax or cfg.initial.n_relaxed_per_structure
+                                                or cfg.test.n_relaxed_per_structure):
+        raise ConfigError("exploration.md_start", "'labeler_minimum' needs the labeler's relaxation of each "
+                          "structure, and this campaign runs none",
+                          "set [test] n_relaxed_per_structure (or [initial] n_relaxed_per_structure) to 1 or "
+                          "more, or [initial] relax = true")
+
     s = cfg.selection
     if s.force_upper <= s.force_threshold:
         raise ConfigError(

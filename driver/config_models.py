@@ -215,6 +215,11 @@ class ExplorationSection(_Section):
     guard: Bool = Field(True, description="stop MD when the ensemble's force width leaves the trust window")
     relax: Bool = Field(False, description="also explore by relaxing each structure with one member")
     relax_steps: Int = Field(200, ge=1, le=100_000, description="steps of a relaxation exploration at most")
+    md_start: Literal["initial", "labeler_minimum"] = Field(
+        "initial", description="where MD starts: 'initial' where the initial data are built (the labeler-relaxed "
+                               "structure with [initial] relax, else the built one); 'labeler_minimum' the "
+                               "labeler's relaxed structure, whatever the initial data are built around (needs a "
+                               "labeler relaxation: initial.relax or an n_relaxed_per_structure)")
 
 
 class SelectionSection(_Section):

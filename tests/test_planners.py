@@ -17,7 +17,7 @@ from driver.dataset import DatasetStore, frame_hash
 from driver.placement import Placement
 from driver.preflight import build_structure
 from driver.state import State
-from remote_al.structures import composition_label, to_extxyz
+from remote_al.structures import composition_label, from_extxyz, to_extxyz
 from test_durability import write_campaign
 
 
@@ -277,3 +277,32 @@ def test_initial_relaxation_that_failed_leaves_only_the_built_frames(tmp_path):
     train = [op.row for op in ops if isinstance(op, plan.AddStructure) and op.row["split"] == "train"]
     assert len(train) == 3 * len(cfg.structures)
     assert any("no labeler relaxation of" in m and "quarantined" in m for m in said), said
+
+
+def test_md_can_start_at_the_labeler_minimum_while_the_initial_data_stay_built(tmp_path):
+    """``exploration.md_start = "labeler_minimum"``: the NPT/NVT runs start from the labeler's
+    relaxed structure, the initial data and the ensemble relaxations from the built one; the
+    option needs a labeler relaxation, and says so when the campaign runs none."""
+    from driver.campaign import requests as rq
+    from driver.errors import ConfigError
+
+    cfg, state, fresh_view = round0_waiting_for_relaxations(
+        tmp_path, initial={"n_per_structure": 3}, test={"n_relaxed_per_structure": 1},
+        exploration={"md_start": "labeler_minimum", "relax": True, "temperatures_K": [300.0]})
+    built = relax_by(cfg, state, 1.1)
+    for m in range(2):
+        state.add_model(0, m, f"train:g0:m{m}", f"/models/g0m{m}.pth")
+    view = fresh_view()
+    for spec in cfg.structures:
+        assert np.allclose(view.md_start_structure(spec).cell[:], built[spec.name].cell[:] * 1.1)
+        assert np.allclose(view.start_structure(spec).cell[:], built[spec.name].cell[:])
+    md = [rq.exploration(view, 1, 0, index=i) for i in range(len(view.sweep()))]
+    assert {s.request.ensemble for s in md} == {"relax", "nvt"}
+    for s in md:
+        start = from_extxyz(s.request.structure_extxyz)[0]
+        name = s.context.spec
+        expected = built[name].cell[:] * (1.0 if s.request.ensemble == "relax" else 1.1)
+        assert np.allclose(start.cell[:], expected), s.key
+    with pytest.raises(ConfigError, match="exploration.md_start.*runs none"):
+        (tmp_path / "none").mkdir()
+        load_config(write_campaign(tmp_path / "none", exploration={"md_start": "labeler_minimum"}))

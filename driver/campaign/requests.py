@@ -42,7 +42,7 @@ def exploration(view: CampaignView, r: int, g: int, index: int | None = None) ->
         key = f"md:r{r}:{spec.name}:T{t:g}" + (f":P{p:g}" if p is not None else "") + f":w{w}" + (f":s{k}" if k else "")
         req = MDRequest(
             task_key=key, workdir=view.task_dir(key), model_path=models[(n + r) % len(models)],
-            structure_extxyz=to_extxyz(view.start_structure(spec)), temperature_K=t, steps=spec.steps or e.steps,
+            structure_extxyz=to_extxyz(view.md_start_structure(spec)), temperature_K=t, steps=spec.steps or e.steps,
             timestep_fs=e.timestep_fs, ensemble="npt" if p is not None else "nvt", pressure_GPa=p or 0.0,
             engine=e.engine, **guard, **common,
         )

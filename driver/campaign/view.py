@@ -187,6 +187,16 @@ class CampaignView:
         relaxed = self.labeler_relaxed(spec)
         return relaxed if relaxed is not None else build_structure(spec)
 
+    def md_start_structure(self, spec):
+        """Where a structure's MD starts: the labeler-relaxed structure with
+        ``exploration.md_start = "labeler_minimum"`` (the start structure when there is
+        none), else :meth:`start_structure`."""
+        if self.cfg.exploration.md_start == "labeler_minimum":
+            relaxed = self.labeler_relaxed(spec)
+            if relaxed is not None:
+                return relaxed
+        return self.start_structure(spec)
+
     def labeler_relaxed(self, spec):
         """The labeler's relaxation of a structure (task relax-label:<name>), or None when it
         failed or fails the structure filters (the reason is said once)."""

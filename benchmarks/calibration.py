@@ -27,7 +27,8 @@
 Writes ``benchmarks/results/calibration[_NAME].json`` with a ``headline`` object
 (``coverage_95`` per generation and composition, ``coverage_95_min``/``_max`` over
 generations >= 1, forces and energies, their intervals, and the frames used). Earlier
-``attempts`` in the file are kept; ``--attempt NAME`` adds this run to them.
+``attempts`` in the file are kept; ``--attempt NAME`` adds this run to them (with its count
+of cells inside / above / below the goal), ``--keep-headline`` without making it the headline.
 """
 
 from __future__ import annotations
@@ -309,6 +310,17 @@ def in_distribution_energy_coverage(test: dict, comps, level: float) -> dict:
     return out
 
 
+def goal_cells(coverage_95: dict) -> list[int]:
+    """Per-composition cells (forces, energies) of generations >= 1: how many lie inside,
+    above and below the goal's 0.90-0.98."""
+    cells = [0, 0, 0]
+    for g, comps in coverage_95.items():
+        for comp, v in comps.items() if int(g) >= 1 else ():
+            for x in v.values() if comp != "all" else ():
+                cells[0 if 0.90 <= x <= 0.98 else 1 if x > 0.98 else 2] += 1
+    return cells
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--campaign", default=str(ROOT / "examples" / "linio2.toml"))
@@ -322,8 +334,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--attempt", default="", help="also record this run under attempts[ATTEMPT] (kept with earlier ones)")
     ap.add_argument("--what", default="", help="what this attempt changed (stored with it)")
+    ap.add_argument("--keep-headline", action="store_true",
+                    help="with --attempt: record this run under attempts only, keep the file's headline")
     ap.add_argument("--out", default="")
     a = ap.parse_args(argv)
+    if a.keep_headline and not a.attempt:
+        ap.error("--keep-headline records the run as an attempt: give --attempt NAME")
 
     from driver.config import parse_config
     from driver.campaign import open_campaign_state
@@ -421,11 +437,15 @@ def main(argv=None) -> dict:
     old = json.loads(out.read_text()) if out.exists() else {}
     attempts = dict(old.get("attempts", {}))
     if a.attempt:
-        attempts[a.attempt] = {"what": a.what, "headline": headline, "test_set": test_set,
-                               "generations": {str(g): d for g, d in per_gen.items()}}
-    payload = {"benchmark": "calibration", "campaign": str(a.campaign), "attempt": a.attempt or None,
-               "headline": headline, "test_set": test_set, "generations": {str(g): d for g, d in per_gen.items()},
-               "attempts": attempts}
+        attempts[a.attempt] = {"what": a.what, "campaign_dir": str(cdir), "headline": headline, "test_set": test_set,
+                               "generations": {str(g): d for g, d in per_gen.items()},
+                               "cells_g1_2_inside_above_below": goal_cells(headline["coverage_95"])}
+    if a.keep_headline and old.get("headline"):
+        payload = {**old, "attempts": attempts}
+    else:
+        payload = {"benchmark": "calibration", "campaign": str(a.campaign), "attempt": a.attempt or None,
+                   "headline": headline, "test_set": test_set,
+                   "generations": {str(g): d for g, d in per_gen.items()}, "attempts": attempts}
     if "reproduce" in old:
         payload["reproduce"] = old["reproduce"]
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,9 +8,9 @@ hands them to ``driver.calibrate.calibrate_generation``, generation by generatio
 generation with too few pairs falls back to the one before, as in the campaign). For
 measuring a change of the calibration code on a campaign already run: copy the campaign
 directory, recalibrate the copy, and score it with ``benchmarks/calibration.py --workdir``
-(the models are read where the campaign wrote them). ``--weighting`` / ``--pool`` refit with
-another ``selection.calibration_weighting`` / ``calibration_pool`` than the campaign ran
-with. Prints each generation's factors before and after.
+(the models are read where the campaign wrote them). ``--weighting`` / ``--pool`` / ``--frames`` refit
+with another ``selection.calibration_weighting`` / ``calibration_pool`` /
+``calibration_frames`` than the campaign ran with. Prints each generation's factors before and after.
 """
 import argparse
 import json
@@ -33,11 +33,14 @@ def main(argv=None) -> None:
     ap.add_argument("--weighting", choices=("none", "thermal", "md"),
                     help="refit with this selection.calibration_weighting instead of the campaign's")
     ap.add_argument("--pool", type=int, help="refit with this selection.calibration_pool instead of the campaign's")
+    ap.add_argument("--frames", choices=("all", "held_out"),
+                    help="refit with this selection.calibration_frames instead of the campaign's")
     a = ap.parse_args(argv)
     cdir = Path(a.campaign_dir).resolve()
     st = open_campaign_state(cdir)
     config = json.loads(st.get_meta("config_json"))
-    for key, value in (("calibration_weighting", a.weighting), ("calibration_pool", a.pool)):
+    for key, value in (("calibration_weighting", a.weighting), ("calibration_pool", a.pool),
+                       ("calibration_frames", a.frames)):
         if value is not None:
             config.setdefault("selection", {})[key] = value
     cfg = parse_config(config, base_dir=cdir)
@@ -49,6 +52,8 @@ def main(argv=None) -> None:
     for g in sorted({m["generation"] for m in st.models()}):
         results = generation_results(st, g)
         earlier = [(k, *generation_results(st, k)) for k in pooled_generations(g, cfg.selection.calibration_pool)]
+        if cfg.selection.calibration_frames == "held_out":  # as driver/campaign/apply.py leaves them out
+            results, earlier = (results[0], None), [(k, test, None) for k, test, _ in earlier]
         frames = evaluated_frames(st, [(g, *results), *earlier])
         before = read_calibration(cdir, g)
         cal = calibrate_generation(cdir, g, *results, cfg.selection, len(st.models(g)), frames=frames,

@@ -266,6 +266,13 @@ def validate(cfg: CampaignConfig) -> None:
                           "more, or [initial] relax = true")
 
     s = cfg.selection
+    t = cfg.test
+    if s.calibration_frames == "held_out" and not (t.n_initial_per_structure or t.n_per_round
+                                                   or t.n_relaxed_per_structure):
+        raise ConfigError("selection.calibration_frames", "'held_out' calibrates on held-out test frames, and "
+                          "this campaign holds none out",
+                          "set [test] n_per_round (or n_initial_per_structure) to 1 or more, or "
+                          "calibration_frames = \"all\"")
     if s.force_upper <= s.force_threshold:
         raise ConfigError(
             "selection.force_upper",

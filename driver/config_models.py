@@ -247,6 +247,10 @@ class SelectionSection(_Section):
                             "temperatures, not with one); 'md': only the frames held out from the campaign's "
                             "own MD explorations (test.n_per_round), all frames while fewer than the level "
                             "needs; 'none': all held-out and out-of-bag frames alike")
+    calibration_frames: Literal["all", "held_out"] = Field(
+        "all", description="'all': held-out and out-of-bag frames; 'held_out': the held-out test frames only "
+                           "(out-of-bag errors are those of the few members that did not train on a frame, not "
+                           "of the ensemble mean; docs/uncertainty.md, attempt 22)")
     calibration_pool: Int = Field(
         1, ge=1, le=10, description="generations whose calibration pairs a generation's fit takes: 1 its own; "
                                     "2 also the previous generation's (each pair with its own ensemble's width "

@@ -42,9 +42,12 @@ def test_one_round_mini_campaign(tmp_path, mode):
     # synchronous run (pooling each generation's pairs with the previous one's), held-out MD
     # frames only in the asynchronous one
     weighting = "thermal" if mode == "sync" else "md"
+    # (the asynchronous one on held-out frames only: selection.calibration_frames)
     pool = 2 if mode == "sync" else 1
+    cal_frames = "all" if mode == "sync" else "held_out"
     cfg = mini_config(tmp_path, steering={"mode": mode},
-                      selection={"calibration_weighting": weighting, "calibration_pool": pool})
+                      selection={"calibration_weighting": weighting, "calibration_pool": pool,
+                                 "calibration_frames": cal_frames})
     lines = []
     backend = LocalBackend(cfg.directory / "engine", gpu_slots=2, cpu_slots=1)
     reason = Campaign(cfg, backend, say=lines.append, status_every_s=5).run()
@@ -109,7 +112,9 @@ def test_one_round_mini_campaign(tmp_path, mode):
 
     for g in (0, 1):
         cal = read_calibration(cfg.directory, g)
-        assert cal is not None and cal.n_force_pairs > 0 and "out-of-bag" in cal.source, cal
+        assert cal is not None and cal.n_force_pairs > 0, cal
+        # held_out: the out-of-bag frames are still evaluated (below) but not in the fit
+        assert ("out-of-bag" in cal.source) == (cal_frames == "all") and "held-out test frames" in cal.source, cal
         # thermal: the engine handed the fit every evaluated frame with its labeler energy
         # (those of the generation pooled in too)
         assert cal.weighting == weighting and "unweighted:" not in cal.note, cal

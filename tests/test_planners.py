@@ -282,7 +282,8 @@ def test_initial_relaxation_that_failed_leaves_only_the_built_frames(tmp_path):
 def test_md_can_start_at_the_labeler_minimum_while_the_initial_data_stay_built(tmp_path):
     """``exploration.md_start = "labeler_minimum"``: the NPT/NVT runs start from the labeler's
     relaxed structure, the initial data and the ensemble relaxations from the built one; the
-    option needs a labeler relaxation, and says so when the campaign runs none."""
+    option needs a labeler relaxation, and says so when the campaign runs none (as
+    ``selection.calibration_frames = "held_out"`` does when no frame is held out)."""
     from driver.campaign import requests as rq
     from driver.errors import ConfigError
 
@@ -303,6 +304,10 @@ def test_md_can_start_at_the_labeler_minimum_while_the_initial_data_stay_built(t
         name = s.context.spec
         expected = built[name].cell[:] * (1.0 if s.request.ensemble == "relax" else 1.1)
         assert np.allclose(start.cell[:], expected), s.key
+    (tmp_path / "held").mkdir()
+    with pytest.raises(ConfigError, match="selection.calibration_frames.*holds none out"):
+        load_config(write_campaign(tmp_path / "held", selection={"calibration_frames": "held_out"},
+                                   test={"n_initial_per_structure": 0, "n_per_round": 0}))
     with pytest.raises(ConfigError, match="exploration.md_start.*runs none"):
         (tmp_path / "none").mkdir()
         load_config(write_campaign(tmp_path / "none", exploration={"md_start": "labeler_minimum"}))

@@ -197,6 +197,8 @@ class Applier:
                 return
         sel = self.view.cfg.selection
         earlier = [(k, *generation_results(self.state, k)) for k in pooled_generations(g, sel.calibration_pool)]
+        if sel.calibration_frames == "held_out":  # the out-of-bag pairs are left out of the fit
+            oob_result, earlier = None, [(k, test, None) for k, test, _ in earlier]
         weights = {}
         if sel.calibration_weighting != "none":  # the weights are read off the evaluated frames
             weights = dict(frames=evaluated_frames(self.state, [(g, test_result, oob_result), *earlier]))

@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from driver.calibrate import (calibrate_generation, evaluated_frames, generation_results, labeler_minima,  # noqa: E402
-                              pooled_generations)
+from driver.calibrate import (calibrate_generation, calibration_inputs, generation_results,  # noqa: E402
+                              labeler_minima)
 from driver.campaign import open_campaign_state  # noqa: E402
 from driver.config import md_temperatures, parse_config  # noqa: E402
 from remote_al.calibration import read_calibration  # noqa: E402
@@ -50,13 +50,9 @@ def main(argv=None) -> None:
           f"temperatures {temperatures} K, "
           f"labeler minima (eV/atom) {json.dumps({k: round(v, 4) for k, v in minima.items()})}")
     for g in sorted({m["generation"] for m in st.models()}):
-        results = generation_results(st, g)
-        earlier = [(k, *generation_results(st, k)) for k in pooled_generations(g, cfg.selection.calibration_pool)]
-        if cfg.selection.calibration_frames == "held_out":  # as driver/campaign/apply.py leaves them out
-            results, earlier = (results[0], None), [(k, test, None) for k, test, _ in earlier]
-        frames = evaluated_frames(st, [(g, *results), *earlier])
+        test, oob, earlier, frames = calibration_inputs(st, g, cfg.selection, *generation_results(st, g))
         before = read_calibration(cdir, g)
-        cal = calibrate_generation(cdir, g, *results, cfg.selection, len(st.models(g)), frames=frames,
+        cal = calibrate_generation(cdir, g, test, oob, cfg.selection, len(st.models(g)), frames=frames,
                                    minima=minima, temperatures=temperatures, earlier=earlier)
         if cal is None:
             print(f"generation {g}: no calibration pairs")

@@ -191,6 +191,20 @@ def pooled_generations(generation: int, pool: int) -> list[int]:
     return list(range(generation - 1, max(generation - pool, -1), -1))
 
 
+def calibration_inputs(state, g: int, selection, test_result: dict | None, oob_result: dict | None):
+    """What generation ``g``'s fit takes, as the campaign gives it to
+    :func:`calibrate_generation`: ``(test_result, oob_result, earlier, frames)``. ``earlier``
+    holds the generations pooled in (``selection.calibration_pool``); with
+    ``selection.calibration_frames == "held_out"`` every out-of-bag result is left out;
+    ``frames`` (:func:`evaluated_frames`) only when the pairs are weighted, else None."""
+    earlier = [(k, *generation_results(state, k)) for k in pooled_generations(g, selection.calibration_pool)]
+    if selection.calibration_frames == "held_out":  # out-of-bag errors are a few members' mean
+        oob_result, earlier = None, [(k, test, None) for k, test, _ in earlier]
+    frames = (evaluated_frames(state, [(g, test_result, oob_result), *earlier])
+              if selection.calibration_weighting != "none" else None)
+    return test_result, oob_result, earlier, frames
+
+
 def _source(test_result, oob_result) -> tuple[str, list]:
     parts = [_pairs(test_result), _pairs(oob_result)]
     return " + ".join(f"{p[4]} {name}" for name, p in zip(("held-out test frames", "out-of-bag frames"), parts)

@@ -175,8 +175,7 @@ class Applier:
 
     # ----------------------------------------------------------- calibration
     def _calibrate(self, op: plan.Calibrate) -> None:
-        from driver.calibrate import (calibrate_generation, evaluated_frames, generation_results, labeler_minima,
-                                      pooled_generations)
+        from driver.calibrate import calibrate_generation, calibration_inputs, labeler_minima
 
         g = op.generation
 
@@ -196,12 +195,8 @@ class Applier:
             if not ready:
                 return
         sel = self.view.cfg.selection
-        earlier = [(k, *generation_results(self.state, k)) for k in pooled_generations(g, sel.calibration_pool)]
-        if sel.calibration_frames == "held_out":  # the out-of-bag pairs are left out of the fit
-            oob_result, earlier = None, [(k, test, None) for k, test, _ in earlier]
-        weights = {}
-        if sel.calibration_weighting != "none":  # the weights are read off the evaluated frames
-            weights = dict(frames=evaluated_frames(self.state, [(g, test_result, oob_result), *earlier]))
+        test_result, oob_result, earlier, frames = calibration_inputs(self.state, g, sel, test_result, oob_result)
+        weights = {} if frames is None else dict(frames=frames)  # weighted pairs are read off their frames
         if sel.calibration_weighting == "thermal":
             weights.update(minima=labeler_minima(self.state), temperatures=self.view.temperatures())
         cal = calibrate_generation(self.view.directory, g, test_result, oob_result, sel, len(self.state.models(g)),

@@ -175,6 +175,14 @@ def md_temperatures(cfg: CampaignConfig) -> list[float]:
     return sorted({float(t) for spec in cfg.structures for t in (spec.temperatures_K or e.temperatures_K)})
 
 
+def runs_labeler_relaxations(cfg: CampaignConfig) -> bool:
+    """Whether round 0 relaxes each structure with the labeler: [initial] relax, frames
+    around the relaxed structure, or labeler MD (which starts there)."""
+    i, t = cfg.initial, cfg.test
+    return bool(i.relax or i.n_relaxed_per_structure or t.n_relaxed_per_structure or i.n_md_per_structure
+                or t.n_md_per_structure)
+
+
 def spec_metals(spec: StructureSpec) -> dict[str, float]:
     """Transition-metal fractions of a layered structure spec."""
     from remote_al.composition import parse_metals
@@ -258,17 +266,16 @@ def validate(cfg: CampaignConfig) -> None:
                           f"(structures x temperatures x pressures x walkers), above the bound {MAX_SWEEP}",
                           "use fewer walkers, temperatures, pressures or structures")
 
-    if e.md_start == "labeler_minimum" and not (cfg.initial.relax or cfg.initial.n_relaxed_per_structure
-                                                or cfg.test.n_relaxed_per_structure):
+    if e.md_start == "labeler_minimum" and not runs_labeler_relaxations(cfg):
         raise ConfigError("exploration.md_start", "'labeler_minimum' needs the labeler's relaxation of each "
                           "structure, and this campaign runs none",
-                          "set [test] n_relaxed_per_structure (or [initial] n_relaxed_per_structure) to 1 or "
-                          "more, or [initial] relax = true")
+                          "set [test] n_relaxed_per_structure (or [initial] n_relaxed_per_structure or "
+                          "n_md_per_structure) to 1 or more, or [initial] relax = true")
 
     s = cfg.selection
     t = cfg.test
     if s.calibration_frames == "held_out" and not (t.n_initial_per_structure or t.n_per_round
-                                                   or t.n_relaxed_per_structure):
+                                                   or t.n_relaxed_per_structure or t.n_md_per_structure):
         raise ConfigError("selection.calibration_frames", "'held_out' calibrates on held-out test frames, and "
                           "this campaign holds none out",
                           "set [test] n_per_round (or n_initial_per_structure) to 1 or more, or "
@@ -281,10 +288,12 @@ def validate(cfg: CampaignConfig) -> None:
         )
     for field, used in (("initial.relax", cfg.initial.relax),
                         ("initial.n_relaxed_per_structure", cfg.initial.n_relaxed_per_structure),
-                        ("test.n_relaxed_per_structure", cfg.test.n_relaxed_per_structure)):
+                        ("test.n_relaxed_per_structure", cfg.test.n_relaxed_per_structure),
+                        ("initial.n_md_per_structure", cfg.initial.n_md_per_structure),
+                        ("test.n_md_per_structure", cfg.test.n_md_per_structure)):
         if used and cfg.labeler.kind == "vasp":
             raise ConfigError(
-                field, "remote-al does not run VASP relaxations",
+                field, "remote-al does not run VASP relaxations or VASP-driven MD",
                 f"set {field} = {'false' if field == 'initial.relax' else 0} and give relaxed structures "
                 "as [[structures]] file entries",
             )

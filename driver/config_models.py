@@ -198,6 +198,13 @@ class InitialSection(_Section):
         "extra initial training frames per structure around the labeler's relaxed structure "
         "(rattled and strained the same way), on top of n_per_structure around the start "
         "structure; 0: none"))
+    n_md_per_structure: Int = Field(0, ge=0, le=1000, description=(
+        "extra initial training frames per structure from one MD run driven by the labeler at the "
+        "structure's first MD temperature and pressure, started at the labeler's relaxed structure: "
+        "thermal displacements as the labeler makes them; the frames are labeled like any other; 0: none"))
+    md_equil_steps: Int = Field(300, ge=0, le=1_000_000, description=(
+        "labeler MD (n_md_per_structure, [test] n_md_per_structure): steps before the first frame kept"))
+    md_interval_steps: Int = Field(10, ge=1, le=100_000, description="labeler MD: steps between the frames kept")
 
 
 class ExplorationSection(_Section):
@@ -329,6 +336,10 @@ class TestSection(_Section):
         "held-out initial frames per structure around the labeler's relaxed structure (rattled "
         "like the initial frames, not strained): calibration pairs near each composition's "
         "minimum; 0: none"))
+    n_md_per_structure: Int = Field(0, ge=0, le=1000, description=(
+        "held-out frames per structure from the labeler's MD run of [initial] n_md_per_structure "
+        "(the same run, every other frame): calibration pairs from the labeler's own thermal "
+        "displacements; 0: none"))
 
 
 class CampaignConfig(_Section):

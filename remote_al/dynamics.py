@@ -17,7 +17,8 @@ from remote_al.torch_env import device_name, single_thread_torch
 
 
 def run_md(req: MDRequest) -> MDResult:
-    """ASE Langevin NVT (or Berendsen NPT) with ``deepmd.calculator.DP``.
+    """ASE Langevin NVT (or Berendsen NPT) with ``deepmd.calculator.DP``, or with the
+    labeler's calculator when ``req.labeler`` is set (no model then).
 
     The trajectory goes to ``workdir/traj.extxyz``; ``n_frames`` evenly spaced frames
     come back as extxyz text. A run whose atoms come closer than 0.5 A stops early: its
@@ -38,7 +39,14 @@ def run_md(req: MDRequest) -> MDResult:
     workdir = Path(req.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (atoms,) = from_extxyz(req.structure_extxyz)[:1]
-    atoms.calc = DP(model=req.model_path)
+    if req.labeler:
+        from remote_al.labelers import get_labeler
+
+        if req.model_path:
+            raise ValueError("give model_path (MD with a model) or labeler, not both")
+        atoms.calc = get_labeler(req.labeler, req.labeler_settings).relax_calculator(atoms, workdir)
+    else:
+        atoms.calc = DP(model=req.model_path)
     rng = np.random.default_rng(req.seed)
     MaxwellBoltzmannDistribution(atoms, temperature_K=req.temperature_K, rng=rng)
     Stationary(atoms)
@@ -70,6 +78,8 @@ def run_md(req: MDRequest) -> MDResult:
     else:
         raise ValueError(f"unknown MD ensemble {req.ensemble!r}: use 'nvt', 'npt' or 'relax'")
 
+    if req.equil_steps > 0:  # equilibration: no frame kept
+        dyn.run(req.equil_steps)
     interval = max(1, req.steps // max(1, req.n_frames))
     guards = None
     if req.stop_force_width > 0 and len(req.guard_model_paths) >= 2:

@@ -56,7 +56,7 @@ def _md(req: MDRequest):
 
 
 def run_md(request: MDRequest | Mapping[str, Any]) -> dict:
-    """MD with one DeePMD model; returns MDResult as a dict."""
+    """MD with one DeePMD model (or with the labeler: ``labeler`` set); returns MDResult as a dict."""
     return _run(MDRequest, request, _md)
 
 

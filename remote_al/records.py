@@ -63,6 +63,12 @@ class MDRequest(_Record):
     # needs guard_model_paths (the whole ensemble). 0: no guard.
     stop_force_width: float = 0.0
     guard_model_paths: tuple[str, ...] = ()
+    # MD driven by the labeler instead of a model (model_path ""): its ASE calculator
+    # (``Labeler.relax_calculator``); the CPU function ``md_label``
+    labeler: str = ""
+    labeler_settings: Mapping[str, Any] = field(default_factory=dict)
+    # steps run before the first frame is kept (the n_frames are spread over the rest)
+    equil_steps: int = 0
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ def test_a_pickled_result_is_refused():
 def test_topics_per_pool_and_make_backend(tmp_path):
     backend = make_backend("colmena", run_dir=tmp_path, gpu_slots=3, cpu_slots=5, functions=SIM_FUNCTIONS)
     assert isinstance(backend, ColmenaBackend)
-    assert TOPICS == {"gpu": ("md", "uq", "train", "relax"), "cpu": ("label", "relax_label")}
+    assert TOPICS == {"gpu": ("md", "uq", "train", "relax"), "cpu": ("label", "relax_label", "md_label")}
     assert backend.served() == {"md": "gpu", "uq": "gpu", "train": "gpu", "label": "cpu"}  # no relax in the sim
     assert backend.slots("gpu") == 3 and backend.slots("cpu") == 5
     with pytest.raises(BackendUnavailable):

@@ -30,6 +30,7 @@ FUNCTIONS: dict[str, str] = {
     "probe": "remote_al.functions:probe_environment",
     "relax": "remote_al.functions:relax_structure",  # with the ensemble (GPU endpoint)
     "relax_label": "remote_al.functions:relax_structure",  # with the labeler (CPU endpoint)
+    "md_label": "remote_al.functions:run_md",  # MD with the labeler (CPU endpoint): initial data
 }
 
 # Globus Compute rejects task payloads and results over 10 MB.

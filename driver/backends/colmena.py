@@ -57,7 +57,8 @@ from driver.errors import BackendUnavailable, PayloadTooLarge, TaskFailed
 log = logging.getLogger(__name__)
 
 # Colmena topics per pool: one per registered function, results come back by topic.
-TOPICS: dict[str, tuple[str, ...]] = {"gpu": ("md", "uq", "train", "relax"), "cpu": ("label", "relax_label")}
+TOPICS: dict[str, tuple[str, ...]] = {"gpu": ("md", "uq", "train", "relax"),
+                                      "cpu": ("label", "relax_label", "md_label")}
 
 
 @dataclass

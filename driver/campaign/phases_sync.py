@@ -13,6 +13,7 @@ from driver.campaign.rules import (confident_share, converged_reason, decision_o
                                    stop, stop_or_next)
 from driver.campaign.tasks import TaskKind, TaskSpec, is_relaxation
 from driver.campaign.view import CampaignView
+from driver.config import runs_labeler_relaxations
 from driver.dataset import frame_hash
 from driver.selection import select
 
@@ -32,14 +33,55 @@ def initial_relaxations(view: CampaignView) -> tuple[list, bool]:
     return ops, bool(ops or view.open_tasks(kind=TaskKind.RELAX_LABEL))
 
 
+def labeler_md_runs(view: CampaignView) -> tuple[list, bool]:
+    """[initial] / [test] n_md_per_structure: the labeler MD runs to create (from the
+    labeler's relaxed structure, else the start structure), and whether any is still open."""
+    ops = []
+    for k, spec in enumerate(view.cfg.structures):
+        if not view.has_task(f"md-label:{spec.name}"):
+            start = view.labeler_relaxed(spec)
+            ops.append(AddTask(requests.labeler_md(view, spec, view.start_structure(spec) if start is None else start,
+                                                   k)))
+    if ops:
+        ops.append(Say(f"round 0: {len(ops)} MD runs driven by the {view.cfg.labeler.kind} labeler for initial data"))
+    return ops, bool(ops or view.open_tasks(kind=TaskKind.MD_LABEL))
+
+
+def labeler_md_frames(view: CampaignView, spec) -> list[tuple]:
+    """(frame, split, note) of structure ``spec``'s labeler MD run: ``[test]
+    n_md_per_structure`` of them held out, spread over the run; fewer when the run stopped
+    early or failed (said)."""
+    from remote_al.structures import from_extxyz
+
+    cfg = view.cfg
+    n_train, n_test = cfg.initial.n_md_per_structure, cfg.test.n_md_per_structure
+    if not (n_train or n_test):
+        return []
+    task = view.task(f"md-label:{spec.name}")
+    res = task.result if task is not None and task.status == "done" else {}
+    frames = from_extxyz(res["frames_extxyz"]) if res and res.get("frames_extxyz") else []
+    if len(frames) < n_train + n_test:
+        why = res.get("stop_reason") if res else (task.status if task is not None else "missing")
+        view.say(f"labeler MD of {spec.name} gave {len(frames)} of {n_train + n_test} frames ({why or 'no frames'})")
+    n_test = min(n_test, len(frames))
+    held = set(np.linspace(0, len(frames) - 1, n_test).round().astype(int)) if n_test else set()
+    note = (f"initial data: labeler MD at {res.get('mean_temperature_K', 0):.0f} K (mean), a frame every "
+            f"{cfg.initial.md_interval_steps} steps after {cfg.initial.md_equil_steps}")
+    return [(a, "test" if i in held else "train", note) for i, a in enumerate(frames)]
+
+
 def generate(view: CampaignView) -> list:
     """Round 0's training and test frames: rattled and strained copies of each structure."""
     from remote_al.structures import check_structure, composition_label, initial_perturbations, to_extxyz
 
     cfg = view.cfg
     n_relaxed, n_relaxed_test = cfg.initial.n_relaxed_per_structure, cfg.test.n_relaxed_per_structure
-    if cfg.initial.relax or n_relaxed or n_relaxed_test:
+    if runs_labeler_relaxations(cfg):
         ops, pending = initial_relaxations(view)
+        if pending:
+            return ops
+    if cfg.initial.n_md_per_structure or cfg.test.n_md_per_structure:
+        ops, pending = labeler_md_runs(view)
         if pending:
             return ops
     rng = np.random.default_rng(cfg.campaign.seed)
@@ -56,20 +98,25 @@ def generate(view: CampaignView) -> list:
             if relaxed is not None:
                 near = ", around the labeler's relaxed structure"
                 sets += [(relaxed, "train", n_relaxed, strain, near), (relaxed, "test", n_relaxed_test, 0.0, near)]
+        frames = []  # (frame, split, note, source task)
         for around, split, n, strain_, where in sets:
             note = f"{rattled}, " + (f"strained {strain_}" if strain_ else "unstrained") + where
-            for atoms in initial_perturbations(around, n, cfg.initial.rattle_A, strain_, rng):
-                check = check_structure(atoms, min_dist_A=cfg.selection.min_distance_A)
-                row = dict(hash=frame_hash(atoms), origin="initial", split=split, round=0, generation=-1,
-                           spec=spec.name, composition=composition_label(atoms), natoms=len(atoms),
-                           extxyz=to_extxyz(atoms), status="selected" if check.ok else "filtered")
-                if not check.ok:  # before it costs a labeler call
-                    n_filtered += 1
-                    first_reason = first_reason or check.reason
-                    ops.append(AddStructure({**row, "reason": check.reason}, (0, "filtered", check.reason)))
-                    continue
-                n_train += split == "train"
-                ops.append(AddStructure(row, (0, "label" if split == "train" else "test", note)))
+            frames += [(a, split, note, None) for a in initial_perturbations(around, n, cfg.initial.rattle_A, strain_,
+                                                                             rng)]
+        frames += [(*f, f"md-label:{spec.name}") for f in labeler_md_frames(view, spec)]
+        for atoms, split, note, source in frames:
+            check = check_structure(atoms, min_dist_A=cfg.selection.min_distance_A)
+            row = dict(hash=frame_hash(atoms), origin="initial", split=split, round=0, generation=-1,
+                       spec=spec.name, composition=composition_label(atoms), natoms=len(atoms),
+                       extxyz=to_extxyz(atoms), status="selected" if check.ok else "filtered",
+                       **({"source_task": source} if source else {}))
+            if not check.ok:  # before it costs a labeler call
+                n_filtered += 1
+                first_reason = first_reason or check.reason
+                ops.append(AddStructure({**row, "reason": check.reason}, (0, "filtered", check.reason)))
+                continue
+            n_train += split == "train"
+            ops.append(AddStructure(row, (0, "label" if split == "train" else "test", note)))
     if n_train == 0:
         return ops + [stop(view, f"no training data: every initial frame was removed by the structure filter "
                                  f"({first_reason}); lower selection.min_distance_A or initial.rattle_A",

@@ -49,6 +49,28 @@ def exploration(view: CampaignView, r: int, g: int, index: int | None = None) ->
     return TaskSpec(key, TaskKind.MD, r, g, req, ExploreContext(spec.name))
 
 
+def labeler_md(view: CampaignView, spec, start, index: int) -> TaskSpec:
+    """Round 0's MD driven by the labeler for structure ``spec`` (the ``index``-th), from
+    ``start``: ``[initial] n_md_per_structure`` + ``[test] n_md_per_structure`` frames, one
+    every ``md_interval_steps`` after ``md_equil_steps``, at the structure's first MD
+    temperature (and pressure, NPT)."""
+    from remote_al.structures import to_extxyz
+
+    cfg, e, i = view.cfg, view.cfg.exploration, view.cfg.initial
+    n = i.n_md_per_structure + cfg.test.n_md_per_structure
+    npt = (spec.ensemble or e.ensemble) == "npt"
+    key = f"md-label:{spec.name}"
+    req = MDRequest(
+        task_key=key, workdir=view.task_dir(key), model_path="", structure_extxyz=to_extxyz(start),
+        temperature_K=(spec.temperatures_K or e.temperatures_K)[0], steps=n * i.md_interval_steps, n_frames=n,
+        equil_steps=i.md_equil_steps, timestep_fs=e.timestep_fs, ensemble="npt" if npt else "nvt",
+        pressure_GPa=(spec.pressures_GPa or e.pressures_GPa or (e.pressure_GPa,))[0] if npt else 0.0,
+        engine="ase", seed=cfg.campaign.seed * 7919 + 7 + 13 * index, labeler=cfg.labeler.kind,
+        labeler_settings=dict(cfg.labeler.settings), stop_min_distance_A=md_guard(view, ())["stop_min_distance_A"],
+    )
+    return TaskSpec(key, TaskKind.MD_LABEL, 0, -1, req)
+
+
 def training(view: CampaignView, g: int, systems: tuple[str, ...]) -> tuple[list[TaskSpec], str]:
     """Generation g's member tasks on the exported ``systems``, and what to say about them."""
     cfg = view.cfg

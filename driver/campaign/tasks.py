@@ -26,6 +26,7 @@ class TaskKind(str, Enum):
     TRAIN = "train"
     RELAX = "relax"              # ensemble relaxations of the volume curve
     RELAX_LABEL = "relax_label"  # relaxations with the labeler
+    MD_LABEL = "md_label"        # round 0: MD driven by the labeler, its frames labeled as initial data
 
     @property
     def function(self) -> str:
@@ -38,9 +39,10 @@ class TaskKind(str, Enum):
 
 _FUNCTION = {TaskKind.SCORE: "uq", TaskKind.EVAL: "uq", TaskKind.OOB: "uq", TaskKind.FINAL_EVAL: "uq",
              TaskKind.RECHECK: "uq"}
-POOL_OF = {"md": "gpu", "uq": "gpu", "train": "gpu", "label": "cpu", "relax": "gpu", "relax_label": "cpu"}
+POOL_OF = {"md": "gpu", "uq": "gpu", "train": "gpu", "label": "cpu", "relax": "gpu", "relax_label": "cpu",
+           "md_label": "cpu"}
 REQUEST_OF = {"md": MDRequest, "uq": UQRequest, "train": TrainRequest, "label": LabelRequest,
-              "relax": RelaxRequest, "relax_label": RelaxRequest}
+              "relax": RelaxRequest, "relax_label": RelaxRequest, "md_label": MDRequest}
 
 
 @dataclass(frozen=True)

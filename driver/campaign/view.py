@@ -145,12 +145,12 @@ class CampaignView:
 
     def test_frames_extxyz(self) -> tuple[str, int]:
         """The labeled held-out frames, as one extxyz text, and how many. A frame held out
-        from one of the campaign's MD explorations (not an ensemble relaxation) carries the
-        exploration's key as ``held_out_md`` (``selection.calibration_weighting = "md"``)."""
+        from one of the campaign's MD explorations (not an ensemble relaxation), or from the
+        labeler's MD of round 0, carries the run's key as ``held_out_md``
+        (``selection.calibration_weighting = "md"``)."""
         rows = self._state.label_rows("ok", "test")
-        return "".join(_tagged(r["extxyz"], "held_out_md", r["source_task"])
-                       if r["origin"] == "md" and r["source_task"] and not is_relaxation(r["source_task"])
-                       else r["extxyz"] for r in rows), len(rows)
+        return "".join(_tagged(r["extxyz"], "held_out_md", r["source_task"]) if _from_md(r) else r["extxyz"]
+                       for r in rows), len(rows)
 
     # ------------------------------------------------------------ derived
     def sweep(self) -> list[tuple]:
@@ -338,6 +338,13 @@ def condition_of(task_key: str) -> str:
         return task_key
     spec, *rest = task_key.split(":")[2:]
     return ":".join([spec, *(p for p in rest if not (p[:1] in "wms" and p[1:].isdigit()))])
+
+
+def _from_md(row) -> bool:
+    """Whether a labeled row was held out from an MD run: an exploration (not an ensemble
+    relaxation) or the labeler's MD of round 0 (task ``md-label:<structure>``)."""
+    key = row["source_task"] or ""
+    return (row["origin"] == "md" and bool(key) and not is_relaxation(key)) or key.startswith("md-label:")
 
 
 def _tagged(extxyz: str, key: str, value: str) -> str:

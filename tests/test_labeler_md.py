@@ -142,3 +142,12 @@ def test_the_md_function_runs_chgnet_md_when_given_the_labeler(tmp_path):
     assert res["mean_temperature_K"] > 0
     with pytest.raises(ValueError, match="model_path .* or labeler, not both"):
         load_function("md_label")({**req.to_dict(), "model_path": "/m.pth"})
+
+
+def test_every_task_kind_has_its_recorders_and_md_label_keeps_its_frames():
+    """A result of a kind without an entry could not be recorded (the engine retries it
+    and quarantines it); round 0 reads the labeler MD frames from the stored result."""
+    from driver.campaign.recorders import RECORDERS, slim
+
+    assert set(RECORDERS) == set(TaskKind)
+    assert slim(TaskKind.MD_LABEL, {"frames_extxyz": "x", "n_frames": 1})["frames_extxyz"] == "x"

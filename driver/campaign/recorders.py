@@ -198,6 +198,7 @@ RECORDERS = {
     TaskKind.RECHECK: (record_recheck,),
     TaskKind.RELAX: (),
     TaskKind.RELAX_LABEL: (),
+    TaskKind.MD_LABEL: (),  # its frames stay in the result: round 0's generate reads them
 }
 
 

@@ -45,7 +45,7 @@ SIM = {
 def write_campaign(tmp_path: Path, **sections) -> Path:
     data = json.loads(json.dumps(SIM))
     for k, v in sections.items():
-        data[k].update(v)
+        data.setdefault(k, {}).update(v)
     lines = []
     for section, values in data.items():
         if section == "structures":

@@ -151,3 +151,42 @@ def test_every_task_kind_has_its_recorders_and_md_label_keeps_its_frames():
 
     assert set(RECORDERS) == set(TaskKind)
     assert slim(TaskKind.MD_LABEL, {"frames_extxyz": "x", "n_frames": 1})["frames_extxyz"] == "x"
+
+
+@pytest.mark.slow
+def test_a_campaign_labels_and_trains_on_its_labeler_md_frames(tmp_path, monkeypatch):
+    """Through the engine and the local backend: the labeler relaxations and MD run for
+    real (CHGNet), the rest of the loop on the simulated functions; the MD frames are
+    labeled, trained on (training) and held out (test)."""
+    import sqlite3
+
+    from driver.backends import make_backend
+    from driver.campaign import Campaign
+    from test_durability import SIM_FUNCTIONS, sim_env
+
+    for key, value in sim_env(tmp_path).items():
+        if key.startswith("REMOTE_AL_SIM"):
+            monkeypatch.setenv(key, value)
+    cfg = load_config(write_campaign(
+        tmp_path, campaign={"max_rounds": 1},
+        initial={"n_md_per_structure": 2, "md_equil_steps": 4, "md_interval_steps": 2},
+        test={"n_md_per_structure": 1}, volume={"enabled": False, "max_steps": 30}))
+    functions = {**SIM_FUNCTIONS, "md_label": "remote_al.functions:run_md",
+                 "relax_label": "remote_al.functions:relax_structure"}
+    backend = make_backend("local", run_dir=cfg.directory / "engine", gpu_slots=2, cpu_slots=2, functions=functions)
+    try:
+        reason = Campaign(cfg, backend, say=lambda m: None, status_every_s=5).run()
+    finally:
+        backend.shutdown()
+    assert reason.startswith("round budget"), reason
+    db = sqlite3.connect(cfg.directory / "state.sqlite")
+    done = dict(db.execute("SELECT key, status FROM tasks WHERE function = 'md_label'").fetchall())
+    assert done == {f"md-label:{s.name}": "done" for s in cfg.structures}
+    rows = db.execute("SELECT s.spec, s.split, l.status FROM structures s JOIN labels l ON l.structure_id = s.id "
+                      "WHERE s.source_task LIKE 'md-label:%'").fetchall()
+    for spec in cfg.structures:
+        mine = [r for r in rows if r[0] == spec.name]
+        assert sorted(r[1] for r in mine) == ["test", "train", "train"] and all(r[2] == "ok" for r in mine)
+    n_frames = db.execute("SELECT COUNT(*) FROM frames WHERE exploration LIKE 'md-label:%' AND split = 'train'"
+                          ).fetchone()[0]
+    assert n_frames == 2 * len(cfg.structures)  # in the exported training set

@@ -338,7 +338,7 @@ class TestSection(_Section):
         "minimum; 0: none"))
     n_md_per_structure: Int = Field(0, ge=0, le=1000, description=(
         "held-out frames per structure from the labeler's MD run of [initial] n_md_per_structure "
-        "(the same run, every other frame): calibration pairs from the labeler's own thermal "
+        "(the same run, spread over it): calibration pairs from the labeler's own thermal "
         "displacements; 0: none"))
 
 

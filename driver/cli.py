@@ -101,7 +101,7 @@ def make_transfer(kind: str, sites, meta=None, **kwargs):
 
 
 def cmd_run(args) -> int:
-    from driver.config import load_config, override
+    from driver.config import functions_used, load_config, override
     from driver.preflight import preflight
 
     cfg = load_config(args.campaign)
@@ -111,7 +111,9 @@ def cmd_run(args) -> int:
             cfg = override(cfg, "campaign.max_rounds", args.rounds, "--rounds")
         team = args.team or cfg.backend.team
         if team:
-            _read_team(team)
+            team_file = _read_team(team)
+            if (args.backend or cfg.backend.kind) == "globus":
+                team_file.require_functions(functions_used(cfg), source=str(team))
         elif (args.backend or cfg.backend.kind) == "globus":
             raise ConfigError("backend.team", "the globus backend needs a team file", "pass --team team.toml")
         elif (args.backend or cfg.backend.kind) == "colmena" and cfg.backend.colmena_server == "globus":

@@ -183,6 +183,20 @@ def runs_labeler_relaxations(cfg: CampaignConfig) -> bool:
                 or t.n_md_per_structure)
 
 
+def functions_used(cfg: CampaignConfig) -> set[str]:
+    """The registered functions (``driver.backends.base.FUNCTIONS``) the campaign submits:
+    checked against the team file before any work, so a missing one is not found hours in."""
+    used = {"md", "uq", "label", "train"}
+    v = cfg.volume
+    if v.enabled:
+        used.add("relax")  # the ensemble's relaxations of the volume curve
+    if runs_labeler_relaxations(cfg) or (v.enabled and v.check):
+        used.add("relax_label")
+    if cfg.initial.n_md_per_structure or cfg.test.n_md_per_structure:
+        used.add("md_label")
+    return used
+
+
 def spec_metals(spec: StructureSpec) -> dict[str, float]:
     """Transition-metal fractions of a layered structure spec."""
     from remote_al.composition import parse_metals

@@ -89,6 +89,22 @@ class TeamFile:
                 "remote-al endpoint register -o <team.toml>",
             ) from None
 
+    def require_functions(self, names: Iterable[str], source: str = "") -> None:
+        """ConfigError naming every function of ``names`` the file has no id for: a team
+        file registered before a function existed stops a campaign here, before any work,
+        not at the first task that needs it."""
+        missing = sorted(set(names) - set(self.functions))
+        if missing:
+            raise ConfigError(
+                "team.functions",
+                f"the campaign uses {', '.join(missing)}, which this team file does not register "
+                "(registered with an older remote-al)",
+                "register again with `remote-al endpoint register -o <team.toml>`, then let the "
+                "endpoints allow the new ids: `remote-al endpoint render --team <team.toml> -o "
+                "~/.globus_compute/<name>` and `globus-compute-endpoint restart <name>`",
+                source=source,
+            )
+
     def function_ids(self, names: Iterable[str] | None = None) -> dict[str, str]:
         """``{name: function id}`` for ``names`` (all registered functions by default)."""
         return {n: self.function_id(n) for n in (names or sorted(self.functions))}

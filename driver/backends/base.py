@@ -96,6 +96,10 @@ class Backend(abc.ABC):
         """How many tasks the pool runs at once (used to keep it busy, not overfilled)."""
         return 1
 
+    def require_functions(self, names) -> None:
+        """Raise ConfigError if the backend cannot run one of ``names`` (checked before a
+        campaign starts). Backends that import the functions themselves run all of them."""
+
     def __enter__(self):
         self.start()
         return self

@@ -106,6 +106,9 @@ class GlobusBackend(Backend):
     def slots(self, pool: str) -> int:
         return self.team.slots_for(pool)
 
+    def require_functions(self, names) -> None:
+        self.team.require_functions(names)
+
     @staticmethod
     def _connect():
         import globus_sdk

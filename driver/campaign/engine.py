@@ -29,6 +29,7 @@ from driver.campaign.recorders import RECORDERS, slim
 from driver.campaign.rules import check_budgets
 from driver.campaign.tasks import Task, TaskKind
 from driver.campaign.view import CampaignView
+from driver.config import functions_used
 from driver.config_models import CampaignConfig
 from driver.dataset import DatasetStore
 from driver.errors import BackendUnavailable, TaskFailed
@@ -59,6 +60,7 @@ class Campaign:
                  status_every_s: float = 20.0, sites: Mapping[str, Site] | None = None,
                  transfer: Transfer | None = None, hooks: Hooks | None = None, progress_bars: bool = True):
         preflight(cfg)  # a bad campaign creates nothing, from the CLI or from Python
+        backend.require_functions(functions_used(cfg))  # e.g. a team file older than a function
         self.cfg = cfg
         self.dir = cfg.directory
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -72,6 +72,13 @@ def gather_calibration(state, campaign_dir: Path, selection) -> CalibrationView:
                            selection.target_force_error)
 
 
+def _ranges(c: Calibration) -> str:
+    """What the fit's own finite frames let its coverage on new frames be (90 % range)."""
+    def one(r):
+        return f"{r[0]:.3f}–{r[1]:.3f}" if r else "–"
+    return f"{one(c.force_coverage_range)}; {one(c.energy_coverage_range)}"
+
+
 def calibration_html(view: CalibrationView, outdir: Path, table: Callable, figure: Callable) -> list[str]:
     out = ["<h2>Calibrated uncertainty</h2>"]
     if not view.calibrations:
@@ -96,10 +103,11 @@ def calibration_html(view: CalibrationView, outdir: Path, table: Callable, figur
                         if c.pooled_generations else ""),
                      str(c.n_force_pairs),
                      "yes" if c.force_calibrated else "no (fallback)", "yes" if c.energy_calibrated else "no (fallback)",
-                     f"{becomes:.3g}", html.escape(c.note) or "–"])
+                     _ranges(c), f"{becomes:.3g}", html.escape(c.note) or "–"])
     out.append(table(["generation", "method", "force bound / width (per atom)", "(per frame)", "energy bound / width",
                       "frames", "atoms",
                       "forces calibrated", "energies calibrated",
+                      "coverage on new frames, 90 % range (forces; energies)",
                       f"width for {view.target_force_error:g} eV/Å", "note"], rows))
     if view.used_thresholds:
         out.append("<p class='note'>Width threshold each round's selection used (eV/Å): "

@@ -157,6 +157,20 @@ def thermal_weights(excess, natoms, temperatures, tail: float = 0.001) -> np.nda
     return ((cdf >= tail) & (cdf <= 1.0 - tail)).astype(float)
 
 
+def coverage_range(n: float, coverage: float = 0.95, central: float = 0.90) -> list[float] | None:
+    """The central ``central`` share of the coverage an exact split-conformal fit on ``n``
+    exchangeable pairs gives on new pairs: Beta(k, n + 1 - k), k = ceil((n + 1) coverage)
+    (Vovk 2012; Angelopoulos & Bates 2021, sec. 3.2). None when n is too small for the level."""
+    n = int(math.floor(n))
+    k = math.ceil((n + 1) * coverage)
+    if n < 1 or k > n:
+        return None
+    from scipy import stats  # here: scipy.stats takes a second to import
+
+    tail = (1.0 - central) / 2.0
+    return [round(float(stats.beta.ppf(tail, k, n + 1 - k)), 4), round(float(stats.beta.ppf(1.0 - tail, k, n + 1 - k)), 4)]
+
+
 def gaussian_scale(widths, errors, coverage: float = 0.95) -> float:
     """Imbalzano et al. 2021 style: one scale so that errors are unit-variance Gaussian in
     units of the width, then the two-sided Gaussian quantile at ``coverage``."""
@@ -267,6 +281,14 @@ def fit_calibration(
 
     f_scale = fitted("forces", fw, fe, fwt)
     e_scale = fitted("energies", ew, ee, ewt)
+    if method == "conformal":  # the spread of what each fit covers, from the frames it took
+        unweighted = {what for what in ("forces", "energies") if any(n.startswith(f"{what}: unweighted") for n in notes)}
+        if f_scale is not None:
+            base["force_coverage_range"] = coverage_range(
+                frames_eff if weighted and "forces" not in unweighted else n_frames, coverage_level)
+        if e_scale is not None:
+            base["energy_coverage_range"] = coverage_range(
+                frames_eff if weighted and "energies" not in unweighted else ew.size, coverage_level)
     frame: dict = {}
     if frame_widths is not None:
         rw, re_, rwt = _pairs(frame_widths, frame_errors, frame_weights if weighted else None)

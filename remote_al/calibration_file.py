@@ -41,6 +41,12 @@ class Calibration:
     weighting: str = "none"  # "thermal": weighted for the shift in energy; "md": held-out MD frames only (remote_al.calibration)
     effective_frames: float | None = None  # with weights: (sum w)^2 / sum w^2 of the frame weights
     pooled_generations: list[int] = field(default_factory=list)  # earlier generations whose pairs were pooled in
+    # the central 90 % of the coverage this fit gives on new frames like its calibration
+    # frames (a conformal fit on n of them covers a Beta(k, n + 1 - k) share): how much a
+    # coverage measured on new frames can differ from the level by the fit's own finite n;
+    # None: not a conformal fit, or an older file
+    force_coverage_range: list[float] | None = None  # n counted in frames (a frame's atoms are not independent)
+    energy_coverage_range: list[float] | None = None
 
     @property
     def calibrated(self) -> bool:

@@ -14,6 +14,7 @@ from remote_al.calibration import (
     atom_force_widths,
     conformal_scale,
     coverage,
+    coverage_range,
     fit_calibration,
     frame_pairs,
     latest_calibration,
@@ -47,6 +48,31 @@ def test_conformal_recovers_nominal_coverage_on_new_pairs():
     # and the raw half-width covers far less on the same data
     w, e = heavy_tailed_pairs(rng, 5000)
     assert coverage(w, e, 0.5) < 0.6
+
+
+def test_coverage_range_is_the_spread_of_what_a_fit_on_n_frames_covers():
+    """The recorded 90 % range of the coverage on new frames matches repeated fits on n
+    exchangeable pairs; it narrows with n, is None below the level's minimum, and a
+    campaign's fit records it from the frames it used."""
+    rng = np.random.default_rng(3)
+    n = 45
+    covered = [coverage(*heavy_tailed_pairs(rng, 20000), conformal_scale(*heavy_tailed_pairs(rng, n), 0.95))
+               for _ in range(400)]
+    lo, hi = coverage_range(n, 0.95)
+    assert np.percentile(covered, 5) == pytest.approx(lo, abs=0.01)
+    assert np.percentile(covered, 95) == pytest.approx(hi, abs=0.01)
+    assert 0.88 < lo < 0.93 and 0.97 < hi < 0.995
+    wide, narrow = coverage_range(19), coverage_range(1000)
+    assert wide[1] - wide[0] > hi - lo > narrow[1] - narrow[0]
+    assert coverage_range(18) is None and coverage_range(0) is None
+    w, e = heavy_tailed_pairs(rng, 60)
+    cal = fit_calibration(0, w, e, w[:30], e[:30], n_frames=30, n_members=4)
+    assert cal.force_coverage_range == coverage_range(30) and cal.energy_coverage_range == coverage_range(30)
+    assert Calibration.from_dict(cal.to_dict()) == cal
+    short = fit_calibration(0, w, e, w[:5], e[:5], n_frames=30, n_members=4)  # energies fall back
+    assert short.energy_coverage_range is None and short.force_coverage_range is not None
+    gauss = fit_calibration(0, w, e, w, e, n_frames=60, n_members=4, method="gaussian_scale")
+    assert gauss.force_coverage_range is None  # only a conformal fit has this law
 
 
 def test_gaussian_scale_recovers_coverage_when_errors_are_gaussian():

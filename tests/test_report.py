@@ -213,6 +213,8 @@ def test_report_renders_synthetic_campaign(tmp_path):
     assert (d / "report" / "reliability.png").stat().st_size > 5000 and "reliability.png" in page
     assert "threshold mode <b>fixed</b>: width threshold 0.2 eV/Å" in page
     assert "no (fallback)" in page  # 12 frames are too few for the 95 % energy quantile
+    # ... and too few to say how far a fit's coverage can stray on new frames (19 needed)
+    assert "coverage on new frames, 90 % range" in page and "<td>–; –</td>" in page
     assert not (d / "report" / "parity.npz").exists()
 
 

@@ -100,7 +100,7 @@ class TeamFile:
                 f"the campaign uses {', '.join(missing)}, which this team file does not register "
                 "(registered with an older remote-al)",
                 "register again with `remote-al endpoint register -o <team.toml>`, then let the "
-                "endpoints allow the new ids: `remote-al endpoint render --team <team.toml> -o "
+                "endpoints allow the new ids: `remote-al endpoint render <template> ... --team <team.toml> -o "
                 "~/.globus_compute/<name>` and `globus-compute-endpoint restart <name>`",
                 source=source,
             )

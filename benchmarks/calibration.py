@@ -381,6 +381,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--keep-headline", action="store_true",
                     help="with --attempt: record this run under attempts only, keep the file's headline")
     ap.add_argument("--out", default="")
+    ap.add_argument("--score-only", action="store_true",
+                    help="score the generations the campaign in --workdir has now (it may still be running); "
+                         "do not run or resume it")
     a = ap.parse_args(argv)
     if a.keep_headline and not a.attempt:
         ap.error("--keep-headline records the run as an attempt: give --attempt NAME")
@@ -391,7 +394,13 @@ def main(argv=None) -> dict:
     from remote_al.calibration import coverage, read_calibration
 
     workdir = Path(a.workdir)
-    cdir = run_campaign(Path(a.campaign), workdir, a.name)
+    if a.score_only:
+        cdir = (workdir / a.name).resolve()
+        if not (cdir / "state.sqlite").exists():
+            ap.error(f"--score-only: no campaign in {cdir}")
+        say(f"scoring the campaign in {cdir} as it stands (not run or resumed)")
+    else:
+        cdir = run_campaign(Path(a.campaign), workdir, a.name)
     st = open_campaign_state(cdir)
     cfg = parse_config(json.loads(st.get_meta("config_json")), base_dir=cdir)
     conf = cfg.selection.confidence

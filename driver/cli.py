@@ -128,7 +128,7 @@ def cmd_run(args) -> int:
     sites, transfer = _sites_for(cfg, args)
     t0 = time.time()
     campaign = Campaign(cfg, backend, status_every_s=args.status_every, sites=sites, transfer=transfer)
-    campaign.run()
+    campaign.run(retry_quarantined=args.retry_quarantined)
     print(f"wall time of this run: {time.time() - t0:.0f} s; campaign directory: {cfg.directory}")
     if args.report:
         from driver.report_cli import print_report
@@ -291,6 +291,8 @@ def cli(verbose: bool, debug: bool) -> None:
 @click.option("--status-every", type=float, default=20.0, show_default=True, help="seconds between progress lines")
 @click.option("--report", is_flag=True, help="at the end, print the status tables and write the HTML report "
               "into the campaign folder (report/index.html)")
+@click.option("--retry-quarantined", is_flag=True, help="queue the quarantined tasks again (not labels), once "
+              "what made them fail is fixed")
 def run_command(**kwargs) -> int:
     """Run or resume a campaign until it stops.
 

@@ -97,13 +97,17 @@ class Campaign:
     def round(self) -> int:
         return self.view.round
 
-    def run(self, max_ticks: int | None = None) -> str:
-        """Run until the campaign is done (returns the stop reason) or ``max_ticks``."""
+    def run(self, max_ticks: int | None = None, retry_quarantined: bool = False) -> str:
+        """Run until the campaign is done (returns the stop reason) or ``max_ticks``.
+        ``retry_quarantined``: first put the quarantined tasks (but labels) back in the
+        queue, once their cause is fixed."""
         lock = CampaignLock(self.dir)
         lock.acquire()
         self._bars = ProgressBars().__enter__() if self.progress_bars else None
         try:
             self._begin()
+            if retry_quarantined:
+                self._retry_quarantined()
             self.backend.start()
             self._reattach()
             ticks = idle_ticks = 0
@@ -162,6 +166,14 @@ class Campaign:
             self.say(f"campaign {self.cfg.campaign.name}: new, state in {self.state.path}")
         else:
             self.say(f"campaign {self.cfg.campaign.name}: resuming at round {self.view.shown_round}, phase {self.phase}")
+
+    def _retry_quarantined(self) -> None:
+        again, kept = self.state.requeue_quarantined()
+        for key in again:
+            self.state.event("retry", f"{key}: quarantined, queued again (--retry-quarantined)")
+        self.say(f"retry: {len(again)} quarantined task(s) queued again" + (f" ({', '.join(again)})" if again else "")
+                 + (f"; {len(kept)} label task(s) stay quarantined: their structures are kept as failed "
+                    "labels with the reason" if kept else ""))
 
     def _fingerprint(self) -> tuple:
         return (self.phase, self.round, *self.state.task_totals(), self.view.stop_reason)

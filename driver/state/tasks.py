@@ -97,6 +97,18 @@ class TaskTable:
                 (error, time.time(), key),
             )
 
+    def requeue_quarantined(self) -> tuple[list[str], list[str]]:
+        """Quarantined tasks back to ``pending`` with their attempts reset (the last error is
+        kept until the next outcome): (requeued keys, keys left quarantined). Label tasks
+        stay: their structures are recorded as failed labels with the reason, and the
+        rounds after them were decided without those labels."""
+        with self.transaction():
+            rows = self.db.execute("SELECT key, function FROM tasks WHERE status='quarantined' ORDER BY id").fetchall()
+            again = [r[0] for r in rows if r[1] != "label"]
+            self.db.executemany("UPDATE tasks SET status='pending', attempts=0, backend_id=NULL, not_before=NULL, "
+                                "finished=NULL WHERE key=?", [(k,) for k in again])
+        return again, [r[0] for r in rows if r[1] == "label"]
+
     def has_function(self, *functions: str) -> bool:
         """Whether any task of these functions exists."""
         return self.db.execute(f"SELECT 1 FROM tasks WHERE function IN ({','.join('?' * len(functions))}) LIMIT 1",

@@ -105,7 +105,7 @@ class TaskTable:
         with self.transaction():
             rows = self.db.execute("SELECT key, function FROM tasks WHERE status='quarantined' ORDER BY id").fetchall()
             again = [r[0] for r in rows if r[1] != "label"]
-            self.db.executemany("UPDATE tasks SET status='pending', attempts=0, backend_id=NULL, not_before=NULL, "
+            self.db.executemany("UPDATE tasks SET status='pending', attempts=0, backend_id=NULL, not_before=0, "
                                 "finished=NULL WHERE key=?", [(k,) for k in again])
         return again, [r[0] for r in rows if r[1] == "label"]
 

@@ -220,6 +220,39 @@ def test_task_failing_every_time_is_quarantined_with_its_error(tmp_path):
     assert "quarantined" in out.stdout and "label:r0:3-4" in out.stdout
 
 
+@pytest.mark.slow
+def test_a_failed_training_stops_cleanly_and_retry_quarantined_takes_it_up_again(tmp_path):
+    """A training quarantined (max_attempts 1) stops the campaign once, with exit status 1
+    and the way out; `run --retry-quarantined` queues it again and the campaign ends by
+    its own budget. A quarantined label task stays quarantined (its structures are failed
+    labels with the reason)."""
+    toml = write_campaign(tmp_path, backend={"max_attempts": 1})
+    env = sim_env(tmp_path, REMOTE_AL_SIM_FAIL_ONCE="train:g1:m0,label:r0:3-",
+                  REMOTE_AL_SIM_FAIL_ONCE_DIR=str(tmp_path / "f"))
+    r = run_driver(toml, env)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "cannot make progress" not in r.stderr and r.stdout.count("stopping: training of generation 1 failed") == 1
+    assert "--retry-quarantined" in r.stdout
+    db = sqlite3.connect(tmp_path / "camp" / "state.sqlite")
+    assert db.execute("SELECT status FROM tasks WHERE key='train:g1:m0'").fetchone()[0] == "quarantined"
+    # the final evaluation skips the generation whose training failed
+    assert db.execute("SELECT COUNT(*) FROM tasks WHERE key='final-eval:g1'").fetchone()[0] == 0
+    argv = [sys.executable, "-m", "driver.cli", "run", str(toml), "--status-every", "2", "--retry-quarantined"]
+    r2 = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert "1 quarantined task(s) queued again (train:g1:m0)" in r2.stdout
+    assert "1 label task(s) stay quarantined" in r2.stdout and "round budget of 2 rounds reached" in r2.stdout
+    rows = dict(db.execute("SELECT key, status FROM tasks WHERE key LIKE 'train:g1:%' OR key LIKE 'label:r0:3-%' "
+                           "OR key LIKE 'final-eval:%'"))
+    assert rows.pop("train:g1:m0") == "done" and all(v == "done" for k, v in rows.items() if k.startswith(("train", "final")))
+    assert {"final-eval:g0", "final-eval:g1", "final-eval:g2"} <= set(rows)
+    assert [v for k, v in rows.items() if k.startswith("label")] == ["quarantined"]
+    assert db.execute("SELECT COUNT(*) FROM events WHERE kind='retry' AND message LIKE '%lifted%'").fetchone()[0] == 1
+    # a campaign that ended by its budget has nothing to retry
+    r3 = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert r3.returncode == 0 and "nothing queued again" in r3.stdout
+
+
 class OfflineForAWhile(LocalBackend):
     """The local endpoint refusing its first submissions (an endpoint offline for a while)."""
 

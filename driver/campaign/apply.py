@@ -94,6 +94,7 @@ class Applier:
             self.state.event("phase", f"round {self.view.shown_round}: {op.phase.value}")
 
     def _stop(self, op: plan.Stop) -> None:
+        self.state.set_meta("stopped_in_phase", self.view.phase.value)  # where a retry takes it up again
         self.state.set_meta("stop_reason", op.reason)
         self.state.set_meta("stop_kind", op.kind.value)
         self.state.set_meta("phase", op.phase.value)

@@ -24,9 +24,11 @@ def async_phase(view: CampaignView) -> list:
     training_open = any(t["status"] in ("pending", "submitted") for t in training)
     if training and not training_open:
         g_new = max(t["generation"] for t in training)
-        if len(view.models(g_new)) < cfg.training.ensemble_size:
-            return [stop(view, f"training of generation {g_new} failed (see quarantined tasks)", StopKind.FAILED)]
-        return generation_ready(view, g_new)
+        if len(view.models(g_new)) >= cfg.training.ensemble_size:
+            return generation_ready(view, g_new)
+        if not view.stop_reason:  # once: then drain what is in flight (below)
+            return [stop(view, f"training of generation {g_new} failed (see quarantined tasks; "
+                     "`remote-al run --retry-quarantined` once the cause is fixed)", StopKind.FAILED)]
     if view.stop_reason:  # drain what is in flight, start nothing new
         return [] if view.open_tasks() else [SetPhase(Phase.FINAL_EVAL)]
     if last_generation_training(view):  # it stops when that generation is ready

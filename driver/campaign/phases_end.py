@@ -10,7 +10,9 @@ from driver.campaign.view import CampaignView
 
 
 def final_eval(view: CampaignView) -> list:
-    gens = sorted({m["generation"] for m in view.models()})
+    # complete generations only: one whose training failed is not an ensemble to report
+    gens = sorted(g for g in {m["generation"] for m in view.models()}
+                  if len(view.models(g)) >= view.cfg.training.ensemble_size)
     text, n = view.test_frames_extxyz()
     if n == 0 or not gens:
         return [SetPhase(Phase.DONE)]

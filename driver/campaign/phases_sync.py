@@ -150,7 +150,8 @@ def train(view: CampaignView) -> list:
     if view.open_tasks(g, TaskKind.TRAIN):
         return []
     if len(view.models(g)) < view.cfg.training.ensemble_size:
-        return [stop(view, f"training of generation {g} failed (see quarantined tasks)", StopKind.FAILED)]
+        return [stop(view, f"training of generation {g} failed (see quarantined tasks; "
+                     "`remote-al run --retry-quarantined` once the cause is fixed)", StopKind.FAILED)]
     return [SetPhase(Phase.EVALUATE)]
 
 

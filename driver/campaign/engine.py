@@ -25,6 +25,7 @@ from driver.campaign.hooks import Hooks
 from driver.campaign.lock import CampaignLock
 from driver.campaign.plan import Phase, StopKind
 from driver.campaign.progress import progress_line
+from driver.campaign.retry import retry_quarantined_tasks
 from driver.campaign.recorders import RECORDERS, slim
 from driver.campaign.rules import check_budgets
 from driver.campaign.tasks import Task, TaskKind
@@ -107,7 +108,7 @@ class Campaign:
         try:
             self._begin()
             if retry_quarantined:
-                self._retry_quarantined()
+                self.say(retry_quarantined_tasks(self.state))
             self.backend.start()
             self._reattach()
             ticks = idle_ticks = 0
@@ -166,26 +167,6 @@ class Campaign:
             self.say(f"campaign {self.cfg.campaign.name}: new, state in {self.state.path}")
         else:
             self.say(f"campaign {self.cfg.campaign.name}: resuming at round {self.view.shown_round}, phase {self.phase}")
-
-    def _retry_quarantined(self) -> None:
-        failed = self.stop_kind == StopKind.FAILED.value
-        if self.view.stop_reason and not failed:
-            self.say(f"retry: nothing queued again: the campaign stopped ({self.view.stop_reason}), "
-                     "not because a task failed")
-            return
-        again, kept = self.state.requeue_quarantined()
-        for key in again:
-            self.state.event("retry", f"{key}: quarantined, queued again (--retry-quarantined)")
-        if again and failed:  # take the campaign up where the failure stopped it
-            phase = self.state.get_meta("stopped_in_phase") or Phase.ASYNC.value
-            with self.state.transaction():
-                self.state.set_meta("phase", phase)
-                self.state.set_meta("stop_reason", "")
-                self.state.set_meta("stop_kind", "")
-            self.state.event("retry", f"the failed stop is lifted: back to phase {phase}")
-        self.say(f"retry: {len(again)} quarantined task(s) queued again" + (f" ({', '.join(again)})" if again else "")
-                 + (f"; {len(kept)} label task(s) stay quarantined: their structures are kept as failed "
-                    "labels with the reason" if kept else ""))
 
     def _fingerprint(self) -> tuple:
         return (self.phase, self.round, *self.state.task_totals(), self.view.stop_reason)

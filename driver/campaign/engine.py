@@ -25,8 +25,8 @@ from driver.campaign.hooks import Hooks
 from driver.campaign.lock import CampaignLock
 from driver.campaign.plan import Phase, StopKind
 from driver.campaign.progress import progress_line
-from driver.campaign.retry import retry_quarantined_tasks
 from driver.campaign.recorders import RECORDERS, slim
+from driver.campaign.retry import retry_quarantined_tasks
 from driver.campaign.rules import check_budgets
 from driver.campaign.tasks import Task, TaskKind
 from driver.campaign.view import CampaignView

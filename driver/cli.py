@@ -325,6 +325,13 @@ def schema_command(**kwargs) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    import signal
+    import threading
+
+    # a command started with `&` from a script inherits SIGINT ignored: then `kill -INT`
+    # (what Ctrl-C sends) would not reach the driver's "state is saved" ending at all
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         status = cli.main(args=argv, prog_name="remote-al", standalone_mode=False)
     except click.exceptions.ClickException as exc:  # a command line click refuses: 2

@@ -101,6 +101,7 @@ def make_transfer(kind: str, sites, meta=None, **kwargs):
 
 
 def cmd_run(args) -> int:
+    from driver.code_watch import EXIT_CODE_CHANGED, CodeChanged, restart_on_new_code
     from driver.config import functions_used, load_config, override
     from driver.preflight import preflight
 
@@ -128,7 +129,12 @@ def cmd_run(args) -> int:
     sites, transfer = _sites_for(cfg, args)
     t0 = time.time()
     campaign = Campaign(cfg, backend, status_every_s=args.status_every, sites=sites, transfer=transfer)
-    campaign.run(retry_quarantined=args.retry_quarantined)
+    try:
+        campaign.run(retry_quarantined=args.retry_quarantined)
+    except CodeChanged:  # said by the campaign; the same command again resumes on the new code
+        if args.on_code_change == "restart" and args.argv is not None:
+            return restart_on_new_code(args.argv, print)
+        return EXIT_CODE_CHANGED
     print(f"wall time of this run: {time.time() - t0:.0f} s; campaign directory: {cfg.directory}")
     if args.report:
         from driver.report_cli import print_report
@@ -293,13 +299,17 @@ def cli(verbose: bool, debug: bool) -> None:
               "into the campaign folder (report/index.html)")
 @click.option("--retry-quarantined", is_flag=True, help="queue the quarantined tasks again (not labels), once "
               "what made them fail is fixed")
-def run_command(**kwargs) -> int:
+@click.option("--on-code-change", type=click.Choice(["restart", "stop"]), default="restart", show_default=True,
+              help="when remote-al's files change under the running driver (an upgrade): stop before recording "
+              "anything, then start again on the new code once the files are still, or stop (exit status 75)")
+@click.pass_context
+def run_command(ctx, **kwargs) -> int:
     """Run or resume a campaign until it stops.
 
     CAMPAIGN is the campaign TOML file. Ctrl-C, a closed lid or a crash lose nothing:
     running the same command again resumes.
     """
-    return cmd_run(SimpleNamespace(**kwargs))
+    return cmd_run(SimpleNamespace(**kwargs, argv=(ctx.obj or {}).get("argv")))
 
 
 @cli.command("status")
@@ -333,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        status = cli.main(args=argv, prog_name="remote-al", standalone_mode=False)
+        # the process's own command line (not one given in-process) may restart itself (driver.code_watch)
+        obj = {"argv": sys.argv[1:] if argv is None else None}
+        status = cli.main(args=argv, prog_name="remote-al", standalone_mode=False, obj=obj)
     except click.exceptions.ClickException as exc:  # a command line click refuses: 2
         exc.show()
         return exc.exit_code

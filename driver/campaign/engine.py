@@ -37,6 +37,7 @@ from driver.errors import BackendUnavailable, TaskFailed
 from driver.placement import Placement, StagingFailed
 from driver.preflight import preflight
 from driver.progress import ProgressBars, running_progress
+from driver.code_watch import CodeChanged, CodeWatch
 from driver.state import State, StateMeta
 from driver.team import Site
 from driver.transfer import Transfer, TransferError, TransferNeedsAction
@@ -59,7 +60,8 @@ SUBMIT_RANK = {"uq": 0, "md": 1, "label": 1, "train": 2}
 class Campaign:
     def __init__(self, cfg: CampaignConfig, backend: Backend, say: Callable[[str], None] | None = None,
                  status_every_s: float = 20.0, sites: Mapping[str, Site] | None = None,
-                 transfer: Transfer | None = None, hooks: Hooks | None = None, progress_bars: bool = True):
+                 transfer: Transfer | None = None, hooks: Hooks | None = None, progress_bars: bool = True,
+                 code_watch: CodeWatch | None = None):
         preflight(cfg)  # a bad campaign creates nothing, from the CLI or from Python
         backend.require_functions(functions_used(cfg))  # e.g. a team file older than a function
         self.cfg = cfg
@@ -71,6 +73,7 @@ class Campaign:
         self.say = say or (lambda msg: print(msg, flush=True))
         self.status_every_s = status_every_s
         self.hooks = hooks or Hooks()
+        self.code = code_watch or CodeWatch()  # remote-al upgraded under the driver: stop before recording
         self.progress_bars = progress_bars  # rich bars of running tasks, drawn on a terminal only
         self._bars: ProgressBars | None = None
         self._last_bars = 0.0
@@ -113,6 +116,7 @@ class Campaign:
             self._reattach()
             ticks = idle_ticks = 0
             while self.view.phase != Phase.DONE:
+                self._check_code()
                 if self._unattached:
                     self._reattach()
                 self._collect(timeout=0)
@@ -167,6 +171,14 @@ class Campaign:
             self.say(f"campaign {self.cfg.campaign.name}: new, state in {self.state.path}")
         else:
             self.say(f"campaign {self.cfg.campaign.name}: resuming at round {self.view.shown_round}, phase {self.phase}")
+
+    def _check_code(self) -> None:
+        try:
+            self.code.check()
+        except CodeChanged as exc:
+            self.state.event("code-changed", str(exc))
+            self.say(str(exc))
+            raise
 
     def _fingerprint(self) -> tuple:
         return (self.phase, self.round, *self.state.task_totals(), self.view.stop_reason)
@@ -328,6 +340,7 @@ class Campaign:
             except Exception as exc:  # a backend bug must not lose the task
                 self._fail(row, TaskFailed(f"{type(exc).__name__}: {exc}"))
                 continue
+            self._check_code()  # on a change this result stays with the backend for the next driver
             self.hooks.at("before_record")
             try:
                 self._record(Task.from_row(row), result)

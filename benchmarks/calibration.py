@@ -367,17 +367,17 @@ def window_probability(n_cal: float | None, m: int, level: float = 0.95, lo: flo
     given it), or, with ``n_cal`` None, for a bound whose coverage is exactly ``level``.
     An upper bound for real cells: frames of one MD run are correlated, and the campaign's
     calibration frames are not exchangeable with the labeler's MD."""
-    import math
-
     from scipy.stats import betabinom, binom
+
+    from remote_al.calibration import conformal_rank
 
     xs = np.arange(m + 1)
     inside = (xs >= lo * m - 1e-9) & (xs <= hi * m + 1e-9)
     if n_cal is None:
         return float(binom.pmf(xs[inside], m, level).sum())
     n = int(round(n_cal))
-    k = math.ceil((n + 1) * level)
-    if k > n:  # too few frames for the level: the product falls back, nothing to say here
+    k = conformal_rank(n, level)
+    if k is None:  # too few frames for the level: the product falls back, nothing to say here
         return float("nan")
     return float(betabinom.pmf(xs[inside], m, k, n + 1 - k).sum())
 

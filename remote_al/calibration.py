@@ -97,14 +97,21 @@ def min_pairs(coverage: float) -> int:
     return int(math.ceil(coverage / (1.0 - coverage) - 1e-9))
 
 
+def conformal_rank(n: int, coverage: float) -> int | None:
+    """The rank k = ceil((n + 1) coverage) of the split-conformal quantile among n sorted
+    scores; None when it is past the last one (too few pairs for the level)."""
+    k = int(math.ceil((n + 1) * coverage))
+    return k if 1 <= k <= n else None
+
+
 def conformal_scale(widths, errors, coverage: float = 0.95) -> float:
     """The split-conformal factor ``q``: ``|e| <= q w`` for at least ``coverage`` of new pairs.
 
     Raises ValueError when there are fewer than ``min_pairs(coverage)`` usable pairs."""
     w, e, _ = _pairs(widths, errors)
     n = w.size
-    k = int(math.ceil((n + 1) * coverage))
-    if k > n:
+    k = conformal_rank(n, coverage)
+    if k is None:
         raise ValueError(f"{n} calibration pairs are too few for {coverage:.0%} (need {min_pairs(coverage)})")
     scores = np.sort(e / w)
     return float(scores[k - 1])
@@ -162,8 +169,8 @@ def coverage_range(n: float, coverage: float = 0.95, central: float = 0.90) -> l
     exchangeable pairs gives on new pairs: Beta(k, n + 1 - k), k = ceil((n + 1) coverage)
     (Vovk 2012; Angelopoulos & Bates 2021, sec. 3.2). None when n is too small for the level."""
     n = int(math.floor(n))
-    k = math.ceil((n + 1) * coverage)
-    if n < 1 or k > n:
+    k = conformal_rank(n, coverage)
+    if k is None:
         return None
     from scipy import stats  # here: scipy.stats takes a second to import
 

@@ -19,6 +19,7 @@ remote endpoint are not watched: they import what their own processes started wi
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -52,6 +53,28 @@ def package_roots() -> list[Path]:
     return [Path(driver.__file__).resolve().parent, Path(remote_al.__file__).resolve().parent]
 
 
+def snapshot(roots: Iterable[Path]) -> dict[str, tuple[int, int]]:
+    """(mtime, size) of every ``.py`` file under ``roots``, by path relative to their parent."""
+    out = {}
+    for root in roots:
+        for path in Path(root).rglob("*.py"):
+            try:
+                st = path.stat()
+            except OSError:  # removed while listed: missing from the snapshot
+                continue
+            out[str(path.relative_to(Path(root).parent))] = (st.st_mtime_ns, st.st_size)
+    return out
+
+
+def code_digest(roots: Iterable[Path] | None = None) -> str:
+    """A short digest of :func:`snapshot`: two processes started on the same files agree (the
+    local engine service records it, and a driver on newer code restarts an idle one)."""
+    import hashlib
+
+    snap = snapshot(package_roots() if roots is None else roots)
+    return hashlib.sha256(json.dumps(sorted(snap.items())).encode()).hexdigest()[:16]
+
+
 class CodeWatch:
     """Compares the watched folders' ``.py`` files (size, mtime) with a snapshot taken at
     construction; :meth:`changed` looks at most once every ``every_s`` seconds."""
@@ -66,15 +89,7 @@ class CodeWatch:
         self._changed: list[str] = []
 
     def snapshot(self) -> dict[str, tuple[int, int]]:
-        out = {}
-        for root in self.roots:
-            for path in root.rglob("*.py"):
-                try:
-                    st = path.stat()
-                except OSError:  # removed while listed: missing from the snapshot
-                    continue
-                out[str(path.relative_to(root.parent))] = (st.st_mtime_ns, st.st_size)
-        return out
+        return snapshot(self.roots)
 
     def changed(self, force: bool = False) -> list[str]:
         """The files added, removed or rewritten since the start (sorted); [] while none."""

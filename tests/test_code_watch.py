@@ -156,3 +156,47 @@ def test_on_code_change_stop_exits_75_and_the_next_run_resumes(tmp_path):
                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r2.returncode == 0, r2.stderr[-3000:]
     check_invariants(tmp_path / "camp", tmp_path / "exec-log")
+
+
+def test_an_idle_service_on_other_code_is_restarted_and_a_busy_one_kept(tmp_path, caplog):
+    """The local engine service records the code it started on; a driver on other code (an
+    upgrade since) restarts it when it has no task, and leaves it, saying so, when it has."""
+    import json as _json
+
+    from driver.backends.local_detached import DetachedLocalBackend
+    from driver.backends.local_service import ServiceDir
+    from driver.code_watch import code_digest
+    from remote_al.simulated import FUNCTIONS as SIM_FUNCTIONS
+
+    def backend():
+        return DetachedLocalBackend(tmp_path / "run", gpu_slots=1, cpu_slots=1, functions=SIM_FUNCTIONS)
+
+    first = backend()
+    first.start()
+    sdir = ServiceDir(tmp_path / "run")
+    try:
+        info = sdir.info()
+        assert info["code"] == code_digest()
+        first.shutdown()  # the driver detaches; the service goes on
+        same = backend()
+        same.start()  # the same code: attached as it is
+        assert same.service_pid == info["pid"]
+        same.shutdown()
+        # the service as an older remote-al would have left it: another digest
+        sdir.info_path.write_text(_json.dumps({**info, "code": "older"}))
+        (sdir.running / "x.task").write_text("{}\n")  # a task of its own in flight
+        busy = backend()
+        busy.start()
+        assert busy.service_pid == info["pid"] and sdir.alive()
+        assert "has 1 tasks: they and the tasks handed to it run on its code" in caplog.text
+        busy.shutdown()
+        (sdir.running / "x.task").unlink()
+        idle = backend()
+        idle.start()
+        assert idle.service_pid != info["pid"] and sdir.alive()
+        assert sdir.info()["code"] == code_digest()
+        assert "started on other remote-al code and is idle: restarting it" in caplog.text
+        idle.finish()
+    finally:
+        sdir.stop()
+    assert not sdir.alive()

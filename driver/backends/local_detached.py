@@ -27,6 +27,7 @@ from pathlib import Path
 from driver.backends.base import Submission, resolve_future
 from driver.backends.local import LocalBackend
 from driver.backends.local_service import IDLE_EXIT_S, ServiceDir, read_message, task_name
+from driver.code_watch import code_digest
 from driver.errors import BackendUnavailable, TaskFailed
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,19 @@ class DetachedLocalBackend(LocalBackend):
             if differs:
                 log.warning("the running local engine service has %s, the campaign asks for %s: it keeps its "
                             "settings until it is restarted (remote-al stop, then run)", differs, wanted)
-            return
+            if info.get("code") == code_digest():
+                return
+            busy = self.sdir.counts()
+            if busy["inbox"] or busy["running"]:  # an upgrade under it: its tasks finish on the code they started
+                log.warning("the running local engine service (pid %s) started on other remote-al code than this "
+                            "driver's and has %d tasks: they and the tasks handed to it run on its code until it is "
+                            "restarted (remote-al stop, then run)", self.service_pid, busy["inbox"] + busy["running"])
+                return
+            log.warning("the local engine service (pid %s) started on other remote-al code and is idle: "
+                        "restarting it on this driver's", self.service_pid)
+            if not self.sdir.stop():
+                raise BackendUnavailable(f"the idle local engine service (pid {self.service_pid}) on older code did "
+                                         "not end within 30 s: end it (remote-al stop), then run again")
         self._spawn()
 
     def start(self) -> None:

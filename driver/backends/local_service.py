@@ -40,6 +40,8 @@ import time
 import uuid
 from pathlib import Path
 
+from driver.code_watch import code_digest
+
 log = logging.getLogger("remote_al.local_service")
 
 IDLE_EXIT_S = 900.0  # a service with no task and no driver for 15 min ends
@@ -231,7 +233,7 @@ class Service:
         backend.start()
         info = {"pid": os.getpid(), "started": time.time(), "gpu_slots": self.slots["gpu"],
                 "cpu_slots": self.slots["cpu"], "engine": self.engine_kind, "functions": self.functions,
-                "python": sys.executable, "host": os.uname().nodename}
+                "python": sys.executable, "host": os.uname().nodename, "code": code_digest()}
         _write_atomic(self.sdir.info_path, info)
         log.info("local engine service %d up: %s", os.getpid(), info)
         try:

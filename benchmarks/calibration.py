@@ -279,7 +279,7 @@ def per_composition_energy(cal_pairs: dict, test: dict, comps, pooled_scale: flo
     return out
 
 
-def in_distribution_crossfit(test: dict, comps, level: float) -> dict:
+def in_distribution_crossfit(test: dict, comps, level: float, max_splits: int = 256, seed: int = 0) -> dict:
     """What a calibration fitted on frames like the independent ones would give: per
     composition, forces (per atom) and energies (per frame), the conformal factor fitted on
     half of its MD runs and scored on the other half, over every such split. This is the
@@ -288,11 +288,14 @@ def in_distribution_crossfit(test: dict, comps, level: float) -> dict:
     coverage measured on this many runs, and ``inside``/``above``/``below`` (the share of
     splits in, over and under the goal's 0.90-0.98) say how often such a calibration lands
     a cell in the window. Its mean against the campaign's coverage shows the shift between
-    the campaign's calibration frames and the independent ones."""
+    the campaign's calibration frames and the independent ones. With more than
+    ``max_splits`` splits (16 runs: 12870), a random ``max_splits`` of them."""
     import itertools
+    import math
 
     from remote_al.calibration import conformal_scale
 
+    rng = np.random.default_rng(seed)
     out = {}
     for c in comps:
         out[c] = {}
@@ -301,7 +304,10 @@ def in_distribution_crossfit(test: dict, comps, level: float) -> dict:
             mine = test[comp] == c
             runs = sorted(set(test[traj][mine]))
             covs = []
-            for half in itertools.combinations(runs, len(runs) // 2) if len(runs) >= 2 else ():
+            k = len(runs) // 2
+            halves = (itertools.combinations(runs, k) if math.comb(len(runs), k) <= max_splits
+                      else (tuple(rng.choice(runs, k, replace=False)) for _ in range(max_splits)))
+            for half in halves if len(runs) >= 2 else ():
                 fit = mine & np.isin(test[traj], half)
                 score = mine & ~np.isin(test[traj], half)
                 try:

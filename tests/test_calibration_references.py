@@ -82,8 +82,11 @@ def test_one_pooled_factor_cannot_serve_a_biased_and_an_unbiased_composition():
     assert cells["cells"] == 4 and cells["below"] >= 0.9 and cells["above"] >= 0.9
 
 
-def test_pooled_reference_samples_splits_when_there_are_too_many():
+def test_references_sample_splits_when_there_are_too_many():
     rng = np.random.default_rng(3)
     test = _cat(*[_runs(rng, c, 6, 10, 4) for c in "ABCD"])  # C(6, 3)^4 = 160000 splits
     ref = cb.in_distribution_pooled(test, list("ABCD"), 0.95, max_splits=50)
     assert all(ref[c]["energies"]["splits"] == 50 for c in "ABCD")
+    own = cb.in_distribution_crossfit(test, list("ABCD"), 0.95, max_splits=15)  # C(6, 3) = 20 each
+    assert all(own[c][w]["splits"] == 15 for c in "ABCD" for w in ("forces", "energies"))
+    assert cb.in_distribution_crossfit(test, ["A"], 0.95)["A"]["energies"]["splits"] == 20  # all of them

@@ -332,6 +332,7 @@ def in_distribution_pooled(test: dict, comps, level: float, max_splits: int = 25
     the scored ones would give the campaign's pooled factor; against
     :func:`in_distribution_crossfit` it shows what one factor across compositions costs."""
     import itertools
+    import math
 
     from remote_al.calibration import conformal_scale
 
@@ -340,12 +341,13 @@ def in_distribution_pooled(test: dict, comps, level: float, max_splits: int = 25
     for what, w, e, comp, traj in (("forces", "aw", "ae", "acomp", "atraj"),
                                    ("energies", "ew", "ee", "ecomp", "etraj")):
         runs = {c: sorted(set(test[traj][test[comp] == c])) for c in comps}
-        halves = [list(itertools.combinations(runs[c], len(runs[c]) // 2)) for c in comps]
         if any(len(runs[c]) < 2 for c in comps):
             continue
-        total = int(np.prod([len(h) for h in halves], dtype=float))
-        picks = (itertools.product(*halves) if total <= max_splits
-                 else (tuple(h[rng.integers(len(h))] for h in halves) for _ in range(max_splits)))
+        total = math.prod(math.comb(len(runs[c]), len(runs[c]) // 2) for c in comps)
+        picks = (itertools.product(*(itertools.combinations(runs[c], len(runs[c]) // 2) for c in comps))
+                 if total <= max_splits else
+                 (tuple(tuple(rng.choice(runs[c], len(runs[c]) // 2, replace=False)) for c in comps)
+                  for _ in range(max_splits)))
         covs: dict = {c: [] for c in comps}
         for pick in picks:
             fit = np.isin(test[traj], [r for half in pick for r in half])

@@ -279,6 +279,29 @@ def per_composition_energy(cal_pairs: dict, test: dict, comps, pooled_scale: flo
     return out
 
 
+def _halves(runs: list, max_splits: int, rng) -> list[tuple]:
+    """Every half (``len(runs) // 2`` of them) of ``runs``, or a random ``max_splits`` of them
+    where there are more (never listed then: 32 runs have 6e8)."""
+    import itertools
+    import math
+
+    if math.comb(len(runs), len(runs) // 2) <= max_splits:
+        return list(itertools.combinations(runs, len(runs) // 2))
+    return [_random_half(runs, rng) for _ in range(max_splits)]
+
+
+def _random_half(runs: list, rng) -> tuple:
+    return tuple(rng.choice(runs, len(runs) // 2, replace=False))
+
+
+def _window_stats(covs: list[float], runs: int) -> dict:
+    """Mean, range and the shares of coverages inside / above / below the goal's 0.90-0.98."""
+    x = np.asarray(covs)
+    return {"mean": float(x.mean()), "min": float(x.min()), "max": float(x.max()), "splits": len(x), "runs": runs,
+            "inside": float(np.mean((x >= 0.90) & (x <= 0.98))), "above": float(np.mean(x > 0.98)),
+            "below": float(np.mean(x < 0.90))}
+
+
 def in_distribution_crossfit(test: dict, comps, level: float, max_splits: int = 256, seed: int = 0) -> dict:
     """What a calibration fitted on frames like the independent ones would give: per
     composition, forces (per atom) and energies (per frame), the conformal factor fitted on
@@ -290,9 +313,6 @@ def in_distribution_crossfit(test: dict, comps, level: float, max_splits: int = 
     a cell in the window. Its mean against the campaign's coverage shows the shift between
     the campaign's calibration frames and the independent ones. With more than
     ``max_splits`` splits (16 runs: 12870), a random ``max_splits`` of them."""
-    import itertools
-    import math
-
     from remote_al.calibration import conformal_scale
 
     rng = np.random.default_rng(seed)
@@ -304,10 +324,7 @@ def in_distribution_crossfit(test: dict, comps, level: float, max_splits: int = 
             mine = test[comp] == c
             runs = sorted(set(test[traj][mine]))
             covs = []
-            k = len(runs) // 2
-            halves = (itertools.combinations(runs, k) if math.comb(len(runs), k) <= max_splits
-                      else (tuple(rng.choice(runs, k, replace=False)) for _ in range(max_splits)))
-            for half in halves if len(runs) >= 2 else ():
+            for half in _halves(runs, max_splits, rng) if len(runs) >= 2 else ():
                 fit = mine & np.isin(test[traj], half)
                 score = mine & ~np.isin(test[traj], half)
                 try:
@@ -316,11 +333,7 @@ def in_distribution_crossfit(test: dict, comps, level: float, max_splits: int = 
                     continue
                 covs.append(float(np.mean(np.abs(test[e][score]) <= q * test[w][score])))
             if covs:
-                x = np.asarray(covs)
-                out[c][what] = {"mean": float(x.mean()), "min": float(x.min()), "max": float(x.max()),
-                                "splits": len(covs), "runs": len(runs),
-                                "inside": float(np.mean((x >= 0.90) & (x <= 0.98))),
-                                "above": float(np.mean(x > 0.98)), "below": float(np.mean(x < 0.90))}
+                out[c][what] = _window_stats(covs, len(runs))
     return out
 
 
@@ -344,10 +357,8 @@ def in_distribution_pooled(test: dict, comps, level: float, max_splits: int = 25
         if any(len(runs[c]) < 2 for c in comps):
             continue
         total = math.prod(math.comb(len(runs[c]), len(runs[c]) // 2) for c in comps)
-        picks = (itertools.product(*(itertools.combinations(runs[c], len(runs[c]) // 2) for c in comps))
-                 if total <= max_splits else
-                 (tuple(tuple(rng.choice(runs[c], len(runs[c]) // 2, replace=False)) for c in comps)
-                  for _ in range(max_splits)))
+        picks = (itertools.product(*(_halves(runs[c], max_splits, rng) for c in comps)) if total <= max_splits
+                 else (tuple(_random_half(runs[c], rng) for c in comps) for _ in range(max_splits)))
         covs: dict = {c: [] for c in comps}
         for pick in picks:
             fit = np.isin(test[traj], [r for half in pick for r in half])
@@ -360,11 +371,7 @@ def in_distribution_pooled(test: dict, comps, level: float, max_splits: int = 25
                 covs[c].append(float(np.mean(np.abs(test[e][score]) <= q * test[w][score])))
         for c in comps:
             if covs[c]:
-                x = np.asarray(covs[c])
-                out[c][what] = {"mean": float(x.mean()), "min": float(x.min()), "max": float(x.max()),
-                                "splits": len(x), "runs": len(runs[c]),
-                                "inside": float(np.mean((x >= 0.90) & (x <= 0.98))),
-                                "above": float(np.mean(x > 0.98)), "below": float(np.mean(x < 0.90))}
+                out[c][what] = _window_stats(covs[c], len(runs[c]))
     return out
 
 
